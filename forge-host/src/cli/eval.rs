@@ -1,0 +1,61 @@
+//! `forge eval`: perplexity on a data file (see [`crate::eval::perplexity`] for the protocol).
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{ModelArgs, Runtime};
+use crate::data::{Documents, TokenWindows};
+use crate::{bad_input, Result};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Data: `.jsonl` with one `{"text": ...}` a line, or any other file as one plain-text document.
+    #[arg(long)]
+    data: PathBuf,
+    /// Tokens per window; each window scores its seq_len - 1 next-token predictions.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Score only the first N windows [default: all].
+    #[arg(long)]
+    max_windows: Option<usize>,
+    /// Windows per forward pass: more is faster until memory runs out.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: EvalArgs, rt: &Runtime) -> Result<()> {
+    if args.batch_size == 0 {
+        return Err(bad_input!("--batch-size is 0; give at least 1"));
+    }
+    if args.max_windows == Some(0) {
+        return Err(bad_input!("--max-windows is 0; give at least 1, or leave it out to score all windows"));
+    }
+    let (folder, model) = args.model.load(rt)?;
+    let tokenizer = folder.tokenizer()?;
+    let windows = TokenWindows::from_documents(
+        Documents::open(&args.data)?,
+        &tokenizer,
+        args.seq_len,
+        args.max_windows,
+    )?;
+    let report = crate::eval::perplexity(&model, &windows, args.batch_size, rt.quiet)?;
+    super::emit(&report, args.json, |r| {
+        format!(
+            "perplexity {:.4} (mean NLL {:.4} over {} tokens in {} windows of {}) · {:.1}s, {:.0} tokens/s, peak {:.0} MiB",
+            r.perplexity,
+            r.mean_nll,
+            r.tokens,
+            r.windows,
+            r.seq_len,
+            r.seconds,
+            r.tokens_per_s,
+            r.peak_memory_bytes as f64 / (1 << 20) as f64
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `forge generate`: continue a prompt.
+use clap::Args;
+use serde::Serialize;
+
+use super::{ModelArgs, Runtime};
+use crate::generate::{generate, SamplingConfig};
+use crate::Result;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The text to continue (encoded without special tokens).
+    #[arg(long)]
+    prompt: String,
+    /// At most this many new tokens; generation also stops at end-of-text.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 picks the most likely token each step (greedy); higher values sample more freely.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sample only from the most likely tokens that together hold this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Print one JSON object instead of the text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct GenerateReport {
+    prompt_ids: Vec<u32>,
+    token_ids: Vec<u32>,
+    text: String,
+    seconds: f64,
+    new_tokens_per_s: f64,
+}
+
+pub fn run(args: GenerateArgs, rt: &Runtime) -> Result<()> {
+    let (folder, model) = args.model.load(rt)?;
+    let tokenizer = folder.tokenizer()?;
+    let prompt_ids = tokenizer.encode(&args.prompt)?;
+    let config = SamplingConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: rt.seed,
+        stop_token: Some(tokenizer.eos_id()),
+    };
+    let started = std::time::Instant::now();
+    let token_ids = generate(&model, &prompt_ids, &config)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let report = GenerateReport {
+        text: tokenizer.decode(&token_ids)?,
+        new_tokens_per_s: token_ids.len() as f64 / seconds,
+        prompt_ids,
+        token_ids,
+        seconds,
+    };
+    super::emit(&report, args.json, |r| format!("{}{}", args.prompt, r.text));
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! The command line (see CLI.md for the contract). Parsing only validates; each command module then
+//! resolves files and devices and does its work, returning a JSON-able report.
+mod eval;
+mod generate;
+mod inspect;
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::{CausalLm, ModelFolder};
+use crate::runtime::{parse_device, resolve_dtype, DeviceChoice};
+use crate::{bad_input, Error, Result};
+
+/// forge — measure which attention heads matter for a domain, remove the rest, and evaluate what is left.
+#[derive(Parser, Debug)]
+#[command(name = "forge", version, max_term_width = 110)]
+#[command(after_help = "Examples:\n  \
+    forge inspect --model examples/tiny-qwen3\n  \
+    forge eval --model examples/tiny-qwen3 --data examples/data/code-valid.jsonl --max-windows 8\n  \
+    forge generate --model examples/tiny-qwen3 --prompt 'fn main() {' --max-new-tokens 32")]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug)]
+struct GlobalArgs {
+    /// Where to run: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Weights and activations dtype: f32, bf16 or f16 [default: f32 on cpu, bf16 on cuda].
+    #[arg(long, global = true, value_parser = ["f32", "bf16", "f16"])]
+    dtype: Option<String>,
+    /// Seed of everything random (sampling), so runs repeat exactly.
+    #[arg(long, global = true, default_value_t = 0)]
+    seed: u64,
+    /// No progress bars or logs on stderr; errors are still printed.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Describe a model folder: architecture, geometry, parameters and dtype (reads headers only).
+    Inspect(inspect::InspectArgs),
+    /// Perplexity of a model on a data file, under forge's windowed protocol.
+    Eval(eval::EvalArgs),
+    /// Continue a prompt, greedily or by sampling.
+    Generate(generate::GenerateArgs),
+}
+
+/// Options naming a model and how to alter it before use.
+#[derive(Args, Debug)]
+struct ModelArgs {
+    /// Model folder in Hugging Face layout: config.json, model.safetensors (or sharded with
+    /// model.safetensors.index.json) and tokenizer.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// Mask file of heads to remove, `{"pruned": {"<layer>": [<head>, ...]}}` (as `forge prune` writes).
+    #[arg(long)]
+    mask: Option<PathBuf>,
+}
+
+/// The device and dtype after resolution.
+struct Runtime {
+    device: Device,
+    dtype: DType,
+    seed: u64,
+    quiet: bool,
+}
+
+impl GlobalArgs {
+    fn resolve(&self) -> Result<Runtime> {
+        let device = parse_device(self.device)?;
+        let dtype = resolve_dtype(self.dtype.as_deref(), &device)?;
+        Ok(Runtime { device, dtype, seed: self.seed, quiet: self.quiet })
+    }
+}
+
+impl ModelArgs {
+    /// Opens the folder, builds the decoder and applies the mask, if any.
+    fn load(&self, rt: &Runtime) -> Result<(ModelFolder, CausalLm)> {
+        let started = std::time::Instant::now();
+        let folder = ModelFolder::open(&self.model)?;
+        let mut model = folder.load(rt.dtype, &rt.device)?;
+        if let Some(path) = &self.mask {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let mask =
+                forge_api::HeadMask::from_json(&text).map_err(|e| bad_input!("{}: {e}", path.display()))?;
+            model.apply_head_mask(&mask).map_err(|e| bad_input!("{}: {e}", path.display()))?;
+        }
+        tracing::info!(
+            "loaded {} ({}) in {:.2}s on {:?} as {:?}",
+            self.model.display(),
+            folder.config.architecture.class_name(),
+            started.elapsed().as_secs_f64(),
+            rt.device.location(),
+            rt.dtype
+        );
+        Ok((folder, model))
+    }
+}
+
+/// Prints a report: the JSON object with `--json`, else its human summary.
+fn emit<T: serde::Serialize>(report: &T, json: bool, human: impl FnOnce(&T) -> String) {
+    if json {
+        println!("{}", serde_json::to_string(report).expect("reports are plain data"));
+    } else {
+        println!("{}", human(report));
+    }
+}
+
+/// Parses the command line, runs the command, prints any error, and returns the exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let filter = if cli.global.quiet { "error" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FORGE_LOG").unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("forge: {err}");
+            err.exit_code()
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let rt = cli.global.resolve()?;
+    match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Eval(args) => eval::run(args, &rt),
+        Command::Generate(args) => generate::run(args, &rt),
+    }
+}

@@ -1,0 +1,53 @@
+//! forge's error type. The split that matters to users and scripts is the exit status: bad input
+//! (a file, option or name they can fix) exits 2, everything else exits 1. So errors are typed by that
+//! cause, and every bad-input message names the culprit and, where one exists, the fix.
+use std::path::{Path, PathBuf};
+
+/// forge's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the host library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Input the user can fix: a file, an option, a name. The message says what and how.
+    #[error("{0}")]
+    BadInput(String),
+    /// A file that could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A tensor operation failed: a bug or an exhausted device, not the user's input.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// Builds a bad-input error from a message that names the culprit.
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Error::BadInput(message.into())
+    }
+
+    /// Wraps an I/O error with the file it concerns.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+
+    /// The process exit status this error maps to (see the CLI contract).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::BadInput(_) | Error::Io { .. } => 2,
+            Error::Tensor(_) => 1,
+        }
+    }
+}
+
+/// Builds an [`Error::BadInput`] from a format string.
+#[macro_export]
+macro_rules! bad_input {
+    ($($arg:tt)*) => { $crate::Error::BadInput(format!($($arg)*)) };
+}

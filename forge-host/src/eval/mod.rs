@@ -1,0 +1,4 @@
+//! Evaluation of a model on data.
+mod perplexity;
+
+pub use perplexity::{perplexity, PerplexityReport};

@@ -1,0 +1,16 @@
+//! forge: find the attention heads that matter for a domain, remove the rest, recover with adapters,
+//! and write a smaller model — on Candle, CPU or CUDA.
+//!
+//! The modules follow the flow of work: [`data`] → [`tokenizer`] → [`model`] → [`eval`] and
+//! [`generate`] → [`cli`], with [`runtime`] for devices and memory.
+pub mod cli;
+pub mod data;
+mod error;
+pub mod eval;
+pub mod generate;
+pub mod model;
+mod progress;
+pub mod runtime;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

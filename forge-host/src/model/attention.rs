@@ -1,0 +1,110 @@
+//! Grouped-query self-attention with a per-head output mask.
+//!
+//! The mask multiplies each query head's attention output before `o_proj`, which is exactly what
+//! removing the head does to the model (its `o_proj` columns see zeros), and it stays a tensor in the
+//! graph so importance scorers can take its gradient. Scores and softmax run in f32 whatever the
+//! model's dtype, as transformers' attention does.
+use candle_core::{DType, Module, Tensor};
+
+use super::causal_softmax::causal_softmax;
+use super::config::ModelConfig;
+use super::kv_cache::LayerCache;
+use super::linear::{linear, Linear};
+use super::norm::{rms_norm, RmsNorm};
+use super::rope::RopeTables;
+use super::scope::WeightScope;
+use crate::Result;
+
+/// The attention block of one decoder layer.
+#[derive(Clone)]
+pub struct Attention {
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Loads layer `layer`'s attention from `vb` (`model.layers.N.self_attn`).
+pub fn attention(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<Attention> {
+    let (heads, kv_heads, d) = (config.heads[layer], config.kv_heads[layer], config.head_dim);
+    let h = config.hidden;
+    let qk_norm = |name: &str| -> Result<Option<RmsNorm>> {
+        Ok(if config.qk_norm { Some(rms_norm(d, config.rms_norm_eps, vb.pp(name))?) } else { None })
+    };
+    Ok(Attention {
+        q_proj: linear(h, heads * d, config.qkv_bias, vb.pp("q_proj"))?,
+        k_proj: linear(h, kv_heads * d, config.qkv_bias, vb.pp("k_proj"))?,
+        v_proj: linear(h, kv_heads * d, config.qkv_bias, vb.pp("v_proj"))?,
+        o_proj: linear(heads * d, h, config.o_bias, vb.pp("o_proj"))?,
+        q_norm: qk_norm("q_norm")?,
+        k_norm: qk_norm("k_norm")?,
+        heads,
+        kv_heads,
+        head_dim: d,
+    })
+}
+
+impl Attention {
+    /// Attends over `x` `(batch, seq, hidden)`.
+    ///
+    /// `past` is the number of cached positions before `x` (causality is counted from them);
+    /// `head_mask` is `(heads)`, 1 to keep a head and 0 to remove it; `cache` holds earlier positions.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        past: usize,
+        head_mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let d = self.head_dim;
+        let split = |t: Tensor, n: usize, norm: &Option<RmsNorm>| -> candle_core::Result<Tensor> {
+            let t = t.reshape((b, s, n, d))?;
+            let t = match norm {
+                Some(norm) => norm.forward(&t)?,
+                None => t,
+            };
+            rope.apply(&t.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split(self.q_proj.forward(x)?, self.heads, &self.q_norm)?;
+        let k = split(self.k_proj.forward(x)?, self.kv_heads, &self.k_norm)?;
+        let v = self.v_proj.forward(x)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?.contiguous()?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let total = k.dim(2)?;
+
+        // The query heads of a KV group are consecutive, so viewing q as `(b, kv, groups·s, d)` lets
+        // each group attend to its one K/V head without copying K and V per query head.
+        let dtype = q.dtype();
+        let (kv, groups) = (self.kv_heads, self.heads / self.kv_heads);
+        let scores =
+            q.reshape((b, kv, groups * s, d))?.matmul(&k.t()?)?.reshape((b, self.heads, s, total))?;
+        let probs =
+            causal_softmax(&scores.to_dtype(DType::F32)?, 1.0 / (d as f64).sqrt(), past)?.to_dtype(dtype)?;
+        let heads_out =
+            probs.reshape((b, kv, groups * s, total))?.matmul(&v)?.reshape((b, self.heads, s, d))?;
+        let heads_out = match head_mask {
+            Some(mask) => heads_out.broadcast_mul(&mask.reshape((1, self.heads, 1, 1))?)?,
+            None => heads_out,
+        };
+        let merged = heads_out.transpose(1, 2)?.reshape((b, s, self.heads * d))?;
+        self.o_proj.forward(&merged)
+    }
+
+    /// Query heads of this layer.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+}

@@ -1,0 +1,138 @@
+//! The whole decoder: embedding, layers, final norm and the output projection, with full-sequence
+//! outputs (hidden states, logits, per-token NLL) rather than last-token logits only.
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::config::ModelConfig;
+use super::decoder_layer::{decoder_layer, DecoderLayer};
+use super::kv_cache::KvCache;
+use super::loss::chunked_nll;
+use super::norm::{rms_norm, RmsNorm};
+use super::rope::RotaryEmbedding;
+use super::scope::WeightScope;
+use crate::{bad_input, Result};
+
+/// A causal language model of any supported architecture.
+pub struct CausalLm {
+    config: ModelConfig,
+    embed_tokens: Tensor,
+    /// The decoder layers, in order.
+    pub layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rotary: RotaryEmbedding,
+    head_masks: Vec<Option<Tensor>>,
+    device: Device,
+    dtype: DType,
+}
+
+/// Builds the model from a checkpoint's root scope.
+pub fn causal_lm(config: &ModelConfig, vb: WeightScope) -> Result<CausalLm> {
+    let model = vb.pp("model");
+    let embed_tokens = model.get("embed_tokens.weight", &[config.vocab, config.hidden])?;
+    let layers = (0..config.layers)
+        .map(|i| decoder_layer(config, i, model.pp("layers").pp(i)))
+        .collect::<Result<_>>()?;
+    let lm_head = if config.tie_word_embeddings {
+        embed_tokens.clone()
+    } else if vb.contains("lm_head.weight") {
+        vb.get("lm_head.weight", &[config.vocab, config.hidden])?
+    } else {
+        return Err(bad_input!(
+            "tensor `lm_head.weight` is missing and config.json has `tie_word_embeddings: false`; \
+             if the model ties its output to the embedding, set `tie_word_embeddings` to true"
+        ));
+    };
+    Ok(CausalLm {
+        config: config.clone(),
+        embed_tokens,
+        layers,
+        norm: rms_norm(config.hidden, config.rms_norm_eps, model.pp("norm"))?,
+        lm_head,
+        rotary: RotaryEmbedding::new(&config.rope, config.head_dim),
+        head_masks: vec![None; config.layers],
+        device: vb.device().clone(),
+        dtype: vb.dtype(),
+    })
+}
+
+impl CausalLm {
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Sets layer `layer`'s query-head mask: `(heads)`, 1 keeps a head, 0 removes it; fractional or
+    /// trainable values are allowed (scorers differentiate through it). None clears it.
+    pub fn set_head_mask(&mut self, layer: usize, mask: Option<Tensor>) {
+        self.head_masks[layer] = mask;
+    }
+
+    /// Applies a mask file's pruned heads as 0/1 masks on every layer.
+    pub fn apply_head_mask(&mut self, mask: &forge_api::HeadMask) -> Result<()> {
+        mask.validate(&self.config.geometry()).map_err(|e| bad_input!("mask: {e}"))?;
+        for layer in 0..self.config.layers {
+            let pruned = mask.pruned_in(layer);
+            let keep = if pruned.is_empty() {
+                None
+            } else {
+                let values: Vec<f32> = (0..self.config.heads[layer])
+                    .map(|h| if pruned.contains(&h) { 0.0 } else { 1.0 })
+                    .collect();
+                Some(Tensor::new(values, &self.device)?.to_dtype(self.dtype)?)
+            };
+            self.set_head_mask(layer, keep);
+        }
+        Ok(())
+    }
+
+    /// Final hidden states `(batch, seq, hidden)` for `ids` `(batch, seq)`, after the final norm.
+    /// With a cache, `ids` continue the cached positions and the cache is extended.
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        let (_, seq) = ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.seen());
+        let rope = self.rotary.tables(past, seq, self.dtype, &self.device)?;
+        let mut x = self.embed_tokens.embedding(&ids.flatten_all()?)?.reshape((
+            ids.dim(0)?,
+            seq,
+            self.config.hidden,
+        ))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
+            x = layer.forward(&x, &rope, past, self.head_masks[i].as_ref(), layer_cache)?;
+        }
+        if let Some(cache) = cache {
+            cache.advance(seq);
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Logits `(batch, seq, vocab)` for every position, in f32.
+    pub fn logits(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
+        let hidden = self.hidden_states(ids, cache)?;
+        let (b, s, h) = hidden.dims3()?;
+        hidden.reshape((b * s, h))?.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?.reshape((b, s, ()))
+    }
+
+    /// Next-token NLL `(batch, seq - 1)` in f32: position t predicts token t + 1. Logits are never
+    /// materialised for the whole batch (see [`chunked_nll`]).
+    pub fn next_token_nll(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let hidden = self.hidden_states(ids, None)?.narrow(1, 0, s - 1)?.reshape((b * (s - 1), ()))?;
+        let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?;
+        chunked_nll(&hidden, &self.lm_head, &targets)?.reshape((b, s - 1))
+    }
+}

@@ -1,0 +1,140 @@
+//! Scaled, causally masked softmax over attention scores, as one custom op with a backward.
+//!
+//! Done with elementary ops this is six passes over a `(batch, heads, seq, seq)` f32 tensor (scale,
+//! add mask, max, subtract, exp, sum, divide) and a materialised mask; on the CPU those passes, not
+//! the matmuls, dominated evaluation. The op does it in one parallel pass that never touches the
+//! masked half. candle's own fused softmax has no backward; this one has, and a finite-difference
+//! test checks it.
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// `softmax(scale · x + causal mask)` over the last dimension of `(…, seq, past + seq)` f32 scores,
+/// where row i of each `seq` block may see columns `0..=past + i`.
+pub fn causal_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::Result<Tensor> {
+    if scores.device().is_cpu() {
+        scores.contiguous()?.apply_op1(CausalSoftmax { scale, past })
+    } else {
+        masked_softmax(scores, scale, past)
+    }
+}
+
+/// The same function from elementary ops, for devices without the fused op; also the reference the
+/// op is tested against.
+fn masked_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::Result<Tensor> {
+    let (seq, total) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
+    let mask: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (seq, total), scores.device())?;
+    candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, D::Minus1)
+}
+
+struct CausalSoftmax {
+    scale: f64,
+    past: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(storage.dtype(), "causal-softmax"));
+        };
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or(candle_core::Error::RequiresContiguous { op: "causal-softmax" })?;
+        let dims = layout.dims();
+        let (seq, total) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let scale = self.scale as f32;
+        let mut out = vec![0f32; end - start];
+        out.par_chunks_mut(total).zip(data[start..end].par_chunks(total)).enumerate().for_each(
+            |(row, (o, x))| {
+                let visible = (self.past + row % seq + 1).min(total);
+                let max = x[..visible].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+                let mut sum = 0f32;
+                for (o, &v) in o[..visible].iter_mut().zip(&x[..visible]) {
+                    *o = (v * scale - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                o[..visible].iter_mut().for_each(|o| *o *= inv);
+            },
+        );
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// With p the output: dx = scale · p · (g − Σ g·p); masked entries have p = 0 and get no gradient.
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dot = (grad * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some(((grad.broadcast_sub(&dot)? * res)? * self.scale)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn scores(shape: (usize, usize, usize, usize)) -> candle_core::Result<Tensor> {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) / 5.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+        let num = (a - b)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        let den = b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        Ok(num / den)
+    }
+
+    #[test]
+    fn forward_matches_masked_softmax_with_and_without_past() -> candle_core::Result<()> {
+        for past in [0, 3] {
+            let x = scores((2, 3, 4, 4 + past))?;
+            let got = causal_softmax(&x, 0.7, past)?;
+            assert!(rel_diff(&got, &masked_softmax(&x, 0.7, past)?)? < 1e-6, "past {past}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() -> candle_core::Result<()> {
+        let x = Var::from_tensor(&scores((1, 2, 3, 5))?)?;
+        // A loss that weighs every output differently, so every gradient entry matters.
+        let weights = scores((1, 2, 3, 5))?.sin()?;
+        let loss = |t: &Tensor| -> candle_core::Result<Tensor> {
+            (causal_softmax(t, 0.9, 2)? * &weights)?.sum_all()
+        };
+        let grads = loss(x.as_tensor())?.backward()?;
+        let analytic =
+            grads.get(x.as_tensor()).expect("the scores get a gradient").flatten_all()?.to_vec1::<f32>()?;
+        let base = x.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let eps = 1e-2f32;
+        for i in 0..base.len() {
+            let mut plus = base.clone();
+            let mut minus = base.clone();
+            plus[i] += eps;
+            minus[i] -= eps;
+            let at = |v: Vec<f32>| -> candle_core::Result<f32> {
+                loss(&Tensor::from_vec(v, (1, 2, 3, 5), &Device::Cpu)?)?.to_scalar::<f32>()
+            };
+            let numeric = (at(plus)? - at(minus)?) / (2.0 * eps);
+            assert!(
+                (numeric - analytic[i]).abs() < 2e-3,
+                "entry {i}: numeric {numeric} vs analytic {}",
+                analytic[i]
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_other_dtypes() {
+        let x = scores((1, 1, 2, 2)).unwrap().to_dtype(DType::F64).unwrap();
+        assert!(causal_softmax(&x, 1.0, 0).is_err());
+    }
+}

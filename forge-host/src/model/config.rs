@@ -1,0 +1,409 @@
+//! `config.json` → [`ModelConfig`]: one description for the three supported families. Parsing is
+//! strict where a silent default would give wrong numbers (architecture, activation, rope type) and
+//! lenient where transformers itself has defaults (head_dim, biases, tying).
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::{bad_input, Error, Result};
+
+/// The decoder families forge runs. They differ only in details the decoder switches on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// `LlamaForCausalLM`: optional bias on all attention projections and on the MLP.
+    Llama,
+    /// `Qwen2ForCausalLM`: bias on q/k/v, none on o.
+    Qwen2,
+    /// `Qwen3ForCausalLM`: RMS norm on each query and key head before rope.
+    Qwen3,
+}
+
+impl Architecture {
+    const SUPPORTED: [(&'static str, &'static str, Architecture); 3] = [
+        ("LlamaForCausalLM", "llama", Architecture::Llama),
+        ("Qwen2ForCausalLM", "qwen2", Architecture::Qwen2),
+        ("Qwen3ForCausalLM", "qwen3", Architecture::Qwen3),
+    ];
+
+    /// The transformers class name, as written in `architectures`.
+    pub fn class_name(self) -> &'static str {
+        Self::SUPPORTED.iter().find(|s| s.2 == self).map(|s| s.0).unwrap_or_default()
+    }
+
+    fn from_names(architectures: &[String], model_type: Option<&str>) -> Result<Self> {
+        // The class names what transformers would build; `model_type` speaks only when no class is named.
+        let found = if architectures.is_empty() {
+            model_type.and_then(|t| Self::SUPPORTED.iter().find(|s| s.1 == t))
+        } else {
+            architectures.iter().find_map(|a| Self::SUPPORTED.iter().find(|s| s.0 == a))
+        };
+        match found {
+            Some(s) => Ok(s.2),
+            None => {
+                let named = architectures.first().map(String::as_str).or(model_type).unwrap_or("none given");
+                let supported: Vec<_> = Self::SUPPORTED.iter().map(|s| s.0).collect();
+                Err(bad_input!(
+                    "architecture `{named}` is not supported; forge runs {}",
+                    supported.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// How rotary position frequencies are derived.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Plain `1 / theta^(2i/d)`.
+    Default,
+    /// Every frequency divided by `factor`.
+    Linear {
+        /// Divisor of all frequencies.
+        factor: f64,
+    },
+    /// Llama 3's piecewise rescaling of low frequencies.
+    Llama3 {
+        /// Divisor of the lowest frequencies.
+        factor: f64,
+        /// Wavelength bound (in units of the original context) above which frequencies are divided.
+        low_freq_factor: f64,
+        /// Wavelength bound below which frequencies are kept.
+        high_freq_factor: f64,
+        /// The context length the model was first trained with.
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// Rotary embedding parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeConfig {
+    /// Base of the frequencies.
+    pub theta: f64,
+    /// How the base frequencies are rescaled.
+    pub scaling: RopeScaling,
+}
+
+/// Everything the decoder needs to know about a checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// The model family.
+    pub architecture: Architecture,
+    /// Width of the residual stream.
+    pub hidden: usize,
+    /// Width of the MLP.
+    pub intermediate: usize,
+    /// Number of decoder layers.
+    pub layers: usize,
+    /// Query heads per layer (all equal in a standard checkpoint; forge's compact format may vary them).
+    pub heads: Vec<usize>,
+    /// Key/value heads per layer.
+    pub kv_heads: Vec<usize>,
+    /// Width of one attention head.
+    pub head_dim: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Epsilon of every RMS norm.
+    pub rms_norm_eps: f64,
+    /// Rotary embedding parameters.
+    pub rope: RopeConfig,
+    /// Whether the output projection reuses the token embedding.
+    pub tie_word_embeddings: bool,
+    /// Bias on q/k/v projections.
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection.
+    pub o_bias: bool,
+    /// Bias on the MLP projections.
+    pub mlp_bias: bool,
+    /// RMS norm on query and key heads (Qwen3).
+    pub qk_norm: bool,
+    /// End-of-sequence token id, if the config names one.
+    pub eos_token_id: Option<u32>,
+    /// The dtype the checkpoint says it is stored in (informational).
+    pub torch_dtype: Option<String>,
+}
+
+/// The keys of `config.json` forge reads. Unknown keys are fine: configs carry many forge has no use for.
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    model_type: Option<String>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    hidden_act: Option<String>,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<RawRope>,
+    rope_scaling: Option<RawRope>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    eos_token_id: Option<EosId>,
+    #[serde(alias = "torch_dtype")]
+    dtype: Option<String>,
+    /// forge's extension for compact models pruned unevenly: query and key/value heads per layer.
+    forge_heads_per_layer: Option<Vec<usize>>,
+    forge_kv_heads_per_layer: Option<Vec<usize>>,
+}
+
+#[derive(Deserialize)]
+struct RawRope {
+    rope_theta: Option<f64>,
+    #[serde(alias = "type")]
+    rope_type: Option<String>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EosId {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// Sizes beyond any real model; a config above them is corrupt, and refusing it early keeps a
+/// garbage file from asking for terabytes.
+const MAX_DIM: usize = 1 << 20;
+const MAX_VOCAB: usize = 1 << 24;
+
+impl ModelConfig {
+    /// Reads and validates `config.json` at `path`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => bad_input!(
+                "{} not found: a model folder needs config.json, *.safetensors and tokenizer.json \
+                 (the layout `save_pretrained` writes)",
+                path.display()
+            ),
+            _ => Error::io(path, e),
+        })?;
+        Self::from_json(&text).map_err(|e| bad_input!("{}: {e}", path.display()))
+    }
+
+    /// Parses and validates the text of a `config.json`.
+    pub fn from_json(text: &[u8]) -> Result<Self> {
+        let raw: RawConfig =
+            serde_json::from_slice(text).map_err(|e| bad_input!("not a valid config: {e}"))?;
+        let architecture = Architecture::from_names(&raw.architectures, raw.model_type.as_deref())?;
+        let need = |value: Option<usize>, key: &str, max: usize| -> Result<usize> {
+            match value {
+                None => Err(bad_input!("`{key}` is missing")),
+                Some(0) => Err(bad_input!("`{key}` is 0")),
+                Some(v) if v > max => Err(bad_input!("`{key}` is {v}, larger than any model forge can hold")),
+                Some(v) => Ok(v),
+            }
+        };
+        let hidden = need(raw.hidden_size, "hidden_size", MAX_DIM)?;
+        let intermediate = need(raw.intermediate_size, "intermediate_size", MAX_DIM)?;
+        let layers = need(raw.num_hidden_layers, "num_hidden_layers", 4096)?;
+        let heads = need(raw.num_attention_heads, "num_attention_heads", MAX_DIM)?;
+        let kv_heads = need(raw.num_key_value_heads.or(Some(heads)), "num_key_value_heads", MAX_DIM)?;
+        let vocab = need(raw.vocab_size, "vocab_size", MAX_VOCAB)?;
+        let head_dim = match raw.head_dim {
+            Some(d) => need(Some(d), "head_dim", MAX_DIM)?,
+            None if hidden % heads == 0 => hidden / heads,
+            None => return Err(bad_input!(
+                "`hidden_size` {hidden} is not a multiple of `num_attention_heads` {heads}; give `head_dim`"
+            )),
+        };
+        if head_dim % 2 != 0 {
+            return Err(bad_input!("`head_dim` is {head_dim}; rotary embeddings need an even head width"));
+        }
+        match raw.hidden_act.as_deref() {
+            None | Some("silu") => {}
+            Some(other) => {
+                return Err(bad_input!("`hidden_act` is `{other}`; forge's MLP supports `silu` only"))
+            }
+        }
+        let (heads, kv_heads) = per_layer_heads(&raw, layers, heads, kv_heads)?;
+        let rope = rope_config(&raw)?;
+        let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
+        if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
+            return Err(bad_input!(
+                "`rms_norm_eps` is {rms_norm_eps}; it must be a finite non-negative number"
+            ));
+        }
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        let (qkv_bias, o_bias) = match architecture {
+            Architecture::Qwen2 => (true, false),
+            Architecture::Llama | Architecture::Qwen3 => (attention_bias, attention_bias),
+        };
+        Ok(ModelConfig {
+            architecture,
+            hidden,
+            intermediate,
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            rms_norm_eps,
+            rope,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias,
+            o_bias,
+            mlp_bias: architecture == Architecture::Llama && raw.mlp_bias.unwrap_or(false),
+            qk_norm: architecture == Architecture::Qwen3,
+            eos_token_id: match raw.eos_token_id {
+                Some(EosId::One(id)) => Some(id),
+                Some(EosId::Many(ids)) => ids.first().copied(),
+                None => None,
+            },
+            torch_dtype: raw.dtype,
+        })
+    }
+
+    /// The attention geometry, as strategies see it.
+    pub fn geometry(&self) -> forge_api::ModelGeometry {
+        forge_api::ModelGeometry {
+            layers: self.layers,
+            heads: self.heads.clone(),
+            kv_heads: self.kv_heads.clone(),
+            head_dim: self.head_dim,
+            hidden: self.hidden,
+        }
+    }
+}
+
+fn per_layer_heads(
+    raw: &RawConfig,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let q = raw.forge_heads_per_layer.clone().unwrap_or_else(|| vec![heads; layers]);
+    let kv = raw.forge_kv_heads_per_layer.clone().unwrap_or_else(|| vec![kv_heads; layers]);
+    if q.len() != layers || kv.len() != layers {
+        return Err(bad_input!(
+            "`forge_heads_per_layer`/`forge_kv_heads_per_layer` must list {layers} layers (found {} and {})",
+            q.len(),
+            kv.len()
+        ));
+    }
+    for (layer, (&h, &k)) in q.iter().zip(&kv).enumerate() {
+        if h == 0 || k == 0 || h > MAX_DIM || h % k != 0 {
+            return Err(bad_input!(
+                "layer {layer} has {h} query heads and {k} key/value heads; query heads must be a \
+                 non-zero multiple of key/value heads"
+            ));
+        }
+    }
+    Ok((q, kv))
+}
+
+fn rope_config(raw: &RawConfig) -> Result<RopeConfig> {
+    let params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+    let theta = params.and_then(|p| p.rope_theta).or(raw.rope_theta).unwrap_or(10_000.0);
+    if !(theta.is_finite() && theta > 1.0) {
+        return Err(bad_input!("`rope_theta` is {theta}; it must be a finite number above 1"));
+    }
+    let positive = |v: Option<f64>, key: &str| -> Result<f64> {
+        match v {
+            Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+            Some(v) => Err(bad_input!("rope `{key}` is {v}; it must be a finite positive number")),
+            None => Err(bad_input!("rope scaling needs `{key}`")),
+        }
+    };
+    let scaling = match params.and_then(|p| p.rope_type.as_deref()).unwrap_or("default") {
+        "default" => RopeScaling::Default,
+        "linear" => RopeScaling::Linear { factor: positive(params.and_then(|p| p.factor), "factor")? },
+        "llama3" => {
+            let p = params.expect("a rope type comes from rope parameters");
+            let low = positive(p.low_freq_factor, "low_freq_factor")?;
+            let high = positive(p.high_freq_factor, "high_freq_factor")?;
+            if high <= low {
+                return Err(bad_input!(
+                    "rope `high_freq_factor` ({high}) must exceed `low_freq_factor` ({low})"
+                ));
+            }
+            RopeScaling::Llama3 {
+                factor: positive(p.factor, "factor")?,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: positive(
+                    p.original_max_position_embeddings,
+                    "original_max_position_embeddings",
+                )?,
+            }
+        }
+        other => {
+            return Err(bad_input!(
+                "rope type `{other}` is not supported; forge supports default, linear and llama3"
+            ))
+        }
+    };
+    Ok(RopeConfig { theta, scaling })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QWEN3: &str = r#"{"architectures": ["Qwen3ForCausalLM"], "hidden_size": 256, "intermediate_size": 768,
+        "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32,
+        "vocab_size": 8192, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "tie_word_embeddings": true, "eos_token_id": 0, "hidden_act": "silu"}"#;
+
+    fn with(extra: &str) -> String {
+        format!("{}, {extra}}}", QWEN3.trim_end().trim_end_matches('}'))
+    }
+
+    #[test]
+    fn reads_a_qwen3_config() {
+        let c = ModelConfig::from_json(QWEN3.as_bytes()).unwrap();
+        assert_eq!(c.architecture, Architecture::Qwen3);
+        assert_eq!((c.layers, c.head_dim, c.vocab), (8, 32, 8192));
+        assert_eq!(c.heads, vec![8; 8]);
+        assert_eq!(c.kv_heads, vec![4; 8]);
+        assert!(c.qk_norm && c.tie_word_embeddings && !c.qkv_bias);
+        assert_eq!(c.rope, RopeConfig { theta: 10000.0, scaling: RopeScaling::Default });
+    }
+
+    #[test]
+    fn names_unsupported_architectures_and_lists_the_supported_ones() {
+        let e = ModelConfig::from_json(br#"{"architectures": ["GPT2LMHeadModel"]}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "architecture `GPT2LMHeadModel` is not supported; forge runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
+        );
+    }
+
+    #[test]
+    fn reads_llama3_rope_scaling_from_the_old_key() {
+        let c = ModelConfig::from_json(
+            with(
+                r#""rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}, "rope_theta": 500000.0"#,
+            )
+            .replace("rope_parameters", "unused")
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(c.rope.theta, 500000.0);
+        assert!(matches!(c.rope.scaling, RopeScaling::Llama3 { factor, .. } if factor == 32.0));
+    }
+
+    #[test]
+    fn refuses_what_would_compute_the_wrong_thing() {
+        let gelu = ModelConfig::from_json(
+            with(r#""hidden_act": "gelu""#).replacen(r#""hidden_act": "silu""#, "\"x\": 0", 1).as_bytes(),
+        );
+        assert!(gelu.unwrap_err().to_string().contains("`hidden_act` is `gelu`"));
+        let yarn = ModelConfig::from_json(QWEN3.replace("\"default\"", "\"yarn\"").as_bytes());
+        assert!(yarn.unwrap_err().to_string().contains("rope type `yarn` is not supported"));
+        let groups = ModelConfig::from_json(
+            QWEN3.replace("\"num_key_value_heads\": 4", "\"num_key_value_heads\": 3").as_bytes(),
+        );
+        assert!(groups.unwrap_err().to_string().contains("8 query heads and 3 key/value heads"));
+        let missing = ModelConfig::from_json(QWEN3.replace("\"vocab_size\": 8192,", "").as_bytes());
+        assert_eq!(missing.unwrap_err().to_string(), "`vocab_size` is missing");
+    }
+}

@@ -1,0 +1,51 @@
+//! One pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+use candle_core::{Module, Tensor};
+
+use super::attention::{attention, Attention};
+use super::config::ModelConfig;
+use super::kv_cache::LayerCache;
+use super::mlp::{mlp, Mlp};
+use super::norm::{rms_norm, RmsNorm};
+use super::rope::RopeTables;
+use super::scope::WeightScope;
+use crate::Result;
+
+/// A decoder layer.
+#[derive(Clone)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    /// The attention block.
+    pub self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    /// The feed-forward block.
+    pub mlp: Mlp,
+}
+
+/// Loads layer `layer` from `vb` (`model.layers.N`).
+pub fn decoder_layer(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<DecoderLayer> {
+    let norm = |name: &str| rms_norm(config.hidden, config.rms_norm_eps, vb.pp(name));
+    Ok(DecoderLayer {
+        input_layernorm: norm("input_layernorm")?,
+        self_attn: attention(config, layer, vb.pp("self_attn"))?,
+        post_attention_layernorm: norm("post_attention_layernorm")?,
+        mlp: mlp(config, vb.pp("mlp"))?,
+    })
+}
+
+impl DecoderLayer {
+    /// Runs the layer on `x` `(batch, seq, hidden)`; see [`Attention::forward`] for the other inputs.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        past: usize,
+        head_mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> candle_core::Result<Tensor> {
+        let attended =
+            self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, past, head_mask, cache)?;
+        let x = (x + attended)?;
+        let fed = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        x + fed
+    }
+}

@@ -1,0 +1,144 @@
+//! Rotary position embeddings, applied as `x·cos + rotate_half(x)·sin` from elementary ops (candle's
+//! fused `rope` has no backward). Frequencies follow transformers: computed in f32 from `rope_theta`,
+//! rescaled for `linear` and `llama3` rope types, with the two halves of each head rotated together.
+use candle_core::{DType, Device, Tensor, D};
+
+use super::config::{RopeConfig, RopeScaling};
+
+/// The inverse frequencies of one head width, after any rescaling.
+#[derive(Clone, Debug)]
+pub struct RotaryEmbedding {
+    inv_freq: Vec<f32>,
+}
+
+/// cos and sin for a run of positions, shaped `(1, 1, seq, head_dim)` to broadcast over batch and heads.
+#[derive(Clone)]
+pub struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryEmbedding {
+    /// Frequencies for heads of width `head_dim`.
+    pub fn new(config: &RopeConfig, head_dim: usize) -> Self {
+        let base: Vec<f64> =
+            (0..head_dim / 2).map(|i| 1.0 / config.theta.powf((2 * i) as f64 / head_dim as f64)).collect();
+        let inv_freq = match config.scaling {
+            RopeScaling::Default => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let low_wavelen = original_max_position_embeddings / low_freq_factor;
+                let high_wavelen = original_max_position_embeddings / high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        };
+        // transformers keeps inv_freq as an f32 buffer; rounding here as it does keeps positions far
+        // into a long context identical.
+        RotaryEmbedding { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect() }
+    }
+
+    /// cos/sin for positions `start..start + len`, in `dtype` on `device`.
+    pub fn tables(
+        &self,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<RopeTables> {
+        let half = self.inv_freq.len();
+        let mut angles = Vec::with_capacity(len * half * 2);
+        for pos in start..start + len {
+            let row: Vec<f32> = self.inv_freq.iter().map(|f| pos as f32 * f).collect();
+            angles.extend_from_slice(&row);
+            angles.extend_from_slice(&row);
+        }
+        let angles = Tensor::from_vec(angles, (1, 1, len, 2 * half), device)?;
+        Ok(RopeTables { cos: angles.cos()?.to_dtype(dtype)?, sin: angles.sin()?.to_dtype(dtype)? })
+    }
+}
+
+impl RopeTables {
+    /// Rotates `x`, shaped `(batch, heads, seq, head_dim)`.
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rotation written out in f64, pair by pair, as the RoPE paper defines it for the
+    /// half-split layout.
+    fn reference(x: &[f64], pos: usize, inv_freq: &[f32]) -> Vec<f64> {
+        let half = x.len() / 2;
+        let mut out = vec![0.0; x.len()];
+        for i in 0..half {
+            let angle = pos as f64 * inv_freq[i] as f64;
+            out[i] = x[i] * angle.cos() - x[i + half] * angle.sin();
+            out[i + half] = x[i + half] * angle.cos() + x[i] * angle.sin();
+        }
+        out
+    }
+
+    #[test]
+    fn rotates_each_pair_by_its_angle() -> candle_core::Result<()> {
+        let rope = RotaryEmbedding::new(&RopeConfig { theta: 10000.0, scaling: RopeScaling::Default }, 8);
+        let values: Vec<f32> = (0..3 * 8).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+        let x = Tensor::from_vec(values.clone(), (1, 1, 3, 8), &Device::Cpu)?;
+        let out = rope.tables(5, 3, DType::F32, &Device::Cpu)?.apply(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        for p in 0..3 {
+            let row: Vec<f64> = values[p * 8..p * 8 + 8].iter().map(|&v| v as f64).collect();
+            for (got, want) in out[p * 8..p * 8 + 8].iter().zip(reference(&row, 5 + p, &rope.inv_freq)) {
+                assert!((*got as f64 - want).abs() < 1e-5, "position {}: {got} vs {want}", 5 + p);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let config = RopeConfig {
+            theta: 500000.0,
+            scaling: RopeScaling::Llama3 {
+                factor: 32.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192.0,
+            },
+        };
+        let plain = RotaryEmbedding::new(&RopeConfig { theta: 500000.0, scaling: RopeScaling::Default }, 64);
+        let scaled = RotaryEmbedding::new(&config, 64);
+        assert_eq!(scaled.inv_freq[0], plain.inv_freq[0]);
+        assert!((scaled.inv_freq[31] - plain.inv_freq[31] / 32.0).abs() < 1e-12);
+        // A medium frequency lies strictly between its two bounds.
+        let mid = (0..32).find(|&i| {
+            let wavelen = 2.0 * std::f64::consts::PI / plain.inv_freq[i] as f64;
+            wavelen > 2048.0 && wavelen < 8192.0
+        });
+        let i = mid.expect("theta 5e5 has frequencies in the smoothed band");
+        assert!(scaled.inv_freq[i] < plain.inv_freq[i] && scaled.inv_freq[i] > plain.inv_freq[i] / 32.0);
+    }
+}

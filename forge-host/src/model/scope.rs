@@ -1,0 +1,58 @@
+//! A prefix into a [`WeightStore`], as candle-nn's `VarBuilder` is: builders take one and call
+//! `pp("name")`, so the code that builds a layer reads like the checkpoint's keys.
+use candle_core::{DType, Device, Tensor};
+
+use super::weights::WeightStore;
+use crate::Result;
+
+/// Loads tensors under a key prefix, in the dtype and on the device the model runs in.
+#[derive(Clone)]
+pub struct WeightScope<'a> {
+    store: &'a WeightStore,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl<'a> WeightScope<'a> {
+    /// The root scope of a checkpoint.
+    pub fn new(store: &'a WeightStore, dtype: DType, device: &Device) -> Self {
+        WeightScope { store, prefix: String::new(), dtype, device: device.clone() }
+    }
+
+    /// The scope one level down (`model` → `model.layers`).
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix =
+            if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        WeightScope { prefix, ..self.clone() }
+    }
+
+    /// The full key of `name` in this scope.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Loads `name`, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.store.load(&self.key(name), shape, self.dtype, &self.device)
+    }
+
+    /// Whether the checkpoint has `name` in this scope.
+    pub fn contains(&self, name: &str) -> bool {
+        self.store.contains(&self.key(name))
+    }
+
+    /// The dtype weights are converted to.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device weights are loaded onto.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}

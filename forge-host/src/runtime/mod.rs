@@ -1,0 +1,6 @@
+//! Where work runs: the device and dtype chosen on the command line, and the memory it used.
+mod device;
+mod memory;
+
+pub use device::{parse_device, resolve_dtype, DeviceChoice};
+pub use memory::PeakMemory;

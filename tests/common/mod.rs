@@ -1,0 +1,64 @@
+//! Helpers shared by the end-to-end tests: where the vendored fixtures are, and how to compare tensors.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("forge-host sits in the workspace")
+        .to_path_buf()
+}
+
+/// The bundled `tiny-qwen3` (a copy of `../shared/fixtures/tiny-qwen3`).
+pub fn tiny_qwen3() -> PathBuf {
+    root().join("examples/tiny-qwen3")
+}
+
+/// A vendored fixture model or reference file under `tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// A bundled data slice (the first documents of the shared splits).
+pub fn data(name: &str) -> PathBuf {
+    root().join("examples/data").join(name)
+}
+
+/// ‖a − b‖ / ‖b‖, computed in f64.
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let b = b.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    assert_eq!(a.len(), b.len(), "compared tensors differ in size");
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+/// Runs the real `forge` binary.
+pub fn forge(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(args)
+        .output()
+        .expect("the forge binary runs")
+}
+
+/// Stdout of a successful run, parsed as the one JSON object `--json` promises.
+pub fn forge_json(args: &[&str]) -> serde_json::Value {
+    let out = forge(args);
+    assert!(out.status.success(), "forge {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout of forge {args:?} is not one JSON object: {e}"))
+}
+
+/// Stderr of a run that must fail with exit status 2 (bad input).
+pub fn forge_refuses(args: &[&str]) -> String {
+    let out = forge(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "forge {args:?} should exit 2; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "forge {args:?} panicked: {stderr}");
+    stderr
+}

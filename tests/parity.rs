@@ -1,0 +1,114 @@
+//! forge against Hugging Face transformers: the logits, greedy continuations and perplexities in
+//! `tests/fixtures/reference` (copied from `../shared/fixtures/reference`) were computed by
+//! transformers 5.17 in float32; forge must match them in f32 on the CPU.
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use forge_host::generate::{generate, SamplingConfig};
+use forge_host::model::ModelFolder;
+
+fn logits_match(model_dir: std::path::PathBuf, reference: &str) {
+    let folder = ModelFolder::open(&model_dir).unwrap();
+    let model = folder.load(DType::F32, &Device::Cpu).unwrap();
+    let tensors = candle_core::safetensors::load(fixture("reference").join(reference), &Device::Cpu).unwrap();
+    let ids = tensors["input_ids"].to_dtype(DType::U32).unwrap();
+    let want = &tensors["logits"];
+    let got = model.logits(&ids, None).unwrap();
+    assert_eq!(got.dims(), want.dims());
+    let diff = rel_diff(&got, want);
+    assert!(diff < 1e-4, "{reference}: relative difference {diff:e} exceeds 1e-4");
+}
+
+#[test]
+fn tiny_qwen3_logits_match_transformers() {
+    logits_match(tiny_qwen3(), "tiny-qwen3-logits.safetensors");
+}
+
+#[test]
+fn tiny_qwen2_logits_match_transformers() {
+    logits_match(fixture("tiny-qwen2"), "tiny-qwen2-logits.safetensors");
+}
+
+#[test]
+fn tiny_llama_logits_match_transformers() {
+    logits_match(fixture("tiny-llama"), "tiny-llama-logits.safetensors");
+}
+
+#[test]
+fn greedy_continuations_match_transformers_token_for_token() {
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("reference/tiny-qwen3.json")).unwrap()).unwrap();
+    let folder = ModelFolder::open(&tiny_qwen3()).unwrap();
+    let model = folder.load(DType::F32, &Device::Cpu).unwrap();
+    let tokenizer = folder.tokenizer().unwrap();
+    for case in reference["greedy"].as_array().unwrap() {
+        let ids = |key: &str| -> Vec<u32> {
+            case[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+        };
+        let prompt = tokenizer.encode(case["prompt"].as_str().unwrap()).unwrap();
+        assert_eq!(prompt, ids("prompt_ids"), "tokenization of {:?}", case["prompt"]);
+        let want = ids("greedy_ids");
+        let config = SamplingConfig {
+            max_new_tokens: want.len(),
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_token: None,
+        };
+        let got = generate(&model, &prompt, &config).unwrap();
+        assert_eq!(got, want, "greedy continuation of {:?}", case["prompt"]);
+        assert_eq!(tokenizer.decode(&got).unwrap(), case["greedy_text"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn cached_decoding_gives_the_logits_of_a_full_pass() {
+    let folder = ModelFolder::open(&tiny_qwen3()).unwrap();
+    let model = folder.load(DType::F32, &Device::Cpu).unwrap();
+    let ids: Vec<u32> = (0..12).map(|i| (i * 677 + 5) % 8192).collect();
+    let full = model
+        .logits(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), None)
+        .unwrap();
+    let mut cache = forge_host::model::KvCache::new(folder.config.layers);
+    let mut steps = vec![model
+        .logits(&Tensor::new(&ids[..5], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut cache))
+        .unwrap()];
+    for &id in &ids[5..] {
+        steps.push(
+            model
+                .logits(&Tensor::new(&[id], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut cache))
+                .unwrap(),
+        );
+    }
+    let cached = Tensor::cat(&steps, 1).unwrap();
+    assert!(rel_diff(&cached, &full) < 1e-5);
+}
+
+#[test]
+fn perplexity_matches_the_reference_on_both_domains() {
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("reference/tiny-qwen3.json")).unwrap()).unwrap();
+    let model = tiny_qwen3();
+    for domain in ["code", "prose"] {
+        let data = data(&format!("{domain}-valid.jsonl"));
+        let report = forge_json(&[
+            "eval",
+            "-q",
+            "--json",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--seq-len",
+            "512",
+            "--max-windows",
+            "32",
+        ]);
+        let want = reference[format!("{domain}_valid_ppl")].as_f64().unwrap();
+        let got = report["perplexity"].as_f64().unwrap();
+        assert!((got / want - 1.0).abs() < 1e-3, "{domain}-valid perplexity {got} vs transformers {want}");
+        assert_eq!(report["tokens"], reference[format!("{domain}_valid_tokens")]);
+        assert_eq!(report["windows"], 32);
+    }
+}
