@@ -21,6 +21,9 @@ pub enum Error {
         /// What the operating system said.
         source: std::io::Error,
     },
+    /// A strategy failed for a reason other than its input.
+    #[error("{0}")]
+    Strategy(String),
     /// A tensor operation failed: a bug or an exhausted device, not the user's input.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
@@ -41,7 +44,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::BadInput(_) | Error::Io { .. } => 2,
-            Error::Tensor(_) => 1,
+            Error::Tensor(_) | Error::Strategy(_) => 1,
         }
     }
 }
@@ -50,4 +53,13 @@ impl Error {
 #[macro_export]
 macro_rules! bad_input {
     ($($arg:tt)*) => { $crate::Error::BadInput(format!($($arg)*)) };
+}
+
+impl From<forge_api::StrategyError> for Error {
+    fn from(e: forge_api::StrategyError) -> Self {
+        match e {
+            forge_api::StrategyError::BadInput(m) => Error::BadInput(m),
+            other => Error::Strategy(other.to_string()),
+        }
+    }
 }

@@ -4,6 +4,7 @@
 use candle_core::{Tensor, D};
 
 use crate::model::{CausalLm, KvCache};
+use crate::runtime::SplitMix64;
 use crate::{bad_input, Result};
 
 /// How to pick each next token.
@@ -36,7 +37,7 @@ pub fn generate(model: &CausalLm, prompt: &[u32], config: &SamplingConfig) -> Re
         return Err(bad_input!("--top-p is {}; it must be in (0, 1]", config.top_p));
     }
     let mut cache = KvCache::new(model.config().layers);
-    let mut rng = SplitMix64(config.seed);
+    let mut rng = SplitMix64::new(config.seed);
     let mut input = Tensor::from_slice(prompt, (1, prompt.len()), model.device())?;
     let mut out = Vec::with_capacity(config.max_new_tokens);
     for _ in 0..config.max_new_tokens {
@@ -79,19 +80,6 @@ fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut SplitMix64) ->
     probs.last().map_or(0, |p| p.0)
 }
 
-/// A small, well-mixed, seedable generator: sampling needs reproducibility, not cryptography.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,7 +88,7 @@ mod tests {
     fn top_p_keeps_only_the_nucleus() {
         // Token 2 carries ~88% of the mass: with top_p 0.5 it is always chosen.
         let logits = [0.0f32, 1.0, 4.0, 0.5];
-        let mut rng = SplitMix64(7);
+        let mut rng = SplitMix64::new(7);
         assert!((0..200).all(|_| sample(&logits, 1.0, 0.5, &mut rng) == 2));
         let mut seen = [false; 4];
         for _ in 0..2000 {

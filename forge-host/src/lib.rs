@@ -9,8 +9,10 @@ mod error;
 pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod outputs;
 mod progress;
 pub mod runtime;
+pub mod strategies;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

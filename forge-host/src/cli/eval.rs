@@ -23,6 +23,9 @@ pub struct EvalArgs {
     /// Windows per forward pass: more is faster until memory runs out.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
+    /// Untimed passes over the first batch before measuring speed (GPU warm-up); results are unchanged.
+    #[arg(long, default_value_t = 0)]
+    warmup_batches: usize,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -43,7 +46,7 @@ pub fn run(args: EvalArgs, rt: &Runtime) -> Result<()> {
         args.seq_len,
         args.max_windows,
     )?;
-    let report = crate::eval::perplexity(&model, &windows, args.batch_size, rt.quiet)?;
+    let report = crate::eval::perplexity(&model, &windows, args.batch_size, args.warmup_batches, rt.quiet)?;
     super::emit(&report, args.json, |r| {
         format!(
             "perplexity {:.4} (mean NLL {:.4} over {} tokens in {} windows of {}) · {:.1}s, {:.0} tokens/s, peak {:.0} MiB",

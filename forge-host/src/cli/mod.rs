@@ -3,6 +3,9 @@
 mod eval;
 mod generate;
 mod inspect;
+mod list;
+mod prune;
+mod score;
 
 use std::path::PathBuf;
 
@@ -11,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::model::{CausalLm, ModelFolder};
 use crate::runtime::{parse_device, resolve_dtype, DeviceChoice};
+use crate::strategies::Registry;
 use crate::{bad_input, Error, Result};
 
 /// forge — measure which attention heads matter for a domain, remove the rest, and evaluate what is left.
@@ -52,6 +56,12 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Continue a prompt, greedily or by sampling.
     Generate(generate::GenerateArgs),
+    /// List every strategy (scorers, pruners, adapters, optimizers, evaluators) with its options.
+    List(list::ListArgs),
+    /// Score every attention head's importance with a named scorer; write JSON and a heat map.
+    Score(score::ScoreArgs),
+    /// Remove the least important heads with a named pruner and write the smaller model.
+    Prune(prune::PruneArgs),
 }
 
 /// Options naming a model and how to alter it before use.
@@ -60,7 +70,7 @@ struct ModelArgs {
     /// Model folder in Hugging Face layout: config.json, model.safetensors (or sharded with
     /// model.safetensors.index.json) and tokenizer.json.
     #[arg(long)]
-    model: PathBuf,
+    pub model: PathBuf,
     /// Mask file of heads to remove, `{"pruned": {"<layer>": [<head>, ...]}}` (as `forge prune` writes).
     #[arg(long)]
     mask: Option<PathBuf>,
@@ -137,10 +147,14 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let registry = Registry::builtin()?;
     let rt = cli.global.resolve()?;
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args, &rt),
         Command::Generate(args) => generate::run(args, &rt),
+        Command::List(args) => list::run(args, &registry),
+        Command::Score(args) => score::run(args, &rt, &registry),
+        Command::Prune(args) => prune::run(args, &rt, &registry),
     }
 }

@@ -55,6 +55,12 @@ impl TokenWindows {
         Ok(TokenWindows { tokens, seq_len })
     }
 
+    /// Windows cut from a token stream (a trailing partial window is dropped).
+    pub fn from_tokens(mut tokens: Vec<u32>, seq_len: usize) -> Self {
+        tokens.truncate(tokens.len() / seq_len * seq_len);
+        TokenWindows { tokens, seq_len }
+    }
+
     /// Number of windows.
     pub fn len(&self) -> usize {
         self.tokens.len() / self.seq_len

@@ -33,25 +33,35 @@ pub struct PerplexityReport {
     pub peak_memory_bytes: u64,
 }
 
-/// Scores every window of `windows`, `batch_size` at a time.
+/// Scores every window of `windows`, `batch_size` at a time. `warmup` extra passes over the first
+/// batch run before the clock starts (on a GPU the first passes pay for kernel loading and library
+/// set-up); they do not change the result.
 pub fn perplexity(
     model: &CausalLm,
     windows: &TokenWindows,
     batch_size: usize,
+    warmup: usize,
     quiet: bool,
 ) -> Result<PerplexityReport> {
     let (count, seq_len) = (windows.len(), windows.seq_len());
+    let batch_size = batch_size.max(1);
     let memory = PeakMemory::start(model.device());
+    let batch = |start: usize| -> Result<Tensor> {
+        let rows = batch_size.min(count - start);
+        Ok(Tensor::from_slice(windows.batch(start, rows), (rows, seq_len), model.device())?)
+    };
+    for _ in 0..warmup {
+        model.next_token_nll(&batch(0)?)?.sum_all()?.to_scalar::<f32>()?;
+    }
     let bar = progress::bar(count as u64, "windows", quiet);
     bar.set_message("evaluating");
     let started = Instant::now();
     let mut nll_sum = 0f64;
-    for start in (0..count).step_by(batch_size.max(1)) {
-        let rows = batch_size.max(1).min(count - start);
-        let ids = Tensor::from_slice(windows.batch(start, rows), (rows, seq_len), model.device())?;
+    for start in (0..count).step_by(batch_size) {
+        let ids = batch(start)?;
         let nll = model.next_token_nll(&ids)?.flatten_all()?.to_vec1::<f32>()?;
         nll_sum += nll.iter().map(|&v| v as f64).sum::<f64>();
-        bar.inc(rows as u64);
+        bar.inc(ids.dim(0)? as u64);
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();

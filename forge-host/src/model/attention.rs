@@ -15,6 +15,14 @@ use super::rope::RopeTables;
 use super::scope::WeightScope;
 use crate::Result;
 
+/// Sees what each attention block computed, for probes that score heads: the attention probabilities
+/// `(batch, heads, seq, past + seq)` in f32 and the per-head outputs `(batch, heads, seq, head_dim)`
+/// after the head mask.
+pub trait AttentionObserver {
+    /// Called once per layer per forward pass.
+    fn observe(&mut self, layer: usize, probs: &Tensor, heads_out: &Tensor) -> candle_core::Result<()>;
+}
+
 /// The attention block of one decoder layer.
 #[derive(Clone)]
 pub struct Attention {
@@ -28,6 +36,7 @@ pub struct Attention {
     pub o_proj: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
+    layer: usize,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -47,6 +56,7 @@ pub fn attention(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<
         o_proj: linear(heads * d, h, config.o_bias, vb.pp("o_proj"))?,
         q_norm: qk_norm("q_norm")?,
         k_norm: qk_norm("k_norm")?,
+        layer,
         heads,
         kv_heads,
         head_dim: d,
@@ -65,6 +75,7 @@ impl Attention {
         past: usize,
         head_mask: Option<&Tensor>,
         cache: Option<&mut LayerCache>,
+        observer: Option<&mut dyn AttentionObserver>,
     ) -> candle_core::Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let d = self.head_dim;
@@ -99,6 +110,9 @@ impl Attention {
             Some(mask) => heads_out.broadcast_mul(&mask.reshape((1, self.heads, 1, 1))?)?,
             None => heads_out,
         };
+        if let Some(observer) = observer {
+            observer.observe(self.layer, &probs, &heads_out)?;
+        }
         let merged = heads_out.transpose(1, 2)?.reshape((b, s, self.heads * d))?;
         self.o_proj.forward(&merged)
     }

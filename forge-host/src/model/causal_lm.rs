@@ -2,6 +2,7 @@
 //! outputs (hidden states, logits, per-token NLL) rather than last-token logits only.
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::attention::AttentionObserver;
 use super::config::ModelConfig;
 use super::decoder_layer::{decoder_layer, DecoderLayer};
 use super::kv_cache::KvCache;
@@ -77,6 +78,11 @@ impl CausalLm {
         self.head_masks[layer] = mask;
     }
 
+    /// Layer `layer`'s current head mask.
+    pub fn head_mask(&self, layer: usize) -> Option<&Tensor> {
+        self.head_masks[layer].as_ref()
+    }
+
     /// Applies a mask file's pruned heads as 0/1 masks on every layer.
     pub fn apply_head_mask(&mut self, mask: &forge_api::HeadMask) -> Result<()> {
         mask.validate(&self.config.geometry()).map_err(|e| bad_input!("mask: {e}"))?;
@@ -97,10 +103,16 @@ impl CausalLm {
 
     /// Final hidden states `(batch, seq, hidden)` for `ids` `(batch, seq)`, after the final norm.
     /// With a cache, `ids` continue the cached positions and the cache is extended.
-    pub fn hidden_states(
+    pub fn hidden_states(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
+        self.hidden_states_observed(ids, cache, None)
+    }
+
+    /// [`CausalLm::hidden_states`], showing every layer's attention to `observer`.
+    pub fn hidden_states_observed(
         &self,
         ids: &Tensor,
         mut cache: Option<&mut KvCache>,
+        mut observer: Option<&mut dyn AttentionObserver>,
     ) -> candle_core::Result<Tensor> {
         let (_, seq) = ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.seen());
@@ -112,7 +124,11 @@ impl CausalLm {
         ))?;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
-            x = layer.forward(&x, &rope, past, self.head_masks[i].as_ref(), layer_cache)?;
+            let observer = match observer {
+                Some(ref mut o) => Some(&mut **o as &mut dyn AttentionObserver),
+                None => None,
+            };
+            x = layer.forward(&x, &rope, past, self.head_masks[i].as_ref(), layer_cache, observer)?;
         }
         if let Some(cache) = cache {
             cache.advance(seq);
@@ -130,8 +146,20 @@ impl CausalLm {
     /// Next-token NLL `(batch, seq - 1)` in f32: position t predicts token t + 1. Logits are never
     /// materialised for the whole batch (see [`chunked_nll`]).
     pub fn next_token_nll(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.next_token_nll_observed(ids, None)
+    }
+
+    /// [`CausalLm::next_token_nll`], showing every layer's attention to `observer`.
+    pub fn next_token_nll_observed(
+        &self,
+        ids: &Tensor,
+        observer: Option<&mut dyn AttentionObserver>,
+    ) -> candle_core::Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        let hidden = self.hidden_states(ids, None)?.narrow(1, 0, s - 1)?.reshape((b * (s - 1), ()))?;
+        let hidden = self
+            .hidden_states_observed(ids, None, observer)?
+            .narrow(1, 0, s - 1)?
+            .reshape((b * (s - 1), ()))?;
         let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?;
         chunked_nll(&hidden, &self.lm_head, &targets)?.reshape((b, s - 1))
     }

@@ -210,9 +210,11 @@ impl ModelConfig {
         let head_dim = match raw.head_dim {
             Some(d) => need(Some(d), "head_dim", MAX_DIM)?,
             None if hidden % heads == 0 => hidden / heads,
-            None => return Err(bad_input!(
+            None => {
+                return Err(bad_input!(
                 "`hidden_size` {hidden} is not a multiple of `num_attention_heads` {heads}; give `head_dim`"
-            )),
+            ))
+            }
         };
         if head_dim % 2 != 0 {
             return Err(bad_input!("`head_dim` is {head_dim}; rotary embeddings need an even head width"));

@@ -1,7 +1,7 @@
 //! One pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 use candle_core::{Module, Tensor};
 
-use super::attention::{attention, Attention};
+use super::attention::{attention, Attention, AttentionObserver};
 use super::config::ModelConfig;
 use super::kv_cache::LayerCache;
 use super::mlp::{mlp, Mlp};
@@ -41,9 +41,16 @@ impl DecoderLayer {
         past: usize,
         head_mask: Option<&Tensor>,
         cache: Option<&mut LayerCache>,
+        observer: Option<&mut dyn AttentionObserver>,
     ) -> candle_core::Result<Tensor> {
-        let attended =
-            self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, past, head_mask, cache)?;
+        let attended = self.self_attn.forward(
+            &self.input_layernorm.forward(x)?,
+            rope,
+            past,
+            head_mask,
+            cache,
+            observer,
+        )?;
         let x = (x + attended)?;
         let fed = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
         x + fed

@@ -105,6 +105,27 @@ impl WeightStore {
         self.entries.contains_key(name)
     }
 
+    /// The shape of `name`, if the checkpoint has it.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.entries.get(name).map(|e| e.shape.clone())
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Loads `name` as stored (its own dtype), for rewriting a checkpoint without rounding.
+    pub fn load_stored(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| bad_input!("tensor `{name}` is missing from {}", self.describe_files()))?;
+        self.load(name, &entry.shape.clone(), entry.dtype, device)
+    }
+
     /// Total number of values over all tensors.
     pub fn parameter_count(&self) -> usize {
         self.entries.values().map(|e| e.shape.iter().product::<usize>()).sum()

@@ -1,6 +1,8 @@
 //! Where work runs: the device and dtype chosen on the command line, and the memory it used.
 mod device;
 mod memory;
+mod rng;
 
 pub use device::{parse_device, resolve_dtype, DeviceChoice};
 pub use memory::PeakMemory;
+pub use rng::SplitMix64;

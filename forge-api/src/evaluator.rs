@@ -1,0 +1,26 @@
+use std::collections::BTreeMap;
+
+use crate::StrategyError;
+
+/// Named metrics: numbers (`perplexity`) or anything JSON can hold (`samples`).
+pub type Metrics = BTreeMap<String, serde_json::Value>;
+
+/// What an evaluator may ask the host for: the model as it will be saved, its tokenizer, and data.
+pub trait EvalContext {
+    /// Token ids of `text`, without special tokens.
+    fn encode(&self, text: &str) -> Result<Vec<u32>, StrategyError>;
+    /// Text of token ids.
+    fn decode(&self, ids: &[u32]) -> Result<String, StrategyError>;
+    /// The evaluation windows of the data set the evaluator was given (`--data`), `seq_len` tokens each.
+    fn windows(&mut self) -> Result<Vec<Vec<u32>>, StrategyError>;
+    /// Next-token log-probabilities of each sequence: `result[i][t]` is log p(ids[i][t+1] | ids[i][..=t]).
+    fn next_token_logprobs(&mut self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, StrategyError>;
+    /// Continues `prompt` greedily by up to `max_new_tokens` tokens; returns the new tokens.
+    fn generate(&mut self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>, StrategyError>;
+}
+
+/// Measures a model.
+pub trait Evaluator {
+    /// Evaluates the model in `ctx`.
+    fn evaluate(&self, ctx: &mut dyn EvalContext) -> Result<Metrics, StrategyError>;
+}

@@ -1,0 +1,33 @@
+use crate::{HeadScores, ModelGeometry, StrategyError};
+
+/// A tensor copied to host memory as f32, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// What a scorer may ask the host for. The probes are computed by the host on calibration windows
+/// from `--data` (the same windows for every probe of a run).
+pub trait ScoringContext {
+    /// The model's attention geometry.
+    fn geometry(&self) -> &ModelGeometry;
+    /// A weight by its checkpoint name (`model.layers.0.self_attn.q_proj.weight`), in f32.
+    fn tensor(&self, name: &str) -> Result<HostTensor, StrategyError>;
+    /// The run's seed.
+    fn seed(&self) -> u64;
+    /// Mean L2 norm of each head's attention output (before `o_proj`) per token, `[layer][head]`.
+    fn head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError>;
+    /// Mean absolute gradient of the calibration loss with respect to each head's mask, `[layer][head]`.
+    fn head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError>;
+    /// Mean entropy (nats) of each head's attention distribution, `[layer][head]`.
+    fn attention_entropy(&mut self) -> Result<Vec<Vec<f32>>, StrategyError>;
+}
+
+/// Scores each (layer, query head) by how much it matters.
+pub trait ImportanceScorer {
+    /// Scores every head of the model in `ctx`.
+    fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError>;
+}

@@ -1,0 +1,132 @@
+//! `forge prune`: score heads (or read scores), choose the ones to remove with a named pruner, and
+//! write the pruned model.
+use std::path::PathBuf;
+
+use clap::Args;
+use forge_api::{HeadScores, Options, PruneTarget};
+use serde::Serialize;
+
+use super::score::ScoringArgs;
+use super::{ModelArgs, Runtime};
+use crate::outputs::{heatmap_svg, save_pruned, write_atomic, SaveMode};
+use crate::strategies::Registry;
+use crate::{bad_input, Error, Result};
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Pruner (`forge list` shows them): global or per-layer.
+    #[arg(long)]
+    pruner: String,
+    /// An option of the pruner, KEY=VALUE (repeatable).
+    #[arg(long = "pruner-opt", value_name = "KEY=VALUE")]
+    pruner_opts: Vec<String>,
+    /// Share of all query heads to remove, in (0, 1).
+    #[arg(long, conflicts_with = "count", required_unless_present = "count")]
+    ratio: Option<f64>,
+    /// Number of query heads to remove.
+    #[arg(long)]
+    count: Option<usize>,
+    #[command(flatten)]
+    scoring: ScoringArgs,
+    /// Scores JSON written by `forge score --out`, instead of running a scorer.
+    #[arg(long, conflicts_with = "scorer")]
+    scores: Option<PathBuf>,
+    /// `compact` removes the heads' weights (smaller model); `mask` keeps shapes and zeroes their o_proj columns.
+    #[arg(long, value_enum, default_value = "compact")]
+    save_mode: SaveMode,
+    /// Output folder: the pruned model (config.json, model.safetensors, tokenizer), mask.json, scores.svg.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct PruneReport {
+    /// The mask file's `pruned` map: layer → removed heads.
+    pruned: std::collections::BTreeMap<usize, Vec<usize>>,
+    heads_before: usize,
+    heads_after: usize,
+    parameters_before: usize,
+    parameters_after: usize,
+    save_mode: SaveMode,
+    scorer: Option<String>,
+    pruner: String,
+    pruner_options: Options,
+    out: PathBuf,
+}
+
+pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
+    let target = match (args.ratio, args.count) {
+        (Some(r), _) if !(r > 0.0 && r < 1.0) => {
+            return Err(bad_input!("--ratio is {r}; it must be in (0, 1), e.g. 0.25"))
+        }
+        (Some(r), _) => PruneTarget::Ratio(r),
+        (None, Some(n)) => PruneTarget::Count(n),
+        (None, None) => unreachable!("clap requires --ratio or --count"),
+    };
+    let (pruner, pruner_options) =
+        registry.pruner(&args.pruner, &Options::parse_pairs(&args.pruner_opts)?)?;
+    if let Some(name) = args.scoring.scorer() {
+        registry.find(forge_api::StrategyKind::Scorer, name)?;
+    }
+    let (folder, mut model) = args.model.load(rt)?;
+    let geometry = folder.config.geometry();
+    let scores = match (&args.scores, args.scoring.scorer()) {
+        (Some(path), _) => {
+            let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let scores: HeadScores = serde_json::from_slice(&text).map_err(|e| {
+                bad_input!(
+                    "{} is not a scores file ({e}); write one with `forge score --out`",
+                    path.display()
+                )
+            })?;
+            scores.validate(&geometry).map_err(|e| bad_input!("{}: {e}", path.display()))?;
+            scores
+        }
+        (None, Some(name)) => args.scoring.score(name, registry, &folder, &mut model, rt)?.0,
+        (None, None) => {
+            return Err(bad_input!("give --scorer NAME or --scores FILE to say which heads matter"))
+        }
+    };
+    let total = geometry.total_heads();
+    if let PruneTarget::Count(n) = target {
+        if n == 0 || n >= total {
+            return Err(bad_input!("--count is {n}; the model has {total} heads, so give 1..={}", total - 1));
+        }
+    }
+    let mask = pruner.prune(&scores, &geometry, target)?;
+    mask.validate(&geometry).map_err(|e| bad_input!("pruner `{}` returned a bad mask: {e}", args.pruner))?;
+    let saved = save_pruned(&folder, &mask, args.save_mode, &args.out)?;
+    let svg =
+        heatmap_svg(&scores, Some(&mask), &format!("{} heads removed by {}", mask.count(), args.pruner));
+    let svg_path = args.out.join("scores.svg");
+    write_atomic(&svg_path, |tmp| std::fs::write(tmp, &svg).map_err(|e| Error::io(tmp, e)))?;
+    let report = PruneReport {
+        heads_before: total,
+        heads_after: total - mask.count(),
+        parameters_before: folder.weights.parameter_count(),
+        parameters_after: saved.parameters,
+        pruned: mask.pruned,
+        save_mode: args.save_mode,
+        scorer: args.scoring.scorer().map(String::from),
+        pruner: args.pruner.clone(),
+        pruner_options,
+        out: args.out.clone(),
+    };
+    super::emit(&report, args.json, |r| {
+        format!(
+            "removed {} of {} heads ({:?}); parameters {} → {}; wrote {}",
+            r.heads_before - r.heads_after,
+            r.heads_before,
+            r.save_mode,
+            r.parameters_before,
+            r.parameters_after,
+            r.out.display()
+        )
+    });
+    Ok(())
+}

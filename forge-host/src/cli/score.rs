@@ -1,0 +1,131 @@
+//! `forge score`: importance of every head by a named scorer, as JSON and a heat map.
+use std::path::PathBuf;
+
+use clap::Args;
+use forge_api::{HeadScores, Options};
+use serde::Serialize;
+
+use super::{ModelArgs, Runtime};
+use crate::data::{Documents, TokenWindows};
+use crate::model::{CausalLm, ModelFolder};
+use crate::outputs::{heatmap_svg, write_atomic, write_json_atomic};
+use crate::strategies::{ModelProbes, Registry};
+use crate::{Error, Result};
+
+/// How to score heads: the scorer, its options and its calibration data.
+#[derive(Args, Debug)]
+pub struct ScoringArgs {
+    /// Importance scorer (`forge list` shows them): l2, random, activation, taylor, or a plugin's.
+    #[arg(long)]
+    scorer: Option<String>,
+    /// An option of the scorer, KEY=VALUE (repeatable); unknown keys are errors.
+    #[arg(long = "scorer-opt", value_name = "KEY=VALUE")]
+    scorer_opts: Vec<String>,
+    /// Calibration data for scorers that run the model (activation, taylor): JSONL or text.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Calibration windows taken from the start of --data.
+    #[arg(long, default_value_t = 16)]
+    calib_windows: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 256)]
+    calib_seq_len: usize,
+    /// Calibration windows per forward (and backward) pass.
+    #[arg(long, default_value_t = 4)]
+    calib_batch_size: usize,
+}
+
+impl ScoringArgs {
+    /// The name of the scorer, if one was given.
+    pub fn scorer(&self) -> Option<&str> {
+        self.scorer.as_deref()
+    }
+
+    /// Runs the scorer on `model`; returns its scores and resolved options.
+    pub fn score(
+        &self,
+        name: &str,
+        registry: &Registry,
+        folder: &ModelFolder,
+        model: &mut CausalLm,
+        rt: &Runtime,
+    ) -> Result<(HeadScores, Options)> {
+        let given = Options::parse_pairs(&self.scorer_opts)?;
+        let (scorer, options) = registry.scorer(name, &given)?;
+        let calibration = match &self.data {
+            Some(path) => Some(TokenWindows::from_documents(
+                Documents::open(path)?,
+                &folder.tokenizer()?,
+                self.calib_seq_len,
+                Some(self.calib_windows),
+            )?),
+            None => None,
+        };
+        let mut ctx = ModelProbes::new(
+            model,
+            &folder.weights,
+            calibration.as_ref(),
+            self.calib_batch_size,
+            rt.seed,
+            rt.quiet,
+        );
+        let scores = scorer.score(&mut ctx)?;
+        scores
+            .validate(&folder.config.geometry())
+            .map_err(|e| crate::bad_input!("scorer `{name}` returned bad scores: {e}"))?;
+        Ok((scores, options))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    scoring: ScoringArgs,
+    /// Write the scores JSON here (atomically).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write a layer × head heat map SVG here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct ScoreReport<'a> {
+    scorer: &'a str,
+    options: &'a Options,
+    scores: &'a [Vec<f32>],
+}
+
+pub fn run(args: ScoreArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
+    let name = args
+        .scoring
+        .scorer()
+        .ok_or_else(|| crate::bad_input!("give --scorer NAME (`forge list` shows them)"))?;
+    registry.find(forge_api::StrategyKind::Scorer, name)?;
+    let (folder, mut model) = args.model.load(rt)?;
+    let (scores, options) = args.scoring.score(name, registry, &folder, &mut model, rt)?;
+    let report = ScoreReport { scorer: name, options: &options, scores: &scores.scores };
+    if let Some(path) = &args.out {
+        write_json_atomic(path, &report)?;
+    }
+    if let Some(path) = &args.svg {
+        let svg = heatmap_svg(&scores, None, &format!("{name} scores of {}", args.model.model.display()));
+        write_atomic(path, |tmp| std::fs::write(tmp, &svg).map_err(|e| Error::io(tmp, e)))?;
+    }
+    super::emit(&report, args.json, |r| {
+        r.scores
+            .iter()
+            .enumerate()
+            .map(|(l, row)| {
+                format!("layer {l:>2}: {}", row.iter().map(|s| format!("{s:9.4}")).collect::<String>())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}

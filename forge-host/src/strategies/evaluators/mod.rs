@@ -1,0 +1,6 @@
+//! Built-in evaluators, one per file, and the host's [`EvalContext`] they (and plugins) run against.
+mod context;
+mod perplexity;
+mod samples;
+
+pub use context::ModelEvalContext;

@@ -1,0 +1,11 @@
+//! Strategies chosen by name. Built-ins register themselves with `inventory::submit!` (one strategy
+//! per file, beside its implementation); the [`Registry`] collects them, and nothing selects a
+//! strategy by matching on its name.
+pub mod evaluators;
+mod probes;
+pub mod pruners;
+mod registry;
+pub mod scorers;
+
+pub use probes::ModelProbes;
+pub use registry::{Builtin, Entry, Factory, Registry};

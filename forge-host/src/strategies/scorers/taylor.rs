@@ -1,0 +1,24 @@
+//! `taylor`: the first-order estimate of how much the loss changes when a head is removed,
+//! |∂L/∂m_h| for a head mask m (Michel et al., 2019, "Are Sixteen Heads Really Better than One?"),
+//! averaged over calibration batches. The gradient flows through forge's own differentiable decoder;
+//! `strategies::probes` tests it against finite differences.
+use forge_api::{HeadScores, ImportanceScorer, ScoringContext, StrategyError};
+
+use crate::strategies::{Builtin, Factory};
+
+struct Taylor;
+
+impl ImportanceScorer for Taylor {
+    fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError> {
+        Ok(HeadScores { scores: ctx.head_mask_gradients()? })
+    }
+}
+
+inventory::submit! {
+    Builtin {
+        name: "taylor",
+        description: "first-order loss change from removing each head, |dL/dmask|, on calibration windows from --data",
+        options: Vec::new,
+        factory: Factory::Scorer(|_| Ok(Box::new(Taylor))),
+    }
+}

@@ -1,0 +1,193 @@
+//! Strategies by name and pruned models, through the library and the real binary: masked evaluation
+//! against transformers' number, compact models against the masked ones they came from.
+mod common;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use forge_api::HeadMask;
+use forge_host::model::ModelFolder;
+use forge_host::outputs::{save_pruned, SaveMode};
+
+/// The mask of the reference number in the issue: transformers gives code-valid perplexity 10.8663
+/// with these heads' attention output removed.
+const REFERENCE_MASK: &str =
+    r#"{"pruned": {"0":[1,5],"1":[0,3,6],"2":[2],"3":[4,7],"4":[1,2],"5":[6],"6":[0,5],"7":[3,4,7]}}"#;
+
+fn logits(model_dir: &Path, mask: Option<&HeadMask>) -> Tensor {
+    let folder = ModelFolder::open(model_dir).unwrap();
+    let mut model = folder.load(DType::F32, &Device::Cpu).unwrap();
+    if let Some(mask) = mask {
+        model.apply_head_mask(mask).unwrap();
+    }
+    let ids: Vec<u32> = (0..40).map(|i| (i * 911 + 3) % 8192).collect();
+    model.logits(&Tensor::from_slice(&ids, (2, 20), &Device::Cpu).unwrap(), None).unwrap()
+}
+
+#[test]
+fn masked_evaluation_matches_transformers_with_those_heads_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mask = dir.path().join("mask.json");
+    std::fs::write(&mask, REFERENCE_MASK).unwrap();
+    let report = forge_json(&[
+        "eval",
+        "-q",
+        "--json",
+        "--model",
+        tiny_qwen3().to_str().unwrap(),
+        "--data",
+        data("code-valid.jsonl").to_str().unwrap(),
+        "--max-windows",
+        "32",
+        "--mask",
+        mask.to_str().unwrap(),
+    ]);
+    let ppl = report["perplexity"].as_f64().unwrap();
+    assert!((ppl / 10.8663 - 1.0).abs() < 1e-3, "masked perplexity {ppl} vs transformers 10.8663");
+}
+
+fn compact_matches_masked(mask_json: &str, expect_standard_config: bool) {
+    let mask = HeadMask::from_json(mask_json).unwrap();
+    let folder = ModelFolder::open(&tiny_qwen3()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let saved = save_pruned(&folder, &mask, SaveMode::Compact, dir.path()).unwrap();
+    assert!(saved.parameters < folder.weights.parameter_count(), "compact model is not smaller");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config.get("forge_heads_per_layer").is_none(), expect_standard_config, "{config}");
+    let diff = rel_diff(&logits(dir.path(), None), &logits(&tiny_qwen3(), Some(&mask)));
+    assert!(diff < 1e-4, "compact vs masked logits differ by {diff:e}");
+    // The mask-mode checkpoint is the masked model too, with the original shapes.
+    let masked_dir = tempfile::tempdir().unwrap();
+    let same = save_pruned(&folder, &mask, SaveMode::Mask, masked_dir.path()).unwrap();
+    assert_eq!(same.parameters, folder.weights.parameter_count());
+    assert!(rel_diff(&logits(masked_dir.path(), None), &logits(&tiny_qwen3(), Some(&mask))) < 1e-6);
+}
+
+#[test]
+fn a_uniform_compact_model_equals_the_masked_one_and_has_a_standard_config() {
+    // Two whole KV groups (heads 2k, 2k+1) from every layer.
+    compact_matches_masked(
+        r#"{"pruned": {"0":[0,1],"1":[2,3],"2":[4,5],"3":[6,7],"4":[0,1],"5":[2,3],"6":[4,5],"7":[6,7]}}"#,
+        true,
+    );
+}
+
+#[test]
+fn a_per_layer_compact_model_equals_the_masked_one() {
+    // Uneven counts per layer and uneven groups inside layers (padding and KV copies both occur).
+    compact_matches_masked(r#"{"pruned": {"0":[0,1,2,3],"1":[1],"3":[0,2,4,6],"6":[0,1,2,3,4,5,6]}}"#, false);
+}
+
+#[test]
+fn prune_by_name_writes_a_model_mask_and_heat_map() {
+    let out = tempfile::tempdir().unwrap();
+    let report = forge_json(&[
+        "prune",
+        "-q",
+        "--json",
+        "--model",
+        tiny_qwen3().to_str().unwrap(),
+        "--scorer",
+        "l2",
+        "--pruner",
+        "global",
+        "--ratio",
+        "0.25",
+        "--pruner-opt",
+        "whole-groups=true",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!((report["heads_before"].as_u64(), report["heads_after"].as_u64()), (Some(64), Some(48)));
+    assert!(report["parameters_after"].as_u64() < report["parameters_before"].as_u64());
+    let pruned: usize =
+        report["pruned"].as_object().unwrap().values().map(|v| v.as_array().unwrap().len()).sum();
+    assert_eq!(pruned, 16);
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "mask.json", "scores.svg"] {
+        assert!(out.path().join(file).is_file(), "{file} was not written");
+    }
+    let mask = HeadMask::from_json(&std::fs::read_to_string(out.path().join("mask.json")).unwrap()).unwrap();
+    assert_eq!(serde_json::to_value(&mask.pruned).unwrap(), report["pruned"]);
+    let reloaded = forge_json(&["inspect", "--json", "--model", out.path().to_str().unwrap()]);
+    assert_eq!(reloaded["parameters"], report["parameters_after"]);
+}
+
+#[test]
+fn score_writes_scores_and_a_heat_map() {
+    let out = tempfile::tempdir().unwrap();
+    let (json, svg) = (out.path().join("s.json"), out.path().join("s.svg"));
+    let report = forge_json(&[
+        "score",
+        "-q",
+        "--json",
+        "--model",
+        tiny_qwen3().to_str().unwrap(),
+        "--scorer",
+        "random",
+        "--scorer-opt",
+        "seed=5",
+        "--out",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(report["scorer"], "random");
+    let scores = report["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 8);
+    assert!(scores.iter().all(|row| row.as_array().unwrap().len() == 8));
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(written["scores"], report["scores"]);
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+}
+
+#[test]
+fn activation_scores_need_data_and_say_so() {
+    let err = forge_refuses(&["score", "--model", tiny_qwen3().to_str().unwrap(), "--scorer", "activation"]);
+    assert!(err.contains("needs calibration data: give --data FILE"), "{err}");
+}
+
+#[test]
+fn list_shows_every_builtin_with_its_origin() {
+    let list = forge_json(&["list", "--json"]);
+    let names = |kind: &str| -> Vec<String> {
+        list[kind].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names("scorers"), ["activation", "l2", "random", "taylor"]);
+    assert_eq!(names("pruners"), ["global", "per-layer"]);
+    assert_eq!(names("evaluators"), ["perplexity", "samples"]);
+    assert!(list["adapters"].is_array() && list["optimizers"].is_array());
+    assert!(list["scorers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["origin"] == "builtin" && e["options"].is_array()));
+}
+
+#[test]
+fn unknown_names_and_bad_targets_exit_2_listing_what_is_valid() {
+    let model = tiny_qwen3();
+    let model = model.to_str().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path().to_str().unwrap();
+    let err = forge_refuses(&["score", "--model", model, "--scorer", "magnitude"]);
+    assert!(
+        err.contains("unknown scorer `magnitude`; known scorers: activation, l2, random, taylor"),
+        "{err}"
+    );
+    let err = forge_refuses(&[
+        "prune", "--model", model, "--scorer", "l2", "--pruner", "best", "--ratio", "0.2", "--out", out,
+    ]);
+    assert!(err.contains("unknown pruner `best`; known pruners: global, per-layer"), "{err}");
+    for ratio in ["0", "1", "1.5", "-0.1"] {
+        let ratio = format!("--ratio={ratio}");
+        let err = forge_refuses(&[
+            "prune", "--model", model, "--scorer", "l2", "--pruner", "global", &ratio, "--out", out,
+        ]);
+        assert!(err.contains("must be in (0, 1)"), "{err}");
+    }
+    let err = forge_refuses(&["score", "--model", model, "--scorer", "random", "--scorer-opt", "sed=1"]);
+    assert!(err.contains("scorer `random` has no option `sed`; its options are: seed"), "{err}");
+    assert_eq!(std::fs::read_dir(out).unwrap().count(), 0, "a refused prune wrote files");
+}
