@@ -18,7 +18,8 @@ pub trait ScoringContext {
     fn tensor(&self, name: &str) -> Result<HostTensor, StrategyError>;
     /// The run's seed.
     fn seed(&self) -> u64;
-    /// Mean L2 norm of each head's attention output (before `o_proj`) per token, `[layer][head]`.
+    /// Mean L2 norm per token of what each head writes to the residual stream (its attention output
+    /// through its own `o_proj` columns), `[layer][head]`.
     fn head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError>;
     /// Mean absolute gradient of the calibration loss with respect to each head's mask, `[layer][head]`.
     fn head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError>;

@@ -70,15 +70,19 @@ fn tensor_error(e: candle_core::Error) -> StrategyError {
     StrategyError::failed(format!("probe failed: {e}"))
 }
 
-/// Accumulates a per-head statistic `(batch, heads, seq)` over batches, averaged per token.
-struct MeanPerHead {
-    statistic: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+/// A per-token statistic of each head, `(batch, heads, seq)`, from a layer's attention probabilities
+/// and per-head outputs.
+type Statistic<'s> = Box<dyn Fn(usize, &Tensor, &Tensor) -> candle_core::Result<Tensor> + 's>;
+
+/// Accumulates a per-head statistic over batches, averaged per token.
+struct MeanPerHead<'s> {
+    statistic: Statistic<'s>,
     sums: Vec<Vec<f64>>,
     tokens: Vec<usize>,
 }
 
-impl MeanPerHead {
-    fn new(geometry: &ModelGeometry, statistic: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>) -> Self {
+impl<'s> MeanPerHead<'s> {
+    fn new(geometry: &ModelGeometry, statistic: Statistic<'s>) -> Self {
         MeanPerHead {
             statistic,
             sums: geometry.heads.iter().map(|&h| vec![0.0; h]).collect(),
@@ -95,9 +99,9 @@ impl MeanPerHead {
     }
 }
 
-impl AttentionObserver for MeanPerHead {
+impl AttentionObserver for MeanPerHead<'_> {
     fn observe(&mut self, layer: usize, probs: &Tensor, heads_out: &Tensor) -> candle_core::Result<()> {
-        let per_token = (self.statistic)(probs, heads_out)?; // (batch, heads, seq)
+        let per_token = (self.statistic)(layer, probs, heads_out)?; // (batch, heads, seq)
         let (b, _, s) = per_token.dims3()?;
         let sums = per_token.sum(2)?.sum(0)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         self.sums[layer].iter_mut().zip(sums).for_each(|(acc, v)| *acc += v);
@@ -106,11 +110,17 @@ impl AttentionObserver for MeanPerHead {
     }
 }
 
-fn output_norm(_probs: &Tensor, heads_out: &Tensor) -> candle_core::Result<Tensor> {
-    heads_out.to_dtype(DType::F32)?.sqr()?.sum(D::Minus1)?.sqrt()
+/// The norm of what each head writes into the residual stream: its output through its own `o_proj`
+/// columns, `‖W_o[:, h] · out_h‖`. (The output before `o_proj` alone ignores how strongly `o_proj`
+/// passes it on.) `o_heads[layer]` is `W_o` as `(heads, head_dim, hidden)`.
+fn contribution_norm(o_heads: &[Tensor], layer: usize, heads_out: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, s, d) = heads_out.dims4()?;
+    let per_head = heads_out.to_dtype(DType::F32)?.transpose(0, 1)?.reshape((h, b * s, d))?;
+    let written = per_head.matmul(&o_heads[layer])?; // (heads, b·s, hidden)
+    written.sqr()?.sum(D::Minus1)?.sqrt()?.reshape((h, b, s))?.transpose(0, 1)
 }
 
-fn entropy(probs: &Tensor, _heads_out: &Tensor) -> candle_core::Result<Tensor> {
+fn entropy(probs: &Tensor) -> candle_core::Result<Tensor> {
     // Masked positions have p = 0 exactly; the tiny offset makes their 0 · log 0 term 0, not NaN.
     (probs * (probs + 1e-30)?.log()?)?.sum(D::Minus1)?.neg()
 }
@@ -140,12 +150,24 @@ impl ScoringContext for ModelProbes<'_> {
     }
 
     fn head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        let observer = MeanPerHead::new(&self.geometry, output_norm);
+        let d = self.geometry.head_dim;
+        let o_heads: Vec<Tensor> = self
+            .model
+            .layers
+            .iter()
+            .map(|layer| {
+                let w = layer.self_attn.o_proj.weight().to_dtype(DType::F32)?; // (hidden, heads·d)
+                let hidden = w.dim(0)?;
+                w.t()?.reshape((w.dim(1)? / d, d, hidden))?.contiguous()
+            })
+            .collect::<candle_core::Result<_>>()
+            .map_err(tensor_error)?;
+        let observer = MeanPerHead::new(&self.geometry, Box::new(move |layer, _, out| contribution_norm(&o_heads, layer, out)));
         self.observe("head output norms", observer)
     }
 
     fn attention_entropy(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        let observer = MeanPerHead::new(&self.geometry, entropy);
+        let observer = MeanPerHead::new(&self.geometry, Box::new(|_, probs, _| entropy(probs)));
         self.observe("attention entropy", observer)
     }
 

@@ -1,22 +1,49 @@
-//! `activation`: how strongly each head writes — the mean L2 norm of its attention output (before
-//! `o_proj`) per token over the calibration windows. A head that outputs little contributes little.
-use forge_api::{HeadScores, ImportanceScorer, ScoringContext, StrategyError};
+//! `activation`: how strongly each head writes — the mean L2 norm, per token over the calibration
+//! windows, of the head's attention output as it enters the residual stream (through its own `o_proj`
+//! columns). A head that writes little contributes little.
+//!
+//! Output norms grow with depth (the residual stream does), so raw norms would make a global pruner
+//! empty the first layers first. By default each layer's scores are divided by the layer's mean, which
+//! ranks a head against its own layer's scale; `normalize=none` keeps raw norms.
+use forge_api::{HeadScores, ImportanceScorer, OptionKind, OptionSpec, ScoringContext, StrategyError};
 
 use crate::strategies::{Builtin, Factory};
 
-struct Activation;
+struct Activation {
+    per_layer_mean: bool,
+}
 
 impl ImportanceScorer for Activation {
     fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError> {
-        Ok(HeadScores { scores: ctx.head_output_norms()? })
+        let mut scores = ctx.head_output_norms()?;
+        if self.per_layer_mean {
+            for row in &mut scores {
+                let mean = row.iter().sum::<f32>() / row.len() as f32;
+                if mean > 0.0 {
+                    row.iter_mut().for_each(|s| *s /= mean);
+                }
+            }
+        }
+        Ok(HeadScores { scores })
     }
 }
 
 inventory::submit! {
     Builtin {
         name: "activation",
-        description: "mean norm of each head's attention output per token on calibration windows from --data",
-        options: Vec::new,
-        factory: Factory::Scorer(|_| Ok(Box::new(Activation))),
+        description: "mean norm of what each head writes to the residual stream, on calibration windows from --data",
+        options: || vec![OptionSpec::new(
+            "normalize",
+            OptionKind::String,
+            "layer-mean",
+            "layer-mean divides each layer's scores by their mean (comparable across layers); none keeps raw norms",
+        )],
+        factory: Factory::Scorer(|o| match o.string("normalize") {
+            "layer-mean" => Ok(Box::new(Activation { per_layer_mean: true })),
+            "none" => Ok(Box::new(Activation { per_layer_mean: false })),
+            other => Err(StrategyError::bad_input(format!(
+                "option `normalize` of scorer `activation` is `{other}`; use layer-mean or none"
+            ))),
+        }),
     }
 }
