@@ -14,5 +14,6 @@ mod progress;
 pub mod runtime;
 pub mod strategies;
 pub mod tokenizer;
+pub mod training;
 
 pub use error::{Error, Result};

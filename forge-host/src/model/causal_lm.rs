@@ -5,10 +5,11 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::attention::AttentionObserver;
 use super::config::ModelConfig;
 use super::decoder_layer::{decoder_layer, DecoderLayer};
+use super::frozen_matmul::frozen_matmul;
 use super::kv_cache::KvCache;
 use super::loss::chunked_nll;
 use super::norm::{rms_norm, RmsNorm};
-use super::rope::RotaryEmbedding;
+use super::rope::{RopeTables, RotaryEmbedding};
 use super::scope::WeightScope;
 use crate::{bad_input, Result};
 
@@ -111,17 +112,23 @@ impl CausalLm {
     pub fn hidden_states_observed(
         &self,
         ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        observer: Option<&mut dyn AttentionObserver>,
+    ) -> candle_core::Result<Tensor> {
+        self.norm.forward(&self.trunk(ids, cache, observer)?)
+    }
+
+    /// The last layer's output (before the final norm).
+    fn trunk(
+        &self,
+        ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         mut observer: Option<&mut dyn AttentionObserver>,
     ) -> candle_core::Result<Tensor> {
-        let (_, seq) = ids.dims2()?;
+        let seq = ids.dim(1)?;
         let past = cache.as_ref().map_or(0, |c| c.seen());
-        let rope = self.rotary.tables(past, seq, self.dtype, &self.device)?;
-        let mut x = self.embed_tokens.embedding(&ids.flatten_all()?)?.reshape((
-            ids.dim(0)?,
-            seq,
-            self.config.hidden,
-        ))?;
+        let rope = self.rope(past, seq)?;
+        let mut x = self.embed(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
             let observer = match observer {
@@ -133,14 +140,38 @@ impl CausalLm {
         if let Some(cache) = cache {
             cache.advance(seq);
         }
-        self.norm.forward(&x)
+        Ok(x)
+    }
+
+    /// Token embeddings `(batch, seq, hidden)` of `ids` `(batch, seq)`: the first layer's input.
+    pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, seq) = ids.dims2()?;
+        self.embed_tokens.embedding(&ids.flatten_all()?)?.reshape((b, seq, self.config.hidden))
+    }
+
+    /// Rotary tables for positions `past..past + seq`.
+    pub fn rope(&self, past: usize, seq: usize) -> candle_core::Result<RopeTables> {
+        self.rotary.tables(past, seq, self.dtype, &self.device)
+    }
+
+    /// Runs decoder layer `i` alone on `x` (no cache): the unit gradient checkpointing recomputes.
+    pub fn layer_forward(&self, i: usize, x: &Tensor, rope: &RopeTables) -> candle_core::Result<Tensor> {
+        self.layers[i].forward(x, rope, 0, self.head_masks[i].as_ref(), None, None)
+    }
+
+    /// Next-token NLL `(batch, seq - 1)` from the last layer's output `x` (before the final norm).
+    pub fn nll_from_last_layer(&self, x: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let hidden = self.norm.forward(x)?.narrow(1, 0, s - 1)?.reshape((b * (s - 1), ()))?;
+        let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?;
+        chunked_nll(&hidden, &self.lm_head, &targets)?.reshape((b, s - 1))
     }
 
     /// Logits `(batch, seq, vocab)` for every position, in f32.
     pub fn logits(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
         let hidden = self.hidden_states(ids, cache)?;
         let (b, s, h) = hidden.dims3()?;
-        hidden.reshape((b * s, h))?.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?.reshape((b, s, ()))
+        frozen_matmul(&hidden.reshape((b * s, h))?, &self.lm_head)?.to_dtype(DType::F32)?.reshape((b, s, ()))
     }
 
     /// Next-token NLL `(batch, seq - 1)` in f32: position t predicts token t + 1. Logits are never
@@ -155,12 +186,6 @@ impl CausalLm {
         ids: &Tensor,
         observer: Option<&mut dyn AttentionObserver>,
     ) -> candle_core::Result<Tensor> {
-        let (b, s) = ids.dims2()?;
-        let hidden = self
-            .hidden_states_observed(ids, None, observer)?
-            .narrow(1, 0, s - 1)?
-            .reshape((b * (s - 1), ()))?;
-        let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?;
-        chunked_nll(&hidden, &self.lm_head, &targets)?.reshape((b, s - 1))
+        self.nll_from_last_layer(&self.trunk(ids, None, observer)?, ids)
     }
 }

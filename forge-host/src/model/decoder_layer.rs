@@ -3,6 +3,7 @@ use candle_core::{Module, Tensor};
 
 use super::attention::{attention, Attention, AttentionObserver};
 use super::config::ModelConfig;
+use super::linear::Linear;
 use super::kv_cache::LayerCache;
 use super::mlp::{mlp, Mlp};
 use super::norm::{rms_norm, RmsNorm};
@@ -32,7 +33,32 @@ pub fn decoder_layer(config: &ModelConfig, layer: usize, vb: WeightScope) -> Res
     })
 }
 
+/// The linear layers of a decoder layer, as `(module, parent)`: `model.layers.N.<parent>.<module>`.
+pub const LINEAR_MODULES: [(&str, &str); 7] = [
+    ("q_proj", "self_attn"),
+    ("k_proj", "self_attn"),
+    ("v_proj", "self_attn"),
+    ("o_proj", "self_attn"),
+    ("gate_proj", "mlp"),
+    ("up_proj", "mlp"),
+    ("down_proj", "mlp"),
+];
+
 impl DecoderLayer {
+    /// The linear layer `module` (one of [`LINEAR_MODULES`]), for wiring adapters in.
+    pub fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
+        Some(match module {
+            "q_proj" => &mut self.self_attn.q_proj,
+            "k_proj" => &mut self.self_attn.k_proj,
+            "v_proj" => &mut self.self_attn.v_proj,
+            "o_proj" => &mut self.self_attn.o_proj,
+            "gate_proj" => &mut self.mlp.gate_proj,
+            "up_proj" => &mut self.mlp.up_proj,
+            "down_proj" => &mut self.mlp.down_proj,
+            _ => return None,
+        })
+    }
+
     /// Runs the layer on `x` `(batch, seq, hidden)`; see [`Attention::forward`] for the other inputs.
     pub fn forward(
         &self,

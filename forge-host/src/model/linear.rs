@@ -1,9 +1,11 @@
-//! A linear layer with a frozen base weight and an injection point for adapters (LoRA and others):
-//! every projection of the decoder goes through here, so an adapter can target any of them by name.
+//! A linear layer with a frozen base weight (no gradient is ever computed for it) and an injection
+//! point for adapters (LoRA and others): every projection of the decoder goes through here, so an
+//! adapter can target any of them by name.
 use std::sync::Arc;
 
 use candle_core::{Module, Tensor};
 
+use super::frozen_matmul::frozen_matmul;
 use super::scope::WeightScope;
 use crate::Result;
 
@@ -56,7 +58,7 @@ impl Module for Linear {
         // One 2-D product over all rows: candle's batched matmul would broadcast the weight per batch.
         let dims = x.dims();
         let (rows, in_dim) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
-        let flat = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let flat = frozen_matmul(&x.reshape((rows, in_dim))?, &self.weight)?;
         let flat = match &self.bias {
             Some(b) => flat.broadcast_add(b)?,
             None => flat,

@@ -5,6 +5,8 @@
 //! log-softmax is taken in f32 so bf16 models lose nothing in the loss.
 use candle_core::{DType, Tensor, D};
 
+use super::frozen_matmul::frozen_matmul;
+
 /// Bytes of f32 logits one chunk may hold.
 const CHUNK_BYTES: usize = 256 << 20;
 
@@ -20,7 +22,7 @@ pub fn chunked_nll(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> candl
     let mut parts = Vec::with_capacity(rows.div_ceil(chunk));
     for start in (0..rows).step_by(chunk) {
         let len = chunk.min(rows - start);
-        let logits = hidden.narrow(0, start, len)?.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?;
+        let logits = frozen_matmul(&hidden.narrow(0, start, len)?, lm_head)?.to_dtype(DType::F32)?;
         let max = logits.max_keepdim(D::Minus1)?;
         let log_z = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
         let target = targets.narrow(0, start, len)?.unsqueeze(1)?;

@@ -6,6 +6,7 @@ pub mod causal_lm;
 pub mod causal_softmax;
 pub mod config;
 pub mod decoder_layer;
+pub mod frozen_matmul;
 mod folder;
 pub mod kv_cache;
 pub mod linear;

@@ -93,10 +93,7 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
     let config = &folder.config;
     mask.validate(&config.geometry()).map_err(|e| bad_input!("mask: {e}"))?;
     let d = config.head_dim;
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for name in folder.weights.names() {
-        tensors.insert(name.to_string(), folder.weights.load_stored(name, &Device::Cpu)?);
-    }
+    let mut tensors = stored_tensors(folder)?;
     let (mut heads, mut kv_heads) = (config.heads.clone(), config.kv_heads.clone());
     for layer in 0..config.layers {
         let pruned = mask.pruned_in(layer);
@@ -141,36 +138,50 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
         }
     }
 
+    let mut config = source_config(folder)?;
+    set_head_counts(&mut config, folder.config.head_dim, &heads, &kv_heads)?;
+    let parameters = write_model_folder(folder, &tensors, &config, out)?;
+    write_json_atomic(&out.join("mask.json"), mask)?;
+    Ok(SavedModel { parameters, heads, kv_heads })
+}
+
+/// Every tensor of `folder`'s checkpoint in its stored dtype, on the CPU.
+pub fn stored_tensors(folder: &ModelFolder) -> Result<HashMap<String, Tensor>> {
+    folder.weights.names().into_iter().map(|name| Ok((name.to_string(), folder.weights.load_stored(name, &Device::Cpu)?))).collect()
+}
+
+/// The folder's `config.json` as JSON, to edit and write again.
+pub fn source_config(folder: &ModelFolder) -> Result<serde_json::Value> {
+    let path = folder.path.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_slice(&text).map_err(|e| bad_input!("{}: {e}", path.display()))
+}
+
+/// Writes a model folder — `model.safetensors`, `config.json` and the source's tokenizer files — each
+/// file atomically; returns the number of values written.
+pub fn write_model_folder(folder: &ModelFolder, tensors: &HashMap<String, Tensor>, config: &serde_json::Value, out: &Path) -> Result<usize> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let weights = out.join("model.safetensors");
-    write_atomic(&weights, |tmp| {
+    write_atomic(&out.join("model.safetensors"), |tmp| {
+        // transformers checks this metadata key before loading a safetensors checkpoint.
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         safetensors::serialize_to_file(tensors.iter(), Some(metadata), tmp)
             .map_err(|e| bad_input!("cannot write {}: {e}", tmp.display()))
     })?;
-    write_json_atomic(&out.join("config.json"), &pruned_config(folder, &heads, &kv_heads)?)?;
-    for extra in
-        ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"]
-    {
+    write_json_atomic(&out.join("config.json"), config)?;
+    for extra in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
         let from = folder.path.join(extra);
         if from.is_file() {
-            let to = out.join(extra);
-            write_atomic(&to, |tmp| std::fs::copy(&from, tmp).map(drop).map_err(|e| Error::io(&from, e)))?;
+            write_atomic(&out.join(extra), |tmp| std::fs::copy(&from, tmp).map(drop).map_err(|e| Error::io(&from, e)))?;
         }
     }
-    write_json_atomic(&out.join("mask.json"), mask)?;
-    Ok(SavedModel { parameters: tensors.values().map(|t| t.elem_count()).sum(), heads, kv_heads })
+    Ok(tensors.values().map(|t| t.elem_count()).sum())
 }
 
-/// The source `config.json` with the new head counts (and an explicit `head_dim`, which no longer
-/// follows from `hidden_size / num_attention_heads`).
-fn pruned_config(folder: &ModelFolder, heads: &[usize], kv_heads: &[usize]) -> Result<serde_json::Value> {
-    let path = folder.path.join("config.json");
-    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| bad_input!("{}: {e}", path.display()))?;
-    let c = config.as_object_mut().ok_or_else(|| bad_input!("{} is not a JSON object", path.display()))?;
-    c.insert("head_dim".into(), folder.config.head_dim.into());
+/// Writes the new head counts into `config` (with an explicit `head_dim`, which no longer follows
+/// from `hidden_size / num_attention_heads`).
+fn set_head_counts(config: &mut serde_json::Value, head_dim: usize, heads: &[usize], kv_heads: &[usize]) -> Result<()> {
+    let c = config.as_object_mut().ok_or_else(|| bad_input!("config.json is not a JSON object"))?;
+    c.insert("head_dim".into(), head_dim.into());
     c.remove("forge_heads_per_layer");
     c.remove("forge_kv_heads_per_layer");
     let uniform = heads.iter().all(|&h| h == heads[0]) && kv_heads.iter().all(|&k| k == kv_heads[0]);
@@ -183,7 +194,7 @@ fn pruned_config(folder: &ModelFolder, heads: &[usize], kv_heads: &[usize]) -> R
         c.insert("forge_heads_per_layer".into(), heads.into());
         c.insert("forge_kv_heads_per_layer".into(), kv_heads.into());
     }
-    Ok(config)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Strategies chosen by name. Built-ins register themselves with `inventory::submit!` (one strategy
 //! per file, beside its implementation); the [`Registry`] collects them, and nothing selects a
 //! strategy by matching on its name.
+pub mod adapters;
 pub mod evaluators;
+mod optimizers;
 mod probes;
 pub mod pruners;
 mod registry;

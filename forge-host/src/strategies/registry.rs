@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 
 use forge_api::{
-    Evaluator, ImportanceScorer, OptionSpec, Options, Pruner, StrategyError, StrategyInfo, StrategyKind,
+    Evaluator, ImportanceScorer, OptionSpec, Optimizer, Options, Pruner, StrategyError, StrategyInfo, StrategyKind,
 };
 use serde_json::Value;
+
+use super::adapters::Adapter;
 
 use crate::{bad_input, Error, Result};
 
@@ -16,6 +18,10 @@ pub enum Factory {
     Scorer(fn(&Options) -> Result<Box<dyn ImportanceScorer>, StrategyError>),
     /// A pruner.
     Pruner(fn(&Options) -> Result<Box<dyn Pruner>, StrategyError>),
+    /// An adapter.
+    Adapter(fn(&Options) -> Result<Box<dyn Adapter>, StrategyError>),
+    /// An optimizer.
+    Optimizer(fn(&Options) -> Result<Box<dyn Optimizer>, StrategyError>),
     /// An evaluator.
     Evaluator(fn(&Options) -> Result<Box<dyn Evaluator>, StrategyError>),
 }
@@ -25,6 +31,8 @@ impl Factory {
         match self {
             Factory::Scorer(_) => StrategyKind::Scorer,
             Factory::Pruner(_) => StrategyKind::Pruner,
+            Factory::Adapter(_) => StrategyKind::Adapter,
+            Factory::Optimizer(_) => StrategyKind::Optimizer,
             Factory::Evaluator(_) => StrategyKind::Evaluator,
         }
     }
@@ -138,6 +146,22 @@ impl Registry {
         let (entry, options) = self.resolve(StrategyKind::Pruner, name, given)?;
         let Factory::Pruner(build) = entry.factory else {
             unreachable!("entries of kind pruner hold pruner factories")
+        };
+        Ok((build(&options)?, options))
+    }
+
+    /// Builds adapter `name`.
+    pub fn adapter(&self, name: &str, given: &BTreeMap<String, Value>) -> Result<(Box<dyn Adapter>, Options)> {
+        let (entry, options) = self.resolve(StrategyKind::Adapter, name, given)?;
+        let Factory::Adapter(build) = entry.factory else { unreachable!("entries of kind adapter hold adapter factories") };
+        Ok((build(&options)?, options))
+    }
+
+    /// Builds optimizer `name`.
+    pub fn optimizer(&self, name: &str, given: &BTreeMap<String, Value>) -> Result<(Box<dyn Optimizer>, Options)> {
+        let (entry, options) = self.resolve(StrategyKind::Optimizer, name, given)?;
+        let Factory::Optimizer(build) = entry.factory else {
+            unreachable!("entries of kind optimizer hold optimizer factories")
         };
         Ok((build(&options)?, options))
     }

@@ -1,0 +1,70 @@
+//! `x · Wᵀ` for a frozen weight W: gradients flow to `x`, never to W.
+//!
+//! candle's matmul backward computes both operands' gradients whether or not anyone wants them, so a
+//! LoRA step through a frozen base would compute (and hold) a weight-sized gradient for every linear
+//! layer. Here the product is computed outside the graph and re-attached to `x` by a custom op whose
+//! forward passes the product through and whose backward returns only `grad · W`.
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+
+/// `x · wᵀ` for `x` `(rows, in)` and `w` `(out, in)`, with no gradient for `w`.
+pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let product = x.detach().matmul(&w.t()?)?;
+    if !x.track_op() {
+        return Ok(product);
+    }
+    x.apply_op2(&product, InputGradOnly { weight: w.clone() })
+}
+
+struct InputGradOnly {
+    weight: Tensor,
+}
+
+impl CustomOp2 for InputGradOnly {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, product: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((product.try_clone(l)?, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        product: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Ok((product.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _product: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&self.weight)?), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn the_input_gets_the_gradient_of_a_plain_matmul_and_the_weight_none() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::arange(0f32, 6.0, &dev)?.reshape((2, 3))?.sin()?)?;
+        let w = Tensor::arange(0f32, 12.0, &dev)?.reshape((4, 3))?.cos()?;
+        let weights = Tensor::arange(0f32, 8.0, &dev)?.reshape((2, 4))?;
+        let frozen = frozen_matmul(x.as_tensor(), &w)?;
+        let plain = x.as_tensor().matmul(&w.t()?)?;
+        assert_eq!(frozen.to_vec2::<f32>()?, plain.to_vec2::<f32>()?);
+        let g_frozen = (frozen * &weights)?.sum_all()?.backward()?;
+        let g_plain = (plain * &weights)?.sum_all()?.backward()?;
+        let (a, b) = (g_frozen.get(x.as_tensor()).unwrap(), g_plain.get(x.as_tensor()).unwrap());
+        assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+        assert!(g_frozen.get(&w).is_none(), "the frozen weight got a gradient");
+        assert!(g_plain.get(&w).is_some(), "candle's own matmul computes the weight's gradient (why this op exists)");
+        Ok(())
+    }
+}

@@ -1,0 +1,275 @@
+//! `lora`: low-rank adapters (Hu et al. 2021). Each target layer gets `A` `(r, in)`, Kaiming-uniform
+//! as PEFT initialises it, and `B` `(out, r)` at zero, so training starts from the base model exactly;
+//! the layer computes `base(x) + s · B · A · dropout(x)` with `s = alpha / r` (or `alpha / √r` with
+//! rsLoRA). A and B are f32 master weights, cast to the model's dtype in the forward pass. Files use
+//! PEFT's layout, so adapters move between forge and PEFT both ways.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor, Var};
+use forge_api::{OptionKind, OptionSpec, Options, StrategyError};
+
+use super::{Adapter, AttachedAdapter};
+use crate::model::decoder_layer::LINEAR_MODULES;
+use crate::model::linear::LinearAdapter;
+use crate::model::CausalLm;
+use crate::outputs::{write_atomic, write_json_atomic};
+use crate::runtime::SplitMix64;
+use crate::strategies::{Builtin, Factory};
+use crate::training::grad_enabled;
+use crate::{bad_input, Error, Result};
+
+/// PEFT's adapter config file.
+pub const LORA_CONFIG_FILE: &str = "adapter_config.json";
+const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+#[derive(Clone, Debug)]
+struct LoraConfig {
+    rank: usize,
+    alpha: f64,
+    dropout: f64,
+    rslora: bool,
+    targets: Vec<String>,
+}
+
+impl LoraConfig {
+    fn scale(&self) -> f64 {
+        if self.rslora { self.alpha / (self.rank as f64).sqrt() } else { self.alpha / self.rank as f64 }
+    }
+
+    fn from_options(o: &Options) -> Result<Self, StrategyError> {
+        let rank = o.int("rank") as usize;
+        if rank == 0 {
+            return Err(StrategyError::bad_input("option `rank` of adapter `lora` is 0; give at least 1"));
+        }
+        let dropout = o.float("dropout");
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(StrategyError::bad_input(format!("option `dropout` of adapter `lora` is {dropout}; it must be in [0, 1)")));
+        }
+        Ok(LoraConfig {
+            rank,
+            alpha: o.values()["alpha"].as_f64().unwrap_or(2.0 * rank as f64),
+            dropout,
+            rslora: o.bool("rslora"),
+            targets: parse_targets(o.string("targets"))?,
+        })
+    }
+}
+
+/// `q_proj,v_proj`, `attention`, `mlp` or `all-linear` → module names, checked.
+fn parse_targets(text: &str) -> Result<Vec<String>, StrategyError> {
+    let known: Vec<&str> = LINEAR_MODULES.iter().map(|m| m.0).collect();
+    let mut out: Vec<String> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let group: Vec<&str> = match item {
+            "all-linear" => known.clone(),
+            "attention" => known[..4].to_vec(),
+            "mlp" => known[4..].to_vec(),
+            name if known.contains(&name) => vec![name],
+            other => {
+                return Err(StrategyError::bad_input(format!(
+                    "LoRA target `{other}` is not a linear layer; use {}, attention, mlp or all-linear",
+                    known.join(", ")
+                )))
+            }
+        };
+        for name in group {
+            if !out.iter().any(|t| t == name) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(StrategyError::bad_input("option `targets` of adapter `lora` names no layer"));
+    }
+    Ok(out)
+}
+
+/// One adapted layer.
+struct LoraLinear {
+    a: Var,
+    b: Var,
+    scale: f64,
+    dropout: f64,
+    training: Arc<AtomicBool>,
+}
+
+impl LinearAdapter for LoraLinear {
+    fn forward(&self, x: &Tensor, base: &Tensor) -> candle_core::Result<Tensor> {
+        let (a, b) = if grad_enabled() {
+            (self.a.as_tensor().clone(), self.b.as_tensor().clone())
+        } else {
+            (self.a.as_detached_tensor(), self.b.as_detached_tensor())
+        };
+        let in_dim = x.dim(candle_core::D::Minus1)?;
+        let mut x = x.reshape(((), in_dim))?;
+        if self.dropout > 0.0 && self.training.load(Ordering::Relaxed) {
+            x = candle_nn::ops::dropout(&x, self.dropout as f32)?;
+        }
+        let low = x.matmul(&a.to_dtype(x.dtype())?.t()?)?.matmul(&b.to_dtype(x.dtype())?.t()?)?;
+        base + (low * self.scale)?.reshape(base.shape())?
+    }
+}
+
+/// A LoRA adapter wired into a model.
+struct AttachedLora {
+    config: LoraConfig,
+    /// (checkpoint module path `model.layers.N.self_attn.q_proj`, layer).
+    modules: Vec<(String, Arc<LoraLinear>)>,
+    training: Arc<AtomicBool>,
+}
+
+fn module_path(layer: usize, module: &str) -> String {
+    let parent = LINEAR_MODULES.iter().find(|m| m.0 == module).map_or("self_attn", |m| m.1);
+    format!("model.layers.{layer}.{parent}.{module}")
+}
+
+/// Wires `config.targets` of every layer of `model`, taking A and B from `weights(path, (r, in), (out, r))`.
+fn wire(
+    config: LoraConfig,
+    model: &mut CausalLm,
+    mut weights: impl FnMut(&str, (usize, usize), (usize, usize)) -> Result<(Tensor, Tensor)>,
+) -> Result<AttachedLora> {
+    let training = Arc::new(AtomicBool::new(false));
+    let mut modules = Vec::new();
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        for target in &config.targets {
+            let path = module_path(i, target);
+            let linear = layer.linear_mut(target).expect("targets are checked against LINEAR_MODULES");
+            let (out_dim, in_dim) = linear.weight().dims2()?;
+            let (a, b) = weights(&path, (config.rank, in_dim), (out_dim, config.rank))?;
+            let lora = Arc::new(LoraLinear {
+                a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,
+                b: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
+                scale: config.scale(),
+                dropout: config.dropout,
+                training: training.clone(),
+            });
+            linear.set_adapter(Some(lora.clone()));
+            modules.push((path, lora));
+        }
+    }
+    Ok(AttachedLora { config, modules, training })
+}
+
+impl Adapter for LoraConfig {
+    fn attach(&self, model: &mut CausalLm, seed: u64) -> Result<Box<dyn AttachedAdapter>> {
+        let device = model.device().clone();
+        let mut rng = SplitMix64::new(seed);
+        let attached = wire(self.clone(), model, |_, (r, in_dim), (out_dim, r2)| {
+            // PEFT: kaiming_uniform_(A, a=√5), i.e. U(-1/√in, 1/√in); B = 0.
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            let a: Vec<f32> = (0..r * in_dim).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+            Ok((Tensor::from_vec(a, (r, in_dim), &device)?, Tensor::zeros((out_dim, r2), DType::F32, &device)?))
+        })?;
+        Ok(Box::new(attached))
+    }
+}
+
+impl AttachedAdapter for AttachedLora {
+    fn parameters(&self) -> Vec<Var> {
+        self.modules.iter().flat_map(|(_, m)| [m.a.clone(), m.b.clone()]).collect()
+    }
+
+    fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for (path, m) in &self.modules {
+            tensors.insert(format!("base_model.model.{path}.lora_A.weight"), m.a.as_tensor().to_device(&candle_core::Device::Cpu)?);
+            tensors.insert(format!("base_model.model.{path}.lora_B.weight"), m.b.as_tensor().to_device(&candle_core::Device::Cpu)?);
+        }
+        write_atomic(&dir.join(WEIGHTS_FILE), |tmp| {
+            let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+            safetensors::serialize_to_file(tensors.iter(), Some(metadata), tmp).map_err(|e| bad_input!("cannot write {}: {e}", tmp.display()))
+        })?;
+        let c = &self.config;
+        write_json_atomic(
+            &dir.join(LORA_CONFIG_FILE),
+            &serde_json::json!({
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": c.rank,
+                "lora_alpha": c.alpha,
+                "lora_dropout": c.dropout,
+                "use_rslora": c.rslora,
+                "target_modules": c.targets,
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "inference_mode": true,
+                "init_lora_weights": true,
+            }),
+        )
+    }
+
+    fn merge_deltas(&self) -> Result<Vec<(String, Tensor)>> {
+        self.modules
+            .iter()
+            .map(|(path, m)| Ok((format!("{path}.weight"), (m.b.as_tensor().matmul(m.a.as_tensor())? * m.scale)?)))
+            .collect()
+    }
+}
+
+/// Loads a PEFT LoRA adapter (its parsed `config`) from `dir` into `model`.
+pub(super) fn load(dir: &Path, config: &serde_json::Value, model: &mut CausalLm) -> Result<Box<dyn AttachedAdapter>> {
+    let file = dir.join(LORA_CONFIG_FILE);
+    let bad = |what: &str| bad_input!("{}: {what}", file.display());
+    let rank = config["r"].as_u64().filter(|&r| r > 0).ok_or_else(|| bad("`r` must be a positive integer"))? as usize;
+    if config["fan_in_fan_out"].as_bool() == Some(true) {
+        return Err(bad("`fan_in_fan_out: true` (Conv1D-style weights) is not supported"));
+    }
+    let targets = match &config["target_modules"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(","),
+        _ => return Err(bad("`target_modules` must be a list of module names")),
+    };
+    let lora = LoraConfig {
+        rank,
+        alpha: config["lora_alpha"].as_f64().ok_or_else(|| bad("`lora_alpha` is missing"))?,
+        dropout: config["lora_dropout"].as_f64().unwrap_or(0.0),
+        rslora: config["use_rslora"].as_bool().unwrap_or(false),
+        targets: parse_targets(&targets).map_err(|e| bad(&e.to_string()))?,
+    };
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let store = crate::model::WeightStore::open_files(&[weights_path.clone()])?;
+    let device = model.device().clone();
+    let attached = wire(lora, model, |path, a_shape, b_shape| {
+        let a = store.load(&format!("base_model.model.{path}.lora_A.weight"), &[a_shape.0, a_shape.1], DType::F32, &device)?;
+        let b = store.load(&format!("base_model.model.{path}.lora_B.weight"), &[b_shape.0, b_shape.1], DType::F32, &device)?;
+        Ok((a, b))
+    })?;
+    Ok(Box::new(attached))
+}
+
+inventory::submit! {
+    Builtin {
+        name: "lora",
+        description: "low-rank adapters on chosen linear layers, saved in PEFT's layout",
+        options: || vec![
+            OptionSpec::new("rank", OptionKind::Int, 16, "rank r of each adapter"),
+            OptionSpec::new("alpha", OptionKind::Float, serde_json::Value::Null, "scale numerator: s = alpha / r [default: 2 r]"),
+            OptionSpec::new("dropout", OptionKind::Float, 0.0, "dropout on the adapter's input while training"),
+            OptionSpec::new("rslora", OptionKind::Bool, false, "rank-stabilised scaling s = alpha / sqrt(r)"),
+            OptionSpec::new("targets", OptionKind::String, "all-linear", "layers to adapt: names (q_proj,v_proj), attention, mlp or all-linear"),
+        ],
+        factory: Factory::Adapter(|o| Ok(Box::new(LoraConfig::from_options(o)?))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_expand_groups_and_refuse_unknown_layers() {
+        assert_eq!(parse_targets("attention").unwrap(), ["q_proj", "k_proj", "v_proj", "o_proj"]);
+        assert_eq!(parse_targets("q_proj, mlp,q_proj").unwrap(), ["q_proj", "gate_proj", "up_proj", "down_proj"]);
+        let err = parse_targets("qkv").unwrap_err().to_string();
+        assert!(err.contains("LoRA target `qkv` is not a linear layer; use q_proj, k_proj"), "{err}");
+    }
+}

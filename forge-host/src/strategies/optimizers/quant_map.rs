@@ -1,0 +1,136 @@
+//! The dynamic (tree) quantization maps of 8-bit optimizers (Dettmers et al. 2022, "8-bit Optimizers
+//! via Block-wise Quantization"; `create_dynamic_map` in bitsandbytes): 256 values in [-1, 1] (signed,
+//! for first moments) or [0, 1] (unsigned, for second moments), dense near zero and sparse near one,
+//! so small and large values both keep relative precision. Values are normalised by their block's
+//! absolute maximum before coding.
+
+/// A sorted 256-entry code book.
+pub struct DynamicMap {
+    values: [f32; 256],
+}
+
+impl DynamicMap {
+    /// bitsandbytes' `create_dynamic_map(signed, max_exponent_bits=7, total_bits=8)`.
+    pub fn new(signed: bool) -> Self {
+        const MAX_EXPONENT_BITS: i32 = 7;
+        let mut data: Vec<f32> = Vec::with_capacity(256);
+        for i in 0..MAX_EXPONENT_BITS {
+            let items = if signed { (1usize << i) + 1 } else { (1usize << (i + 1)) + 1 };
+            let boundaries: Vec<f32> = (0..items).map(|k| 0.1 + 0.9 * k as f32 / (items - 1) as f32).collect();
+            let scale = 10f32.powi(-(MAX_EXPONENT_BITS - 1) + i);
+            for w in boundaries.windows(2) {
+                let mean = (w[0] + w[1]) / 2.0;
+                data.push(scale * mean);
+                if signed {
+                    data.push(-scale * mean);
+                }
+            }
+        }
+        data.push(0.0);
+        data.push(1.0);
+        data.resize(256, 0.0);
+        data.sort_by(f32::total_cmp);
+        DynamicMap { values: data.try_into().expect("exactly 256 codes") }
+    }
+
+    /// The code whose value is nearest to `x` (already divided by the block's absmax).
+    pub fn quantize(&self, x: f32) -> u8 {
+        let upper = self.values.partition_point(|&v| v < x).min(255);
+        let lower = upper.saturating_sub(1);
+        if (x - self.values[lower]).abs() <= (self.values[upper] - x).abs() { lower as u8 } else { upper as u8 }
+    }
+
+    /// The value of `code`.
+    pub fn value(&self, code: u8) -> f32 {
+        self.values[code as usize]
+    }
+
+    /// Half the gap between the codes around `x`: the most quantizing `x` may be off by.
+    #[cfg(test)]
+    pub fn bound(&self, x: f32) -> f32 {
+        let upper = self.values.partition_point(|&v| v < x).min(255);
+        let lower = upper.saturating_sub(1);
+        (self.values[upper] - self.values[lower]) / 2.0
+    }
+}
+
+/// Values per absmax block.
+pub const BLOCK: usize = 256;
+
+/// Block-wise 8-bit codes of a tensor.
+#[derive(Clone, Debug)]
+pub struct Quantized {
+    pub codes: Vec<u8>,
+    pub absmax: Vec<f32>,
+}
+
+impl Quantized {
+    /// All zeros, for `len` values.
+    pub fn zeros(map: &DynamicMap, len: usize) -> Self {
+        Quantized { codes: vec![map.quantize(0.0); len], absmax: vec![0.0; len.div_ceil(BLOCK)] }
+    }
+
+    /// Codes block `b` of `values` (one block's worth) in place.
+    pub fn store_block(&mut self, map: &DynamicMap, b: usize, values: &[f32]) {
+        let absmax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+        self.absmax[b] = absmax;
+        let inv = if absmax > 0.0 { 1.0 / absmax } else { 0.0 };
+        for (code, &v) in self.codes[b * BLOCK..b * BLOCK + values.len()].iter_mut().zip(values) {
+            *code = map.quantize(v * inv);
+        }
+    }
+
+    /// Decodes block `b` into `out`.
+    pub fn load_block(&self, map: &DynamicMap, b: usize, out: &mut [f32]) {
+        for (o, &code) in out.iter_mut().zip(&self.codes[b * BLOCK..]) {
+            *o = map.value(code) * self.absmax[b];
+        }
+    }
+
+    /// Bytes held: one per code, four per block scale.
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + self.absmax.len() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_have_the_shape_of_bitsandbytes_maps() {
+        let signed = DynamicMap::new(true);
+        assert_eq!((signed.values[0], signed.values[255]), (-0.99296875, 1.0));
+        assert!(signed.values.contains(&0.0));
+        let unsigned = DynamicMap::new(false);
+        assert_eq!(unsigned.values[255], 1.0);
+        assert!(unsigned.values.iter().all(|&v| v >= 0.0));
+        // Dense near zero: the smallest non-zero magnitude is of order 1e-6.
+        let smallest = unsigned.values.iter().copied().filter(|&v| v > 0.0).fold(1.0, f32::min);
+        assert!(smallest < 1e-5, "{smallest}");
+    }
+
+    #[test]
+    fn round_trip_error_stays_within_the_maps_bound() {
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        for signed in [true, false] {
+            let map = DynamicMap::new(signed);
+            // Values of very different magnitudes, as moments have.
+            let values: Vec<f32> =
+                (0..BLOCK).map(|i| { let v = next() * 10f32.powi(-((i % 5) as i32)); if signed { v } else { v.abs() } }).collect();
+            let mut q = Quantized::zeros(&map, BLOCK);
+            q.store_block(&map, 0, &values);
+            let mut back = vec![0f32; BLOCK];
+            q.load_block(&map, 0, &mut back);
+            let absmax = q.absmax[0];
+            for (v, b) in values.iter().zip(&back) {
+                let bound = map.bound(v / absmax) * absmax * (1.0 + 1e-6) + 1e-12;
+                assert!((v - b).abs() <= bound, "{v} came back as {b}, beyond the bound {bound}");
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The training loop: seeded window order, gradient accumulation, global-norm clipping, warm-up and
+//! cosine schedule, and the optimizer applied to each parameter as a flat f32 buffer.
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var};
+use forge_api::Optimizer;
+use serde::Serialize;
+
+use super::checkpoint::loss_and_grads;
+use super::schedule::learning_rate;
+use crate::data::TokenWindows;
+use crate::model::CausalLm;
+use crate::runtime::{PeakMemory, SplitMix64};
+use crate::{bad_input, progress, Error, Result};
+
+/// How to train.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Windows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are averaged into one step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Steps of linear warm-up.
+    pub warmup_steps: usize,
+    /// Clip the global gradient norm to this (None: no clipping).
+    pub clip_norm: Option<f64>,
+    /// Seed of the window order.
+    pub seed: u64,
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations.
+    pub grad_checkpoint: bool,
+}
+
+/// What a training run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainReport {
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Loss of the first step.
+    pub loss_first: f64,
+    /// Loss of the last step.
+    pub loss_last: f64,
+    /// Loss of every step.
+    pub losses: Vec<f64>,
+    /// Tokens trained on per second.
+    pub tokens_per_s: f64,
+    /// Wall time of the loop.
+    pub seconds: f64,
+    /// Peak memory of the loop (see [`PeakMemory`]).
+    pub peak_memory_bytes: u64,
+}
+
+/// Window indices in a seeded order, reshuffled every epoch.
+struct WindowOrder {
+    rng: SplitMix64,
+    order: Vec<usize>,
+    next: usize,
+}
+
+impl WindowOrder {
+    fn new(count: usize, seed: u64) -> Self {
+        WindowOrder { rng: SplitMix64::new(seed), order: (0..count).collect(), next: count }
+    }
+
+    fn take(&mut self) -> usize {
+        if self.next == self.order.len() {
+            for i in (1..self.order.len()).rev() {
+                let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
+                self.order.swap(i, j);
+            }
+            self.next = 0;
+        }
+        self.next += 1;
+        self.order[self.next - 1]
+    }
+}
+
+/// Trains `params` (already wired into `model`) on `windows`.
+pub fn train(
+    model: &CausalLm,
+    params: &[Var],
+    optimizer: &mut dyn Optimizer,
+    windows: &TokenWindows,
+    config: &TrainConfig,
+    quiet: bool,
+) -> Result<TrainReport> {
+    if config.steps == 0 || config.batch_size == 0 || config.grad_accum == 0 {
+        return Err(bad_input!("--steps, --batch-size and --grad-accum must each be at least 1"));
+    }
+    let memory = PeakMemory::start(model.device());
+    let seq_len = windows.seq_len();
+    let mut order = WindowOrder::new(windows.len(), config.seed);
+    let bar = progress::bar(config.steps as u64, "steps", quiet);
+    let started = Instant::now();
+    let mut losses = Vec::with_capacity(config.steps);
+    for step in 0..config.steps {
+        let mut sums: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.elem_count()]).collect();
+        let mut loss = 0f64;
+        for _ in 0..config.grad_accum {
+            let mut ids = Vec::with_capacity(config.batch_size * seq_len);
+            for _ in 0..config.batch_size {
+                ids.extend_from_slice(windows.batch(order.take(), 1));
+            }
+            let ids = Tensor::from_vec(ids, (config.batch_size, seq_len), model.device())?;
+            let (l, grads) = loss_and_grads(model, &ids, params, config.grad_checkpoint)?;
+            loss += l as f64 / config.grad_accum as f64;
+            for (sum, g) in sums.iter_mut().zip(grads) {
+                let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                sum.iter_mut().zip(g).for_each(|(s, g)| *s += g / config.grad_accum as f32);
+            }
+        }
+        if !loss.is_finite() {
+            return Err(Error::Strategy(format!(
+                "the loss became {loss} at step {step}; lower --lr or set --clip-norm"
+            )));
+        }
+        if let Some(max) = config.clip_norm {
+            let norm = sums.iter().flatten().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
+            if norm > max {
+                let scale = (max / norm) as f32;
+                sums.iter_mut().flatten().for_each(|g| *g *= scale);
+            }
+        }
+        let lr = learning_rate(step, config.steps, config.warmup_steps, config.lr);
+        for (id, (var, grad)) in params.iter().zip(&sums).enumerate() {
+            let mut values = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            optimizer.update(id, &mut values, grad, lr)?;
+            var.set(&Tensor::from_vec(values, var.shape(), model.device())?.to_dtype(var.dtype())?)?;
+        }
+        losses.push(loss);
+        bar.set_message(format!("loss {loss:.4}"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let tokens = config.steps * config.grad_accum * config.batch_size * seq_len;
+    Ok(TrainReport {
+        steps: config.steps,
+        loss_first: losses[0],
+        loss_last: *losses.last().expect("at least one step"),
+        losses,
+        tokens_per_s: tokens as f64 / seconds,
+        seconds,
+        peak_memory_bytes: memory.peak_bytes(),
+    })
+}
