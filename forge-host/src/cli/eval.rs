@@ -11,6 +11,8 @@ use crate::{bad_input, Result};
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: super::AdapterDir,
     /// Data: `.jsonl` with one `{"text": ...}` a line, or any other file as one plain-text document.
     #[arg(long)]
     data: PathBuf,
@@ -38,7 +40,8 @@ pub fn run(args: EvalArgs, rt: &Runtime) -> Result<()> {
     if args.max_windows == Some(0) {
         return Err(bad_input!("--max-windows is 0; give at least 1, or leave it out to score all windows"));
     }
-    let (folder, model) = args.model.load(rt)?;
+    let (folder, mut model) = args.model.load(rt)?;
+    args.adapter.apply(&mut model)?;
     let tokenizer = folder.tokenizer()?;
     let windows = TokenWindows::from_documents(
         Documents::open(&args.data)?,

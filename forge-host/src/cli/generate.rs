@@ -10,6 +10,8 @@ use crate::Result;
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: super::AdapterDir,
     /// The text to continue (encoded without special tokens).
     #[arg(long)]
     prompt: String,
@@ -37,7 +39,8 @@ struct GenerateReport {
 }
 
 pub fn run(args: GenerateArgs, rt: &Runtime) -> Result<()> {
-    let (folder, model) = args.model.load(rt)?;
+    let (folder, mut model) = args.model.load(rt)?;
+    args.adapter.apply(&mut model)?;
     let tokenizer = folder.tokenizer()?;
     let prompt_ids = tokenizer.encode(&args.prompt)?;
     let config = SamplingConfig {

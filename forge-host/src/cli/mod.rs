@@ -4,8 +4,10 @@ mod eval;
 mod generate;
 mod inspect;
 mod list;
+mod merge;
 mod prune;
 mod score;
+mod train;
 
 use std::path::PathBuf;
 
@@ -62,6 +64,10 @@ enum Command {
     Score(score::ScoreArgs),
     /// Remove the least important heads with a named pruner and write the smaller model.
     Prune(prune::PruneArgs),
+    /// Train adapters (LoRA) on data, optionally on a pruned (--mask) model, and save them in PEFT's layout.
+    Train(train::TrainArgs),
+    /// Fold an adapter into the base weights and write a plain checkpoint.
+    Merge(merge::MergeArgs),
 }
 
 /// Options naming a model and how to alter it before use.
@@ -74,6 +80,23 @@ struct ModelArgs {
     /// Mask file of heads to remove, `{"pruned": {"<layer>": [<head>, ...]}}` (as `forge prune` writes).
     #[arg(long)]
     mask: Option<PathBuf>,
+}
+
+/// An adapter to apply before evaluating or generating.
+#[derive(Args, Debug)]
+struct AdapterDir {
+    /// Adapter folder to apply (PEFT layout: adapter_config.json, adapter_model.safetensors), as `forge train` writes.
+    #[arg(long = "adapter")]
+    dir: Option<PathBuf>,
+}
+
+impl AdapterDir {
+    fn apply(&self, model: &mut CausalLm) -> Result<()> {
+        if let Some(dir) = &self.dir {
+            crate::strategies::adapters::load_adapter(dir, model)?;
+        }
+        Ok(())
+    }
 }
 
 /// The device and dtype after resolution.
@@ -156,5 +179,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::List(args) => list::run(args, &registry),
         Command::Score(args) => score::run(args, &rt, &registry),
         Command::Prune(args) => prune::run(args, &rt, &registry),
+        Command::Train(args) => train::run(args, &rt, &registry),
+        Command::Merge(args) => merge::run(args),
     }
 }

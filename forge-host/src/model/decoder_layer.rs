@@ -3,8 +3,8 @@ use candle_core::{Module, Tensor};
 
 use super::attention::{attention, Attention, AttentionObserver};
 use super::config::ModelConfig;
-use super::linear::Linear;
 use super::kv_cache::LayerCache;
+use super::linear::Linear;
 use super::mlp::{mlp, Mlp};
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::RopeTables;

@@ -147,7 +147,12 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
 
 /// Every tensor of `folder`'s checkpoint in its stored dtype, on the CPU.
 pub fn stored_tensors(folder: &ModelFolder) -> Result<HashMap<String, Tensor>> {
-    folder.weights.names().into_iter().map(|name| Ok((name.to_string(), folder.weights.load_stored(name, &Device::Cpu)?))).collect()
+    folder
+        .weights
+        .names()
+        .into_iter()
+        .map(|name| Ok((name.to_string(), folder.weights.load_stored(name, &Device::Cpu)?)))
+        .collect()
 }
 
 /// The folder's `config.json` as JSON, to edit and write again.
@@ -159,7 +164,12 @@ pub fn source_config(folder: &ModelFolder) -> Result<serde_json::Value> {
 
 /// Writes a model folder — `model.safetensors`, `config.json` and the source's tokenizer files — each
 /// file atomically; returns the number of values written.
-pub fn write_model_folder(folder: &ModelFolder, tensors: &HashMap<String, Tensor>, config: &serde_json::Value, out: &Path) -> Result<usize> {
+pub fn write_model_folder(
+    folder: &ModelFolder,
+    tensors: &HashMap<String, Tensor>,
+    config: &serde_json::Value,
+    out: &Path,
+) -> Result<usize> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_atomic(&out.join("model.safetensors"), |tmp| {
         // transformers checks this metadata key before loading a safetensors checkpoint.
@@ -168,10 +178,14 @@ pub fn write_model_folder(folder: &ModelFolder, tensors: &HashMap<String, Tensor
             .map_err(|e| bad_input!("cannot write {}: {e}", tmp.display()))
     })?;
     write_json_atomic(&out.join("config.json"), config)?;
-    for extra in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
+    for extra in
+        ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"]
+    {
         let from = folder.path.join(extra);
         if from.is_file() {
-            write_atomic(&out.join(extra), |tmp| std::fs::copy(&from, tmp).map(drop).map_err(|e| Error::io(&from, e)))?;
+            write_atomic(&out.join(extra), |tmp| {
+                std::fs::copy(&from, tmp).map(drop).map_err(|e| Error::io(&from, e))
+            })?;
         }
     }
     Ok(tensors.values().map(|t| t.elem_count()).sum())
@@ -179,7 +193,12 @@ pub fn write_model_folder(folder: &ModelFolder, tensors: &HashMap<String, Tensor
 
 /// Writes the new head counts into `config` (with an explicit `head_dim`, which no longer follows
 /// from `hidden_size / num_attention_heads`).
-fn set_head_counts(config: &mut serde_json::Value, head_dim: usize, heads: &[usize], kv_heads: &[usize]) -> Result<()> {
+fn set_head_counts(
+    config: &mut serde_json::Value,
+    head_dim: usize,
+    heads: &[usize],
+    kv_heads: &[usize],
+) -> Result<()> {
     let c = config.as_object_mut().ok_or_else(|| bad_input!("config.json is not a JSON object"))?;
     c.insert("head_dim".into(), head_dim.into());
     c.remove("forge_heads_per_layer");

@@ -162,7 +162,10 @@ impl ScoringContext for ModelProbes<'_> {
             })
             .collect::<candle_core::Result<_>>()
             .map_err(tensor_error)?;
-        let observer = MeanPerHead::new(&self.geometry, Box::new(move |layer, _, out| contribution_norm(&o_heads, layer, out)));
+        let observer = MeanPerHead::new(
+            &self.geometry,
+            Box::new(move |layer, _, out| contribution_norm(&o_heads, layer, out)),
+        );
         self.observe("head output norms", observer)
     }
 

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use forge_api::{
-    Evaluator, ImportanceScorer, OptionSpec, Optimizer, Options, Pruner, StrategyError, StrategyInfo, StrategyKind,
+    Evaluator, ImportanceScorer, Optimizer, OptionSpec, Options, Pruner, StrategyError, StrategyInfo,
+    StrategyKind,
 };
 use serde_json::Value;
 
@@ -151,14 +152,24 @@ impl Registry {
     }
 
     /// Builds adapter `name`.
-    pub fn adapter(&self, name: &str, given: &BTreeMap<String, Value>) -> Result<(Box<dyn Adapter>, Options)> {
+    pub fn adapter(
+        &self,
+        name: &str,
+        given: &BTreeMap<String, Value>,
+    ) -> Result<(Box<dyn Adapter>, Options)> {
         let (entry, options) = self.resolve(StrategyKind::Adapter, name, given)?;
-        let Factory::Adapter(build) = entry.factory else { unreachable!("entries of kind adapter hold adapter factories") };
+        let Factory::Adapter(build) = entry.factory else {
+            unreachable!("entries of kind adapter hold adapter factories")
+        };
         Ok((build(&options)?, options))
     }
 
     /// Builds optimizer `name`.
-    pub fn optimizer(&self, name: &str, given: &BTreeMap<String, Value>) -> Result<(Box<dyn Optimizer>, Options)> {
+    pub fn optimizer(
+        &self,
+        name: &str,
+        given: &BTreeMap<String, Value>,
+    ) -> Result<(Box<dyn Optimizer>, Options)> {
         let (entry, options) = self.resolve(StrategyKind::Optimizer, name, given)?;
         let Factory::Optimizer(build) = entry.factory else {
             unreachable!("entries of kind optimizer hold optimizer factories")

@@ -14,7 +14,12 @@ use crate::model::CausalLm;
 
 /// Mean next-token NLL of `ids` and the gradient of every parameter in `params` (zeros where none
 /// reaches a parameter).
-pub fn loss_and_grads(model: &CausalLm, ids: &Tensor, params: &[Var], checkpoint: bool) -> candle_core::Result<(f32, Vec<Tensor>)> {
+pub fn loss_and_grads(
+    model: &CausalLm,
+    ids: &Tensor,
+    params: &[Var],
+    checkpoint: bool,
+) -> candle_core::Result<(f32, Vec<Tensor>)> {
     let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
     let mut collect = |store: &candle_core::backprop::GradStore| -> candle_core::Result<()> {
         for (slot, var) in grads.iter_mut().zip(params) {
@@ -36,7 +41,8 @@ pub fn loss_and_grads(model: &CausalLm, ids: &Tensor, params: &[Var], checkpoint
         let inputs = no_grad(|| -> candle_core::Result<Vec<Tensor>> {
             let mut inputs = vec![model.embed(ids)?.detach()];
             for i in 0..model.layers.len() {
-                let next = model.layer_forward(i, inputs.last().expect("one input per layer so far"), &rope)?;
+                let next =
+                    model.layer_forward(i, inputs.last().expect("one input per layer so far"), &rope)?;
                 inputs.push(next.detach());
             }
             Ok(inputs)
@@ -45,14 +51,19 @@ pub fn loss_and_grads(model: &CausalLm, ids: &Tensor, params: &[Var], checkpoint
         let loss = model.nll_from_last_layer(top.as_tensor(), ids)?.mean_all()?;
         let store = loss.backward()?;
         collect(&store)?;
-        let mut grad_out = store.get(top.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("no gradient reached the last layer".into()))?;
+        let mut grad_out = store
+            .get(top.as_tensor())
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg("no gradient reached the last layer".into()))?;
         for i in (0..model.layers.len()).rev() {
             let input = Var::from_tensor(&inputs[i])?;
             let out = model.layer_forward(i, input.as_tensor(), &rope)?;
             let store = (out * &grad_out)?.sum_all()?.backward()?;
             collect(&store)?;
             if i > 0 {
-                grad_out = store.get(input.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg(format!("no gradient reached layer {i}'s input")))?;
+                grad_out = store.get(input.as_tensor()).cloned().ok_or_else(|| {
+                    candle_core::Error::Msg(format!("no gradient reached layer {i}'s input"))
+                })?;
             }
         }
         loss

@@ -36,7 +36,11 @@ struct LoraConfig {
 
 impl LoraConfig {
     fn scale(&self) -> f64 {
-        if self.rslora { self.alpha / (self.rank as f64).sqrt() } else { self.alpha / self.rank as f64 }
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
     }
 
     fn from_options(o: &Options) -> Result<Self, StrategyError> {
@@ -46,7 +50,9 @@ impl LoraConfig {
         }
         let dropout = o.float("dropout");
         if !(0.0..1.0).contains(&dropout) {
-            return Err(StrategyError::bad_input(format!("option `dropout` of adapter `lora` is {dropout}; it must be in [0, 1)")));
+            return Err(StrategyError::bad_input(format!(
+                "option `dropout` of adapter `lora` is {dropout}; it must be in [0, 1)"
+            )));
         }
         Ok(LoraConfig {
             rank,
@@ -161,8 +167,12 @@ impl Adapter for LoraConfig {
         let attached = wire(self.clone(), model, |_, (r, in_dim), (out_dim, r2)| {
             // PEFT: kaiming_uniform_(A, a=√5), i.e. U(-1/√in, 1/√in); B = 0.
             let bound = 1.0 / (in_dim as f64).sqrt();
-            let a: Vec<f32> = (0..r * in_dim).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
-            Ok((Tensor::from_vec(a, (r, in_dim), &device)?, Tensor::zeros((out_dim, r2), DType::F32, &device)?))
+            let a: Vec<f32> =
+                (0..r * in_dim).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+            Ok((
+                Tensor::from_vec(a, (r, in_dim), &device)?,
+                Tensor::zeros((out_dim, r2), DType::F32, &device)?,
+            ))
         })?;
         Ok(Box::new(attached))
     }
@@ -181,12 +191,19 @@ impl AttachedAdapter for AttachedLora {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (path, m) in &self.modules {
-            tensors.insert(format!("base_model.model.{path}.lora_A.weight"), m.a.as_tensor().to_device(&candle_core::Device::Cpu)?);
-            tensors.insert(format!("base_model.model.{path}.lora_B.weight"), m.b.as_tensor().to_device(&candle_core::Device::Cpu)?);
+            tensors.insert(
+                format!("base_model.model.{path}.lora_A.weight"),
+                m.a.as_tensor().to_device(&candle_core::Device::Cpu)?,
+            );
+            tensors.insert(
+                format!("base_model.model.{path}.lora_B.weight"),
+                m.b.as_tensor().to_device(&candle_core::Device::Cpu)?,
+            );
         }
         write_atomic(&dir.join(WEIGHTS_FILE), |tmp| {
             let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-            safetensors::serialize_to_file(tensors.iter(), Some(metadata), tmp).map_err(|e| bad_input!("cannot write {}: {e}", tmp.display()))
+            safetensors::serialize_to_file(tensors.iter(), Some(metadata), tmp)
+                .map_err(|e| bad_input!("cannot write {}: {e}", tmp.display()))
         })?;
         let c = &self.config;
         write_json_atomic(
@@ -210,22 +227,31 @@ impl AttachedAdapter for AttachedLora {
     fn merge_deltas(&self) -> Result<Vec<(String, Tensor)>> {
         self.modules
             .iter()
-            .map(|(path, m)| Ok((format!("{path}.weight"), (m.b.as_tensor().matmul(m.a.as_tensor())? * m.scale)?)))
+            .map(|(path, m)| {
+                Ok((format!("{path}.weight"), (m.b.as_tensor().matmul(m.a.as_tensor())? * m.scale)?))
+            })
             .collect()
     }
 }
 
 /// Loads a PEFT LoRA adapter (its parsed `config`) from `dir` into `model`.
-pub(super) fn load(dir: &Path, config: &serde_json::Value, model: &mut CausalLm) -> Result<Box<dyn AttachedAdapter>> {
+pub(super) fn load(
+    dir: &Path,
+    config: &serde_json::Value,
+    model: &mut CausalLm,
+) -> Result<Box<dyn AttachedAdapter>> {
     let file = dir.join(LORA_CONFIG_FILE);
     let bad = |what: &str| bad_input!("{}: {what}", file.display());
-    let rank = config["r"].as_u64().filter(|&r| r > 0).ok_or_else(|| bad("`r` must be a positive integer"))? as usize;
+    let rank = config["r"].as_u64().filter(|&r| r > 0).ok_or_else(|| bad("`r` must be a positive integer"))?
+        as usize;
     if config["fan_in_fan_out"].as_bool() == Some(true) {
         return Err(bad("`fan_in_fan_out: true` (Conv1D-style weights) is not supported"));
     }
     let targets = match &config["target_modules"] {
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(","),
+        serde_json::Value::Array(items) => {
+            items.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(",")
+        }
         _ => return Err(bad("`target_modules` must be a list of module names")),
     };
     let lora = LoraConfig {
@@ -239,8 +265,18 @@ pub(super) fn load(dir: &Path, config: &serde_json::Value, model: &mut CausalLm)
     let store = crate::model::WeightStore::open_files(&[weights_path.clone()])?;
     let device = model.device().clone();
     let attached = wire(lora, model, |path, a_shape, b_shape| {
-        let a = store.load(&format!("base_model.model.{path}.lora_A.weight"), &[a_shape.0, a_shape.1], DType::F32, &device)?;
-        let b = store.load(&format!("base_model.model.{path}.lora_B.weight"), &[b_shape.0, b_shape.1], DType::F32, &device)?;
+        let a = store.load(
+            &format!("base_model.model.{path}.lora_A.weight"),
+            &[a_shape.0, a_shape.1],
+            DType::F32,
+            &device,
+        )?;
+        let b = store.load(
+            &format!("base_model.model.{path}.lora_B.weight"),
+            &[b_shape.0, b_shape.1],
+            DType::F32,
+            &device,
+        )?;
         Ok((a, b))
     })?;
     Ok(Box::new(attached))
@@ -268,7 +304,10 @@ mod tests {
     #[test]
     fn targets_expand_groups_and_refuse_unknown_layers() {
         assert_eq!(parse_targets("attention").unwrap(), ["q_proj", "k_proj", "v_proj", "o_proj"]);
-        assert_eq!(parse_targets("q_proj, mlp,q_proj").unwrap(), ["q_proj", "gate_proj", "up_proj", "down_proj"]);
+        assert_eq!(
+            parse_targets("q_proj, mlp,q_proj").unwrap(),
+            ["q_proj", "gate_proj", "up_proj", "down_proj"]
+        );
         let err = parse_targets("qkv").unwrap_err().to_string();
         assert!(err.contains("LoRA target `qkv` is not a linear layer; use q_proj, k_proj"), "{err}");
     }

@@ -36,9 +36,13 @@ pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Box<dyn Attached
         return Err(bad_input!("{} not found: an adapter folder holds adapter_config.json and adapter_model.safetensors (PEFT's layout)", config.display()));
     }
     let text = std::fs::read(&config).map_err(|e| Error::io(&config, e))?;
-    let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad_input!("{}: {e}", config.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad_input!("{}: {e}", config.display()))?;
     match value.get("peft_type").and_then(|v| v.as_str()) {
         Some("LORA") => lora::load(dir, &value, model),
-        other => Err(bad_input!("{}: adapter type {other:?} is not supported; forge loads LORA adapters", config.display())),
+        other => Err(bad_input!(
+            "{}: adapter type {other:?} is not supported; forge loads LORA adapters",
+            config.display()
+        )),
     }
 }

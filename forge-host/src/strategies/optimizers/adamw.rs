@@ -25,7 +25,11 @@ impl AdamW {
 
 impl Optimizer for AdamW {
     fn update(&mut self, id: usize, params: &mut [f32], grads: &[f32], lr: f64) -> Result<(), StrategyError> {
-        let s = self.moments.entry(id).or_insert_with(|| Moments { m: vec![0.0; params.len()], v: vec![0.0; params.len()], t: 0 });
+        let s = self.moments.entry(id).or_insert_with(|| Moments {
+            m: vec![0.0; params.len()],
+            v: vec![0.0; params.len()],
+            t: 0,
+        });
         s.t += 1;
         for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(&mut s.m).zip(&mut s.v) {
             (*m, *v) = self.config.step(p, g, *m, *v, lr, s.t);
@@ -54,10 +58,14 @@ impl Optimizer for AdamW {
         self.moments.clear();
         let ids: Vec<usize> = state.iter().filter_map(|s| s.name.strip_suffix(".t")?.parse().ok()).collect();
         for id in ids {
-            let (StateData::F32(m), StateData::F32(v), StateData::U64(t)) =
-                (take(&state, &format!("{id}.m"))?, take(&state, &format!("{id}.v"))?, take(&state, &format!("{id}.t"))?)
-            else {
-                return Err(StrategyError::bad_input(format!("optimizer state of parameter {id} has the wrong types")));
+            let (StateData::F32(m), StateData::F32(v), StateData::U64(t)) = (
+                take(&state, &format!("{id}.m"))?,
+                take(&state, &format!("{id}.v"))?,
+                take(&state, &format!("{id}.t"))?,
+            ) else {
+                return Err(StrategyError::bad_input(format!(
+                    "optimizer state of parameter {id} has the wrong types"
+                )));
             };
             self.moments.insert(id, Moments { m: m.clone(), v: v.clone(), t: t[0] });
         }

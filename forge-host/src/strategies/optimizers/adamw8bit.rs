@@ -75,19 +75,30 @@ impl Optimizer for AdamW8bit {
 
     fn load_state(&mut self, state: Vec<StateTensor>) -> Result<(), StrategyError> {
         self.moments.clear();
-        let ids: Vec<usize> = state.iter().filter_map(|s| s.name.strip_suffix(".steps")?.parse().ok()).collect();
+        let ids: Vec<usize> =
+            state.iter().filter_map(|s| s.name.strip_suffix(".steps")?.parse().ok()).collect();
         for id in ids {
             let get = |part: &str| take(&state, &format!("{id}.{part}"));
-            let (StateData::U8(mc), StateData::F32(ma), StateData::U8(vc), StateData::F32(va), StateData::U64(t)) =
-                (get("m.codes")?, get("m.absmax")?, get("v.codes")?, get("v.absmax")?, get("steps")?)
+            let (
+                StateData::U8(mc),
+                StateData::F32(ma),
+                StateData::U8(vc),
+                StateData::F32(va),
+                StateData::U64(t),
+            ) = (get("m.codes")?, get("m.absmax")?, get("v.codes")?, get("v.absmax")?, get("steps")?)
             else {
-                return Err(StrategyError::bad_input(format!("optimizer state of parameter {id} has the wrong types")));
+                return Err(StrategyError::bad_input(format!(
+                    "optimizer state of parameter {id} has the wrong types"
+                )));
             };
             let m = Quantized { codes: mc.clone(), absmax: ma.clone() };
             let v = Quantized { codes: vc.clone(), absmax: va.clone() };
             self.moments.insert(id, Moments8 { m, v, t: t[0] });
         }
-        let small: Vec<StateTensor> = state.into_iter().filter(|s| s.name.ends_with(".m") || s.name.ends_with(".v") || s.name.ends_with(".t")).collect();
+        let small: Vec<StateTensor> = state
+            .into_iter()
+            .filter(|s| s.name.ends_with(".m") || s.name.ends_with(".v") || s.name.ends_with(".t"))
+            .collect();
         self.small.load_state(small)
     }
 }

@@ -25,10 +25,17 @@ impl AdamConfig {
     }
 
     fn from_options(o: &Options) -> Result<Self, StrategyError> {
-        let c = AdamConfig { beta1: o.float("beta1"), beta2: o.float("beta2"), eps: o.float("eps"), weight_decay: o.float("weight-decay") };
+        let c = AdamConfig {
+            beta1: o.float("beta1"),
+            beta2: o.float("beta2"),
+            eps: o.float("eps"),
+            weight_decay: o.float("weight-decay"),
+        };
         for (name, v) in [("beta1", c.beta1), ("beta2", c.beta2)] {
             if !(0.0..1.0).contains(&v) {
-                return Err(StrategyError::bad_input(format!("option `{name}` is {v}; it must be in [0, 1)")));
+                return Err(StrategyError::bad_input(format!(
+                    "option `{name}` is {v}; it must be in [0, 1)"
+                )));
             }
         }
         Ok(c)
@@ -49,9 +56,9 @@ impl AdamConfig {
 
 /// Reads a state tensor of the expected kind, or says what is wrong with the state file.
 fn take<'a>(state: &'a [StateTensor], name: &str) -> Result<&'a StateData, StrategyError> {
-    state
-        .iter()
-        .find(|s| s.name == name)
-        .map(|s| &s.data)
-        .ok_or_else(|| StrategyError::bad_input(format!("optimizer state lacks `{name}`; was it saved by another optimizer?")))
+    state.iter().find(|s| s.name == name).map(|s| &s.data).ok_or_else(|| {
+        StrategyError::bad_input(format!(
+            "optimizer state lacks `{name}`; was it saved by another optimizer?"
+        ))
+    })
 }

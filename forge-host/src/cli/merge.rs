@@ -1,0 +1,56 @@
+//! `forge merge`: fold an adapter into the base weights and write a plain checkpoint.
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use clap::Args;
+use serde::Serialize;
+
+use crate::model::ModelFolder;
+use crate::outputs::{source_config, stored_tensors, write_model_folder};
+use crate::strategies::adapters::load_adapter;
+use crate::{bad_input, Result};
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The base model folder the adapter was trained on.
+    #[arg(long)]
+    model: PathBuf,
+    /// The adapter folder (PEFT layout: adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Output model folder (same dtype as the base).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct MergeReport {
+    out: PathBuf,
+    merged_tensors: usize,
+    parameters: usize,
+}
+
+pub fn run(args: MergeArgs) -> Result<()> {
+    let folder = ModelFolder::open(&args.model)?;
+    let mut model = folder.load(DType::F32, &Device::Cpu)?;
+    let adapter = load_adapter(&args.adapter, &mut model)?;
+    let mut tensors = stored_tensors(&folder)?;
+    let deltas = adapter.merge_deltas()?;
+    for (name, delta) in &deltas {
+        let base = tensors
+            .get(name)
+            .ok_or_else(|| bad_input!("the adapter targets `{name}`, which the model lacks"))?;
+        // Add in f32, then store in the base's dtype (bf16 stays bf16).
+        let merged = (base.to_dtype(DType::F32)? + delta.to_device(&Device::Cpu)?)?.to_dtype(base.dtype())?;
+        tensors.insert(name.clone(), merged);
+    }
+    let parameters = write_model_folder(&folder, &tensors, &source_config(&folder)?, &args.out)?;
+    let report = MergeReport { out: args.out.clone(), merged_tensors: deltas.len(), parameters };
+    super::emit(&report, args.json, |r| {
+        format!("merged {} weights into {}", r.merged_tensors, r.out.display())
+    });
+    Ok(())
+}

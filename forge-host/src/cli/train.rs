@@ -1,0 +1,227 @@
+//! `forge train`: train an adapter (LoRA by default) on a data file and write it in PEFT's layout.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Args;
+use forge_api::{Options, StateData};
+use serde::Serialize;
+
+use super::{ModelArgs, Runtime};
+use crate::data::{Documents, TokenWindows};
+use crate::eval::{perplexity, PerplexityReport};
+use crate::model::CausalLm;
+use crate::outputs::{write_atomic, write_json_atomic};
+use crate::strategies::Registry;
+use crate::tokenizer::Tokenizer;
+use crate::training::{train, TrainConfig, TrainReport};
+use crate::{bad_input, Result};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Training data: JSONL (`{"text": ...}` a line) or plain text.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder: adapter_model.safetensors and adapter_config.json (PEFT's layout), optimizer state.
+    #[arg(long)]
+    out: PathBuf,
+    /// Adapter (`forge list` shows them).
+    #[arg(long, default_value = "lora")]
+    adapter: String,
+    /// An option of the adapter, KEY=VALUE (repeatable).
+    #[arg(long = "adapter-opt", value_name = "KEY=VALUE")]
+    adapter_opts: Vec<String>,
+    /// LoRA rank (the adapter's `rank` option).
+    #[arg(long)]
+    rank: Option<u64>,
+    /// LoRA alpha (the adapter's `alpha` option) [default: 2 × rank].
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Layers to adapt: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, attention, mlp or all-linear.
+    #[arg(long)]
+    targets: Option<String>,
+    /// Optimizer: adamw or adamw8bit (8-bit moments, about 4x less state).
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
+    /// An option of the optimizer, KEY=VALUE (repeatable): beta1, beta2, eps, weight-decay.
+    #[arg(long = "optimizer-opt", value_name = "KEY=VALUE")]
+    optimizer_opts: Vec<String>,
+    /// Peak learning rate (after warm-up; cosine decay to zero at the last step).
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Windows per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Tokens per training window.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Warm-up steps [default: a tenth of --steps].
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// Clip the global gradient norm to this; 0 turns clipping off.
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f64,
+    /// Recompute each decoder layer in the backward pass instead of storing its activations (less memory, more time).
+    #[arg(long)]
+    grad_checkpoint: bool,
+    /// Evaluate perplexity on this data before and after training.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// Windows of --eval-data to score.
+    #[arg(long, default_value_t = 32)]
+    eval_windows: usize,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 512)]
+    eval_seq_len: usize,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct TrainOutput {
+    #[serde(flatten)]
+    report: TrainReport,
+    adapter: String,
+    adapter_options: Options,
+    optimizer: String,
+    optimizer_options: Options,
+    optimizer_state_bytes: usize,
+    config: TrainConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval: Option<BeforeAfter>,
+    out: PathBuf,
+}
+
+#[derive(Serialize)]
+struct BeforeAfter {
+    before: PerplexityReport,
+    after: PerplexityReport,
+}
+
+fn eval_windows(path: &PathBuf, tokenizer: &Tokenizer, args: &TrainArgs) -> Result<TokenWindows> {
+    TokenWindows::from_documents(
+        Documents::open(path)?,
+        tokenizer,
+        args.eval_seq_len,
+        Some(args.eval_windows),
+    )
+}
+
+fn evaluate(model: &CausalLm, windows: &TokenWindows, quiet: bool) -> Result<PerplexityReport> {
+    perplexity(model, windows, 4, 0, quiet)
+}
+
+pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
+    let mut adapter_given = Options::parse_pairs(&args.adapter_opts)?;
+    let shorthands = [
+        ("rank", args.rank.map(serde_json::Value::from)),
+        ("alpha", args.alpha.map(serde_json::Value::from)),
+        ("targets", args.targets.clone().map(serde_json::Value::from)),
+    ];
+    for (key, value) in shorthands {
+        if let Some(v) = value {
+            adapter_given.insert(key.to_string(), v);
+        }
+    }
+    let (adapter, adapter_options) = registry.adapter(&args.adapter, &adapter_given)?;
+    let (mut optimizer, optimizer_options) =
+        registry.optimizer(&args.optimizer, &Options::parse_pairs(&args.optimizer_opts)?)?;
+    if args.grad_checkpoint
+        && adapter_options.values().get("dropout").and_then(|v| v.as_f64()).is_some_and(|d| d > 0.0)
+    {
+        return Err(bad_input!(
+            "--grad-checkpoint recomputes layers, which would draw new dropout masks; use adapter dropout=0 with it"
+        ));
+    }
+    if !(args.lr > 0.0 && args.lr.is_finite()) {
+        return Err(bad_input!("--lr is {}; give a positive learning rate such as 2e-4", args.lr));
+    }
+    let config = TrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        grad_accum: args.grad_accum,
+        lr: args.lr,
+        warmup_steps: args.warmup_steps.unwrap_or(args.steps / 10),
+        clip_norm: (args.clip_norm > 0.0).then_some(args.clip_norm),
+        seed: rt.seed,
+        grad_checkpoint: args.grad_checkpoint,
+    };
+    let (folder, mut model) = args.model.load(rt)?;
+    let tokenizer = folder.tokenizer()?;
+    let windows = TokenWindows::from_documents(Documents::open(&args.data)?, &tokenizer, args.seq_len, None)?;
+    let eval_set = args.eval_data.as_ref().map(|p| eval_windows(p, &tokenizer, &args)).transpose()?;
+    let attached = adapter.attach(&mut model, rt.seed)?;
+    let before = eval_set.as_ref().map(|w| evaluate(&model, w, rt.quiet)).transpose()?;
+    attached.set_training(true);
+    let report = train(&model, &attached.parameters(), optimizer.as_mut(), &windows, &config, rt.quiet)?;
+    attached.set_training(false);
+    let after = eval_set.as_ref().map(|w| evaluate(&model, w, rt.quiet)).transpose()?;
+    attached.save(&args.out)?;
+    save_optimizer_state(&args.out.join("optimizer_state.safetensors"), &optimizer.state())?;
+    let output = TrainOutput {
+        report,
+        adapter: args.adapter.clone(),
+        adapter_options,
+        optimizer: args.optimizer.clone(),
+        optimizer_state_bytes: optimizer.state_bytes(),
+        optimizer_options,
+        config,
+        eval: before.zip(after).map(|(before, after)| BeforeAfter { before, after }),
+        out: args.out.clone(),
+    };
+    write_json_atomic(&args.out.join("training.json"), &output)?;
+    super::emit(&output, args.json, |o| {
+        let eval = o.eval.as_ref().map_or(String::new(), |e| {
+            format!("; perplexity {:.4} → {:.4}", e.before.perplexity, e.after.perplexity)
+        });
+        format!(
+            "{} steps: loss {:.4} → {:.4}, {:.0} tokens/s{eval}; adapter in {}",
+            o.report.steps,
+            o.report.loss_first,
+            o.report.loss_last,
+            o.report.tokens_per_s,
+            o.out.display()
+        )
+    });
+    Ok(())
+}
+
+/// Writes an optimizer's state as safetensors (one tensor per state piece), atomically.
+fn save_optimizer_state(path: &std::path::Path, state: &[forge_api::StateTensor]) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<(String, Dtype, Vec<u8>)> = state
+        .iter()
+        .map(|s| match &s.data {
+            StateData::F32(v) => {
+                (s.name.clone(), Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }
+            StateData::U8(v) => (s.name.clone(), Dtype::U8, v.clone()),
+            StateData::U64(v) => {
+                (s.name.clone(), Dtype::U64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }
+        })
+        .collect();
+    let views: BTreeMap<String, TensorView> = bytes
+        .iter()
+        .map(|(name, dtype, data)| {
+            let len = data.len() * 8 / dtype.bitsize();
+            Ok((
+                name.clone(),
+                TensorView::new(*dtype, vec![len], data)
+                    .map_err(|e| bad_input!("optimizer state `{name}`: {e}"))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    write_atomic(path, |tmp| {
+        safetensors::serialize_to_file(&views, None, tmp)
+            .map_err(|e| bad_input!("cannot write {}: {e}", tmp.display()))
+    })
+}
