@@ -18,16 +18,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 results=$out/results.jsonl
 ckpts=${CKPT_DIR:-/tmp/forge-bench}
 mkdir -p "$out" "$ckpts"
-# record TOOL WHAT COMMAND...: runs the command, keeps its last stdout line (a JSON object) or its error.
-record() {
-  local tool=$1 what=$2; shift 2
-  local line
-  if line=$("$@" 2>>"$out/stderr.log" | tail -1) && [ -n "$line" ]; then
-    python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d.update(tool=sys.argv[1], what=sys.argv[2]); print(json.dumps(d))' "$tool" "$what" "$line" >> "$results"
-  else
-    echo "{\"tool\": \"$tool\", \"what\": \"$what\", \"error\": \"exit $? (see stderr.log)\"}" >> "$results"
-  fi
-}
+. "$(dirname "$0")/common.sh"
 load_seconds() { # forge's load to first token, from process start
   local s e; s=$(date +%s.%N)
   "$forge" generate -q --json --device cuda --model "$1" --prompt "hello" --max-new-tokens 1 > /dev/null || return 1
@@ -41,8 +32,7 @@ for domain in code prose; do
 done
 
 for arch in "${archs[@]}"; do
-  ck=$ckpts/$arch
-  [ -f "$ck/config.json" ] || python3 "$peer/models.py" --arch "$arch" --out "$ck" --tokenizer "$here/examples/tiny-qwen3" >> "$out/stderr.log" 2>&1
+  ck=$(checkpoint "$arch")
   record forge "$arch load first" load_seconds "$ck"
   record forge "$arch load again" load_seconds "$ck"
   record forge "$arch eval" "$forge" eval -q --json --device cuda --model "$ck" --data "$data" --seq-len 1024 \

@@ -9,6 +9,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::custom_grad::with_gradient;
+
 /// `softmax(scale · x + causal mask)` over the last dimension of `(…, seq, past + seq)` f32 scores,
 /// where row i of each `seq` block may see columns `0..=past + i`.
 pub fn causal_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::Result<Tensor> {
@@ -19,15 +21,22 @@ pub fn causal_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::
     }
 }
 
-/// The same function from elementary ops, for devices without the fused op; also the reference the
-/// op is tested against.
+/// The same function for other devices: scale and mask as elementary ops, then candle's fused
+/// softmax kernel, attached to the graph with the softmax backward (candle's kernel has none).
 fn masked_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::Result<Tensor> {
     let (seq, total) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
-    let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..seq).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     let mask = Tensor::from_vec(mask, (seq, total), scores.device())?;
-    candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, D::Minus1)
+    let masked = (scores * scale)?.broadcast_add(&mask)?;
+    let probs = candle_nn::ops::softmax_last_dim(&masked.detach())?;
+    with_gradient(&masked, probs, softmax_backward)
+}
+
+/// With p the softmax output and g its gradient: the input gradient p · (g − Σ g·p).
+fn softmax_backward(grad: &Tensor, probs: &Tensor) -> candle_core::Result<Tensor> {
+    let dot = (grad * probs)?.sum_keepdim(D::Minus1)?;
+    grad.broadcast_sub(&dot)? * probs
 }
 
 struct CausalSoftmax {
@@ -69,8 +78,7 @@ impl CustomOp1 for CausalSoftmax {
 
     /// With p the output: dx = scale · p · (g − Σ g·p); masked entries have p = 0 and get no gradient.
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dot = (grad * res)?.sum_keepdim(D::Minus1)?;
-        Ok(Some(((grad.broadcast_sub(&dot)? * res)? * self.scale)?))
+        Ok(Some((softmax_backward(grad, res)? * self.scale)?))
     }
 }
 
@@ -96,8 +104,31 @@ mod tests {
         for past in [0, 3] {
             let x = scores((2, 3, 4, 4 + past))?;
             let got = causal_softmax(&x, 0.7, past)?;
-            assert!(rel_diff(&got, &masked_softmax(&x, 0.7, past)?)? < 1e-6, "past {past}");
+            assert!(rel_diff(&got, &reference(&x, 0.7, past)?)? < 1e-6, "past {past}");
+            assert!(rel_diff(&masked_softmax(&x, 0.7, past)?, &reference(&x, 0.7, past)?)? < 1e-6, "past {past}");
         }
+        Ok(())
+    }
+
+    /// The elementary ops of `candle_nn::ops::softmax`, which have a backward: the reference for both paths.
+    fn reference(scores: &Tensor, scale: f64, past: usize) -> candle_core::Result<Tensor> {
+        let (seq, total) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
+        let mask: Vec<f32> =
+            (0..seq).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&Tensor::from_vec(mask, (seq, total), scores.device())?)?, D::Minus1)
+    }
+
+    #[test]
+    fn both_paths_have_the_gradient_of_the_elementary_softmax() -> candle_core::Result<()> {
+        let x = Var::from_tensor(&scores((1, 2, 3, 5))?)?;
+        let weights = scores((1, 2, 3, 5))?.cos()?;
+        let grad = |f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>| -> candle_core::Result<Tensor> {
+            let g = (f(x.as_tensor())? * &weights)?.sum_all()?.backward()?;
+            Ok(g.get(x.as_tensor()).expect("scores get a gradient").clone())
+        };
+        let want = grad(&|t| reference(t, 0.9, 2))?;
+        assert!(rel_diff(&grad(&|t| causal_softmax(t, 0.9, 2))?, &want)? < 1e-5);
+        assert!(rel_diff(&grad(&|t| masked_softmax(t, 0.9, 2))?, &want)? < 1e-5);
         Ok(())
     }
 

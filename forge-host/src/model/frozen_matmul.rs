@@ -2,59 +2,17 @@
 //!
 //! candle's matmul backward computes both operands' gradients whether or not anyone wants them, so a
 //! LoRA step through a frozen base would compute (and hold) a weight-sized gradient for every linear
-//! layer. Here the product is computed outside the graph and re-attached to `x` by a custom op whose
-//! forward passes the product through and whose backward returns only `grad · W`.
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+//! layer. Here the product is computed outside the graph and attached to `x` with the backward
+//! `grad · W` alone.
+use candle_core::Tensor;
+
+use super::custom_grad::with_gradient;
 
 /// `x · wᵀ` for `x` `(rows, in)` and `w` `(out, in)`, with no gradient for `w`.
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let product = x.detach().matmul(&w.t()?)?;
-    if !x.track_op() {
-        return Ok(product);
-    }
-    x.apply_op2(&product, InputGradOnly { weight: w.clone() })
-}
-
-struct InputGradOnly {
-    weight: Tensor,
-}
-
-impl CustomOp2 for InputGradOnly {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        product: &CpuStorage,
-        l: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((product.try_clone(l)?, l.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        product: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        Ok((product.try_clone(l)?, l.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _product: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&self.weight)?), None))
-    }
+    let w = w.clone();
+    with_gradient(x, product, move |grad, _| grad.matmul(&w))
 }
 
 #[cfg(test)]

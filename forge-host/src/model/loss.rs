@@ -2,10 +2,12 @@
 //!
 //! Full logits are `rows × vocab` floats: for a batch of 8 × 1024 tokens and a 150k vocabulary that is
 //! 5 GB in f32. Projecting a bounded number of rows at a time keeps the peak to one chunk, and the
-//! log-softmax is taken in f32 so bf16 models lose nothing in the loss.
+//! log-softmax is taken in f32 so bf16 models lose nothing in the loss. Training keeps the bound: the
+//! forward stores no logits, and the backward recomputes them chunk by chunk to form
+//! `(softmax − onehot) · W` (a graph through the chunks would keep every chunk's logits).
 use candle_core::{DType, Tensor, D};
 
-use super::frozen_matmul::frozen_matmul;
+use super::custom_grad::with_gradient;
 
 /// Bytes of f32 logits one chunk may hold.
 const CHUNK_BYTES: usize = 256 << 20;
@@ -15,27 +17,61 @@ pub fn rows_per_chunk(vocab: usize) -> usize {
     (CHUNK_BYTES / (vocab * 4)).max(1)
 }
 
-/// NLL of `targets` `(rows)` under `hidden · lm_headᵀ`, for `hidden` `(rows, dim)`; returns `(rows)` in f32.
+/// NLL of `targets` `(rows)` under `hidden · lm_headᵀ`, for `hidden` `(rows, dim)`; returns `(rows)` in
+/// f32, differentiable with respect to `hidden` (never `lm_head`).
 pub fn chunked_nll(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
     let rows = hidden.dim(0)?;
     let chunk = rows_per_chunk(lm_head.dim(0)?);
+    let flat = hidden.detach();
     let mut parts = Vec::with_capacity(rows.div_ceil(chunk));
     for start in (0..rows).step_by(chunk) {
         let len = chunk.min(rows - start);
-        let logits = frozen_matmul(&hidden.narrow(0, start, len)?, lm_head)?.to_dtype(DType::F32)?;
+        let logits = flat.narrow(0, start, len)?.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?;
         let max = logits.max_keepdim(D::Minus1)?;
         let log_z = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
         let target = targets.narrow(0, start, len)?.unsqueeze(1)?;
         let picked = logits.gather(&target, D::Minus1)?;
         parts.push((log_z - picked)?.squeeze(1)?);
     }
-    Tensor::cat(&parts, 0)
+    let nll = Tensor::cat(&parts, 0)?;
+    let (lm_head, targets) = (lm_head.clone(), targets.clone());
+    with_gradient(hidden, nll, move |grad, _| {
+        let mut grads = Vec::with_capacity(rows.div_ceil(chunk));
+        for start in (0..rows).step_by(chunk) {
+            let len = chunk.min(rows - start);
+            let h = flat.narrow(0, start, len)?;
+            let probs = candle_nn::ops::softmax_last_dim(&h.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?)?;
+            let target = targets.narrow(0, start, len)?.unsqueeze(1)?;
+            let minus_one = Tensor::full(-1f32, (len, 1), probs.device())?;
+            let d_logits =
+                probs.scatter_add(&target, &minus_one, 1)?.broadcast_mul(&grad.narrow(0, start, len)?.unsqueeze(1)?)?;
+            grads.push(d_logits.to_dtype(h.dtype())?.matmul(&lm_head)?);
+        }
+        Tensor::cat(&grads, 0)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn gradient_matches_elementary_log_softmax() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let h = candle_core::Var::from_tensor(&Tensor::arange(0f32, 15.0, &dev)?.reshape((5, 3))?.sin()?)?;
+        let w = Tensor::arange(0f32, 21.0, &dev)?.reshape((7, 3))?.cos()?;
+        let t = Tensor::new(&[0u32, 6, 3, 3, 1], &dev)?;
+        let weights = Tensor::new(&[1f32, -2.0, 0.5, 3.0, 1.5], &dev)?;
+        let ours = (chunked_nll(h.as_tensor(), &w, &t)? * &weights)?.sum_all()?.backward()?;
+        let log_p = candle_nn::ops::log_softmax(&h.as_tensor().matmul(&w.t()?)?, D::Minus1)?;
+        let picked = log_p.gather(&t.unsqueeze(1)?, D::Minus1)?.squeeze(1)?.neg()?;
+        let reference = (picked * &weights)?.sum_all()?.backward()?;
+        let (a, b) = (ours.get(h.as_tensor()).unwrap(), reference.get(h.as_tensor()).unwrap());
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "gradients differ by {diff}");
+        Ok(())
+    }
 
     #[test]
     fn matches_log_softmax_computed_in_f64() -> candle_core::Result<()> {

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod causal_lm;
 pub mod causal_softmax;
 pub mod config;
+mod custom_grad;
 pub mod decoder_layer;
 mod folder;
 pub mod frozen_matmul;

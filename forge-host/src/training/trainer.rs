@@ -45,7 +45,8 @@ pub struct TrainReport {
     pub loss_last: f64,
     /// Loss of every step.
     pub losses: Vec<f64>,
-    /// Tokens trained on per second.
+    /// Tokens trained on per second, over the steps after the first (which pays one-time set-up:
+    /// kernel loading, library handles); over the one step when there is only one.
     pub tokens_per_s: f64,
     /// Wall time of the loop.
     pub seconds: f64,
@@ -96,6 +97,7 @@ pub fn train(
     let bar = progress::bar(config.steps as u64, "steps", quiet);
     let started = Instant::now();
     let mut losses = Vec::with_capacity(config.steps);
+    let mut after_first = started;
     for step in 0..config.steps {
         let mut sums: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.elem_count()]).collect();
         let mut loss = 0f64;
@@ -131,18 +133,26 @@ pub fn train(
             var.set(&Tensor::from_vec(values, var.shape(), model.device())?.to_dtype(var.dtype())?)?;
         }
         losses.push(loss);
+        if step == 0 {
+            after_first = Instant::now();
+        }
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let tokens = config.steps * config.grad_accum * config.batch_size * seq_len;
+    let tokens_per_step = config.grad_accum * config.batch_size * seq_len;
+    let tokens_per_s = if config.steps > 1 {
+        (config.steps - 1) as f64 * tokens_per_step as f64 / after_first.elapsed().as_secs_f64()
+    } else {
+        tokens_per_step as f64 / seconds
+    };
     Ok(TrainReport {
         steps: config.steps,
         loss_first: losses[0],
         loss_last: *losses.last().expect("at least one step"),
         losses,
-        tokens_per_s: tokens as f64 / seconds,
+        tokens_per_s,
         seconds,
         peak_memory_bytes: memory.peak_bytes(),
     })

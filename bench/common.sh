@@ -1,0 +1,20 @@
+# Shared by the GPU benchmark scripts: `record TOOL WHAT COMMAND...` runs a command and appends its last
+# stdout line (a JSON object), tagged with TOOL and WHAT, to $results; a failure is recorded, not fatal.
+record() {
+  local tool=$1 what=$2; shift 2
+  local line status
+  # Callers set -o pipefail, so the status is the command's, not tail's.
+  line=$("$@" 2>>"$out/stderr.log" | tail -1); status=$?
+  if [ "$status" -eq 0 ] && [ -n "$line" ]; then
+    python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d.pop("losses", None); d.update(tool=sys.argv[1], what=sys.argv[2]); print(json.dumps(d))' "$tool" "$what" "$line" >> "$results"
+  else
+    echo "{\"tool\": \"$tool\", \"what\": \"$what\", \"error\": \"exit $status (see stderr.log)\"}" >> "$results"
+  fi
+}
+
+# checkpoint ARCH: writes (once) the peer's random checkpoint of ARCH with the bundled tokenizer; prints its folder.
+checkpoint() {
+  local ck=$ckpts/$1
+  [ -f "$ck/config.json" ] || python3 "$peer/models.py" --arch "$1" --out "$ck" --tokenizer "$here/examples/tiny-qwen3" >> "$out/stderr.log" 2>&1
+  echo "$ck"
+}
