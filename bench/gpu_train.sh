@@ -4,6 +4,7 @@
 #
 #   bench/gpu_train.sh FORGE_BINARY PEER_DIR DATA_JSONL OUT_DIR [ARCH ...]   (default ARCH: qwen2.5-0.5b)
 #
+# BATCH overrides the batch size (default 8).
 # forge: 6 optimizer steps (tokens/s over steps 2-6), adamw, no clipping, as the peer; the peer:
 # `bench_torch.py --task train` (3 warm-up + 20 timed steps), `--checkpointing` for the second row.
 set -uo pipefail
@@ -12,7 +13,7 @@ shift 4
 archs=("$@")
 [ ${#archs[@]} -gt 0 ] || archs=(qwen2.5-0.5b)
 here=$(cd "$(dirname "$0")/.." && pwd)
-results=$out/results.jsonl ckpts=${CKPT_DIR:-/tmp/forge-bench}
+results=$out/results.jsonl ckpts=${CKPT_DIR:-/tmp/forge-bench} batch=${BATCH:-8}
 mkdir -p "$out" "$ckpts"
 . "$(dirname "$0")/common.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/card.txt"
@@ -21,10 +22,10 @@ for arch in "${archs[@]}"; do
   for mode in plain checkpointed; do
     flag=(); peer_flag=()
     [ $mode = checkpointed ] && flag=(--grad-checkpoint) && peer_flag=(--checkpointing)
-    record forge "$arch train $mode" "$forge" train -q --json --device cuda --model "$ck" --data "$data" --out "/tmp/lora-$mode" \
-      --steps 6 --warmup-steps 0 --batch-size 8 --seq-len 1024 --rank 16 --alpha 32 --targets q_proj,k_proj,v_proj,o_proj \
+    record forge "$arch train $mode batch $batch" "$forge" train -q --json --device cuda --model "$ck" --data "$data" --out "/tmp/lora-$mode" \
+      --steps 6 --warmup-steps 0 --batch-size "$batch" --seq-len 1024 --rank 16 --alpha 32 --targets q_proj,k_proj,v_proj,o_proj \
       --optimizer adamw --lr 1e-4 --clip-norm 0 "${flag[@]}"
-    record peer "$arch train $mode" python3 "$peer/bench_torch.py" --model "$ck" --task train --batch 8 --seq 1024 \
+    record peer "$arch train $mode batch $batch" python3 "$peer/bench_torch.py" --model "$ck" --task train --batch "$batch" --seq 1024 \
       --lora-r 16 --targets q_proj,k_proj,v_proj,o_proj "${peer_flag[@]}"
   done
 done

@@ -2,7 +2,7 @@
 """Perplexity of a model folder under forge's protocol, computed by Hugging Face transformers: the
 cross-check that a model forge wrote loads in standard tools and means the same thing there.
 
-    python3 bench/hf_perplexity.py --model DIR --data FILE.jsonl [--seq-len 512 --max-windows 32 --device cpu]
+    python3 bench/hf_perplexity.py --model DIR --data FILE.jsonl [--adapter PEFT_DIR] [--seq-len 512 --max-windows 32 --device cpu]
 
 Protocol (DESIGN.md): each document tokenized without special tokens and followed by <|endoftext|>,
 concatenated, the first N non-overlapping windows of seq_len tokens, exp(mean NLL of the seq_len - 1
@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", required=True); ap.add_argument("--data", required=True)
 ap.add_argument("--seq-len", type=int, default=512); ap.add_argument("--max-windows", type=int, default=32)
-ap.add_argument("--device", default="cpu")
+ap.add_argument("--device", default="cpu"); ap.add_argument("--adapter", help="a PEFT adapter folder to apply")
 a = ap.parse_args()
 tok = Tokenizer.from_file(f"{a.model}/tokenizer.json")
 eos = tok.token_to_id("<|endoftext|>")
@@ -27,7 +27,11 @@ for line in open(a.data, encoding="utf-8"):
     if len(ids) >= need:
         break
 windows = torch.tensor(ids[: need]).view(-1, a.seq_len)
-model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).to(a.device).eval()
+model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+if a.adapter:
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(model, a.adapter)
+model = model.to(a.device).eval()
 total, count = 0.0, 0
 with torch.no_grad():
     for w in windows:
@@ -35,7 +39,7 @@ with torch.no_grad():
         logits = model(input_ids=x).logits[0, :-1].float()
         total += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
         count += a.seq_len - 1
-print(json.dumps({"model": a.model, "perplexity": math.exp(total / count), "tokens": count,
+print(json.dumps({"model": a.model, "adapter": a.adapter, "perplexity": math.exp(total / count), "tokens": count,
                   "num_attention_heads": model.config.num_attention_heads,
                   "num_key_value_heads": model.config.num_key_value_heads,
                   "parameters": sum(p.numel() for p in model.parameters())}))

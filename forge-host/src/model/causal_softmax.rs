@@ -25,8 +25,9 @@ pub fn causal_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::
 /// softmax kernel, attached to the graph with the softmax backward (candle's kernel has none).
 fn masked_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::Result<Tensor> {
     let (seq, total) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
-    let mask: Vec<f32> =
-        (0..seq).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mask: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
     let mask = Tensor::from_vec(mask, (seq, total), scores.device())?;
     let masked = (scores * scale)?.broadcast_add(&mask)?;
     let probs = candle_nn::ops::softmax_last_dim(&masked.detach())?;
@@ -105,7 +106,10 @@ mod tests {
             let x = scores((2, 3, 4, 4 + past))?;
             let got = causal_softmax(&x, 0.7, past)?;
             assert!(rel_diff(&got, &reference(&x, 0.7, past)?)? < 1e-6, "past {past}");
-            assert!(rel_diff(&masked_softmax(&x, 0.7, past)?, &reference(&x, 0.7, past)?)? < 1e-6, "past {past}");
+            assert!(
+                rel_diff(&masked_softmax(&x, 0.7, past)?, &reference(&x, 0.7, past)?)? < 1e-6,
+                "past {past}"
+            );
         }
         Ok(())
     }
@@ -113,9 +117,13 @@ mod tests {
     /// The elementary ops of `candle_nn::ops::softmax`, which have a backward: the reference for both paths.
     fn reference(scores: &Tensor, scale: f64, past: usize) -> candle_core::Result<Tensor> {
         let (seq, total) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
-        let mask: Vec<f32> =
-            (0..seq).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-        candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&Tensor::from_vec(mask, (seq, total), scores.device())?)?, D::Minus1)
+        let mask: Vec<f32> = (0..seq)
+            .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        candle_nn::ops::softmax(
+            &(scores * scale)?.broadcast_add(&Tensor::from_vec(mask, (seq, total), scores.device())?)?,
+            D::Minus1,
+        )
     }
 
     #[test]

@@ -33,7 +33,13 @@ impl CustomOp2 for GradientFn {
         self.name
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, output: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        output: &CpuStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         Ok((output.try_clone(l)?, l.shape().clone()))
     }
 
@@ -48,7 +54,13 @@ impl CustomOp2 for GradientFn {
         Ok((output.try_clone(l)?, l.shape().clone()))
     }
 
-    fn bwd(&self, _: &Tensor, _: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some((self.backward)(grad, res)?), None))
     }
 }

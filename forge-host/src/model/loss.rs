@@ -43,8 +43,9 @@ pub fn chunked_nll(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> candl
             let probs = candle_nn::ops::softmax_last_dim(&h.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?)?;
             let target = targets.narrow(0, start, len)?.unsqueeze(1)?;
             let minus_one = Tensor::full(-1f32, (len, 1), probs.device())?;
-            let d_logits =
-                probs.scatter_add(&target, &minus_one, 1)?.broadcast_mul(&grad.narrow(0, start, len)?.unsqueeze(1)?)?;
+            let d_logits = probs
+                .scatter_add(&target, &minus_one, 1)?
+                .broadcast_mul(&grad.narrow(0, start, len)?.unsqueeze(1)?)?;
             grads.push(d_logits.to_dtype(h.dtype())?.matmul(&lm_head)?);
         }
         Tensor::cat(&grads, 0)
