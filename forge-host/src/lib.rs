@@ -10,6 +10,7 @@ pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod outputs;
+pub mod pipeline;
 mod progress;
 pub mod runtime;
 pub mod strategies;

@@ -6,6 +6,7 @@ mod inspect;
 mod list;
 mod merge;
 mod prune;
+mod run;
 mod score;
 mod train;
 
@@ -42,9 +43,13 @@ struct GlobalArgs {
     /// Weights and activations dtype: f32, bf16 or f16 [default: f32 on cpu, bf16 on cuda].
     #[arg(long, global = true, value_parser = ["f32", "bf16", "f16"])]
     dtype: Option<String>,
-    /// Seed of everything random (sampling), so runs repeat exactly.
-    #[arg(long, global = true, default_value_t = 0)]
-    seed: u64,
+    /// Seed of everything random (sampling, scores, initialisation, data order), so runs repeat exactly [default: 0, or the recipe's].
+    #[arg(long, global = true)]
+    seed: Option<u64>,
+    /// Refuse work estimated to need more memory than this (e.g. 12GiB), before allocating it;
+    /// enforced by `forge run` [default on CUDA: the device's free memory].
+    #[arg(long, global = true, value_name = "SIZE")]
+    memory_budget: Option<String>,
     /// No progress bars or logs on stderr; errors are still printed.
     #[arg(short, long, global = true)]
     quiet: bool,
@@ -68,6 +73,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Fold an adapter into the base weights and write a plain checkpoint.
     Merge(merge::MergeArgs),
+    /// Run a whole recipe: baseline, cycles of score → prune → train → evaluate → merge, final model, report.
+    Run(run::RunArgs),
 }
 
 /// Options naming a model and how to alter it before use.
@@ -104,6 +111,9 @@ struct Runtime {
     device: Device,
     dtype: DType,
     seed: u64,
+    /// The seed when given on the command line (it then overrides a recipe's).
+    seed_given: Option<u64>,
+    memory_budget: Option<u64>,
     quiet: bool,
 }
 
@@ -111,7 +121,20 @@ impl GlobalArgs {
     fn resolve(&self) -> Result<Runtime> {
         let device = parse_device(self.device)?;
         let dtype = resolve_dtype(self.dtype.as_deref(), &device)?;
-        Ok(Runtime { device, dtype, seed: self.seed, quiet: self.quiet })
+        let memory_budget = match &self.memory_budget {
+            Some(text) => Some(crate::pipeline::parse_size(text).ok_or_else(|| {
+                bad_input!("--memory-budget `{text}` is not a size; write e.g. 12GiB, 512MiB or 2GB")
+            })?),
+            None => None,
+        };
+        Ok(Runtime {
+            device,
+            dtype,
+            seed: self.seed.unwrap_or(0),
+            seed_given: self.seed,
+            memory_budget,
+            quiet: self.quiet,
+        })
     }
 }
 
@@ -172,6 +195,9 @@ pub fn main() -> i32 {
 fn run(cli: Cli) -> Result<()> {
     let registry = Registry::builtin()?;
     let rt = cli.global.resolve()?;
+    if rt.memory_budget.is_some() && !matches!(cli.command, Command::Run(_)) {
+        return Err(bad_input!("--memory-budget is enforced by `forge run` only so far; drop it here"));
+    }
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args, &rt),
@@ -181,5 +207,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prune(args) => prune::run(args, &rt, &registry),
         Command::Train(args) => train::run(args, &rt, &registry),
         Command::Merge(args) => merge::run(args),
+        Command::Run(args) => run::run(args, &rt, &registry),
     }
 }

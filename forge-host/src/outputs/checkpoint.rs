@@ -19,7 +19,7 @@ use crate::model::ModelFolder;
 use crate::{bad_input, Error, Result};
 
 /// How pruned heads are removed from the written checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SaveMode {
     /// Same shapes, pruned heads' `o_proj` columns zeroed.
@@ -143,6 +143,20 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
     let parameters = write_model_folder(folder, &tensors, &config, out)?;
     write_json_atomic(&out.join("mask.json"), mask)?;
     Ok(SavedModel { parameters, heads, kv_heads })
+}
+
+/// Values a compact model of `folder` with `mask`'s heads removed would hold (nothing is written).
+pub fn compact_parameters(folder: &ModelFolder, mask: &HeadMask) -> Result<usize> {
+    let c = &folder.config;
+    let per_head = c.head_dim * c.hidden;
+    let mut removed: isize = 0;
+    for layer in 0..c.layers {
+        let p = plan(layer, c.heads[layer], c.kv_heads[layer], mask.pruned_in(layer))?;
+        // q rows and o columns per query head; k and v rows per KV head (biases are negligible here).
+        removed += 2 * (c.heads[layer] as isize - p.heads.len() as isize) * per_head as isize;
+        removed += 2 * (c.kv_heads[layer] as isize - p.kv_heads.len() as isize) * per_head as isize;
+    }
+    Ok((folder.weights.parameter_count() as isize - removed) as usize)
 }
 
 /// Every tensor of `folder`'s checkpoint in its stored dtype, on the CPU.

@@ -28,6 +28,11 @@ impl PeakMemory {
     }
 }
 
+/// Free memory of a CUDA device (None on the CPU or when it cannot be read).
+pub fn free_device_memory(device: &Device) -> Option<u64> {
+    pool::free(device)
+}
+
 /// The process's peak resident set, from `/proc/self/status` (Linux).
 fn process_peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -67,6 +72,11 @@ mod pool {
         }
     }
 
+    pub fn free(device: &Device) -> Option<u64> {
+        let Device::Cuda(cuda) = device else { return None };
+        cuda.cuda_stream().context().mem_get_info().ok().map(|(free, _)| free as u64)
+    }
+
     pub fn high_water(device: &Device) -> Option<u64> {
         let pool = default_pool(device)?;
         let mut value: u64 = 0;
@@ -87,6 +97,10 @@ mod pool {
     use candle_core::Device;
 
     pub fn reset_high_water(_: &Device) {}
+
+    pub fn free(_: &Device) -> Option<u64> {
+        None
+    }
 
     pub fn high_water(_: &Device) -> Option<u64> {
         None

@@ -4,5 +4,5 @@ mod memory;
 mod rng;
 
 pub use device::{parse_device, resolve_dtype, DeviceChoice};
-pub use memory::PeakMemory;
+pub use memory::{free_device_memory, PeakMemory};
 pub use rng::SplitMix64;

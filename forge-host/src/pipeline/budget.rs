@@ -1,0 +1,167 @@
+//! Memory estimates per phase, checked against `--memory-budget` before anything is allocated.
+//!
+//! Each estimate is a sum of named parts computed from the geometry and the recipe: weights, the
+//! activations a phase keeps alive (per layer for training without checkpointing, one layer with it),
+//! the largest transient (attention scores, a vocabulary chunk of logits), adapter and optimizer state,
+//! and a fixed process overhead. The numbers are deliberately conservative (an over-estimate refuses
+//! a run that would have fitted; an under-estimate is an OOM, which is what this exists to prevent).
+use candle_core::DType;
+
+use super::recipe::Recipe;
+use crate::model::loss::rows_per_chunk;
+use crate::model::ModelConfig;
+
+/// A phase's estimated peak, with its parts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Estimate {
+    /// load, score, train or eval.
+    pub phase: &'static str,
+    /// (part, bytes).
+    pub parts: Vec<(&'static str, u64)>,
+    /// What to change to need less.
+    pub knob: &'static str,
+}
+
+impl Estimate {
+    /// The sum of the parts.
+    pub fn total(&self) -> u64 {
+        self.parts.iter().map(|p| p.1).sum()
+    }
+}
+
+/// Process overhead: binary, tokenizer, allocator slack.
+const OVERHEAD: u64 = 300 << 20;
+
+/// Bytes live at once inside one decoder layer for `rows` tokens of `seq` (f32 attention scores and
+/// their softmax, the MLP's three intermediate tensors, a few residual-width tensors).
+fn layer_transient(c: &ModelConfig, batch: usize, seq: usize, bytes: u64) -> u64 {
+    let tokens = (batch * seq) as u64;
+    let heads = *c.heads.iter().max().unwrap_or(&1) as u64;
+    let scores = batch as u64 * heads * (seq as u64).pow(2) * 4 * 4;
+    scores + tokens * (c.intermediate as u64 * 3 + c.hidden as u64 * 8) * bytes
+}
+
+/// Bytes one layer keeps for its backward pass (everything its graph holds).
+fn layer_saved(c: &ModelConfig, batch: usize, seq: usize, bytes: u64) -> u64 {
+    2 * layer_transient(c, batch, seq, bytes)
+}
+
+fn logits_chunk(c: &ModelConfig, rows: usize) -> u64 {
+    (rows_per_chunk(c.vocab).min(rows) * c.vocab * 4 * 3) as u64
+}
+
+/// Trainable values of the adapter: LoRA of `rank` on the targeted layers (an upper bound: all
+/// linear layers when the targets are not known).
+fn adapter_values(c: &ModelConfig, rank: usize) -> u64 {
+    let h = c.hidden as u64;
+    let per_layer = |l: usize| {
+        let q = (c.heads[l] * c.head_dim) as u64;
+        let kv = (c.kv_heads[l] * c.head_dim) as u64;
+        let i = c.intermediate as u64;
+        rank as u64 * ((h + q) * 2 + (h + kv) * 2 + (h + i) * 3)
+    };
+    (0..c.layers).map(per_layer).sum()
+}
+
+/// Estimates for every phase of `recipe` on a model of `config` run in `dtype`.
+pub fn estimate(recipe: &Recipe, config: &ModelConfig, parameters: u64, dtype: DType) -> Vec<Estimate> {
+    let bytes = dtype.size_in_bytes() as u64;
+    let weights = parameters * bytes;
+    let t = &recipe.train;
+    let s = &recipe.score;
+    let eval_batch = 4;
+    let eval = layer_transient(config, eval_batch, recipe.data.eval_seq_len, bytes)
+        + logits_chunk(config, eval_batch * recipe.data.eval_seq_len);
+    let rank = recipe.train.adapter_options.get("rank").and_then(|v| v.as_u64()).unwrap_or(16) as usize;
+    // Master weights, gradients (f32) and at most two f32 moments.
+    let adapter = adapter_values(config, rank) * 4 * 4;
+    let tokens = t.batch_size * t.seq_len;
+    let (activations, knob) = if t.grad_checkpoint {
+        (
+            config.layers as u64 * tokens as u64 * config.hidden as u64 * bytes
+                + 2 * layer_saved(config, t.batch_size, t.seq_len, bytes),
+            "a smaller train.batch_size or train.seq_len",
+        )
+    } else {
+        (
+            config.layers as u64 * layer_saved(config, t.batch_size, t.seq_len, bytes),
+            "train.grad_checkpoint = true, or a smaller train.batch_size or train.seq_len",
+        )
+    };
+    let train = activations + logits_chunk(config, tokens) * 2;
+    // Scoring differentiates through every layer (taylor) or only observes them: budget the former.
+    let score = config.layers as u64 * layer_saved(config, s.calib_batch_size, s.calib_seq_len, bytes)
+        + logits_chunk(config, s.calib_batch_size * s.calib_seq_len) * 2;
+    vec![
+        Estimate {
+            phase: "load",
+            parts: vec![("weights", weights), ("overhead", OVERHEAD)],
+            knob: "a smaller model or --dtype bf16",
+        },
+        Estimate {
+            phase: "eval",
+            parts: vec![("weights", weights), ("activations", eval), ("overhead", OVERHEAD)],
+            knob: "a smaller data.eval_seq_len",
+        },
+        Estimate {
+            phase: "score",
+            parts: vec![("weights", weights), ("activations and gradients", score), ("overhead", OVERHEAD)],
+            knob: "a smaller score.calib_batch_size or score.calib_seq_len",
+        },
+        Estimate {
+            phase: "train",
+            parts: vec![
+                ("weights", weights),
+                ("activations", train),
+                ("adapter and optimizer", adapter),
+                ("overhead", OVERHEAD),
+            ],
+            knob,
+        },
+    ]
+}
+
+/// Parses `12GiB`, `512MiB`, `2GB`, `1000000` (bytes).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n > 0.0)?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024f64.powi(2),
+        "g" | "gb" => 1e9,
+        "gib" => 1024f64.powi(3),
+        "t" | "tb" => 1e12,
+        "tib" => 1024f64.powi(4),
+        _ => return None,
+    };
+    Some((n * scale) as u64)
+}
+
+/// Human size.
+pub fn human(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("12GiB"), Some(12 << 30));
+        assert_eq!(parse_size("512 MiB"), Some(512 << 20));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("-1GiB"), None);
+    }
+}

@@ -1,0 +1,346 @@
+//! The recipe: a TOML file naming every step's strategy and options. Parsing is strict — an unknown
+//! key, a value of the wrong type, an unknown strategy or option, or options that contradict each
+//! other fail before any work, naming the key and what is valid.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use forge_api::{Options, StrategyKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::outputs::SaveMode;
+use crate::strategies::Registry;
+use crate::{bad_input, Error, Result};
+
+/// A strategy's options as written in the recipe (any TOML values).
+pub type OptionTable = BTreeMap<String, Value>;
+
+/// A whole run.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// The model folder to start from.
+    pub model: PathBuf,
+    /// Seed of everything random; cycle c uses seed + c.
+    #[serde(default)]
+    pub seed: u64,
+    /// Data sets.
+    pub data: DataSection,
+    /// Head scoring.
+    pub score: ScoreSection,
+    /// Head removal.
+    pub prune: PruneSection,
+    /// Adapter training after each removal.
+    pub train: TrainSection,
+    /// Evaluators run on the baseline, after every cycle and on the final model.
+    #[serde(default = "default_evaluators")]
+    pub evaluate: Vec<EvaluatorSection>,
+    /// When a cycle is rolled back.
+    #[serde(default)]
+    pub guard: GuardSection,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Training data for the adapters.
+    pub train: PathBuf,
+    /// Calibration data for scorers that run the model [default: the training data].
+    pub calibration: Option<PathBuf>,
+    /// Windows per evaluation set.
+    #[serde(default = "d_16")]
+    pub eval_windows: usize,
+    /// Tokens per evaluation window.
+    #[serde(default = "d_256")]
+    pub eval_seq_len: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreSection {
+    pub scorer: String,
+    #[serde(default)]
+    pub options: OptionTable,
+    #[serde(default = "d_8")]
+    pub calib_windows: usize,
+    #[serde(default = "d_128")]
+    pub calib_seq_len: usize,
+    #[serde(default = "d_4")]
+    pub calib_batch_size: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneSection {
+    pub pruner: String,
+    #[serde(default)]
+    pub options: OptionTable,
+    /// Share of all heads removed by each cycle (cumulative: cycle c leaves c × this removed).
+    pub ratio_per_cycle: f64,
+    pub cycles: usize,
+    /// How the final model is written.
+    #[serde(default = "d_compact")]
+    pub save_mode: SaveMode,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    #[serde(default = "d_lora")]
+    pub adapter: String,
+    #[serde(default)]
+    pub adapter_options: OptionTable,
+    #[serde(default = "d_adamw")]
+    pub optimizer: String,
+    #[serde(default)]
+    pub optimizer_options: OptionTable,
+    pub steps: usize,
+    #[serde(default = "d_4")]
+    pub batch_size: usize,
+    #[serde(default = "d_128")]
+    pub seq_len: usize,
+    #[serde(default = "d_1")]
+    pub grad_accum: usize,
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    pub warmup_steps: Option<usize>,
+    #[serde(default = "d_clip")]
+    pub clip_norm: f64,
+    #[serde(default)]
+    pub grad_checkpoint: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluatorSection {
+    /// Evaluator name (`forge list`).
+    pub name: String,
+    /// Data its windows come from, if it reads data.
+    pub data: Option<PathBuf>,
+    #[serde(default)]
+    pub options: OptionTable,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSection {
+    /// The metric the guard watches (`perplexity:code-valid`) [default: the first perplexity].
+    pub metric: Option<String>,
+    /// A cycle whose metric ends more than this fraction worse than the previous cycle's is rolled
+    /// back and the run stops there.
+    #[serde(default = "d_increase")]
+    pub max_increase: f64,
+}
+
+impl Default for GuardSection {
+    fn default() -> Self {
+        GuardSection { metric: None, max_increase: d_increase() }
+    }
+}
+
+fn default_evaluators() -> Vec<EvaluatorSection> {
+    vec![EvaluatorSection { name: "samples".into(), data: None, options: OptionTable::new() }]
+}
+fn d_1() -> usize {
+    1
+}
+fn d_4() -> usize {
+    4
+}
+fn d_8() -> usize {
+    8
+}
+fn d_16() -> usize {
+    16
+}
+fn d_128() -> usize {
+    128
+}
+fn d_256() -> usize {
+    256
+}
+fn d_lr() -> f64 {
+    1e-3
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_increase() -> f64 {
+    0.10
+}
+fn d_compact() -> SaveMode {
+    SaveMode::Compact
+}
+fn d_lora() -> String {
+    "lora".into()
+}
+fn d_adamw() -> String {
+    "adamw".into()
+}
+
+/// The name a metric of evaluator `e` gets in reports: `metric:data-stem`, or `metric` without data.
+pub fn metric_key(e: &EvaluatorSection, metric: &str) -> String {
+    match &e.data {
+        Some(path) => {
+            format!("{metric}:{}", path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())
+        }
+        None => metric.to_string(),
+    }
+}
+
+impl Recipe {
+    /// Reads a recipe and applies `KEY.PATH=VALUE` overrides (values in TOML syntax, else strings).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut value: toml::Table =
+            toml::from_str(&text).map_err(|e| bad_input!("{} is not valid TOML: {e}", path.display()))?;
+        for item in overrides {
+            let (key, raw) =
+                item.split_once('=').ok_or_else(|| bad_input!("--set `{item}` is not KEY=VALUE"))?;
+            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+            set_path(&mut value, key.trim(), parsed)?;
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut recipe: Recipe = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| bad_input!("{}: {}", path.display(), e.message().trim()))?;
+        recipe.resolve_paths(base);
+        Ok(recipe)
+    }
+
+    /// Paths in a recipe are relative to the working directory when they exist from there, else to
+    /// the recipe's folder.
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.exists() && base.join(&*p).exists() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.model);
+        fix(&mut self.data.train);
+        if let Some(c) = &mut self.data.calibration {
+            fix(c);
+        }
+        for e in &mut self.evaluate {
+            if let Some(d) = &mut e.data {
+                fix(d);
+            }
+        }
+    }
+
+    /// Checks everything that can be checked without loading the model: files, names, options,
+    /// numbers and their combinations.
+    pub fn validate(&self, registry: &Registry) -> Result<()> {
+        let mut files = vec![("data.train", &self.data.train)];
+        if let Some(c) = &self.data.calibration {
+            files.push(("data.calibration", c));
+        }
+        for (key, path) in files {
+            if !path.is_file() {
+                return Err(bad_input!("recipe key `{key}`: {} is not a file", path.display()));
+            }
+        }
+        if !self.model.is_dir() {
+            return Err(bad_input!("recipe key `model`: {} is not a model folder", self.model.display()));
+        }
+        let p = &self.prune;
+        if !(p.ratio_per_cycle > 0.0 && p.ratio_per_cycle < 1.0) {
+            return Err(bad_input!(
+                "recipe key `prune.ratio_per_cycle` is {}; it must be in (0, 1)",
+                p.ratio_per_cycle
+            ));
+        }
+        if p.cycles == 0 {
+            return Err(bad_input!("recipe key `prune.cycles` is 0; give at least 1"));
+        }
+        if p.ratio_per_cycle * p.cycles as f64 >= 1.0 {
+            return Err(bad_input!(
+                "recipe keys `prune.ratio_per_cycle` ({}) × `prune.cycles` ({}) would remove every head; keep the product below 1",
+                p.ratio_per_cycle,
+                p.cycles
+            ));
+        }
+        let t = &self.train;
+        if t.steps == 0 || t.batch_size == 0 || t.seq_len < 2 || t.grad_accum == 0 {
+            return Err(bad_input!("recipe keys `train.steps`, `train.batch_size`, `train.grad_accum` must be ≥ 1 and `train.seq_len` ≥ 2"));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(bad_input!("recipe key `train.lr` is {}; give a positive learning rate", t.lr));
+        }
+        let resolve = |kind: StrategyKind, key: &str, name: &str, options: &OptionTable| -> Result<Options> {
+            let entry = registry.find(kind, name).map_err(|e| bad_input!("recipe key `{key}`: {e}"))?;
+            Options::resolve(&format!("{} `{name}`", kind.name()), &entry.info.options, options)
+                .map_err(|e| bad_input!("recipe key `{key}`: {e}"))
+        };
+        resolve(StrategyKind::Scorer, "score.scorer", &self.score.scorer, &self.score.options)?;
+        resolve(StrategyKind::Pruner, "prune.pruner", &p.pruner, &p.options)?;
+        let adapter = resolve(StrategyKind::Adapter, "train.adapter", &t.adapter, &t.adapter_options)?;
+        resolve(StrategyKind::Optimizer, "train.optimizer", &t.optimizer, &t.optimizer_options)?;
+        if t.grad_checkpoint
+            && adapter.values().get("dropout").and_then(Value::as_f64).is_some_and(|d| d > 0.0)
+        {
+            return Err(bad_input!(
+                "recipe keys `train.grad_checkpoint` and `train.adapter_options.dropout` contradict: recomputed layers would draw new dropout masks"
+            ));
+        }
+        for (i, e) in self.evaluate.iter().enumerate() {
+            resolve(StrategyKind::Evaluator, &format!("evaluate[{i}].name"), &e.name, &e.options)?;
+            if let Some(d) = &e.data {
+                if !d.is_file() {
+                    return Err(bad_input!("recipe key `evaluate[{i}].data`: {} is not a file", d.display()));
+                }
+            }
+        }
+        let metric = self.guard_metric();
+        let known: Vec<String> =
+            self.evaluate.iter().filter(|e| e.data.is_some()).map(|e| metric_key(e, "perplexity")).collect();
+        if !known.contains(&metric) {
+            return Err(bad_input!(
+                "recipe key `guard.metric` is `{metric}`, which no evaluator produces; known: {}",
+                if known.is_empty() {
+                    "none (add a perplexity evaluator with data)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+        Ok(())
+    }
+
+    /// The metric the guard watches.
+    pub fn guard_metric(&self) -> String {
+        self.guard.metric.clone().unwrap_or_else(|| {
+            self.evaluate
+                .iter()
+                .find(|e| e.name == "perplexity" && e.data.is_some())
+                .map(|e| metric_key(e, "perplexity"))
+                .unwrap_or_else(|| "perplexity".into())
+        })
+    }
+
+    /// The recipe as TOML (after overrides), for the executed-recipe record.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("recipes serialise")
+    }
+}
+
+/// Sets `a.b.c` in a TOML table, creating tables on the way.
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()> {
+    let mut parts = key.split('.').peekable();
+    let mut current = table;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            current.insert(part.to_string(), value);
+            return Ok(());
+        }
+        current = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| bad_input!("--set `{key}`: `{part}` is not a table in the recipe"))?;
+    }
+    Err(bad_input!("--set has an empty key"))
+}
