@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::model::ModelFolder;
 use crate::outputs::{source_config, stored_tensors, write_model_folder};
-use crate::strategies::adapters::load_adapter;
-use crate::{bad_input, Result};
+use crate::strategies::adapters::{load_adapter, merge_into};
+use crate::Result;
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
@@ -38,17 +38,9 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let mut model = folder.load(DType::F32, &Device::Cpu)?;
     let adapter = load_adapter(&args.adapter, &mut model)?;
     let mut tensors = stored_tensors(&folder)?;
-    let deltas = adapter.merge_deltas()?;
-    for (name, delta) in &deltas {
-        let base = tensors
-            .get(name)
-            .ok_or_else(|| bad_input!("the adapter targets `{name}`, which the model lacks"))?;
-        // Add in f32, then store in the base's dtype (bf16 stays bf16).
-        let merged = (base.to_dtype(DType::F32)? + delta.to_device(&Device::Cpu)?)?.to_dtype(base.dtype())?;
-        tensors.insert(name.clone(), merged);
-    }
+    let merged_tensors = merge_into(&mut tensors, adapter.as_ref())?;
     let parameters = write_model_folder(&folder, &tensors, &source_config(&folder)?, &args.out)?;
-    let report = MergeReport { out: args.out.clone(), merged_tensors: deltas.len(), parameters };
+    let report = MergeReport { out: args.out.clone(), merged_tensors, parameters };
     super::emit(&report, args.json, |r| {
         format!("merged {} weights into {}", r.merged_tensors, r.out.display())
     });

@@ -11,6 +11,7 @@ use crate::data::{Documents, TokenWindows};
 use crate::eval::{perplexity, PerplexityReport};
 use crate::model::CausalLm;
 use crate::outputs::{write_atomic, write_json_atomic};
+use crate::pipeline::TrainSection;
 use crate::strategies::Registry;
 use crate::tokenizer::Tokenizer;
 use crate::training::{train, TrainConfig, TrainReport};
@@ -134,26 +135,22 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let (adapter, adapter_options) = registry.adapter(&args.adapter, &adapter_given)?;
     let (mut optimizer, optimizer_options) =
         registry.optimizer(&args.optimizer, &Options::parse_pairs(&args.optimizer_opts)?)?;
-    if args.grad_checkpoint
-        && adapter_options.values().get("dropout").and_then(|v| v.as_f64()).is_some_and(|d| d > 0.0)
-    {
-        return Err(bad_input!(
-            "--grad-checkpoint recomputes layers, which would draw new dropout masks; use adapter dropout=0 with it"
-        ));
-    }
-    if !(args.lr > 0.0 && args.lr.is_finite()) {
-        return Err(bad_input!("--lr is {}; give a positive learning rate such as 2e-4", args.lr));
-    }
-    let config = TrainConfig {
+    let section = TrainSection {
+        adapter: args.adapter.clone(),
+        adapter_options: adapter_given,
+        optimizer: args.optimizer.clone(),
+        optimizer_options: Options::parse_pairs(&args.optimizer_opts)?,
         steps: args.steps,
         batch_size: args.batch_size,
+        seq_len: args.seq_len,
         grad_accum: args.grad_accum,
         lr: args.lr,
-        warmup_steps: args.warmup_steps.unwrap_or(args.steps / 10),
-        clip_norm: (args.clip_norm > 0.0).then_some(args.clip_norm),
-        seed: rt.seed,
+        warmup_steps: args.warmup_steps,
+        clip_norm: args.clip_norm,
         grad_checkpoint: args.grad_checkpoint,
     };
+    section.validate(&adapter_options, "--")?;
+    let config = section.train_config(rt.seed);
     let (folder, mut model) = args.model.load(rt)?;
     let tokenizer = folder.tokenizer()?;
     let windows = TokenWindows::from_documents(Documents::open(&args.data)?, &tokenizer, args.seq_len, None)?;

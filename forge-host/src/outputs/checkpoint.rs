@@ -94,6 +94,9 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
     mask.validate(&config.geometry()).map_err(|e| bad_input!("mask: {e}"))?;
     let d = config.head_dim;
     let mut tensors = stored_tensors(folder)?;
+    if mode == SaveMode::Mask {
+        zero_pruned_heads(&mut tensors, &config.heads, d, mask)?;
+    }
     let (mut heads, mut kv_heads) = (config.heads.clone(), config.kv_heads.clone());
     for layer in 0..config.layers {
         let pruned = mask.pruned_in(layer);
@@ -106,14 +109,6 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
             Ok(())
         };
         match mode {
-            SaveMode::Mask if !pruned.is_empty() => {
-                let keep: Vec<f32> = (0..heads[layer] * d)
-                    .map(|i| if pruned.contains(&(i / d)) { 0.0 } else { 1.0 })
-                    .collect();
-                edit(key("o_proj.weight"), &|t| {
-                    Ok(t.broadcast_mul(&Tensor::new(keep.as_slice(), t.device())?.to_dtype(t.dtype())?)?)
-                })?;
-            }
             SaveMode::Mask => {}
             SaveMode::Compact => {
                 let p = plan(layer, heads[layer], kv_heads[layer], pruned)?;
@@ -143,6 +138,27 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
     let parameters = write_model_folder(folder, &tensors, &config, out)?;
     write_json_atomic(&out.join("mask.json"), mask)?;
     Ok(SavedModel { parameters, heads, kv_heads })
+}
+
+/// Zeroes the `o_proj` columns of `mask`'s heads in a checkpoint's tensors: the heads then reach
+/// nothing, exactly as if removed, and every shape stays as it was.
+pub fn zero_pruned_heads(
+    tensors: &mut HashMap<String, Tensor>,
+    heads: &[usize],
+    head_dim: usize,
+    mask: &HeadMask,
+) -> Result<()> {
+    for (&layer, pruned) in &mask.pruned {
+        let name = format!("model.layers.{layer}.self_attn.o_proj.weight");
+        if let Some(o) = tensors.get(&name) {
+            let keep: Vec<f32> = (0..heads[layer] * head_dim)
+                .map(|i| if pruned.contains(&(i / head_dim)) { 0.0 } else { 1.0 })
+                .collect();
+            let zeroed = o.broadcast_mul(&Tensor::new(keep.as_slice(), o.device())?.to_dtype(o.dtype())?)?;
+            tensors.insert(name, zeroed);
+        }
+    }
+    Ok(())
 }
 
 /// Values a compact model of `folder` with `mask`'s heads removed would hold (nothing is written).

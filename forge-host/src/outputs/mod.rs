@@ -7,6 +7,7 @@ mod heatmap;
 pub use atomic::{write_atomic, write_json_atomic};
 pub use chart::line_chart_svg;
 pub use checkpoint::{
-    compact_parameters, save_pruned, source_config, stored_tensors, write_model_folder, SaveMode, SavedModel,
+    compact_parameters, save_pruned, source_config, stored_tensors, write_model_folder, zero_pruned_heads,
+    SaveMode, SavedModel,
 };
 pub use heatmap::heatmap_svg;

@@ -8,5 +8,5 @@ mod report;
 mod run;
 
 pub use budget::{estimate, parse_size, Estimate};
-pub use recipe::Recipe;
+pub use recipe::{Recipe, TrainSection};
 pub use run::{run, CycleRecord, Metrics, RunOptions};

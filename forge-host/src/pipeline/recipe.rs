@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::outputs::SaveMode;
 use crate::strategies::Registry;
+use crate::training::TrainConfig;
 use crate::{bad_input, Error, Result};
 
 /// A strategy's options as written in the recipe (any TOML values).
@@ -108,6 +109,56 @@ pub struct TrainSection {
     pub clip_norm: f64,
     #[serde(default)]
     pub grad_checkpoint: bool,
+}
+
+impl TrainSection {
+    /// The training loop's settings, for `seed`.
+    pub fn train_config(&self, seed: u64) -> TrainConfig {
+        TrainConfig {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            warmup_steps: self.warmup_steps.unwrap_or(self.steps / 10),
+            clip_norm: (self.clip_norm > 0.0).then_some(self.clip_norm),
+            seed,
+            grad_checkpoint: self.grad_checkpoint,
+        }
+    }
+
+    /// Checks the numbers and their combination with the adapter's resolved options; `key` names
+    /// where they came from (`train.` in a recipe, `--` on the command line).
+    pub fn validate(&self, adapter: &Options, key: &str) -> Result<()> {
+        // Command-line flags spell words with hyphens, recipe keys with underscores.
+        let k = |name: &str| {
+            if key.starts_with("--") {
+                format!("{key}{}", name.replace('_', "-"))
+            } else {
+                format!("{key}{name}")
+            }
+        };
+        if self.steps == 0 || self.batch_size == 0 || self.seq_len < 2 || self.grad_accum == 0 {
+            return Err(bad_input!(
+                "{}, {} and {} must be at least 1 and {} at least 2",
+                k("steps"),
+                k("batch_size"),
+                k("grad_accum"),
+                k("seq_len")
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(bad_input!("{} is {}; give a positive learning rate such as 2e-4", k("lr"), self.lr));
+        }
+        if self.grad_checkpoint
+            && adapter.values().get("dropout").and_then(Value::as_f64).is_some_and(|d| d > 0.0)
+        {
+            return Err(bad_input!(
+                "{} and the adapter's dropout contradict: recomputed layers would draw new dropout masks; use dropout=0",
+                k("grad_checkpoint")
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -264,12 +315,6 @@ impl Recipe {
             ));
         }
         let t = &self.train;
-        if t.steps == 0 || t.batch_size == 0 || t.seq_len < 2 || t.grad_accum == 0 {
-            return Err(bad_input!("recipe keys `train.steps`, `train.batch_size`, `train.grad_accum` must be ≥ 1 and `train.seq_len` ≥ 2"));
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return Err(bad_input!("recipe key `train.lr` is {}; give a positive learning rate", t.lr));
-        }
         let resolve = |kind: StrategyKind, key: &str, name: &str, options: &OptionTable| -> Result<Options> {
             let entry = registry.find(kind, name).map_err(|e| bad_input!("recipe key `{key}`: {e}"))?;
             Options::resolve(&format!("{} `{name}`", kind.name()), &entry.info.options, options)

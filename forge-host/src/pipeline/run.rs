@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use forge_api::{HeadMask, HeadScores, PruneTarget};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,12 +16,15 @@ use super::recipe::{metric_key, Recipe};
 use super::report::{write_report, RunReport};
 use crate::data::{Documents, TokenWindows};
 use crate::model::{CausalLm, ModelFolder};
-use crate::outputs::{save_pruned, source_config, stored_tensors, write_json_atomic, write_model_folder};
+use crate::outputs::{
+    save_pruned, source_config, stored_tensors, write_json_atomic, write_model_folder, zero_pruned_heads,
+};
 use crate::runtime::PeakMemory;
+use crate::strategies::adapters::merge_into;
 use crate::strategies::evaluators::ModelEvalContext;
 use crate::strategies::{ModelProbes, Registry};
 use crate::tokenizer::Tokenizer;
-use crate::training::{train, TrainConfig, TrainReport};
+use crate::training::{train, TrainReport};
 use crate::{bad_input, Error, Result};
 
 /// How to run a recipe.
@@ -368,16 +371,7 @@ fn run_cycle(
     let (mut optimizer, _) = registry.optimizer(&t.optimizer, &t.optimizer_options)?;
     let attached = adapter.attach(&mut model, seed)?;
     attached.set_training(true);
-    let config = TrainConfig {
-        steps: t.steps,
-        batch_size: t.batch_size,
-        grad_accum: t.grad_accum,
-        lr: t.lr,
-        warmup_steps: t.warmup_steps.unwrap_or(t.steps / 10),
-        clip_norm: (t.clip_norm > 0.0).then_some(t.clip_norm),
-        seed,
-        grad_checkpoint: t.grad_checkpoint,
-    };
+    let config = t.train_config(seed);
     let trained: TrainReport =
         train(&model, &attached.parameters(), optimizer.as_mut(), train_windows, &config, opts.quiet)?;
     note_peak(&mut peaks, "train", trained.peak_memory_bytes);
@@ -386,24 +380,8 @@ fn run_cycle(
 
     // Merge into the stored weights, with the removed heads' o_proj columns zeroed (mask layout).
     let mut tensors = stored_tensors(&folder)?;
-    for (name, delta) in attached.merge_deltas()? {
-        let base = tensors
-            .get(&name)
-            .ok_or_else(|| bad_input!("the adapter targets `{name}`, which the model lacks"))?;
-        let merged = (base.to_dtype(DType::F32)? + delta.to_device(&Device::Cpu)?)?.to_dtype(base.dtype())?;
-        tensors.insert(name, merged);
-    }
-    let d = folder.config.head_dim;
-    for (&layer, heads) in &mask.pruned {
-        let name = format!("model.layers.{layer}.self_attn.o_proj.weight");
-        if let Some(o) = tensors.get(&name) {
-            let keep: Vec<f32> = (0..geometry.heads[layer] * d)
-                .map(|i| if heads.contains(&(i / d)) { 0.0 } else { 1.0 })
-                .collect();
-            let zeroed = o.broadcast_mul(&Tensor::new(keep.as_slice(), o.device())?.to_dtype(o.dtype())?)?;
-            tensors.insert(name, zeroed);
-        }
-    }
+    merge_into(&mut tensors, attached.as_ref())?;
+    zero_pruned_heads(&mut tensors, &geometry.heads, folder.config.head_dim, &mask)?;
     drop(model);
     let model_dir = dir.join("model");
     write_model_folder(&folder, &tensors, &source_config(&folder)?, &model_dir)?;

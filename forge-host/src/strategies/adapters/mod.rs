@@ -29,6 +29,25 @@ pub trait AttachedAdapter {
     fn merge_deltas(&self) -> Result<Vec<(String, Tensor)>>;
 }
 
+/// Adds `adapter`'s merge deltas to a checkpoint's stored tensors, in f32, keeping each tensor's
+/// stored dtype; returns how many weights changed.
+pub fn merge_into(
+    tensors: &mut std::collections::HashMap<String, Tensor>,
+    adapter: &dyn AttachedAdapter,
+) -> Result<usize> {
+    let deltas = adapter.merge_deltas()?;
+    for (name, delta) in &deltas {
+        let base = tensors
+            .get(name)
+            .ok_or_else(|| bad_input!("the adapter targets `{name}`, which the model lacks"))?;
+        let merged = (base.to_dtype(candle_core::DType::F32)?
+            + delta.to_device(&candle_core::Device::Cpu)?)?
+        .to_dtype(base.dtype())?;
+        tensors.insert(name.clone(), merged);
+    }
+    Ok(deltas.len())
+}
+
 /// Loads an adapter saved in `dir` and wires it into `model`; its kind comes from its config file.
 pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Box<dyn AttachedAdapter>> {
     let config = dir.join(LORA_CONFIG_FILE);
