@@ -145,11 +145,11 @@ fn markdown(r: &RunReport) -> String {
     let mut md = format!("# {} — pruned by forge\n\n", rec.model.display());
     let _ = writeln!(
         md,
-        "{} of {} attention heads removed over {} cycle(s) of score (`{}`) → prune (`{}`) → train (`{}` with `{}`, {} steps) → merge; \
+        "{} of {} attention heads removed by {} accepted cycle(s) of score (`{}`) → prune (`{}`) → train (`{}` with `{}`, {} steps) → merge; \
          parameters {} → {} ({} model). Guarded metric: `{}` (a cycle more than {:.0}% worse than the one before is rolled back).\n",
         r.heads_before - r.heads_after,
         r.heads_before,
-        r.cycles.len(),
+        r.cycles.iter().filter(|c| c.accepted).count(),
         rec.score.scorer,
         rec.prune.pruner,
         rec.train.adapter,
