@@ -15,6 +15,7 @@ mod geometry;
 mod head_mask;
 mod optimizer;
 mod options;
+pub mod plugin;
 mod pruner;
 mod scorer;
 mod scores;

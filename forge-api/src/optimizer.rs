@@ -29,7 +29,7 @@ pub trait Optimizer {
     /// Bytes of state held now.
     fn state_bytes(&self) -> usize;
     /// The whole state, to save.
-    fn state(&self) -> Vec<StateTensor>;
+    fn state(&self) -> Result<Vec<StateTensor>, StrategyError>;
     /// Restores a state returned by [`Optimizer::state`].
     fn load_state(&mut self, state: Vec<StateTensor>) -> Result<(), StrategyError>;
 }

@@ -50,6 +50,10 @@ struct GlobalArgs {
     /// enforced by `forge run` [default on CUDA: the device's free memory].
     #[arg(long, global = true, value_name = "SIZE")]
     memory_budget: Option<String>,
+    /// Load strategies from a plugin library (repeatable); libraries in the folders of
+    /// FORGE_PLUGIN_PATH are loaded too. Their strategies are chosen by name like built-ins (docs/plugins.md).
+    #[arg(long = "plugin", global = true, value_name = "PATH")]
+    plugins: Vec<PathBuf>,
     /// No progress bars or logs on stderr; errors are still printed.
     #[arg(short, long, global = true)]
     quiet: bool,
@@ -193,7 +197,8 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let registry = Registry::builtin()?;
+    let registry =
+        Registry::builtin()?.with_plugins(&crate::strategies::plugin_paths(&cli.global.plugins)?)?;
     let rt = cli.global.resolve()?;
     if rt.memory_budget.is_some() && !matches!(cli.command, Command::Run(_)) {
         return Err(bad_input!("--memory-budget is enforced by `forge run` only so far; drop it here"));

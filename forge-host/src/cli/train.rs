@@ -162,7 +162,7 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     attached.set_training(false);
     let after = eval_set.as_ref().map(|w| evaluate(&model, w, rt.quiet)).transpose()?;
     attached.save(&args.out)?;
-    save_optimizer_state(&args.out.join("optimizer_state.safetensors"), &optimizer.state())?;
+    save_optimizer_state(&args.out.join("optimizer_state.safetensors"), &optimizer.state()?)?;
     let output = TrainOutput {
         report,
         adapter: args.adapter.clone(),

@@ -22,6 +22,8 @@ use crate::{Error, Result};
 pub struct RunReport {
     pub forge_version: String,
     pub recipe: Recipe,
+    /// Plugin libraries whose strategies the run could choose (their hashes go to the provenance).
+    pub plugins: Vec<String>,
     pub guard_metric: String,
     pub baseline: Metrics,
     pub cycles: Vec<CycleRecord>,
@@ -120,6 +122,7 @@ fn executed_recipe(report: &RunReport) -> Result<String> {
     let mut data = vec![r.data.train.clone()];
     data.extend(r.data.calibration.clone());
     data.extend(r.evaluate.iter().filter_map(|e| e.data.clone()));
+    data.extend(report.plugins.iter().map(std::path::PathBuf::from));
     for path in data {
         inputs.insert(path.display().to_string(), sha256_file(&path)?);
     }

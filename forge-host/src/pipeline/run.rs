@@ -287,6 +287,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, opts: &RunOptions) -> Result<Ru
     let report = RunReport {
         forge_version: env!("CARGO_PKG_VERSION").to_string(),
         recipe: recipe.clone(),
+        plugins: registry.plugin_origins().into_iter().map(str::to_string).collect(),
         guard_metric,
         baseline,
         cycles: records,

@@ -4,10 +4,12 @@
 pub mod adapters;
 pub mod evaluators;
 mod optimizers;
+mod plugins;
 mod probes;
 pub mod pruners;
 mod registry;
 pub mod scorers;
 
+pub use plugins::{plugin_paths, PLUGIN_PATH_VAR};
 pub use probes::ModelProbes;
 pub use registry::{Builtin, Entry, Factory, Registry};

@@ -2,6 +2,7 @@
 //! value so that strategies from other origins (plugins) can join it at run time.
 use std::collections::BTreeMap;
 
+use forge_api::plugin::PluginStrategy;
 use forge_api::{
     Evaluator, ImportanceScorer, Optimizer, OptionSpec, Options, Pruner, StrategyError, StrategyInfo,
     StrategyKind,
@@ -13,7 +14,7 @@ use super::adapters::Adapter;
 use crate::{bad_input, Error, Result};
 
 /// How to build a strategy of each kind from its resolved options.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub enum Factory {
     /// An importance scorer.
     Scorer(fn(&Options) -> Result<Box<dyn ImportanceScorer>, StrategyError>),
@@ -25,6 +26,8 @@ pub enum Factory {
     Optimizer(fn(&Options) -> Result<Box<dyn Optimizer>, StrategyError>),
     /// An evaluator.
     Evaluator(fn(&Options) -> Result<Box<dyn Evaluator>, StrategyError>),
+    /// A strategy of any kind from a plugin library.
+    Plugin(PluginStrategy),
 }
 
 impl Factory {
@@ -35,6 +38,7 @@ impl Factory {
             Factory::Adapter(_) => StrategyKind::Adapter,
             Factory::Optimizer(_) => StrategyKind::Optimizer,
             Factory::Evaluator(_) => StrategyKind::Evaluator,
+            Factory::Plugin(p) => p.info.kind,
         }
     }
 }
@@ -81,10 +85,45 @@ impl Registry {
                 description: b.description.to_string(),
                 options: (b.options)(),
             };
-            registry.add(Entry { info, origin: "builtin".into(), factory: b.factory })?;
+            registry.add(Entry { info, origin: "builtin".into(), factory: b.factory.clone() })?;
         }
         registry.entries.sort_by(|a, b| (a.info.kind, &a.info.name).cmp(&(b.info.kind, &b.info.name)));
         Ok(registry)
+    }
+
+    /// Adds the strategies of the plugin libraries at `paths` (see `plugin_paths`).
+    pub fn with_plugins(mut self, paths: &[std::path::PathBuf]) -> Result<Self> {
+        for path in paths {
+            let contents = super::plugins::load(path)?;
+            tracing::info!(
+                "plugin {} {} from {}: {} strategies",
+                contents.name,
+                contents.version,
+                path.display(),
+                contents.strategies.len()
+            );
+            for strategy in contents.strategies {
+                let info = strategy.info.clone();
+                self.add(Entry {
+                    info,
+                    origin: path.display().to_string(),
+                    factory: Factory::Plugin(strategy),
+                })?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// The paths of the plugin libraries whose strategies this registry holds.
+    pub fn plugin_origins(&self) -> Vec<&str> {
+        let mut origins: Vec<&str> = self
+            .entries
+            .iter()
+            .filter(|e| matches!(e.factory, Factory::Plugin(_)))
+            .map(|e| e.origin.as_str())
+            .collect();
+        origins.dedup();
+        origins
     }
 
     /// Adds a strategy; a name already taken within its kind is an error naming both origins.
@@ -136,19 +175,23 @@ impl Registry {
         given: &BTreeMap<String, Value>,
     ) -> Result<(Box<dyn ImportanceScorer>, Options)> {
         let (entry, options) = self.resolve(StrategyKind::Scorer, name, given)?;
-        let Factory::Scorer(build) = entry.factory else {
-            unreachable!("entries of kind scorer hold scorer factories")
+        let built = match &entry.factory {
+            Factory::Scorer(build) => build(&options)?,
+            Factory::Plugin(plugin) => plugin.scorer(&options)?,
+            _ => unreachable!("entries of kind scorer hold scorer factories"),
         };
-        Ok((build(&options)?, options))
+        Ok((built, options))
     }
 
     /// Builds pruner `name`.
     pub fn pruner(&self, name: &str, given: &BTreeMap<String, Value>) -> Result<(Box<dyn Pruner>, Options)> {
         let (entry, options) = self.resolve(StrategyKind::Pruner, name, given)?;
-        let Factory::Pruner(build) = entry.factory else {
-            unreachable!("entries of kind pruner hold pruner factories")
+        let built = match &entry.factory {
+            Factory::Pruner(build) => build(&options)?,
+            Factory::Plugin(plugin) => plugin.pruner(&options)?,
+            _ => unreachable!("entries of kind pruner hold pruner factories"),
         };
-        Ok((build(&options)?, options))
+        Ok((built, options))
     }
 
     /// Builds adapter `name`.
@@ -171,10 +214,12 @@ impl Registry {
         given: &BTreeMap<String, Value>,
     ) -> Result<(Box<dyn Optimizer>, Options)> {
         let (entry, options) = self.resolve(StrategyKind::Optimizer, name, given)?;
-        let Factory::Optimizer(build) = entry.factory else {
-            unreachable!("entries of kind optimizer hold optimizer factories")
+        let built = match &entry.factory {
+            Factory::Optimizer(build) => build(&options)?,
+            Factory::Plugin(plugin) => plugin.optimizer(&options)?,
+            _ => unreachable!("entries of kind optimizer hold optimizer factories"),
         };
-        Ok((build(&options)?, options))
+        Ok((built, options))
     }
 
     /// Builds evaluator `name`.
@@ -184,10 +229,12 @@ impl Registry {
         given: &BTreeMap<String, Value>,
     ) -> Result<(Box<dyn Evaluator>, Options)> {
         let (entry, options) = self.resolve(StrategyKind::Evaluator, name, given)?;
-        let Factory::Evaluator(build) = entry.factory else {
-            unreachable!("entries of kind evaluator hold evaluator factories")
+        let built = match &entry.factory {
+            Factory::Evaluator(build) => build(&options)?,
+            Factory::Plugin(plugin) => plugin.evaluator(&options)?,
+            _ => unreachable!("entries of kind evaluator hold evaluator factories"),
         };
-        Ok((build(&options)?, options))
+        Ok((built, options))
     }
 }
 

@@ -41,8 +41,9 @@ impl Optimizer for AdamW {
         self.moments.values().map(|s| (s.m.len() + s.v.len()) * 4 + 8).sum()
     }
 
-    fn state(&self) -> Vec<StateTensor> {
-        self.moments
+    fn state(&self) -> Result<Vec<StateTensor>, StrategyError> {
+        Ok(self
+            .moments
             .iter()
             .flat_map(|(id, s)| {
                 [
@@ -51,7 +52,7 @@ impl Optimizer for AdamW {
                     StateTensor { name: format!("{id}.t"), data: StateData::U64(vec![s.t]) },
                 ]
             })
-            .collect()
+            .collect())
     }
 
     fn load_state(&mut self, state: Vec<StateTensor>) -> Result<(), StrategyError> {
@@ -115,7 +116,7 @@ mod tests {
         let mut p = vec![0.5f32; 3];
         a.update(7, &mut p, &[0.1, 0.2, 0.3], 0.1).unwrap();
         let mut b = AdamW { config, moments: BTreeMap::new() };
-        b.load_state(a.state()).unwrap();
+        b.load_state(a.state().unwrap()).unwrap();
         let (mut pa, mut pb) = (p.clone(), p.clone());
         a.update(7, &mut pa, &[0.3, -0.2, 0.1], 0.1).unwrap();
         b.update(7, &mut pb, &[0.3, -0.2, 0.1], 0.1).unwrap();

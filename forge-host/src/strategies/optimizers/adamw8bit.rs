@@ -59,8 +59,8 @@ impl Optimizer for AdamW8bit {
         self.moments.values().map(|s| s.m.bytes() + s.v.bytes() + 8).sum::<usize>() + self.small.state_bytes()
     }
 
-    fn state(&self) -> Vec<StateTensor> {
-        let mut out = self.small.state();
+    fn state(&self) -> Result<Vec<StateTensor>, StrategyError> {
+        let mut out = self.small.state()?;
         for (id, s) in &self.moments {
             out.extend([
                 StateTensor { name: format!("{id}.m.codes"), data: StateData::U8(s.m.codes.clone()) },
@@ -70,7 +70,7 @@ impl Optimizer for AdamW8bit {
                 StateTensor { name: format!("{id}.steps"), data: StateData::U64(vec![s.t]) },
             ]);
         }
-        out
+        Ok(out)
     }
 
     fn load_state(&mut self, state: Vec<StateTensor>) -> Result<(), StrategyError> {
@@ -163,7 +163,7 @@ mod tests {
         let moved: f32 = p_full.iter().map(|a| (a - 0.5).abs()).fold(0.0, f32::max);
         assert!(drift < 0.05 * moved, "8-bit drifted {drift} while parameters moved {moved}");
         let mut restored = build(config());
-        restored.load_state(eight.state()).unwrap();
+        restored.load_state(eight.state().unwrap()).unwrap();
         let grads = vec![0.01f32; n];
         let (mut a, mut b) = (p_eight.clone(), p_eight.clone());
         eight.update(0, &mut a, &grads, 1e-2).unwrap();
