@@ -23,7 +23,8 @@ fn rust_plugin(krate: &str) -> PathBuf {
         let status = Command::new(env!("CARGO"))
             .current_dir(root())
             .args(["build", "--quiet", "--profile", profile])
-            .args(["-p", "forge-entropy-scorer", "-p", "forge-code-evaluator", "-p", "forge-faulty-plugin"])
+            .args(["-p", "forge-entropy-scorer", "-p", "forge-code-evaluator", "-p", "forge-lowrank-adapter"])
+            .args(["-p", "forge-faulty-plugin"])
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the plugins failed");
@@ -175,10 +176,10 @@ fn the_c_header_lays_out_every_struct_as_the_rust_abi_does() {
 int main(void) {
     S(ForgeStr) S(ForgeSink) S(ForgeTensorView) S(ForgeGeometry) S(ForgeScoringHost) S(ForgeEvalHost)
     S(ForgeStateSink) S(ForgeStateEntry) S(ForgeScorerMethods) S(ForgePrunerMethods)
-    S(ForgeEvaluatorMethods) S(ForgeOptimizerMethods) S(ForgeStrategy) S(ForgePlugin)
+    S(ForgeEvaluatorMethods) S(ForgeOptimizerMethods) S(ForgeAdapterMethods) S(ForgeStrategy) S(ForgePlugin)
     F(ForgeTensorView, stream) F(ForgeScoringHost, probe) F(ForgeEvalHost, generate)
     F(ForgeStateEntry, count) F(ForgeOptimizerMethods, load_state) F(ForgeStrategy, options_json)
-    F(ForgeStrategy, optimizer) F(ForgePlugin, count)
+    F(ForgeAdapterMethods, delta_weight) F(ForgeStrategy, adapter) F(ForgePlugin, count)
     return 0;
 }"#,
     );
@@ -207,6 +208,7 @@ int main(void) {
         size!(ForgePrunerMethods),
         size!(ForgeEvaluatorMethods),
         size!(ForgeOptimizerMethods),
+        size!(ForgeAdapterMethods),
         size!(ForgeStrategy),
         size!(ForgePlugin),
         field!(ForgeTensorView, stream),
@@ -215,7 +217,8 @@ int main(void) {
         field!(ForgeStateEntry, count),
         field!(ForgeOptimizerMethods, load_state),
         field!(ForgeStrategy, options_json),
-        field!(ForgeStrategy, optimizer),
+        field!(ForgeAdapterMethods, delta_weight),
+        field!(ForgeStrategy, adapter),
         field!(ForgePlugin, count),
     ];
     assert_eq!(printed.lines().collect::<Vec<_>>(), expected);
@@ -346,4 +349,93 @@ fn a_failing_or_panicking_strategy_exits_2_and_writes_nothing() {
         assert!(!out.exists(), "{scorer}: a score file was written");
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing half-done is left behind");
+}
+
+/// tiny-llama (float32, so merging loses nothing to rounding) with the bundled tokenizer.
+fn f32_model() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny-llama").join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::copy(tiny_qwen3().join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+    dir
+}
+
+#[test]
+fn a_plugin_adapter_trains_reloads_with_its_plugin_and_merges() {
+    let lowrank = rust_plugin("forge-lowrank-adapter");
+    let model = f32_model();
+    let work = tempfile::tempdir().unwrap();
+    let (adapter, merged) = (work.path().join("adapter"), work.path().join("merged"));
+    let (m, p) = (s(model.path()), s(&lowrank));
+    let train_data = data("code-train.jsonl");
+    let train = ["train", "-q", "--json", "--plugin", p, "--model", m, "--data", s(&train_data)];
+    let report = forge_json(
+        &[
+            &train[..],
+            &[
+                "--out",
+                s(&adapter),
+                "--adapter",
+                "lowrank",
+                "--adapter-opt",
+                "rank=4",
+                "--adapter-opt",
+                "targets=q_proj,down_proj",
+            ],
+            &["--steps", "3", "--batch-size", "2", "--seq-len", "32", "--lr", "1e-2"],
+        ]
+        .concat(),
+    );
+    assert_eq!(report["adapter"], "lowrank");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (config["peft_type"].as_str(), config["options"]["rank"].as_u64()),
+        (Some("FORGE_KERNEL"), Some(4))
+    );
+
+    let valid = data("code-valid.jsonl");
+    let eval = |model: &str, extra: &[&str]| {
+        let args = [
+            "eval",
+            "-q",
+            "--json",
+            "--model",
+            model,
+            "--data",
+            s(&valid),
+            "--max-windows",
+            "2",
+            "--seq-len",
+            "64",
+        ];
+        forge_json(&[&args[..], extra].concat())["perplexity"].as_f64().unwrap()
+    };
+    let plain = eval(m, &[]);
+    let adapted = eval(m, &["--plugin", p, "--adapter", s(&adapter)]);
+    assert!((adapted - plain).abs() > 1e-4, "training left the model unchanged ({plain} vs {adapted})");
+
+    let err = forge_refuses(&["eval", "--model", m, "--data", s(&valid), "--adapter", s(&adapter)]);
+    assert!(
+        err.contains(&format!("adapter `lowrank` comes from plugin {p}; load it with --plugin")),
+        "{err}"
+    );
+
+    forge_json(&[
+        "merge",
+        "-q",
+        "--json",
+        "--plugin",
+        p,
+        "--model",
+        m,
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&merged),
+    ]);
+    std::fs::copy(model.path().join("tokenizer.json"), merged.join("tokenizer.json")).ok();
+    let folded = eval(s(&merged), &[]);
+    assert!((folded - adapted).abs() < 1e-4 * adapted, "merged {folded} vs adapted {adapted}");
 }

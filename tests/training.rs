@@ -120,7 +120,7 @@ fn a_saved_adapter_reloads_with_the_same_logits_and_merges_into_the_same_model()
     assert!(keys.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"));
 
     let mut reloaded = model(&fixture("tiny-llama"));
-    load_adapter(&adapter_dir, &mut reloaded).unwrap();
+    load_adapter(&adapter_dir, &mut reloaded, &forge_host::strategies::Registry::builtin().unwrap()).unwrap();
     assert!(rel_diff(&reloaded.logits(&ids(), None).unwrap(), &with_adapter) < 1e-6);
 
     forge_json(&[

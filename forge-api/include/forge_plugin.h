@@ -32,7 +32,7 @@ typedef int32_t ForgeStatus;
 
 #define FORGE_KIND_SCORER 0
 #define FORGE_KIND_PRUNER 1
-#define FORGE_KIND_ADAPTER 2 /* reserved: ABI 1.0 hosts refuse plugin adapters */
+#define FORGE_KIND_ADAPTER 2 /* a kernel over flat buffers */
 #define FORGE_KIND_OPTIMIZER 3
 #define FORGE_KIND_EVALUATOR 4
 
@@ -155,6 +155,25 @@ typedef struct ForgeOptimizerMethods {
                               const ForgeSink *error);
 } ForgeOptimizerMethods;
 
+/* Each adapted linear layer (weight out_dim x in_dim) owns one flat buffer of `count` parameters;
+ * x is rows x in_dim, y and dy are rows x out_dim, row-major, f32, host memory. */
+typedef struct ForgeAdapterMethods {
+    /* Parameters put on linear `module` ("q_proj", "down_proj", ...); 0 leaves it alone. */
+    size_t (*param_count)(void *instance, ForgeStr module, size_t in_dim, size_t out_dim);
+    ForgeStatus (*init)(void *instance, ForgeStr module, size_t in_dim, size_t out_dim, uint64_t seed,
+                        float *params, size_t count, const ForgeSink *error);
+    /* Writes what the adapter adds to the layer's output into y. */
+    ForgeStatus (*forward)(void *instance, size_t in_dim, size_t out_dim, size_t rows, const float *x,
+                           const float *params, size_t count, float *y, const ForgeSink *error);
+    /* Writes d loss / d x into dx and d loss / d params into dparams, given dy = d loss / d y. */
+    ForgeStatus (*backward)(void *instance, size_t in_dim, size_t out_dim, size_t rows, const float *x,
+                            const float *params, size_t count, const float *dy, float *dx, float *dparams,
+                            const ForgeSink *error);
+    /* The addition as a weight delta dw (out_dim x in_dim), for merging; FORGE_BAD_INPUT if none. */
+    ForgeStatus (*delta_weight)(void *instance, size_t in_dim, size_t out_dim, const float *params,
+                                size_t count, float *dw, const ForgeSink *error);
+} ForgeAdapterMethods;
+
 typedef struct ForgeStrategy {
     uint32_t kind; /* FORGE_KIND_* */
     ForgeStr name; /* lower case, digits and '-' */
@@ -169,6 +188,7 @@ typedef struct ForgeStrategy {
     const ForgePrunerMethods *pruner;
     const ForgeEvaluatorMethods *evaluator;
     const ForgeOptimizerMethods *optimizer;
+    const ForgeAdapterMethods *adapter;
 } ForgeStrategy;
 
 /* abi_major and abi_minor stay the first fields in every version. */

@@ -9,6 +9,7 @@
 //! an option a strategy does not declare is an error, never silently ignored.
 #![deny(missing_docs)]
 
+mod adapter;
 mod error;
 mod evaluator;
 mod geometry;
@@ -21,6 +22,7 @@ mod scorer;
 mod scores;
 mod strategy;
 
+pub use adapter::{AdapterKernel, LinearDims};
 pub use error::StrategyError;
 pub use evaluator::{EvalContext, Evaluator, Metrics};
 pub use geometry::ModelGeometry;

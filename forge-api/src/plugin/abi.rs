@@ -30,7 +30,7 @@ pub const FORGE_FAILED: ForgeStatus = 2;
 pub const FORGE_KIND_SCORER: u32 = 0;
 /// `ForgeStrategy::kind` of a pruner.
 pub const FORGE_KIND_PRUNER: u32 = 1;
-/// `ForgeStrategy::kind` of an adapter (reserved: ABI 1.0 hosts refuse plugin adapters).
+/// `ForgeStrategy::kind` of an adapter (a kernel over flat buffers).
 pub const FORGE_KIND_ADAPTER: u32 = 2;
 /// `ForgeStrategy::kind` of an optimizer.
 pub const FORGE_KIND_OPTIMIZER: u32 = 3;
@@ -303,6 +303,64 @@ pub struct ForgeOptimizerMethods {
     ) -> ForgeStatus,
 }
 
+/// Methods of an adapter: a kernel over flat f32 buffers in host memory. Each adapted linear layer
+/// (weight `out_dim × in_dim`) owns one flat parameter buffer of `count` values; `x` is
+/// `rows × in_dim`, `y` and `dy` are `rows × out_dim`, row-major.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForgeAdapterMethods {
+    /// Trainable values put on linear `module` (`q_proj`, …); 0 leaves it alone.
+    pub param_count:
+        unsafe extern "C" fn(instance: *mut c_void, module: ForgeStr, in_dim: usize, out_dim: usize) -> usize,
+    /// Initial values of one module's parameters.
+    pub init: unsafe extern "C" fn(
+        instance: *mut c_void,
+        module: ForgeStr,
+        in_dim: usize,
+        out_dim: usize,
+        seed: u64,
+        params: *mut f32,
+        count: usize,
+        error: *const ForgeSink,
+    ) -> ForgeStatus,
+    /// Writes what the adapter adds to the layer's output into `y`.
+    pub forward: unsafe extern "C" fn(
+        instance: *mut c_void,
+        in_dim: usize,
+        out_dim: usize,
+        rows: usize,
+        x: *const f32,
+        params: *const f32,
+        count: usize,
+        y: *mut f32,
+        error: *const ForgeSink,
+    ) -> ForgeStatus,
+    /// Writes the gradients with respect to `x` (into `dx`) and the parameters (into `dparams`).
+    pub backward: unsafe extern "C" fn(
+        instance: *mut c_void,
+        in_dim: usize,
+        out_dim: usize,
+        rows: usize,
+        x: *const f32,
+        params: *const f32,
+        count: usize,
+        dy: *const f32,
+        dx: *mut f32,
+        dparams: *mut f32,
+        error: *const ForgeSink,
+    ) -> ForgeStatus,
+    /// The addition as a weight delta `dw` (`out_dim × in_dim`); `FORGE_BAD_INPUT` if it has none.
+    pub delta_weight: unsafe extern "C" fn(
+        instance: *mut c_void,
+        in_dim: usize,
+        out_dim: usize,
+        params: *const f32,
+        count: usize,
+        dw: *mut f32,
+        error: *const ForgeSink,
+    ) -> ForgeStatus,
+}
+
 /// One strategy a plugin provides. Exactly the methods of its `kind` are non-null.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -331,6 +389,8 @@ pub struct ForgeStrategy {
     pub evaluator: *const ForgeEvaluatorMethods,
     /// Non-null for optimizers.
     pub optimizer: *const ForgeOptimizerMethods,
+    /// Non-null for adapters.
+    pub adapter: *const ForgeAdapterMethods,
 }
 
 /// What `forge_plugin_entry` returns; `abi_major` and `abi_minor` stay its first fields in every

@@ -12,6 +12,7 @@
 //! an ordinary [`crate::ImportanceScorer`] (or pruner, evaluator, optimizer), implements [`Export`],
 //! and lists it in [`crate::export_plugin!`]; the SDK catches its panics and frees what it allocates.
 pub mod abi;
+mod adapter;
 mod boundary;
 mod evaluator;
 mod optimizer;
@@ -23,6 +24,7 @@ pub use strategy::{entry, read_plugin, Export, PluginContents, PluginStrategy, P
 
 /// Table entries of Rust strategies, by kind; used by [`crate::export_plugin!`].
 pub mod export {
+    pub use super::adapter::export as adapter;
     pub use super::evaluator::export as evaluator;
     pub use super::optimizer::export as optimizer;
     pub use super::pruner::export as pruner;

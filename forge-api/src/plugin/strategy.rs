@@ -58,6 +58,7 @@ pub(crate) fn describe<T: Export>(kind: u32) -> ForgeStrategy {
         pruner: std::ptr::null(),
         evaluator: std::ptr::null(),
         optimizer: std::ptr::null(),
+        adapter: std::ptr::null(),
     }
 }
 
@@ -111,7 +112,7 @@ pub fn entry(
 ///     strategies: [scorer(EntropyScorer)],
 /// }
 /// ```
-/// Each strategy is `scorer(T)`, `pruner(T)`, `evaluator(T)` or `optimizer(T)`, where `T` implements
+/// Each strategy is `scorer(T)`, `pruner(T)`, `evaluator(T)`, `optimizer(T)` or `adapter(T)`, where `T` implements
 /// [`Export`] and the trait of that kind.
 #[macro_export]
 macro_rules! export_plugin {
@@ -211,12 +212,7 @@ pub unsafe fn read_plugin(table: *const ForgePlugin, origin: &str) -> Result<Plu
             StrategyKind::Pruner => !raw.pruner.is_null(),
             StrategyKind::Evaluator => !raw.evaluator.is_null(),
             StrategyKind::Optimizer => !raw.optimizer.is_null(),
-            StrategyKind::Adapter => {
-                return Err(StrategyError::bad_input(format!(
-                    "adapter `{name}`: plugin adapters are not supported by ABI {ABI_MAJOR}.{ABI_MINOR} \
-                     (adapters need the autograd graph, which stays in forge); ship it as a built-in"
-                )))
-            }
+            StrategyKind::Adapter => !raw.adapter.is_null(),
         };
         if !has_methods {
             return Err(StrategyError::bad_input(format!(

@@ -128,6 +128,62 @@ impl Optimizer for Sgd {
     }
 }
 
+/// `y = x Pᵀ` with `P` `(out, in)`, on `q_proj` only.
+struct Dense;
+impl Export for Dense {
+    const NAME: &'static str = "dense";
+    const DESCRIPTION: &'static str = "a full-rank weight delta";
+    fn new(_: &Options) -> Result<Self, StrategyError> {
+        Ok(Dense)
+    }
+}
+impl AdapterKernel for Dense {
+    fn param_count(&self, module: &str, in_dim: usize, out_dim: usize) -> usize {
+        if module == "q_proj" {
+            in_dim * out_dim
+        } else {
+            0
+        }
+    }
+    fn init(&self, _: &str, _: LinearDims, seed: u64, p: &mut [f32]) -> Result<(), StrategyError> {
+        p.iter_mut().enumerate().for_each(|(i, v)| *v = (seed as usize + i) as f32);
+        Ok(())
+    }
+    fn forward(&self, d: LinearDims, x: &[f32], p: &[f32], y: &mut [f32]) -> Result<(), StrategyError> {
+        for (r, row) in y.chunks_mut(d.out_dim).enumerate() {
+            for (o, v) in row.iter_mut().enumerate() {
+                *v = (0..d.in_dim).map(|i| x[r * d.in_dim + i] * p[o * d.in_dim + i]).sum();
+            }
+        }
+        Ok(())
+    }
+    fn backward(
+        &self,
+        d: LinearDims,
+        x: &[f32],
+        p: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        dp: &mut [f32],
+    ) -> Result<(), StrategyError> {
+        dx.fill(0.0);
+        dp.fill(0.0);
+        for r in 0..d.rows {
+            for o in 0..d.out_dim {
+                for i in 0..d.in_dim {
+                    dx[r * d.in_dim + i] += dy[r * d.out_dim + o] * p[o * d.in_dim + i];
+                    dp[o * d.in_dim + i] += dy[r * d.out_dim + o] * x[r * d.in_dim + i];
+                }
+            }
+        }
+        Ok(())
+    }
+    fn delta_weight(&self, _: LinearDims, p: &[f32], dw: &mut [f32]) -> Result<(), StrategyError> {
+        dw.copy_from_slice(p);
+        Ok(())
+    }
+}
+
 fn strategies() -> Vec<ForgeStrategy> {
     vec![
         export::scorer::<Scaled>(),
@@ -135,6 +191,7 @@ fn strategies() -> Vec<ForgeStrategy> {
         export::pruner::<Lowest>(),
         export::evaluator::<Probe>(),
         export::optimizer::<Sgd>(),
+        export::adapter::<Dense>(),
     ]
 }
 
@@ -191,7 +248,8 @@ fn the_table_describes_every_strategy_with_its_options() {
             (StrategyKind::Scorer, "panics"),
             (StrategyKind::Pruner, "lowest"),
             (StrategyKind::Evaluator, "probe"),
-            (StrategyKind::Optimizer, "sgd")
+            (StrategyKind::Optimizer, "sgd"),
+            (StrategyKind::Adapter, "dense")
         ]
     );
     assert_eq!(contents.strategies[0].info.options, Scaled::options());
@@ -310,4 +368,31 @@ fn a_plugin_of_another_major_is_refused_naming_both_versions() {
         err.to_string().contains("built for forge plugin ABI 2.0, and this forge speaks ABI 1.0"),
         "{err}"
     );
+}
+
+#[test]
+fn an_adapter_kernel_gives_the_same_buffers_through_the_boundary() {
+    let (dense, options) = find(&plugin(), "dense");
+    let kernel = dense.adapter(&options).unwrap();
+    assert_eq!((kernel.param_count("q_proj", 3, 2), kernel.param_count("k_proj", 3, 2)), (6, 0));
+    let dims = LinearDims { in_dim: 3, out_dim: 2, rows: 2 };
+    let mut p = vec![0.0; 6];
+    kernel.init("q_proj", dims, 10, &mut p).unwrap();
+    assert_eq!(p, [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]);
+    let x = [1.0, 0.0, -1.0, 0.5, 0.5, 0.5];
+    let (mut ours, mut theirs) = (vec![0.0; 4], vec![0.0; 4]);
+    kernel.forward(dims, &x, &p, &mut ours).unwrap();
+    Dense.forward(dims, &x, &p, &mut theirs).unwrap();
+    assert_eq!(ours, theirs);
+    let dy = [1.0, 2.0, 3.0, 4.0];
+    let (mut dx, mut dp, mut dx2, mut dp2) = (vec![0.0; 6], vec![0.0; 6], vec![0.0; 6], vec![0.0; 6]);
+    kernel.backward(dims, &x, &p, &dy, &mut dx, &mut dp).unwrap();
+    Dense.backward(dims, &x, &p, &dy, &mut dx2, &mut dp2).unwrap();
+    assert_eq!((dx, dp), (dx2, dp2));
+    let mut dw = vec![0.0; 6];
+    kernel.delta_weight(dims, &p, &mut dw).unwrap();
+    assert_eq!(dw, p);
+    let mut short = vec![0.0; 3];
+    let err = kernel.forward(dims, &x, &p, &mut short).unwrap_err();
+    assert!(err.to_string().contains("the output has 3 values where 4 are needed"), "{err}");
 }

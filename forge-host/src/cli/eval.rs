@@ -5,6 +5,7 @@ use clap::Args;
 
 use super::{ModelArgs, Runtime};
 use crate::data::{Documents, TokenWindows};
+use crate::strategies::Registry;
 use crate::{bad_input, Result};
 
 #[derive(Args, Debug)]
@@ -33,7 +34,7 @@ pub struct EvalArgs {
     json: bool,
 }
 
-pub fn run(args: EvalArgs, rt: &Runtime) -> Result<()> {
+pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     if args.batch_size == 0 {
         return Err(bad_input!("--batch-size is 0; give at least 1"));
     }
@@ -41,7 +42,7 @@ pub fn run(args: EvalArgs, rt: &Runtime) -> Result<()> {
         return Err(bad_input!("--max-windows is 0; give at least 1, or leave it out to score all windows"));
     }
     let (folder, mut model) = args.model.load(rt)?;
-    args.adapter.apply(&mut model)?;
+    args.adapter.apply(&mut model, registry)?;
     let tokenizer = folder.tokenizer()?;
     let windows = TokenWindows::from_documents(
         Documents::open(&args.data)?,

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use super::{ModelArgs, Runtime};
 use crate::generate::{generate, SamplingConfig};
+use crate::strategies::Registry;
 use crate::Result;
 
 #[derive(Args, Debug)]
@@ -38,9 +39,9 @@ struct GenerateReport {
     new_tokens_per_s: f64,
 }
 
-pub fn run(args: GenerateArgs, rt: &Runtime) -> Result<()> {
+pub fn run(args: GenerateArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let (folder, mut model) = args.model.load(rt)?;
-    args.adapter.apply(&mut model)?;
+    args.adapter.apply(&mut model, registry)?;
     let tokenizer = folder.tokenizer()?;
     let prompt_ids = tokenizer.encode(&args.prompt)?;
     let config = SamplingConfig {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::model::ModelFolder;
 use crate::outputs::{source_config, stored_tensors, write_model_folder};
 use crate::strategies::adapters::{load_adapter, merge_into};
+use crate::strategies::Registry;
 use crate::Result;
 
 #[derive(Args, Debug)]
@@ -33,10 +34,10 @@ struct MergeReport {
     parameters: usize,
 }
 
-pub fn run(args: MergeArgs) -> Result<()> {
+pub fn run(args: MergeArgs, registry: &Registry) -> Result<()> {
     let folder = ModelFolder::open(&args.model)?;
     let mut model = folder.load(DType::F32, &Device::Cpu)?;
-    let adapter = load_adapter(&args.adapter, &mut model)?;
+    let adapter = load_adapter(&args.adapter, &mut model, registry)?;
     let mut tensors = stored_tensors(&folder)?;
     let merged_tensors = merge_into(&mut tensors, adapter.as_ref())?;
     let parameters = write_model_folder(&folder, &tensors, &source_config(&folder)?, &args.out)?;

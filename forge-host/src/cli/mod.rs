@@ -102,9 +102,9 @@ struct AdapterDir {
 }
 
 impl AdapterDir {
-    fn apply(&self, model: &mut CausalLm) -> Result<()> {
+    fn apply(&self, model: &mut CausalLm, registry: &Registry) -> Result<()> {
         if let Some(dir) = &self.dir {
-            crate::strategies::adapters::load_adapter(dir, model)?;
+            crate::strategies::adapters::load_adapter(dir, model, registry)?;
         }
         Ok(())
     }
@@ -205,13 +205,13 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
-        Command::Eval(args) => eval::run(args, &rt),
-        Command::Generate(args) => generate::run(args, &rt),
+        Command::Eval(args) => eval::run(args, &rt, &registry),
+        Command::Generate(args) => generate::run(args, &rt, &registry),
         Command::List(args) => list::run(args, &registry),
         Command::Score(args) => score::run(args, &rt, &registry),
         Command::Prune(args) => prune::run(args, &rt, &registry),
         Command::Train(args) => train::run(args, &rt, &registry),
-        Command::Merge(args) => merge::run(args),
+        Command::Merge(args) => merge::run(args, &registry),
         Command::Run(args) => run::run(args, &rt, &registry),
     }
 }

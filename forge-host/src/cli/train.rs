@@ -107,7 +107,7 @@ struct BeforeAfter {
     after: PerplexityReport,
 }
 
-fn eval_windows(path: &PathBuf, tokenizer: &Tokenizer, args: &TrainArgs) -> Result<TokenWindows> {
+fn eval_windows(path: &std::path::Path, tokenizer: &Tokenizer, args: &TrainArgs) -> Result<TokenWindows> {
     TokenWindows::from_documents(
         Documents::open(path)?,
         tokenizer,

@@ -131,10 +131,7 @@ impl CausalLm {
         let mut x = self.embed(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
-            let observer = match observer {
-                Some(ref mut o) => Some(&mut **o as &mut dyn AttentionObserver),
-                None => None,
-            };
+            let observer = observer.as_mut().map(|o| &mut **o as &mut dyn AttentionObserver);
             x = layer.forward(&x, &rope, past, self.head_masks[i].as_ref(), layer_cache, observer)?;
         }
         if let Some(cache) = cache {

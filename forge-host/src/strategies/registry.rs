@@ -9,7 +9,7 @@ use forge_api::{
 };
 use serde_json::Value;
 
-use super::adapters::Adapter;
+use super::adapters::{Adapter, KernelAdapter};
 
 use crate::{bad_input, Error, Result};
 
@@ -201,10 +201,21 @@ impl Registry {
         given: &BTreeMap<String, Value>,
     ) -> Result<(Box<dyn Adapter>, Options)> {
         let (entry, options) = self.resolve(StrategyKind::Adapter, name, given)?;
-        let Factory::Adapter(build) = entry.factory else {
-            unreachable!("entries of kind adapter hold adapter factories")
+        let built: Box<dyn Adapter> = match &entry.factory {
+            Factory::Adapter(build) => build(&options)?,
+            Factory::Plugin(_) => Box::new(self.kernel_adapter(name, given)?),
+            _ => unreachable!("entries of kind adapter hold adapter factories"),
         };
-        Ok((build(&options)?, options))
+        Ok((built, options))
+    }
+
+    /// Builds plugin adapter `name`, a flat-buffer kernel joined to the graph by the host.
+    pub fn kernel_adapter(&self, name: &str, given: &BTreeMap<String, Value>) -> Result<KernelAdapter> {
+        let (entry, options) = self.resolve(StrategyKind::Adapter, name, given)?;
+        let Factory::Plugin(plugin) = &entry.factory else {
+            return Err(bad_input!("adapter `{name}` is built in, not a kernel adapter from a plugin"));
+        };
+        Ok(KernelAdapter::new(plugin.adapter(&options)?, name, options, &entry.origin))
     }
 
     /// Builds optimizer `name`.

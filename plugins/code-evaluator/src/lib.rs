@@ -94,9 +94,13 @@ fn scan(text: &str, from: usize) -> Slips {
                         ']' => '[',
                         _ => '{',
                     };
-                    // An empty stack means the opener came before the window began.
-                    if let Some(top) = stack.pop() {
-                        slips.mismatched_brackets += (counted && top != open) as usize;
+                    // A closer with no opener on the stack closes something from before the window.
+                    // One that skips openers closes the nearest match; one with no match is stray.
+                    if let Some(at) = stack.iter().rposition(|&c| c == open) {
+                        slips.mismatched_brackets += (counted && at + 1 != stack.len()) as usize;
+                        stack.truncate(at);
+                    } else if !stack.is_empty() {
+                        slips.mismatched_brackets += counted as usize;
                     }
                 }
                 _ => {}

@@ -11,19 +11,16 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor, Var};
 use forge_api::{OptionKind, OptionSpec, Options, StrategyError};
 
-use super::{Adapter, AttachedAdapter};
+use super::{
+    module_path, write_adapter_files, Adapter, AttachedAdapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+};
 use crate::model::decoder_layer::LINEAR_MODULES;
 use crate::model::linear::LinearAdapter;
 use crate::model::CausalLm;
-use crate::outputs::{write_atomic, write_json_atomic};
 use crate::runtime::SplitMix64;
 use crate::strategies::{Builtin, Factory};
 use crate::training::grad_enabled;
-use crate::{bad_input, Error, Result};
-
-/// PEFT's adapter config file.
-pub const LORA_CONFIG_FILE: &str = "adapter_config.json";
-const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+use crate::{bad_input, Result};
 
 #[derive(Clone, Debug)]
 struct LoraConfig {
@@ -127,11 +124,6 @@ struct AttachedLora {
     training: Arc<AtomicBool>,
 }
 
-fn module_path(layer: usize, module: &str) -> String {
-    let parent = LINEAR_MODULES.iter().find(|m| m.0 == module).map_or("self_attn", |m| m.1);
-    format!("model.layers.{layer}.{parent}.{module}")
-}
-
 /// Wires `config.targets` of every layer of `model`, taking A and B from `weights(path, (r, in), (out, r))`.
 fn wire(
     config: LoraConfig,
@@ -188,7 +180,6 @@ impl AttachedAdapter for AttachedLora {
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (path, m) in &self.modules {
             tensors.insert(
@@ -200,14 +191,10 @@ impl AttachedAdapter for AttachedLora {
                 m.b.as_tensor().to_device(&candle_core::Device::Cpu)?,
             );
         }
-        write_atomic(&dir.join(WEIGHTS_FILE), |tmp| {
-            let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-            safetensors::serialize_to_file(tensors.iter(), Some(metadata), tmp)
-                .map_err(|e| bad_input!("cannot write {}: {e}", tmp.display()))
-        })?;
         let c = &self.config;
-        write_json_atomic(
-            &dir.join(LORA_CONFIG_FILE),
+        write_adapter_files(
+            dir,
+            &tensors,
             &serde_json::json!({
                 "peft_type": "LORA",
                 "task_type": "CAUSAL_LM",
@@ -240,7 +227,7 @@ pub(super) fn load(
     config: &serde_json::Value,
     model: &mut CausalLm,
 ) -> Result<Box<dyn AttachedAdapter>> {
-    let file = dir.join(LORA_CONFIG_FILE);
+    let file = dir.join(ADAPTER_CONFIG_FILE);
     let bad = |what: &str| bad_input!("{}: {what}", file.display());
     let rank = config["r"].as_u64().filter(|&r| r > 0).ok_or_else(|| bad("`r` must be a positive integer"))?
         as usize;
@@ -261,8 +248,8 @@ pub(super) fn load(
         rslora: config["use_rslora"].as_bool().unwrap_or(false),
         targets: parse_targets(&targets).map_err(|e| bad(&e.to_string()))?,
     };
-    let weights_path = dir.join(WEIGHTS_FILE);
-    let store = crate::model::WeightStore::open_files(&[weights_path.clone()])?;
+    let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
+    let store = crate::model::WeightStore::open_files(std::slice::from_ref(&weights_path))?;
     let device = model.device().clone();
     let attached = wire(lora, model, |path, a_shape, b_shape| {
         let a = store.load(

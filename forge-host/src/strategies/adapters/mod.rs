@@ -1,15 +1,48 @@
 //! Built-in adapters (one per file) and the host-side contract they implement. Adapters need the
-//! autograd graph, which never crosses the plugin boundary, so this contract lives in the host.
+//! autograd graph, which never crosses the plugin boundary, so this contract lives in the host;
+//! plugin adapters come as flat-buffer kernels (`forge_api::AdapterKernel`) that `kernel.rs` joins
+//! to the graph.
+mod kernel;
 mod lora;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
 
+use crate::model::decoder_layer::LINEAR_MODULES;
 use crate::model::CausalLm;
+use crate::outputs::{write_atomic, write_json_atomic};
+use crate::strategies::Registry;
 use crate::{bad_input, Error, Result};
 
-pub use lora::LORA_CONFIG_FILE;
+pub use kernel::KernelAdapter;
+
+/// An adapter folder's config file (PEFT's name).
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+/// An adapter folder's weights file (PEFT's name).
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// The checkpoint path of linear `module` of decoder layer `layer` (`model.layers.3.mlp.up_proj`).
+fn module_path(layer: usize, module: &str) -> String {
+    let parent = LINEAR_MODULES.iter().find(|m| m.0 == module).map_or("self_attn", |m| m.1);
+    format!("model.layers.{layer}.{parent}.{module}")
+}
+
+/// Writes an adapter folder — weights, then config — each file atomically.
+fn write_adapter_files(
+    dir: &Path,
+    tensors: &HashMap<String, Tensor>,
+    config: &serde_json::Value,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_atomic(&dir.join(ADAPTER_WEIGHTS_FILE), |tmp| {
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(tensors.iter(), Some(metadata), tmp)
+            .map_err(|e| bad_input!("cannot write {}: {e}", tmp.display()))
+    })?;
+    write_json_atomic(&dir.join(ADAPTER_CONFIG_FILE), config)
+}
 
 /// An adapter kind, configured: wires fresh trainable parameters into a model.
 pub trait Adapter {
@@ -48,9 +81,14 @@ pub fn merge_into(
     Ok(deltas.len())
 }
 
-/// Loads an adapter saved in `dir` and wires it into `model`; its kind comes from its config file.
-pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Box<dyn AttachedAdapter>> {
-    let config = dir.join(LORA_CONFIG_FILE);
+/// Loads an adapter saved in `dir` and wires it into `model`; its kind comes from its config file
+/// (plugin adapters are found in `registry`).
+pub fn load_adapter(
+    dir: &Path,
+    model: &mut CausalLm,
+    registry: &Registry,
+) -> Result<Box<dyn AttachedAdapter>> {
+    let config = dir.join(ADAPTER_CONFIG_FILE);
     if !config.is_file() {
         return Err(bad_input!("{} not found: an adapter folder holds adapter_config.json and adapter_model.safetensors (PEFT's layout)", config.display()));
     }
@@ -59,9 +97,11 @@ pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Box<dyn Attached
         serde_json::from_slice(&text).map_err(|e| bad_input!("{}: {e}", config.display()))?;
     match value.get("peft_type").and_then(|v| v.as_str()) {
         Some("LORA") => lora::load(dir, &value, model),
+        Some(kernel::PEFT_TYPE) => kernel::load(dir, &value, model, registry),
         other => Err(bad_input!(
-            "{}: adapter type {other:?} is not supported; forge loads LORA adapters",
-            config.display()
+            "{}: adapter type {other:?} is not supported; forge loads LORA and {} adapters",
+            config.display(),
+            kernel::PEFT_TYPE
         )),
     }
 }
