@@ -25,6 +25,9 @@ pub struct GenerateArgs {
     /// Sample only from the most likely tokens that together hold this much probability.
     #[arg(long, default_value_t = 1.0)]
     top_p: f64,
+    /// Keep generating past end-of-text, to exactly --max-new-tokens (for timing).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Print one JSON object instead of the text.
     #[arg(long)]
     json: bool,
@@ -49,7 +52,7 @@ pub fn run(args: GenerateArgs, rt: &Runtime, registry: &Registry) -> Result<()> 
         temperature: args.temperature,
         top_p: args.top_p,
         seed: rt.seed,
-        stop_token: Some(tokenizer.eos_id()),
+        stop_token: (!args.ignore_eos).then(|| tokenizer.eos_id()),
     };
     let started = std::time::Instant::now();
     let token_ids = generate(&model, &prompt_ids, &config)?;

@@ -3,6 +3,7 @@
 mod eval;
 mod generate;
 mod inspect;
+mod kernels;
 mod list;
 mod merge;
 mod prune;
@@ -77,6 +78,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Fold an adapter into the base weights and write a plain checkpoint.
     Merge(merge::MergeArgs),
+    /// Check forge's GPU kernels against their CPU references on random inputs (needs --device cuda).
+    Kernels(kernels::KernelsArgs),
     /// Run a whole recipe: baseline, cycles of score → prune → train → evaluate → merge, final model, report.
     Run(run::RunArgs),
 }
@@ -187,7 +190,11 @@ pub fn main() -> i32 {
         .with_target(false)
         .without_time()
         .init();
-    match run(cli) {
+    let result = run(cli);
+    if let Some(profile) = crate::runtime::profile::report() {
+        eprintln!("{profile}");
+    }
+    match result {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("forge: {err}");
@@ -212,6 +219,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prune(args) => prune::run(args, &rt, &registry),
         Command::Train(args) => train::run(args, &rt, &registry),
         Command::Merge(args) => merge::run(args, &registry),
+        Command::Kernels(args) => kernels::run(args, &rt),
         Command::Run(args) => run::run(args, &rt, &registry),
     }
 }

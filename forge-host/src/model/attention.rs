@@ -2,9 +2,9 @@
 //!
 //! The mask multiplies each query head's attention output before `o_proj`, which is exactly what
 //! removing the head does to the model (its `o_proj` columns see zeros), and it stays a tensor in the
-//! graph so importance scorers can take its gradient. Scores and softmax run in f32 whatever the
-//! model's dtype, as transformers' attention does.
-use candle_core::{DType, Module, Tensor};
+//! graph so importance scorers can take its gradient. The softmax computes in f32 whatever the model's
+//! dtype, as transformers' attention does.
+use candle_core::{Module, Tensor};
 
 use super::causal_softmax::causal_softmax;
 use super::config::ModelConfig;
@@ -13,6 +13,7 @@ use super::linear::{linear, Linear};
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::RopeTables;
 use super::scope::WeightScope;
+use crate::runtime::profile::section;
 use crate::Result;
 
 /// Sees what each attention block computed, for probes that score heads: the attention probabilities
@@ -87,9 +88,13 @@ impl Attention {
             };
             rope.apply(&t.transpose(1, 2)?.contiguous()?)
         };
-        let q = split(self.q_proj.forward(x)?, self.heads, &self.q_norm)?;
-        let k = split(self.k_proj.forward(x)?, self.kv_heads, &self.k_norm)?;
-        let v = self.v_proj.forward(x)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?.contiguous()?;
+        let (q, k, v) = section("attention q/k/v + rope", x.device(), || {
+            let q = split(self.q_proj.forward(x)?, self.heads, &self.q_norm)?;
+            let k = split(self.k_proj.forward(x)?, self.kv_heads, &self.k_norm)?;
+            let v =
+                self.v_proj.forward(x)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?.contiguous()?;
+            Ok((q, k, v))
+        })?;
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
@@ -98,14 +103,16 @@ impl Attention {
 
         // The query heads of a KV group are consecutive, so viewing q as `(b, kv, groups·s, d)` lets
         // each group attend to its one K/V head without copying K and V per query head.
-        let dtype = q.dtype();
         let (kv, groups) = (self.kv_heads, self.heads / self.kv_heads);
-        let scores =
-            q.reshape((b, kv, groups * s, d))?.matmul(&k.t()?)?.reshape((b, self.heads, s, total))?;
-        let probs =
-            causal_softmax(&scores.to_dtype(DType::F32)?, 1.0 / (d as f64).sqrt(), past)?.to_dtype(dtype)?;
-        let heads_out =
-            probs.reshape((b, kv, groups * s, total))?.matmul(&v)?.reshape((b, self.heads, s, d))?;
+        let scores = section("attention q·kᵀ", x.device(), || {
+            q.reshape((b, kv, groups * s, d))?.matmul(&k.t()?)?.reshape((b, self.heads, s, total))
+        })?;
+        let probs = section("attention softmax", x.device(), || {
+            causal_softmax(&scores, 1.0 / (d as f64).sqrt(), past)
+        })?;
+        let heads_out = section("attention p·v", x.device(), || {
+            probs.reshape((b, kv, groups * s, total))?.matmul(&v)?.reshape((b, self.heads, s, d))
+        })?;
         let heads_out = match head_mask {
             Some(mask) => heads_out.broadcast_mul(&mask.reshape((1, self.heads, 1, 1))?)?,
             None => heads_out,
@@ -113,8 +120,9 @@ impl Attention {
         if let Some(observer) = observer {
             observer.observe(self.layer, &probs, &heads_out)?;
         }
-        let merged = heads_out.transpose(1, 2)?.reshape((b, s, self.heads * d))?;
-        self.o_proj.forward(&merged)
+        section("attention o_proj", x.device(), || {
+            self.o_proj.forward(&heads_out.transpose(1, 2)?.reshape((b, s, self.heads * d))?)
+        })
     }
 
     /// Query heads of this layer.

@@ -11,6 +11,7 @@ use super::loss::chunked_nll;
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::{RopeTables, RotaryEmbedding};
 use super::scope::WeightScope;
+use crate::runtime::profile::section;
 use crate::{bad_input, Result};
 
 /// A causal language model of any supported architecture.
@@ -161,7 +162,9 @@ impl CausalLm {
         let (b, s) = ids.dims2()?;
         let hidden = self.norm.forward(x)?.narrow(1, 0, s - 1)?.reshape((b * (s - 1), ()))?;
         let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?;
-        chunked_nll(&hidden, &self.lm_head, &targets)?.reshape((b, s - 1))
+        section("final norm + lm_head + nll", x.device(), || {
+            chunked_nll(&hidden, &self.lm_head, &targets)?.reshape((b, s - 1))
+        })
     }
 
     /// Logits `(batch, seq, vocab)` for every position, in f32.

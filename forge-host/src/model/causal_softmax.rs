@@ -6,7 +6,7 @@
 //! masked half. candle's own fused softmax has no backward; this one has, and a finite-difference
 //! test checks it.
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::custom_grad::with_gradient;
@@ -14,10 +14,12 @@ use super::custom_grad::with_gradient;
 /// `softmax(scale · x + causal mask)` over the last dimension of `(…, seq, past + seq)` f32 scores,
 /// where row i of each `seq` block may see columns `0..=past + i`.
 pub fn causal_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::Result<Tensor> {
-    if scores.device().is_cpu() {
-        scores.contiguous()?.apply_op1(CausalSoftmax { scale, past })
-    } else {
-        masked_softmax(scores, scale, past)
+    let dtype = scores.dtype();
+    let op = CausalSoftmax { scale, past };
+    match (scores.device().is_cpu(), dtype) {
+        (true, DType::F32) | (false, DType::BF16) => scores.contiguous()?.apply_op1(op),
+        (true, _) => scores.to_dtype(DType::F32)?.contiguous()?.apply_op1(op)?.to_dtype(dtype),
+        (false, _) => masked_softmax(&scores.to_dtype(DType::F32)?, scale, past)?.to_dtype(dtype),
     }
 }
 
@@ -78,8 +80,23 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     /// With p the output: dx = scale · p · (g − Σ g·p); masked entries have p = 0 and get no gradient.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        if storage.dtype() != DType::BF16 {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(storage.dtype(), "causal-softmax"));
+        }
+        let probs = super::cuda_kernels::causal_softmax_bf16(storage, layout, self.scale as f32, self.past)?;
+        Ok((probs, layout.shape().clone()))
+    }
+
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some((softmax_backward(grad, res)? * self.scale)?))
+        // In f32 whatever the probabilities' dtype, as the forward's arithmetic.
+        let (probs, grad) = (res.to_dtype(DType::F32)?, grad.to_dtype(DType::F32)?);
+        Ok(Some((softmax_backward(&grad, &probs)? * self.scale)?.to_dtype(res.dtype())?))
     }
 }
 
@@ -172,8 +189,12 @@ mod tests {
     }
 
     #[test]
-    fn refuses_other_dtypes() {
-        let x = scores((1, 1, 2, 2)).unwrap().to_dtype(DType::F64).unwrap();
-        assert!(causal_softmax(&x, 1.0, 0).is_err());
+    fn other_dtypes_compute_in_f32_and_keep_their_dtype() -> candle_core::Result<()> {
+        let x = scores((1, 2, 3, 5))?.to_dtype(DType::BF16)?;
+        let got = causal_softmax(&x, 0.7, 2)?;
+        assert_eq!(got.dtype(), DType::BF16);
+        let want = reference(&x.to_dtype(DType::F32)?, 0.7, 2)?;
+        assert!(rel_diff(&got.to_dtype(DType::F32)?, &want)? < 4e-3);
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@ use super::mlp::{mlp, Mlp};
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::RopeTables;
 use super::scope::WeightScope;
+use crate::runtime::profile::section;
 use crate::Result;
 
 /// A decoder layer.
@@ -78,7 +79,9 @@ impl DecoderLayer {
             observer,
         )?;
         let x = (x + attended)?;
-        let fed = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let fed = section("mlp + norm", x.device(), || {
+            self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)
+        })?;
         x + fed
     }
 }

@@ -17,6 +17,76 @@ pub fn rows_per_chunk(vocab: usize) -> usize {
     (CHUNK_BYTES / (vocab * 4)).max(1)
 }
 
+/// `logsumexp(logits[r]) - logits[r][targets[r]]` for every row, in f32 (no gradient: `chunked_nll`
+/// gives its own).
+pub fn row_nll(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    if !logits.device().is_cpu() && logits.dtype() == DType::BF16 {
+        return logits.contiguous()?.apply_op2_no_bwd(&targets.contiguous()?, &RowNll);
+    }
+    let logits = logits.to_dtype(DType::F32)?;
+    let max = logits.max_keepdim(D::Minus1)?;
+    let log_z = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
+    let picked = logits.gather(&targets.unsqueeze(1)?, D::Minus1)?;
+    (log_z - picked)?.squeeze(1)
+}
+
+/// [`row_nll`] as one op: the fused CUDA kernel on bf16 logits, and its CPU reference in f64 (what
+/// `forge kernels` checks the kernel against).
+pub struct RowNll;
+
+impl candle_core::CustomOp2 for RowNll {
+    fn name(&self) -> &'static str {
+        "row-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        logits: &candle_core::CpuStorage,
+        ll: &candle_core::Layout,
+        targets: &candle_core::CpuStorage,
+        tl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::CpuStorage;
+        let (Some((ls, le)), Some((ts, te))) = (ll.contiguous_offsets(), tl.contiguous_offsets()) else {
+            return Err(candle_core::Error::RequiresContiguous { op: "row-nll" });
+        };
+        let values: Vec<f64> = match logits {
+            CpuStorage::BF16(v) => v[ls..le].iter().map(|x| x.to_f64()).collect(),
+            CpuStorage::F32(v) => v[ls..le].iter().map(|&x| x as f64).collect(),
+            other => return Err(candle_core::Error::UnsupportedDTypeForOp(other.dtype(), "row-nll")),
+        };
+        let CpuStorage::U32(targets) = targets else {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(targets.dtype(), "row-nll"));
+        };
+        let vocab = ll.dims()[ll.dims().len() - 1];
+        let nll: Vec<f32> = values
+            .chunks(vocab)
+            .zip(&targets[ts..te])
+            .map(|(row, &t)| {
+                let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let log_z = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                (log_z - row[t as usize]) as f32
+            })
+            .collect();
+        let rows = nll.len();
+        Ok((CpuStorage::F32(nll), candle_core::Shape::from(rows)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        logits: &candle_core::CudaStorage,
+        ll: &candle_core::Layout,
+        targets: &candle_core::CudaStorage,
+        tl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        let nll = super::cuda_kernels::row_nll_bf16(logits, ll, targets, tl)?;
+        let rows = tl.shape().elem_count();
+        Ok((nll, candle_core::Shape::from(rows)))
+    }
+}
+
 /// NLL of `targets` `(rows)` under `hidden · lm_headᵀ`, for `hidden` `(rows, dim)`; returns `(rows)` in
 /// f32, differentiable with respect to `hidden` (never `lm_head`).
 pub fn chunked_nll(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
@@ -26,12 +96,8 @@ pub fn chunked_nll(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> candl
     let mut parts = Vec::with_capacity(rows.div_ceil(chunk));
     for start in (0..rows).step_by(chunk) {
         let len = chunk.min(rows - start);
-        let logits = flat.narrow(0, start, len)?.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let log_z = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
-        let target = targets.narrow(0, start, len)?.unsqueeze(1)?;
-        let picked = logits.gather(&target, D::Minus1)?;
-        parts.push((log_z - picked)?.squeeze(1)?);
+        let logits = flat.narrow(0, start, len)?.matmul(&lm_head.t()?)?;
+        parts.push(row_nll(&logits, &targets.narrow(0, start, len)?)?);
     }
     let nll = Tensor::cat(&parts, 0)?;
     let (lm_head, targets) = (lm_head.clone(), targets.clone());
@@ -56,6 +122,20 @@ pub fn chunked_nll(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> candl
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn the_fused_op_reference_matches_the_elementary_path() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let logits: Vec<f32> = (0..6 * 11).map(|i| ((i * 7 % 13) as f32 - 6.0) / 2.0).collect();
+        let logits = Tensor::from_vec(logits, (6, 11), &dev)?.to_dtype(DType::BF16)?;
+        let targets = Tensor::new(&[0u32, 10, 5, 5, 2, 7], &dev)?;
+        let fused = logits.apply_op2_no_bwd(&targets, &RowNll)?.to_vec1::<f32>()?;
+        let plain = row_nll(&logits, &targets)?.to_vec1::<f32>()?;
+        for (a, b) in fused.iter().zip(&plain) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn gradient_matches_elementary_log_softmax() -> candle_core::Result<()> {

@@ -5,6 +5,8 @@ pub mod attention;
 pub mod causal_lm;
 pub mod causal_softmax;
 pub mod config;
+#[cfg(feature = "cuda")]
+mod cuda_kernels;
 mod custom_grad;
 pub mod decoder_layer;
 mod folder;

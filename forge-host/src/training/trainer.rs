@@ -10,6 +10,7 @@ use super::checkpoint::loss_and_grads;
 use super::schedule::learning_rate;
 use crate::data::TokenWindows;
 use crate::model::CausalLm;
+use crate::runtime::profile::section;
 use crate::runtime::{PeakMemory, SplitMix64};
 use crate::{bad_input, progress, Error, Result};
 
@@ -107,7 +108,9 @@ pub fn train(
                 ids.extend_from_slice(windows.batch(order.take(), 1));
             }
             let ids = Tensor::from_vec(ids, (config.batch_size, seq_len), model.device())?;
-            let (l, grads) = loss_and_grads(model, &ids, params, config.grad_checkpoint)?;
+            let (l, grads) = section("train forward + backward", model.device(), || {
+                loss_and_grads(model, &ids, params, config.grad_checkpoint)
+            })?;
             loss += l as f64 / config.grad_accum as f64;
             for (sum, g) in sums.iter_mut().zip(grads) {
                 let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
