@@ -1,12 +1,16 @@
 //! `forge kernels`: checks forge's device kernels against their CPU references on random inputs —
 //! forward values and gradients — so a GPU build can be trusted before it is timed.
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use clap::Args;
 use serde::Serialize;
 
 use super::Runtime;
 use crate::model::causal_softmax::causal_softmax;
+use crate::model::config::{RopeConfig, RopeScaling};
 use crate::model::loss::{row_nll, RowNll};
+use crate::model::mlp::swiglu;
+use crate::model::norm::RmsNorm;
+use crate::model::rope::RotaryEmbedding;
 use crate::runtime::SplitMix64;
 use crate::{bad_input, Error, Result};
 
@@ -62,6 +66,27 @@ fn softmax_and_grad(
     Ok((probs, grad))
 }
 
+/// A check of a kernel that has no backward: it serves only where no gradient flows.
+fn check_without_backward(
+    kernel: &'static str,
+    shape: Vec<usize>,
+    got: &Tensor,
+    reference: &Tensor,
+) -> Result<Check> {
+    // The same bf16 rounding steps as the elementary ops: differences are single-ulp ties.
+    let tolerance = 1e-2;
+    let forward_rel_err = rel_diff(got, reference)?;
+    Ok(Check {
+        kernel,
+        shape,
+        past: 0,
+        forward_rel_err,
+        backward_rel_err: 0.0,
+        tolerance,
+        pass: forward_rel_err < tolerance,
+    })
+}
+
 pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
     if rt.device.is_cpu() {
         return Err(bad_input!(
@@ -115,6 +140,28 @@ pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
             tolerance,
             pass,
         });
+    }
+    // Kernels without a backward, against the elementary bf16 ops they replace, run on the CPU.
+    let bf16 = |t: Tensor| t.to_dtype(DType::BF16);
+    for (rows, n) in [(7, 96), (8192, 896), (3, 4096)] {
+        let x = bf16(random(&[rows, n], &mut rng, 4.0)?)?;
+        let w = bf16(random(&[n], &mut rng, 2.0)?)?;
+        let reference = RmsNorm::new(w.clone(), 1e-6).forward(&x)?;
+        let got = RmsNorm::new(w.to_device(&rt.device)?, 1e-6).forward(&x.to_device(&rt.device)?)?;
+        checks.push(check_without_backward("rms_norm_bf16", vec![rows, n], &got, &reference)?);
+    }
+    for (b, s, h, d) in [(2, 5, 3, 8), (8, 1024, 14, 64), (1, 1, 16, 128)] {
+        let rope = RotaryEmbedding::new(&RopeConfig { theta: 1e6, scaling: RopeScaling::Default }, d);
+        let x = bf16(random(&[b, s, h, d], &mut rng, 4.0)?)?;
+        let reference = rope.tables(7, s, DType::BF16, &Device::Cpu)?.apply_heads_first(&x)?;
+        let got = rope.tables(7, s, DType::BF16, &rt.device)?.apply_heads_first(&x.to_device(&rt.device)?)?;
+        checks.push(check_without_backward("rope_bf16", vec![b, s, h, d], &got, &reference)?);
+    }
+    for shape in [vec![3, 11], vec![8192, 4864]] {
+        let (gate, up) = (bf16(random(&shape, &mut rng, 6.0)?)?, bf16(random(&shape, &mut rng, 2.0)?)?);
+        let reference = swiglu(&gate, &up)?;
+        let got = swiglu(&gate.to_device(&rt.device)?, &up.to_device(&rt.device)?)?;
+        checks.push(check_without_backward("swiglu_bf16", shape, &got, &reference)?);
     }
     let failed = checks.iter().filter(|c| !c.pass).count();
     super::emit(&serde_json::json!({ "checks": &checks }), args.json, |_| {

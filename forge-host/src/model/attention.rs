@@ -86,7 +86,7 @@ impl Attention {
                 Some(norm) => norm.forward(&t)?,
                 None => t,
             };
-            rope.apply(&t.transpose(1, 2)?.contiguous()?)
+            rope.apply_heads_first(&t)
         };
         let (q, k, v) = section("attention q/k/v + rope", x.device(), || {
             let q = split(self.q_proj.forward(x)?, self.heads, &self.q_norm)?;

@@ -87,3 +87,94 @@ pub fn row_nll_bf16(
     unsafe { launch.launch(config) }.map_err(launch_error)?;
     Ok(CudaStorage::wrap_cuda_slice(nll, dev))
 }
+
+fn contiguous(layout: &Layout, op: &'static str) -> candle_core::Result<(usize, usize)> {
+    layout.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })
+}
+
+/// RMS norm of each row of contiguous bf16 `x` with bf16 weight `w`, as `rms_norm_bf16` computes it.
+pub fn rms_norm_bf16(
+    x: &CudaStorage,
+    xl: &Layout,
+    w: &CudaStorage,
+    wl: &Layout,
+    eps: f32,
+) -> candle_core::Result<CudaStorage> {
+    let ((xs, xe), (ws, we)) = (contiguous(xl, "rms-norm")?, contiguous(wl, "rms-norm")?);
+    let n = we - ws;
+    let dev = x.device.clone();
+    let xv = x.as_cuda_slice::<bf16>()?.slice(xs..xe);
+    let wv = w.as_cuda_slice::<bf16>()?.slice(ws..we);
+    // SAFETY: the kernel writes every element.
+    let mut y = unsafe { dev.alloc::<bf16>(xe - xs)? };
+    let func = function(&dev, "rms_norm_bf16")?;
+    let stream = dev.cuda_stream();
+    let rows = ((xe - xs) / n) as u32;
+    let n = n as i32;
+    let config = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&xv).arg(&wv).arg(&mut y).arg(&n).arg(&eps);
+    // SAFETY: the arguments match the kernel's signature and the buffers' lengths.
+    unsafe { launch.launch(config) }.map_err(launch_error)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+}
+
+/// Rotary embedding of contiguous bf16 `x` `(batch, seq, heads, d)` with `(seq, d)` tables, written
+/// `(batch, heads, seq, d)`, as `rope_bf16` computes it.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_bf16(
+    x: &CudaStorage,
+    xl: &Layout,
+    cos: &CudaStorage,
+    cl: &Layout,
+    sin: &CudaStorage,
+    sl: &Layout,
+) -> candle_core::Result<CudaStorage> {
+    let (xs, xe) = contiguous(xl, "rope")?;
+    let ((cs, ce), (ss, se)) = (contiguous(cl, "rope")?, contiguous(sl, "rope")?);
+    let (b, s, h, d) = xl.shape().dims4()?;
+    let dev = x.device.clone();
+    let xv = x.as_cuda_slice::<bf16>()?.slice(xs..xe);
+    let cv = cos.as_cuda_slice::<bf16>()?.slice(cs..ce);
+    let sv = sin.as_cuda_slice::<bf16>()?.slice(ss..se);
+    // SAFETY: the kernel writes every element.
+    let mut y = unsafe { dev.alloc::<bf16>(xe - xs)? };
+    let func = function(&dev, "rope_bf16")?;
+    let stream = dev.cuda_stream();
+    let pairs = (xe - xs) / 2;
+    let blocks = pairs.div_ceil(256).min(65535 * 8) as u32;
+    let (b, s, h, d) = (b as i32, s as i32, h as i32, d as i32);
+    let config =
+        LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&xv).arg(&cv).arg(&sv).arg(&mut y).arg(&b).arg(&s).arg(&h).arg(&d);
+    // SAFETY: the arguments match the kernel's signature and the buffers' lengths.
+    unsafe { launch.launch(config) }.map_err(launch_error)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+}
+
+/// `bf16(silu(gate)) · up` over contiguous bf16 tensors of one shape, as `swiglu_bf16` computes it.
+pub fn swiglu_bf16(
+    gate: &CudaStorage,
+    gl: &Layout,
+    up: &CudaStorage,
+    ul: &Layout,
+) -> candle_core::Result<CudaStorage> {
+    let ((gs, ge), (us, ue)) = (contiguous(gl, "swiglu")?, contiguous(ul, "swiglu")?);
+    let dev = gate.device.clone();
+    let g = gate.as_cuda_slice::<bf16>()?.slice(gs..ge);
+    let u = up.as_cuda_slice::<bf16>()?.slice(us..ue);
+    let n = (ge - gs) as i64;
+    // SAFETY: the kernel writes every element.
+    let mut y = unsafe { dev.alloc::<bf16>(ge - gs)? };
+    let func = function(&dev, "swiglu_bf16")?;
+    let stream = dev.cuda_stream();
+    let blocks = (n as usize).div_ceil(256).min(65535 * 8) as u32;
+    let config =
+        LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&g).arg(&u).arg(&mut y).arg(&n);
+    // SAFETY: the arguments match the kernel's signature and the buffers' lengths.
+    unsafe { launch.launch(config) }.map_err(launch_error)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+}

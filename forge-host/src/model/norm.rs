@@ -27,9 +27,92 @@ pub fn rms_norm(dim: usize, eps: f64, vb: WeightScope) -> Result<RmsNorm> {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // The fused kernel has no backward: it serves only where no gradient flows (eval, generation).
+        if !x.device().is_cpu()
+            && x.dtype() == DType::BF16
+            && self.weight.dtype() == DType::BF16
+            && !x.track_op()
+        {
+            return x.contiguous()?.apply_op2_no_bwd(&self.weight, &FusedRmsNorm { eps: self.eps });
+        }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
         let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
         x32.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
+    }
+}
+
+/// The norm as one op without a backward: forge's CUDA kernel, and on the CPU the elementary ops it
+/// replaces (its reference, which `forge kernels` checks it against).
+pub struct FusedRmsNorm {
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl candle_core::CustomOp2 for FusedRmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        w: &candle_core::CpuStorage,
+        wl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::CpuStorage;
+        use half::bf16;
+        let (CpuStorage::BF16(x), CpuStorage::BF16(w)) = (x, w) else {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), "rms-norm"));
+        };
+        let (Some((xs, xe)), Some((ws, we))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
+            return Err(candle_core::Error::RequiresContiguous { op: "rms-norm" });
+        };
+        let w = &w[ws..we];
+        let y: Vec<bf16> = x[xs..xe]
+            .chunks(w.len())
+            .flat_map(|row| {
+                let mean = row.iter().map(|v| v.to_f32().powi(2)).sum::<f32>() / row.len() as f32;
+                let r = 1.0 / (mean + self.eps as f32).sqrt();
+                row.iter()
+                    .zip(w)
+                    .map(move |(v, w)| bf16::from_f32(bf16::from_f32(v.to_f32() * r).to_f32() * w.to_f32()))
+            })
+            .collect();
+        Ok((CpuStorage::BF16(y), xl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &candle_core::Layout,
+        w: &candle_core::CudaStorage,
+        wl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        let y = super::cuda_kernels::rms_norm_bf16(x, xl, w, wl, self.eps as f32)?;
+        Ok((y, xl.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{CustomOp2, Device};
+
+    #[test]
+    fn the_fused_op_reference_equals_the_elementary_ops_in_bf16() -> candle_core::Result<()> {
+        let x: Vec<f32> = (0..4 * 6).map(|i| ((i * 5 % 13) as f32 - 6.0) / 2.5).collect();
+        let x = Tensor::from_vec(x, (4, 6), &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let w = Tensor::new(&[0.5f32, 1.0, 1.5, -1.0, 2.0, 0.25], &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let op = FusedRmsNorm { eps: 1e-6 };
+        assert_eq!(op.name(), "rms-norm");
+        let fused = x.apply_op2_no_bwd(&w, &op)?.to_dtype(DType::F32)?;
+        let plain = RmsNorm::new(w, 1e-6).forward(&x)?.to_dtype(DType::F32)?;
+        let diff = (fused - plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff <= 1e-2, "fused and elementary norm differ by {diff}");
+        Ok(())
     }
 }

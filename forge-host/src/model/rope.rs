@@ -76,6 +76,21 @@ impl RotaryEmbedding {
 }
 
 impl RopeTables {
+    /// Rotates `x` shaped `(batch, seq, heads, head_dim)` and returns it heads-first,
+    /// `(batch, heads, seq, head_dim)`, as attention needs it.
+    pub fn apply_heads_first(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // The fused kernel has no backward: it serves only where no gradient flows (eval, generation).
+        if !x.device().is_cpu()
+            && x.dtype() == DType::BF16
+            && self.cos.dtype() == DType::BF16
+            && !x.track_op()
+        {
+            let (cos, sin) = (self.cos.squeeze(0)?.squeeze(0)?, self.sin.squeeze(0)?.squeeze(0)?);
+            return x.contiguous()?.apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &FusedRope);
+        }
+        self.apply(&x.transpose(1, 2)?.contiguous()?)
+    }
+
     /// Rotates `x`, shaped `(batch, heads, seq, head_dim)`.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let half = x.dim(D::Minus1)? / 2;
@@ -86,9 +101,91 @@ impl RopeTables {
     }
 }
 
+/// [`RopeTables::apply_heads_first`] as one op without a backward: forge's CUDA kernel, and on the
+/// CPU the elementary ops it replaces (its reference, which `forge kernels` checks it against).
+pub struct FusedRope;
+
+impl candle_core::CustomOp3 for FusedRope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        cos: &candle_core::CpuStorage,
+        cl: &candle_core::Layout,
+        sin: &candle_core::CpuStorage,
+        sl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::CpuStorage;
+        use half::bf16;
+        let (CpuStorage::BF16(x), CpuStorage::BF16(cos), CpuStorage::BF16(sin)) = (x, cos, sin) else {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), "rope"));
+        };
+        let offsets = |l: &candle_core::Layout| {
+            l.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op: "rope" })
+        };
+        let ((xs, _), (cs, _), (ss, _)) = (offsets(xl)?, offsets(cl)?, offsets(sl)?);
+        let (b, s, h, d) = xl.shape().dims4()?;
+        let half = d / 2;
+        let round = |v: f32| bf16::from_f32(v).to_f32();
+        let mut y = vec![bf16::ZERO; b * s * h * d];
+        for (bi, si, hi) in
+            (0..b).flat_map(|bi| (0..s).flat_map(move |si| (0..h).map(move |hi| (bi, si, hi))))
+        {
+            let xr = &x[xs + ((bi * s + si) * h + hi) * d..][..d];
+            let yr = &mut y[((bi * h + hi) * s + si) * d..][..d];
+            let (c, sn) = (&cos[cs + si * d..][..d], &sin[ss + si * d..][..d]);
+            for i in 0..half {
+                let (x1, x2) = (xr[i].to_f32(), xr[i + half].to_f32());
+                yr[i] = bf16::from_f32(round(x1 * c[i].to_f32()) + round(-x2 * sn[i].to_f32()));
+                yr[i + half] =
+                    bf16::from_f32(round(x2 * c[i + half].to_f32()) + round(x1 * sn[i + half].to_f32()));
+            }
+        }
+        Ok((CpuStorage::BF16(y), candle_core::Shape::from((b, h, s, d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &candle_core::Layout,
+        cos: &candle_core::CudaStorage,
+        cl: &candle_core::Layout,
+        sin: &candle_core::CudaStorage,
+        sl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        let (b, s, h, d) = xl.shape().dims4()?;
+        let y = super::cuda_kernels::rope_bf16(x, xl, cos, cl, sin, sl)?;
+        Ok((y, candle_core::Shape::from((b, h, s, d))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fused_op_reference_equals_the_elementary_ops_in_bf16() -> candle_core::Result<()> {
+        let rope = RotaryEmbedding::new(&RopeConfig { theta: 10000.0, scaling: RopeScaling::Default }, 8);
+        let tables = rope.tables(3, 5, DType::BF16, &Device::Cpu)?;
+        let values: Vec<f32> = (0..2 * 5 * 3 * 8).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+        let x = Tensor::from_vec(values, (2, 5, 3, 8), &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let (cos, sin) = (tables.cos.squeeze(0)?.squeeze(0)?, tables.sin.squeeze(0)?.squeeze(0)?);
+        let fused = x.apply_op3_no_bwd(&cos, &sin, &FusedRope)?;
+        let plain = tables.apply_heads_first(&x)?;
+        assert_eq!(fused.dims(), plain.dims());
+        let diff = (fused.to_dtype(DType::F32)? - plain.to_dtype(DType::F32)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff <= 1e-2, "fused and elementary rope differ by {diff}");
+        Ok(())
+    }
 
     /// The rotation written out in f64, pair by pair, as the RoPE paper defines it for the
     /// half-split layout.
