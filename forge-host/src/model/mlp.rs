@@ -36,15 +36,14 @@ impl Module for Mlp {
 
 /// `silu(gate) · up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
-    // The fused kernel has no backward: it serves only where no gradient flows (eval, generation).
-    if !gate.device().is_cpu() && gate.dtype() == DType::BF16 && !gate.track_op() && !up.track_op() {
-        return gate.contiguous()?.apply_op2_no_bwd(&up.contiguous()?, &FusedSwiglu);
+    if !gate.device().is_cpu() && gate.dtype() == DType::BF16 {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, FusedSwiglu);
     }
     gate.silu()? * up
 }
 
-/// [`swiglu`] as one op without a backward: forge's CUDA kernel, and on the CPU the same rounding
-/// steps (its reference).
+/// [`swiglu`] as one op: forge's CUDA kernel, and on the CPU the same rounding steps (its reference).
+/// Only the two inputs are kept for the backward, which recomputes the gate in f32.
 pub struct FusedSwiglu;
 
 impl candle_core::CustomOp2 for FusedSwiglu {
@@ -89,6 +88,23 @@ impl candle_core::CustomOp2 for FusedSwiglu {
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
         Ok((super::cuda_kernels::swiglu_bf16(gate, gl, up, ul)?, gl.shape().clone()))
     }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (g, u, dy) = (gate.to_dtype(DType::F32)?, up.to_dtype(DType::F32)?, grad.to_dtype(DType::F32)?);
+        let sigmoid = (g.neg()?.exp()? + 1.0)?.recip()?;
+        let silu = (&g * &sigmoid)?;
+        // d silu / dg = σ(g) (1 + g (1 − σ(g))).
+        let dsilu = (&sigmoid * ((&g * (1.0 - &sigmoid)?)? + 1.0)?)?;
+        let d_gate = (&dy * &u)?.mul(&dsilu)?;
+        let d_up = (&dy * &silu)?;
+        Ok((Some(d_gate.to_dtype(gate.dtype())?), Some(d_up.to_dtype(up.dtype())?)))
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +122,29 @@ mod tests {
         let plain = swiglu(&gate, &up)?.to_dtype(DType::F32)?;
         let diff = (fused - plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff <= 2e-2, "fused and elementary swiglu differ by {diff}");
+        // The backward, against autograd through the elementary ops in f32.
+        let weights = Tensor::from_vec(values(2), (5, 7), &Device::Cpu)?;
+        let grads = |fused: bool| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+            let dtype = if fused { DType::BF16 } else { DType::F32 };
+            let (g, u) = (
+                candle_core::Var::from_tensor(&gate.to_dtype(dtype)?)?,
+                candle_core::Var::from_tensor(&up.to_dtype(dtype)?)?,
+            );
+            let y = if fused {
+                g.as_tensor().apply_op2(u.as_tensor(), FusedSwiglu)?
+            } else {
+                (g.as_tensor().silu()? * u.as_tensor())?
+            };
+            let store = (y.to_dtype(DType::F32)? * &weights)?.sum_all()?.backward()?;
+            let get = |v: &candle_core::Var| {
+                store.get(v.as_tensor()).unwrap().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+            };
+            Ok((get(&g)?, get(&u)?))
+        };
+        let ((fg, fu), (pg, pu)) = (grads(true)?, grads(false)?);
+        for (a, b) in fg.iter().chain(&fu).zip(pg.iter().chain(&pu)) {
+            assert!((a - b).abs() <= 2e-2 * (1.0 + b.abs()), "gradient {a} vs {b}");
+        }
         Ok(())
     }
 }

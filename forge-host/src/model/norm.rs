@@ -27,13 +27,13 @@ pub fn rms_norm(dim: usize, eps: f64, vb: WeightScope) -> Result<RmsNorm> {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // The fused kernel has no backward: it serves only where no gradient flows (eval, generation).
+        // The fused op gives no gradient to the weight, so it serves only while the weight is frozen.
         if !x.device().is_cpu()
             && x.dtype() == DType::BF16
             && self.weight.dtype() == DType::BF16
-            && !x.track_op()
+            && !self.weight.track_op()
         {
-            return x.contiguous()?.apply_op2_no_bwd(&self.weight, &FusedRmsNorm { eps: self.eps });
+            return x.contiguous()?.apply_op2(&self.weight, FusedRmsNorm { eps: self.eps });
         }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
@@ -42,8 +42,10 @@ impl Module for RmsNorm {
     }
 }
 
-/// The norm as one op without a backward: forge's CUDA kernel, and on the CPU the elementary ops it
-/// replaces (its reference, which `forge kernels` checks it against).
+/// The norm as one op: forge's CUDA kernel, and on the CPU the same rounding steps (its reference,
+/// which `forge kernels` checks it against). The backward recomputes the statistics in f32 from the
+/// kept input: `dx = r·(g·w) − x·r³·mean(x·g·w)` with `r = 1/√(mean(x²) + eps)`; the weight, frozen
+/// wherever this op is used, gets no gradient.
 pub struct FusedRmsNorm {
     /// Added to the mean square.
     pub eps: f64,
@@ -95,6 +97,21 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         let y = super::cuda_kernels::rms_norm_bf16(x, xl, w, wl, self.eps as f32)?;
         Ok((y, xl.shape().clone()))
     }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let x32 = x.to_dtype(DType::F32)?;
+        let gw = grad.to_dtype(DType::F32)?.broadcast_mul(&w.to_dtype(DType::F32)?)?;
+        let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let dot = (&x32 * &gw)?.mean_keepdim(D::Minus1)?;
+        let dx = (gw.broadcast_mul(&r)? - x32.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+        Ok((Some(dx.to_dtype(x.dtype())?), None))
+    }
 }
 
 #[cfg(test)]
@@ -110,9 +127,26 @@ mod tests {
         let op = FusedRmsNorm { eps: 1e-6 };
         assert_eq!(op.name(), "rms-norm");
         let fused = x.apply_op2_no_bwd(&w, &op)?.to_dtype(DType::F32)?;
-        let plain = RmsNorm::new(w, 1e-6).forward(&x)?.to_dtype(DType::F32)?;
+        let plain = RmsNorm::new(w.clone(), 1e-6).forward(&x)?.to_dtype(DType::F32)?;
         let diff = (fused - plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff <= 1e-2, "fused and elementary norm differ by {diff}");
+        // The backward, against autograd through the elementary ops in f32.
+        let weights: Vec<f32> = (0..4 * 6).map(|i| ((i * 3 % 7) as f32 - 3.0) / 2.0).collect();
+        let weights = Tensor::from_vec(weights, (4, 6), &Device::Cpu)?;
+        let grad = |fused: bool| -> candle_core::Result<Vec<f32>> {
+            let dtype = if fused { DType::BF16 } else { DType::F32 };
+            let v = candle_core::Var::from_tensor(&x.to_dtype(dtype)?)?;
+            let y = if fused {
+                v.as_tensor().apply_op2(&w, FusedRmsNorm { eps: 1e-6 })?
+            } else {
+                RmsNorm::new(w.to_dtype(DType::F32)?, 1e-6).forward(v.as_tensor())?
+            };
+            let store = (y.to_dtype(DType::F32)? * &weights)?.sum_all()?.backward()?;
+            store.get(v.as_tensor()).unwrap().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+        };
+        for (a, b) in grad(true)?.iter().zip(grad(false)?) {
+            assert!((a - b).abs() <= 2e-2 * (1.0 + b.abs()), "gradient {a} vs {b}");
+        }
         Ok(())
     }
 }

@@ -79,14 +79,9 @@ impl RopeTables {
     /// Rotates `x` shaped `(batch, seq, heads, head_dim)` and returns it heads-first,
     /// `(batch, heads, seq, head_dim)`, as attention needs it.
     pub fn apply_heads_first(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // The fused kernel has no backward: it serves only where no gradient flows (eval, generation).
-        if !x.device().is_cpu()
-            && x.dtype() == DType::BF16
-            && self.cos.dtype() == DType::BF16
-            && !x.track_op()
-        {
+        if !x.device().is_cpu() && x.dtype() == DType::BF16 && self.cos.dtype() == DType::BF16 {
             let (cos, sin) = (self.cos.squeeze(0)?.squeeze(0)?, self.sin.squeeze(0)?.squeeze(0)?);
-            return x.contiguous()?.apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &FusedRope);
+            return x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, FusedRope);
         }
         self.apply(&x.transpose(1, 2)?.contiguous()?)
     }
@@ -101,8 +96,10 @@ impl RopeTables {
     }
 }
 
-/// [`RopeTables::apply_heads_first`] as one op without a backward: forge's CUDA kernel, and on the
-/// CPU the elementary ops it replaces (its reference, which `forge kernels` checks it against).
+/// [`RopeTables::apply_heads_first`] as one op: forge's CUDA kernel, and on the CPU the elementary ops
+/// it replaces (its reference, which `forge kernels` checks it against). The backward rotates the
+/// gradient back (the transpose of the rotation) and restores the `(batch, seq, heads, d)` layout; the
+/// tables are constants and get none.
 pub struct FusedRope;
 
 impl candle_core::CustomOp3 for FusedRope {
@@ -163,6 +160,26 @@ impl candle_core::CustomOp3 for FusedRope {
         let y = super::cuda_kernels::rope_bf16(x, xl, cos, cl, sin, sl)?;
         Ok((y, candle_core::Shape::from((b, h, s, d))))
     }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let half = x.dim(D::Minus1)? / 2;
+        let dy = grad.to_dtype(DType::F32)?;
+        // y = x·cos + [−x₂, x₁]·sin, so dx = dy·cos + [z₂, −z₁] with z = dy·sin.
+        let z = dy.broadcast_mul(&sin.to_dtype(DType::F32)?)?;
+        let back = Tensor::cat(
+            &[&z.narrow(D::Minus1, half, half)?, &z.narrow(D::Minus1, 0, half)?.neg()?],
+            D::Minus1,
+        )?;
+        let dx = (dy.broadcast_mul(&cos.to_dtype(DType::F32)?)? + back)?;
+        Ok((Some(dx.transpose(1, 2)?.contiguous()?.to_dtype(x.dtype())?), None, None))
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +201,24 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(diff <= 1e-2, "fused and elementary rope differ by {diff}");
+        // The backward, against autograd through the elementary ops in f32.
+        let weights: Vec<f32> = (0..2 * 3 * 5 * 8).map(|i| ((i * 3 % 7) as f32 - 3.0) / 2.0).collect();
+        let weights = Tensor::from_vec(weights, (2, 3, 5, 8), &Device::Cpu)?;
+        let f32_tables = rope.tables(3, 5, DType::F32, &Device::Cpu)?;
+        let grad = |fused: bool| -> candle_core::Result<Vec<f32>> {
+            let v =
+                candle_core::Var::from_tensor(&x.to_dtype(if fused { DType::BF16 } else { DType::F32 })?)?;
+            let y = if fused {
+                v.as_tensor().apply_op3(&cos, &sin, FusedRope)?
+            } else {
+                f32_tables.apply(&v.as_tensor().transpose(1, 2)?.contiguous()?)?
+            };
+            let store = (y.to_dtype(DType::F32)? * &weights)?.sum_all()?.backward()?;
+            store.get(v.as_tensor()).unwrap().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+        };
+        for (a, b) in grad(true)?.iter().zip(grad(false)?) {
+            assert!((a - b).abs() <= 2e-2 * (1.0 + b.abs()), "gradient {a} vs {b}");
+        }
         Ok(())
     }
 
