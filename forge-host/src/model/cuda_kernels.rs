@@ -34,6 +34,21 @@ fn launch_error(e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("CUDA launch: {e}"))
 }
 
+fn contiguous(layout: &Layout, op: &'static str) -> candle_core::Result<(usize, usize)> {
+    layout.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })
+}
+
+/// One block of `threads` per row, for the kernels that reduce over a row.
+fn per_row(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Enough 256-thread blocks for `n` items, capped: the elementwise kernels loop over a grid stride.
+fn grid_stride(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 65535 * 8) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// Causal softmax of contiguous bf16 scores `(…, seq, total)`, as `causal_softmax_bf16` computes it.
 pub fn causal_softmax_bf16(
     storage: &CudaStorage,
@@ -41,8 +56,7 @@ pub fn causal_softmax_bf16(
     scale: f32,
     past: usize,
 ) -> candle_core::Result<CudaStorage> {
-    let (start, end) =
-        layout.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op: "causal-softmax" })?;
+    let (start, end) = contiguous(layout, "causal-softmax")?;
     let dims = layout.dims();
     let (seq, total) = (dims[dims.len() - 2], dims[dims.len() - 1]);
     let rows = (end - start) / total;
@@ -53,7 +67,7 @@ pub fn causal_softmax_bf16(
     let func = function(&dev, "causal_softmax_bf16")?;
     let stream = dev.cuda_stream();
     let (seq, total, past) = (seq as i32, total as i32, past as i32);
-    let config = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let config = per_row(rows, 256);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&x).arg(&mut y).arg(&seq).arg(&total).arg(&past).arg(&scale);
     // SAFETY: the arguments match the kernel's signature; `x` and `y` hold rows × total values.
@@ -68,9 +82,8 @@ pub fn row_nll_bf16(
     targets: &CudaStorage,
     targets_layout: &Layout,
 ) -> candle_core::Result<CudaStorage> {
-    let contiguous =
-        |l: &Layout| l.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op: "row-nll" });
-    let ((ls, le), (ts, te)) = (contiguous(logits_layout)?, contiguous(targets_layout)?);
+    let ((ls, le), (ts, te)) =
+        (contiguous(logits_layout, "row-nll")?, contiguous(targets_layout, "row-nll")?);
     let (rows, vocab) = (te - ts, logits_layout.dims()[logits_layout.dims().len() - 1]);
     let dev = logits.device.clone();
     let x = logits.as_cuda_slice::<bf16>()?.slice(ls..le);
@@ -80,16 +93,12 @@ pub fn row_nll_bf16(
     let func = function(&dev, "row_nll_bf16")?;
     let stream = dev.cuda_stream();
     let vocab = vocab as i32;
-    let config = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
+    let config = per_row(rows, 512);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&x).arg(&t).arg(&mut nll).arg(&vocab);
     // SAFETY: the arguments match the kernel's signature; `x` holds rows × vocab values, `t` rows.
     unsafe { launch.launch(config) }.map_err(launch_error)?;
     Ok(CudaStorage::wrap_cuda_slice(nll, dev))
-}
-
-fn contiguous(layout: &Layout, op: &'static str) -> candle_core::Result<(usize, usize)> {
-    layout.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })
 }
 
 /// RMS norm of each row of contiguous bf16 `x` with bf16 weight `w`, as `rms_norm_bf16` computes it.
@@ -109,9 +118,8 @@ pub fn rms_norm_bf16(
     let mut y = unsafe { dev.alloc::<bf16>(xe - xs)? };
     let func = function(&dev, "rms_norm_bf16")?;
     let stream = dev.cuda_stream();
-    let rows = ((xe - xs) / n) as u32;
+    let config = per_row((xe - xs) / n, 256);
     let n = n as i32;
-    let config = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let mut launch = stream.launch_builder(&func);
     launch.arg(&xv).arg(&wv).arg(&mut y).arg(&n).arg(&eps);
     // SAFETY: the arguments match the kernel's signature and the buffers' lengths.
@@ -141,11 +149,8 @@ pub fn rope_bf16(
     let mut y = unsafe { dev.alloc::<bf16>(xe - xs)? };
     let func = function(&dev, "rope_bf16")?;
     let stream = dev.cuda_stream();
-    let pairs = (xe - xs) / 2;
-    let blocks = pairs.div_ceil(256).min(65535 * 8) as u32;
+    let config = grid_stride((xe - xs) / 2);
     let (b, s, h, d) = (b as i32, s as i32, h as i32, d as i32);
-    let config =
-        LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let mut launch = stream.launch_builder(&func);
     launch.arg(&xv).arg(&cv).arg(&sv).arg(&mut y).arg(&b).arg(&s).arg(&h).arg(&d);
     // SAFETY: the arguments match the kernel's signature and the buffers' lengths.
@@ -169,9 +174,7 @@ pub fn swiglu_bf16(
     let mut y = unsafe { dev.alloc::<bf16>(ge - gs)? };
     let func = function(&dev, "swiglu_bf16")?;
     let stream = dev.cuda_stream();
-    let blocks = (n as usize).div_ceil(256).min(65535 * 8) as u32;
-    let config =
-        LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let config = grid_stride(ge - gs);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&g).arg(&u).arg(&mut y).arg(&n);
     // SAFETY: the arguments match the kernel's signature and the buffers' lengths.

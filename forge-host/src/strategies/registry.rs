@@ -203,7 +203,9 @@ impl Registry {
         let (entry, options) = self.resolve(StrategyKind::Adapter, name, given)?;
         let built: Box<dyn Adapter> = match &entry.factory {
             Factory::Adapter(build) => build(&options)?,
-            Factory::Plugin(_) => Box::new(self.kernel_adapter(name, given)?),
+            Factory::Plugin(plugin) => {
+                Box::new(KernelAdapter::new(plugin.adapter(&options)?, name, options.clone(), &entry.origin))
+            }
             _ => unreachable!("entries of kind adapter hold adapter factories"),
         };
         Ok((built, options))
