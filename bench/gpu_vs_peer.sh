@@ -8,9 +8,9 @@
 #
 # Settings (the issue's): bf16, batch 8 x 1024 for eval and training, LoRA r 16 on q/k/v/o, AdamW;
 # generation batch 1, a 32-token prompt, 128 new tokens; load = process start (forge) or from_pretrained
-# (peer) until the first forward has finished, first on this machine and again. The card's ceilings
-# (bench/ceilings.py) and `forge kernels` come first; FORGE_PROFILE splits forge's eval and training
-# time of the first ARCH by section. Every measurement is one JSON line in OUT_DIR/results.jsonl.
+# (peer) until the first forward has finished, first on a fresh machine (an empty driver JIT cache) and
+# again. The card's ceilings (bench/ceilings.py) and `forge kernels` come first; FORGE_PROFILE splits
+# forge's eval and (plain) training time of the first ARCH by section. Every measurement is one JSON line in OUT_DIR/results.jsonl.
 # PEER_STEPS (default 10) sets the peer's timed steps after its 3 warm-up steps.
 set -uo pipefail
 forge=$1 peer=$2 data=$3 out=$4
@@ -39,10 +39,13 @@ first=1
 for arch in "${archs[@]}"; do
   ck=$(checkpoint "$arch")
   cp "$ck/config.json" "$out/$arch.config.json"
-  record forge "$arch load first" load_seconds "$ck"
-  record forge "$arch load again" load_seconds "$ck"
-  record peer "$arch load first" python3 "$peer/bench_torch.py" --model "$ck" --task load
-  record peer "$arch load again" python3 "$peer/bench_torch.py" --model "$ck" --task load
+  # "First" is first on a fresh machine for every checkpoint: each tool starts with an empty driver
+  # JIT cache (CUDA_CACHE_PATH), as on a machine where nothing has run; "again" reuses it.
+  jit_forge=$(mktemp -d) jit_peer=$(mktemp -d)
+  CUDA_CACHE_PATH=$jit_forge record forge "$arch load first" load_seconds "$ck"
+  CUDA_CACHE_PATH=$jit_forge record forge "$arch load again" load_seconds "$ck"
+  CUDA_CACHE_PATH=$jit_peer record peer "$arch load first" python3 "$peer/bench_torch.py" --model "$ck" --task load
+  CUDA_CACHE_PATH=$jit_peer record peer "$arch load again" python3 "$peer/bench_torch.py" --model "$ck" --task load
   record forge "$arch eval" "$forge" eval -q --json --device cuda --model "$ck" --data "$data" --seq-len 1024 \
     --batch-size 8 --max-windows 120 --warmup-batches 3
   record peer "$arch eval" python3 "$peer/bench_torch.py" --model "$ck" --task eval --batch 8 --seq 1024 --steps "$peer_steps"
@@ -62,7 +65,7 @@ for arch in "${archs[@]}"; do
     FORGE_PROFILE=1 "$forge" eval -q --json --device cuda --model "$ck" --data "$data" --seq-len 1024 --batch-size 8 \
       --max-windows 48 2> "$out/profile-eval.txt" > /dev/null
     FORGE_PROFILE=1 "$forge" train -q --json --device cuda --model "$ck" --data "$data" --out /tmp/lora-profile --steps 4 \
-      --batch-size 8 --seq-len 1024 --rank 16 --targets q_proj,k_proj,v_proj,o_proj --grad-checkpoint \
+      --batch-size 8 --seq-len 1024 --rank 16 --targets q_proj,k_proj,v_proj,o_proj \
       2> "$out/profile-train.txt" > /dev/null
     first=0
   fi

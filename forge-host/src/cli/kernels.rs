@@ -5,9 +5,10 @@ use clap::Args;
 use serde::Serialize;
 
 use super::Runtime;
+use crate::model::causal_attention::causal_attention;
 use crate::model::causal_softmax::causal_softmax;
 use crate::model::config::{RopeConfig, RopeScaling};
-use crate::model::loss::{row_nll, RowNll};
+use crate::model::loss::{chunked_nll, row_nll, RowNll};
 use crate::model::mlp::swiglu;
 use crate::model::norm::RmsNorm;
 use crate::model::rope::RotaryEmbedding;
@@ -46,45 +47,55 @@ fn random(shape: &[usize], rng: &mut SplitMix64, spread: f64) -> candle_core::Re
     Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(DType::BF16)?.to_dtype(DType::F32)
 }
 
-/// Probabilities and the gradient of `Σ w·probs` with respect to the scores, computed on `device` in `dtype`.
-fn softmax_and_grad(
-    scores: &Tensor,
+/// The inputs' gradients are the gradients of `Σ weights · f(inputs)`.
+type Differentiated = (Tensor, Vec<Tensor>);
+
+/// `f` of `inputs` moved to `device` in `dtype`, and the gradients of `Σ weights · f` with respect to
+/// each input. `f` moves whatever else it uses to its inputs' device.
+fn value_and_grads(
+    f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    inputs: &[Tensor],
     weights: &Tensor,
-    past: usize,
     device: &Device,
     dtype: DType,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let x = Var::from_tensor(&scores.to_device(device)?.to_dtype(dtype)?)?;
-    let scale = 1.0 / 8f64.sqrt();
-    let probs = causal_softmax(x.as_tensor(), scale, past)?;
-    let loss = (probs.to_dtype(DType::F32)? * weights.to_device(device)?)?.sum_all()?;
-    let grad = loss
-        .backward()?
-        .get(x.as_tensor())
-        .cloned()
-        .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
-    Ok((probs, grad))
+) -> candle_core::Result<Differentiated> {
+    let vars = inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.to_device(device)?.to_dtype(dtype)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&tensors)?;
+    let grads = (out.to_dtype(DType::F32)? * weights.to_device(device)?)?.sum_all()?.backward()?;
+    let grads = tensors
+        .iter()
+        .map(|t| grads.get(t).cloned().ok_or_else(|| candle_core::Error::Msg("no gradient".into())))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok((out, grads))
 }
 
-/// A check of a kernel that has no backward: it serves only where no gradient flows.
-fn check_without_backward(
+/// Runs `f` on the device in bf16 and on the CPU in `reference_dtype`, and compares values and
+/// gradients (the largest relative difference over the inputs).
+#[allow(clippy::too_many_arguments)]
+fn check(
     kernel: &'static str,
     shape: Vec<usize>,
-    got: &Tensor,
-    reference: &Tensor,
+    past: usize,
+    f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    inputs: &[Tensor],
+    weights: &Tensor,
+    reference_dtype: DType,
+    tolerance: f64,
+    device: &Device,
 ) -> Result<Check> {
-    // The same bf16 rounding steps as the elementary ops: differences are single-ulp ties.
-    let tolerance = 1e-2;
-    let forward_rel_err = rel_diff(got, reference)?;
-    Ok(Check {
-        kernel,
-        shape,
-        past: 0,
-        forward_rel_err,
-        backward_rel_err: 0.0,
-        tolerance,
-        pass: forward_rel_err < tolerance,
-    })
+    let (ref_out, ref_grads) = value_and_grads(f, inputs, weights, &Device::Cpu, reference_dtype)?;
+    let (out, grads) = value_and_grads(f, inputs, weights, device, DType::BF16)?;
+    let forward_rel_err = rel_diff(&out, &ref_out)?;
+    let mut backward_rel_err = 0f64;
+    for (g, r) in grads.iter().zip(&ref_grads) {
+        backward_rel_err = backward_rel_err.max(rel_diff(g, r)?);
+    }
+    let pass = forward_rel_err < tolerance && backward_rel_err < tolerance;
+    Ok(Check { kernel, shape, past, forward_rel_err, backward_rel_err, tolerance, pass })
 }
 
 pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
@@ -94,74 +105,130 @@ pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
         ));
     }
     let mut rng = SplitMix64::new(rt.seed);
+    let dev = &rt.device;
     let mut checks = Vec::new();
+    // Against f32 on the CPU: bf16 keeps 8 bits of mantissa, so outputs rounded to it differ from f32
+    // by about 4e-3 at most.
     for (shape, past) in [
         (vec![2, 3, 5, 9], 4),
         (vec![2, 2, 7, 7], 0),
         (vec![1, 14, 1024, 1024], 0),
         (vec![1, 2, 1, 300], 299),
     ] {
-        let scores = random(&shape, &mut rng, 8.0)?;
+        let inputs = [random(&shape, &mut rng, 8.0)?];
         let weights = random(&shape, &mut rng, 1.0)?;
-        let (ref_probs, ref_grad) = softmax_and_grad(&scores, &weights, past, &Device::Cpu, DType::F32)?;
-        let (probs, grad) = softmax_and_grad(&scores, &weights, past, &rt.device, DType::BF16)?;
-        // bf16 keeps 8 bits of mantissa: outputs rounded to it differ from f32 by about 4e-3 at most.
-        let tolerance = 1e-2;
-        let (forward_rel_err, backward_rel_err) =
-            (rel_diff(&probs, &ref_probs)?, rel_diff(&grad, &ref_grad)?);
-        let pass = forward_rel_err < tolerance && backward_rel_err < tolerance;
-        checks.push(Check {
-            kernel: "causal_softmax_bf16",
+        let softmax = |x: &[Tensor]| causal_softmax(&x[0], 1.0 / 8f64.sqrt(), past);
+        checks.push(check(
+            "causal_softmax_bf16",
             shape,
             past,
-            forward_rel_err,
-            backward_rel_err,
-            tolerance,
-            pass,
-        });
+            &softmax,
+            &inputs,
+            &weights,
+            DType::F32,
+            1e-2,
+            dev,
+        )?);
     }
+    // Attention through the softmax kernels and their backward, with the recomputing backward; bf16
+    // operands of every matmul (as the peer's SDPA kernels have them).
+    for ((b, heads, kv, seq, d), past) in [((2, 4, 2, 7, 16), 3), ((2, 14, 2, 1024, 64), 0)] {
+        let inputs = [
+            random(&[b, heads, seq, d], &mut rng, 2.0)?,
+            random(&[b, kv, past + seq, d], &mut rng, 2.0)?,
+            random(&[b, kv, past + seq, d], &mut rng, 1.0)?,
+        ];
+        let weights = random(&[b, seq, heads * d], &mut rng, 1.0)?;
+        let attend = |x: &[Tensor]| Ok(causal_attention(&x[0], &x[1], &x[2], past)?.0);
+        let shape = vec![b, heads, kv, seq, d];
+        checks.push(check(
+            "causal_attention",
+            shape,
+            past,
+            &attend,
+            &inputs,
+            &weights,
+            DType::F32,
+            2e-2,
+            dev,
+        )?);
+    }
+    // The chunked NLL: the row NLL kernel forward, its backward kernel and the lm_head products.
+    for (rows, hidden, vocab) in [(37, 64, 5003), (600, 128, 151936)] {
+        let inputs = [random(&[rows, hidden], &mut rng, 1.0)?];
+        let lm_head = random(&[vocab, hidden], &mut rng, 0.5)?;
+        let targets: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+        let targets = Tensor::from_vec(targets, rows, &Device::Cpu)?;
+        let weights = random(&[rows], &mut rng, 1.0)?;
+        let nll = |x: &[Tensor]| {
+            let lm_head = lm_head.to_device(x[0].device())?.to_dtype(x[0].dtype())?;
+            chunked_nll(&x[0], &lm_head, &targets.to_device(x[0].device())?)
+        };
+        let shape = vec![rows, hidden, vocab];
+        checks.push(check(
+            "row_nll_bf16 (chunked NLL)",
+            shape,
+            0,
+            &nll,
+            &inputs,
+            &weights,
+            DType::F32,
+            1e-2,
+            dev,
+        )?);
+    }
+    // The row NLL kernel alone, against its f64 reference on the same bf16 logits.
     for (rows, vocab) in [(37, 5003), (16, 151936)] {
         let logits = random(&[rows, vocab], &mut rng, 12.0)?.to_dtype(DType::BF16)?;
         let targets: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
         let targets = Tensor::from_vec(targets, rows, &Device::Cpu)?;
         let reference = logits.apply_op2_no_bwd(&targets, &RowNll)?;
-        let got = row_nll(&logits.to_device(&rt.device)?, &targets.to_device(&rt.device)?)?;
-        // Same bf16 inputs; f32 accumulation against f64.
-        let tolerance = 1e-5;
+        let got = row_nll(&logits.to_device(dev)?, &targets.to_device(dev)?)?;
         let forward_rel_err = rel_diff(&got, &reference)?;
-        let pass = forward_rel_err < tolerance;
-        let shape = vec![rows, vocab];
+        let tolerance = 1e-5;
         checks.push(Check {
             kernel: "row_nll_bf16",
-            shape,
+            shape: vec![rows, vocab],
             past: 0,
             forward_rel_err,
             backward_rel_err: 0.0,
             tolerance,
-            pass,
+            pass: forward_rel_err < tolerance,
         });
     }
-    // Kernels without a backward, against the elementary bf16 ops they replace, run on the CPU.
+    // The fused norm, RoPE and SwiGLU against the elementary bf16 ops they replace, run on the CPU
+    // (forward and backward): the same rounding steps, so differences are single-ulp ties.
     let bf16 = |t: Tensor| t.to_dtype(DType::BF16);
     for (rows, n) in [(7, 96), (8192, 896), (3, 4096)] {
-        let x = bf16(random(&[rows, n], &mut rng, 4.0)?)?;
+        let inputs = [random(&[rows, n], &mut rng, 4.0)?];
         let w = bf16(random(&[n], &mut rng, 2.0)?)?;
-        let reference = RmsNorm::new(w.clone(), 1e-6).forward(&x)?;
-        let got = RmsNorm::new(w.to_device(&rt.device)?, 1e-6).forward(&x.to_device(&rt.device)?)?;
-        checks.push(check_without_backward("rms_norm_bf16", vec![rows, n], &got, &reference)?);
+        let weights = random(&[rows, n], &mut rng, 1.0)?;
+        let norm = |x: &[Tensor]| RmsNorm::new(w.to_device(x[0].device())?, 1e-6).forward(&x[0]);
+        checks.push(check(
+            "rms_norm_bf16",
+            vec![rows, n],
+            0,
+            &norm,
+            &inputs,
+            &weights,
+            DType::BF16,
+            1e-2,
+            dev,
+        )?);
     }
     for (b, s, h, d) in [(2, 5, 3, 8), (8, 1024, 14, 64), (1, 1, 16, 128)] {
         let rope = RotaryEmbedding::new(&RopeConfig { theta: 1e6, scaling: RopeScaling::Default }, d);
-        let x = bf16(random(&[b, s, h, d], &mut rng, 4.0)?)?;
-        let reference = rope.tables(7, s, DType::BF16, &Device::Cpu)?.apply_heads_first(&x)?;
-        let got = rope.tables(7, s, DType::BF16, &rt.device)?.apply_heads_first(&x.to_device(&rt.device)?)?;
-        checks.push(check_without_backward("rope_bf16", vec![b, s, h, d], &got, &reference)?);
+        let inputs = [random(&[b, s, h, d], &mut rng, 4.0)?];
+        let weights = random(&[b, h, s, d], &mut rng, 1.0)?;
+        let rotate = |x: &[Tensor]| rope.tables(7, s, DType::BF16, x[0].device())?.apply_heads_first(&x[0]);
+        let shape = vec![b, s, h, d];
+        checks.push(check("rope_bf16", shape, 0, &rotate, &inputs, &weights, DType::BF16, 1e-2, dev)?);
     }
     for shape in [vec![3, 11], vec![8192, 4864]] {
-        let (gate, up) = (bf16(random(&shape, &mut rng, 6.0)?)?, bf16(random(&shape, &mut rng, 2.0)?)?);
-        let reference = swiglu(&gate, &up)?;
-        let got = swiglu(&gate.to_device(&rt.device)?, &up.to_device(&rt.device)?)?;
-        checks.push(check_without_backward("swiglu_bf16", shape, &got, &reference)?);
+        let inputs = [random(&shape, &mut rng, 6.0)?, random(&shape, &mut rng, 2.0)?];
+        let weights = random(&shape, &mut rng, 1.0)?;
+        let gate = |x: &[Tensor]| swiglu(&x[0], &x[1]);
+        checks.push(check("swiglu_bf16", shape, 0, &gate, &inputs, &weights, DType::BF16, 1e-2, dev)?);
     }
     let failed = checks.iter().filter(|c| !c.pass).count();
     super::emit(&serde_json::json!({ "checks": &checks }), args.json, |_| {

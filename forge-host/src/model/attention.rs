@@ -6,7 +6,7 @@
 //! dtype, as transformers' attention does.
 use candle_core::{Module, Tensor};
 
-use super::causal_softmax::causal_softmax;
+use super::causal_attention::causal_attention;
 use super::config::ModelConfig;
 use super::kv_cache::LayerCache;
 use super::linear::{linear, Linear};
@@ -99,30 +99,21 @@ impl Attention {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
-        let total = k.dim(2)?;
-
-        // The query heads of a KV group are consecutive, so viewing q as `(b, kv, groups·s, d)` lets
-        // each group attend to its one K/V head without copying K and V per query head.
-        let (kv, groups) = (self.kv_heads, self.heads / self.kv_heads);
-        let scores = section("attention q·kᵀ", x.device(), || {
-            q.reshape((b, kv, groups * s, d))?.matmul(&k.t()?)?.reshape((b, self.heads, s, total))
-        })?;
-        let probs = section("attention softmax", x.device(), || {
-            causal_softmax(&scores, 1.0 / (d as f64).sqrt(), past)
-        })?;
-        let heads_out = section("attention p·v", x.device(), || {
-            probs.reshape((b, kv, groups * s, total))?.matmul(&v)?.reshape((b, self.heads, s, d))
-        })?;
-        let heads_out = match head_mask {
-            Some(mask) => heads_out.broadcast_mul(&mask.reshape((1, self.heads, 1, 1))?)?,
-            None => heads_out,
+        let (out, probs) = causal_attention(&q, &k, &v, past)?;
+        // The heads' outputs side by side, `(b, s, heads · d)`: a head's mask covers its d columns.
+        let out = match head_mask {
+            Some(mask) => {
+                let columns =
+                    mask.reshape((self.heads, 1))?.repeat((1, d))?.reshape((1, 1, self.heads * d))?;
+                out.broadcast_mul(&columns)?
+            }
+            None => out,
         };
         if let Some(observer) = observer {
+            let heads_out = out.reshape((b, s, self.heads, d))?.transpose(1, 2)?;
             observer.observe(self.layer, &probs, &heads_out)?;
         }
-        section("attention o_proj", x.device(), || {
-            self.o_proj.forward(&heads_out.transpose(1, 2)?.reshape((b, s, self.heads * d))?)
-        })
+        section("attention o_proj", x.device(), || self.o_proj.forward(&out))
     }
 
     /// Query heads of this layer.

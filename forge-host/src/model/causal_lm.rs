@@ -170,8 +170,7 @@ impl CausalLm {
     /// Logits `(batch, seq, vocab)` for every position, in f32.
     pub fn logits(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
         let hidden = self.hidden_states(ids, cache)?;
-        let (b, s, h) = hidden.dims3()?;
-        frozen_matmul(&hidden.reshape((b * s, h))?, &self.lm_head)?.to_dtype(DType::F32)?.reshape((b, s, ()))
+        frozen_matmul(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 
     /// Next-token NLL `(batch, seq - 1)` in f32: position t predicts token t + 1. Logits are never

@@ -6,7 +6,7 @@
 //! masked half. candle's own fused softmax has no backward; this one has, and a finite-difference
 //! test checks it.
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::custom_grad::with_gradient;
@@ -33,7 +33,7 @@ fn masked_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::Resu
     let mask = Tensor::from_vec(mask, (seq, total), scores.device())?;
     let masked = (scores * scale)?.broadcast_add(&mask)?;
     let probs = candle_nn::ops::softmax_last_dim(&masked.detach())?;
-    with_gradient(&masked, probs, softmax_backward)
+    with_gradient("softmax backward", &masked, probs, softmax_backward)
 }
 
 /// With p the softmax output and g its gradient: the input gradient p · (g − Σ g·p).
@@ -79,7 +79,6 @@ impl CustomOp1 for CausalSoftmax {
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
-    /// With p the output: dx = scale · p · (g − Σ g·p); masked entries have p = 0 and get no gradient.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -89,14 +88,105 @@ impl CustomOp1 for CausalSoftmax {
         if storage.dtype() != DType::BF16 {
             return Err(candle_core::Error::UnsupportedDTypeForOp(storage.dtype(), "causal-softmax"));
         }
-        let probs = super::cuda_kernels::causal_softmax_bf16(storage, layout, self.scale as f32, self.past)?;
+        let probs = super::cuda_kernels::causal_softmax_rows_bf16(
+            "causal_softmax_bf16",
+            &[(storage, layout)],
+            self.scale as f32,
+            self.past,
+        )?;
         Ok((probs, layout.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // In f32 whatever the probabilities' dtype, as the forward's arithmetic.
-        let (probs, grad) = (res.to_dtype(DType::F32)?, grad.to_dtype(DType::F32)?);
-        Ok(Some((softmax_backward(&grad, &probs)? * self.scale)?.to_dtype(res.dtype())?))
+        Ok(Some(causal_softmax_backward(res, grad, self.scale, self.past)?))
+    }
+}
+
+/// The gradient of the scores of [`causal_softmax`] from its output p and the output's gradient g:
+/// scale · p · (g − Σ g·p) over each row, in f32 whatever the dtype, as the forward's arithmetic.
+/// Masked entries have p = 0 and get no gradient; the op reads only the visible ones.
+pub fn causal_softmax_backward(
+    probs: &Tensor,
+    grad: &Tensor,
+    scale: f64,
+    past: usize,
+) -> candle_core::Result<Tensor> {
+    let dtype = probs.dtype();
+    let op = CausalSoftmaxBackward { scale, past };
+    match (probs.device().is_cpu(), dtype) {
+        (true, DType::F32) | (false, DType::BF16) => {
+            probs.contiguous()?.apply_op2_no_bwd(&grad.to_dtype(dtype)?.contiguous()?, &op)
+        }
+        _ => {
+            let (p, g) = (probs.to_dtype(DType::F32)?, grad.to_dtype(DType::F32)?);
+            (softmax_backward(&g, &p)? * scale)?.to_dtype(dtype)
+        }
+    }
+}
+
+struct CausalSoftmaxBackward {
+    scale: f64,
+    past: usize,
+}
+
+impl CustomOp2 for CausalSoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "causal-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        probs: &CpuStorage,
+        pl: &Layout,
+        grad: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (probs, grad) else {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(probs.dtype(), self.name()));
+        };
+        let op = self.name();
+        let ((ps, pe), (gs, ge)) = (
+            pl.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })?,
+            gl.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })?,
+        );
+        if pl.shape() != gl.shape() {
+            return Err(candle_core::Error::Msg(format!("{op}: probabilities and gradient differ in shape")));
+        }
+        let dims = pl.dims();
+        let (seq, total) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let scale = self.scale as f32;
+        let mut out = vec![0f32; pe - ps];
+        out.par_chunks_mut(total)
+            .zip(p[ps..pe].par_chunks(total).zip(g[gs..ge].par_chunks(total)))
+            .enumerate()
+            .for_each(|(row, (o, (p, g)))| {
+                let visible = (self.past + row % seq + 1).min(total);
+                let dot: f32 = p[..visible].iter().zip(&g[..visible]).map(|(p, g)| p * g).sum();
+                for ((o, &p), &g) in o[..visible].iter_mut().zip(&p[..visible]).zip(&g[..visible]) {
+                    *o = scale * p * (g - dot);
+                }
+            });
+        Ok((CpuStorage::F32(out), pl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        probs: &candle_core::CudaStorage,
+        pl: &Layout,
+        grad: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        if probs.dtype() != DType::BF16 || grad.dtype() != DType::BF16 {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(probs.dtype(), self.name()));
+        }
+        let dx = super::cuda_kernels::causal_softmax_rows_bf16(
+            "causal_softmax_backward_bf16",
+            &[(probs, pl), (grad, gl)],
+            self.scale as f32,
+            self.past,
+        )?;
+        Ok((dx, pl.shape().clone()))
     }
 }
 

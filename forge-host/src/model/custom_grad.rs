@@ -2,17 +2,22 @@
 //!
 //! candle's fused kernels have no backward, and some backwards it does have are wasteful (a matmul
 //! always computes both operands' gradients). The pattern used throughout forge: compute the output
-//! from a detached input (no graph, no stored intermediates), then attach it to the input with a
+//! from detached inputs (no graph, no stored intermediates), then attach it to the inputs with a
 //! custom op whose forward passes the output through and whose backward is the closure given —
 //! written once here, tested against finite differences or elementary ops where it is used.
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use std::sync::Mutex;
 
-type Backward = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
+
+use crate::runtime::profile::section;
+
+type Backward1 = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
+type Backward3 = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<[Option<Tensor>; 3]> + Send + Sync>;
 
 /// `output` (computed from `input` outside the graph), whose gradient reaches `input` as
-/// `backward(grad_output, output)`.
+/// `backward(grad_output, output)`; `name` names the backward in profiles (`FORGE_PROFILE`).
 pub fn with_gradient(
+    name: &'static str,
     input: &Tensor,
     output: Tensor,
     backward: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync + 'static,
@@ -20,15 +25,95 @@ pub fn with_gradient(
     if !input.track_op() {
         return Ok(output);
     }
-    input.apply_op2(&output, GradientFn { name: "with-gradient", backward: Box::new(backward) })
+    input.apply_op1(Joined::new(name, output, Box::new(backward) as Backward1)?)
 }
 
-struct GradientFn {
+/// `output` (computed from three inputs outside the graph), whose gradients reach them as
+/// `backward(grad_output, output)`, `None` for an input that gets none.
+pub fn with_gradients(
     name: &'static str,
-    backward: Backward,
+    inputs: [&Tensor; 3],
+    output: Tensor,
+    backward: impl Fn(&Tensor, &Tensor) -> candle_core::Result<[Option<Tensor>; 3]> + Send + Sync + 'static,
+) -> candle_core::Result<Tensor> {
+    if !inputs.iter().any(|t| t.track_op()) {
+        return Ok(output);
+    }
+    let [a, b, c] = inputs;
+    a.apply_op3(b, c, Joined::new(name, output, Box::new(backward) as Backward3)?)
 }
 
-impl CustomOp2 for GradientFn {
+/// The custom op: it holds the output computed outside the graph until candle asks for its result,
+/// then hands over a copy (candle's custom ops own their results) and drops its own, so the graph,
+/// which keeps the op, does not keep the output twice.
+struct Joined<B> {
+    name: &'static str,
+    output: Mutex<Option<Tensor>>,
+    backward: B,
+}
+
+impl<B> Joined<B> {
+    fn new(name: &'static str, output: Tensor, backward: B) -> candle_core::Result<Self> {
+        // The copy below takes the whole buffer: a view with an offset or strides is made plain first.
+        let plain = output.layout().contiguous_offsets().is_some_and(|(start, _)| start == 0);
+        let output = if plain { output } else { output.copy()? };
+        Ok(Self { name, output: Mutex::new(Some(output)), backward })
+    }
+
+    fn take_output(&self) -> candle_core::Result<Tensor> {
+        let taken = self.output.lock().expect("no panic while holding the output").take();
+        taken.ok_or_else(|| candle_core::Error::Msg(format!("{}: the output was already taken", self.name)))
+    }
+
+    fn cpu_output(&self) -> candle_core::Result<(CpuStorage, Shape)> {
+        let output = self.take_output()?;
+        let (storage, layout) = output.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.clone(), layout.shape().clone())),
+            _ => {
+                Err(candle_core::Error::Msg("a joined output lives on another device than its inputs".into()))
+            }
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_output(&self) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let output = self.take_output()?;
+        let (storage, layout) = output.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => {
+                Err(candle_core::Error::Msg("a joined output lives on another device than its inputs".into()))
+            }
+        }
+    }
+}
+
+impl CustomOp1 for Joined<Backward1> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu_output()
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.cuda_output()
+    }
+
+    fn bwd(&self, _: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        section(self.name, grad.device(), || Ok(Some((self.backward)(grad, res)?)))
+    }
+}
+
+impl CustomOp3 for Joined<Backward3> {
     fn name(&self) -> &'static str {
         self.name
     }
@@ -37,10 +122,12 @@ impl CustomOp2 for GradientFn {
         &self,
         _: &CpuStorage,
         _: &Layout,
-        output: &CpuStorage,
-        l: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((output.try_clone(l)?, l.shape().clone()))
+        self.cpu_output()
     }
 
     #[cfg(feature = "cuda")]
@@ -48,19 +135,23 @@ impl CustomOp2 for GradientFn {
         &self,
         _: &candle_core::CudaStorage,
         _: &Layout,
-        output: &candle_core::CudaStorage,
-        l: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        Ok((output.try_clone(l)?, l.shape().clone()))
+        self.cuda_output()
     }
 
     fn bwd(
         &self,
         _: &Tensor,
         _: &Tensor,
+        _: &Tensor,
         res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some((self.backward)(grad, res)?), None))
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [a, b, c] = section(self.name, grad.device(), || (self.backward)(grad, res))?;
+        Ok((a, b, c))
     }
 }

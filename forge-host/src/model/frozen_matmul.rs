@@ -8,11 +8,20 @@ use candle_core::Tensor;
 
 use super::custom_grad::with_gradient;
 
-/// `x · wᵀ` for `x` `(rows, in)` and `w` `(out, in)`, with no gradient for `w`.
+/// `x · wᵀ` for `x` `(…, in)` and `w` `(out, in)`, with no gradient for `w`; `(…, out)`.
+///
+/// The leading dimensions are flattened into one 2-D product (candle's batched matmul would broadcast
+/// the weight per batch), outside the graph: a reshape node would cost the backward a copy of the
+/// gradient.
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let product = x.detach().matmul(&w.t()?)?;
+    let (x_shape, in_dim) = (x.shape().clone(), x.dim(candle_core::D::Minus1)?);
+    let mut out_dims = x_shape.dims().to_vec();
+    *out_dims.last_mut().expect("a matmul input has at least one dimension") = w.dim(0)?;
+    let product = x.detach().reshape(((), in_dim))?.matmul(&w.t()?)?.reshape(out_dims)?;
     let w = w.clone();
-    with_gradient(x, product, move |grad, _| grad.matmul(&w))
+    with_gradient("frozen matmul backward", x, product, move |grad, _| {
+        grad.reshape(((), w.dim(0)?))?.matmul(&w)?.reshape(&x_shape)
+    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,18 @@ use crate::Result;
 pub trait LinearAdapter: Send + Sync {
     /// `base` is `x · Wᵀ (+ b)`; return what the layer should output instead.
     fn forward(&self, x: &Tensor, base: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// The whole adapted layer for `x` `(…, in)` as one op with its own backward, when the adapter
+    /// has one: the graph then keeps neither the base output nor the adapter's intermediates. `None`
+    /// (the default) runs `forward` on the base output instead.
+    fn fused(
+        &self,
+        _x: &Tensor,
+        _weight: &Tensor,
+        _bias: Option<&Tensor>,
+    ) -> Option<candle_core::Result<Tensor>> {
+        None
+    }
 }
 
 /// `y = x · Wᵀ + b`, then the adapter, if any.
@@ -40,6 +52,11 @@ impl Linear {
         self.bias.as_ref()
     }
 
+    /// Whether an adapter is wired in (a layer without one has nothing to train).
+    pub fn has_adapter(&self) -> bool {
+        self.adapter.is_some()
+    }
+
     /// Wires an adapter into the forward pass (replacing any earlier one).
     pub fn set_adapter(&mut self, adapter: Option<Arc<dyn LinearAdapter>>) {
         self.adapter = adapter;
@@ -55,17 +72,15 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: WeightScope) -> Res
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // One 2-D product over all rows: candle's batched matmul would broadcast the weight per batch.
-        let dims = x.dims();
-        let (rows, in_dim) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
-        let flat = frozen_matmul(&x.reshape((rows, in_dim))?, &self.weight)?;
-        let flat = match &self.bias {
-            Some(b) => flat.broadcast_add(b)?,
-            None => flat,
+        if let Some(fused) = self.adapter.as_ref().and_then(|a| a.fused(x, &self.weight, self.bias.as_ref()))
+        {
+            return fused;
+        }
+        let base = frozen_matmul(x, &self.weight)?;
+        let base = match &self.bias {
+            Some(b) => base.broadcast_add(b)?,
+            None => base,
         };
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("a linear input has at least one dimension") = self.weight.dim(0)?;
-        let base = flat.reshape(out_dims)?;
         match &self.adapter {
             Some(adapter) => adapter.forward(x, &base),
             None => Ok(base),

@@ -30,6 +30,22 @@ pub fn row_nll(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor>
     (log_z - picked)?.squeeze(1)
 }
 
+/// The logits' gradient of [`row_nll`] given the rows' gradients `grad` `(rows)`:
+/// `grad · (softmax(logits) − onehot(targets))`, the softmax in f32; in the logits' dtype.
+pub fn row_nll_backward(logits: &Tensor, targets: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+    let grad = grad.to_dtype(DType::F32)?;
+    #[cfg(feature = "cuda")]
+    if logits.device().is_cuda() && logits.dtype() == DType::BF16 {
+        return super::cuda_kernels::row_nll_backward_bf16(logits, targets, &grad);
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+    let minus_one = Tensor::full(-1f32, (probs.dim(0)?, 1), probs.device())?;
+    probs
+        .scatter_add(&targets.unsqueeze(1)?, &minus_one, 1)?
+        .broadcast_mul(&grad.unsqueeze(1)?)?
+        .to_dtype(logits.dtype())
+}
+
 /// [`row_nll`] as one op: the fused CUDA kernel on bf16 logits, and its CPU reference in f64 (what
 /// `forge kernels` checks the kernel against).
 pub struct RowNll;
@@ -101,17 +117,14 @@ pub fn chunked_nll(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> candl
     }
     let nll = Tensor::cat(&parts, 0)?;
     let (lm_head, targets) = (lm_head.clone(), targets.clone());
-    with_gradient(hidden, nll, move |grad, _| {
+    with_gradient("row nll backward", hidden, nll, move |grad, _| {
         let mut grads = Vec::with_capacity(rows.div_ceil(chunk));
         for start in (0..rows).step_by(chunk) {
             let len = chunk.min(rows - start);
             let h = flat.narrow(0, start, len)?;
-            let probs = candle_nn::ops::softmax_last_dim(&h.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?)?;
-            let target = targets.narrow(0, start, len)?.unsqueeze(1)?;
-            let minus_one = Tensor::full(-1f32, (len, 1), probs.device())?;
-            let d_logits = probs
-                .scatter_add(&target, &minus_one, 1)?
-                .broadcast_mul(&grad.narrow(0, start, len)?.unsqueeze(1)?)?;
+            let logits = h.matmul(&lm_head.t()?)?;
+            let d_logits =
+                row_nll_backward(&logits, &targets.narrow(0, start, len)?, &grad.narrow(0, start, len)?)?;
             grads.push(d_logits.to_dtype(h.dtype())?.matmul(&lm_head)?);
         }
         Tensor::cat(&grads, 0)

@@ -2,8 +2,10 @@
 use candle_core::{DType, Module, Tensor};
 
 use super::config::ModelConfig;
+use super::custom_grad::with_gradient;
 use super::linear::{linear, Linear};
 use super::scope::WeightScope;
+use crate::runtime::profile::section;
 use crate::Result;
 
 /// The MLP of one decoder layer.
@@ -29,8 +31,36 @@ pub fn mlp(config: &ModelConfig, vb: WeightScope) -> Result<Mlp> {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let frozen = [&self.gate_proj, &self.up_proj, &self.down_proj].iter().all(|l| !l.has_adapter());
+        if frozen && x.track_op() {
+            return self.frozen_forward(x);
+        }
         let gated = swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
         self.down_proj.forward(&gated)
+    }
+}
+
+impl Mlp {
+    /// The forward of an MLP with no trainable part, for training through it: through candle's
+    /// autograd, the gate and up outputs and their product (three `rows × intermediate` tensors, most
+    /// of a layer's activations) would be kept for the backward. Here the block runs outside the graph
+    /// and the backward recomputes gate and up from the input, which is kept anyway, at the cost of
+    /// two matmuls.
+    fn frozen_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x0 = x.detach();
+        let out = self.forward(&x0)?;
+        let mlp = self.clone();
+        with_gradient("mlp backward", x, out, move |grad, _| {
+            let (gate, up) = (mlp.gate_proj.forward(&x0)?, mlp.up_proj.forward(&x0)?);
+            let hidden = grad.dim(candle_core::D::Minus1)?;
+            let grad = grad.to_dtype(x0.dtype())?.reshape(((), hidden))?;
+            let d_gated = grad.matmul(mlp.down_proj.weight())?.reshape(gate.shape())?;
+            let (d_gate, d_up) = swiglu_backward(&gate, &up, &d_gated)?;
+            let flat = |t: Tensor| t.reshape(((), t.dim(candle_core::D::Minus1)?));
+            let dx = (flat(d_gate)?.matmul(mlp.gate_proj.weight())?
+                + flat(d_up)?.matmul(mlp.up_proj.weight())?)?;
+            dx.reshape(x0.shape())
+        })
     }
 }
 
@@ -96,6 +126,19 @@ impl candle_core::CustomOp2 for FusedSwiglu {
         _: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (d_gate, d_up) = swiglu_backward(gate, up, grad)?;
+        Ok((Some(d_gate), Some(d_up)))
+    }
+}
+
+/// The gradients of `gate` and `up` of [`swiglu`] given the output's, in f32 whatever the dtype:
+/// d_gate = dy · up · silu'(gate), d_up = dy · silu(gate).
+pub fn swiglu_backward(gate: &Tensor, up: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    section("swiglu backward", gate.device(), || {
+        #[cfg(feature = "cuda")]
+        if gate.device().is_cuda() && gate.dtype() == DType::BF16 {
+            return super::cuda_kernels::swiglu_backward_bf16(gate, up, &grad.to_dtype(DType::BF16)?);
+        }
         let (g, u, dy) = (gate.to_dtype(DType::F32)?, up.to_dtype(DType::F32)?, grad.to_dtype(DType::F32)?);
         let sigmoid = (g.neg()?.exp()? + 1.0)?.recip()?;
         let silu = (&g * &sigmoid)?;
@@ -103,8 +146,8 @@ impl candle_core::CustomOp2 for FusedSwiglu {
         let dsilu = (&sigmoid * ((&g * (1.0 - &sigmoid)?)? + 1.0)?)?;
         let d_gate = (&dy * &u)?.mul(&dsilu)?;
         let d_up = (&dy * &silu)?;
-        Ok((Some(d_gate.to_dtype(gate.dtype())?), Some(d_up.to_dtype(up.dtype())?)))
-    }
+        Ok((d_gate.to_dtype(gate.dtype())?, d_up.to_dtype(up.dtype())?))
+    })
 }
 
 #[cfg(test)]
@@ -144,6 +187,45 @@ mod tests {
         let ((fg, fu), (pg, pu)) = (grads(true)?, grads(false)?);
         for (a, b) in fg.iter().chain(&fu).zip(pg.iter().chain(&pu)) {
             assert!((a - b).abs() <= 2e-2 * (1.0 + b.abs()), "gradient {a} vs {b}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_frozen_mlp_recomputes_and_gets_the_gradient_of_the_graph_through_its_ops() -> candle_core::Result<()>
+    {
+        let dev = Device::Cpu;
+        let values =
+            |n: usize, k: usize| -> Vec<f32> { (0..n).map(|i| ((i * k % 19) as f32 - 9.0) / 7.0).collect() };
+        let (rows, hidden, inter) = (6, 4, 10);
+        let weight = |k, out, inp| Tensor::from_vec(values(out * inp, k), (out, inp), &dev);
+        let mlp = Mlp {
+            gate_proj: Linear::new(
+                weight(3, inter, hidden)?,
+                Some(Tensor::from_vec(values(inter, 2), inter, &dev)?),
+            ),
+            up_proj: Linear::new(weight(5, inter, hidden)?, None),
+            down_proj: Linear::new(weight(7, hidden, inter)?, None),
+        };
+        let x = candle_core::Var::from_tensor(&Tensor::from_vec(
+            values(rows * hidden, 11),
+            (2, 3, hidden),
+            &dev,
+        )?)?;
+        let weights = Tensor::from_vec(values(rows * hidden, 13), (2, 3, hidden), &dev)?;
+        let gradient = |y: Tensor| -> candle_core::Result<Vec<f32>> {
+            let store = (y * &weights)?.sum_all()?.backward()?;
+            store.get(x.as_tensor()).expect("x gets a gradient").flatten_all()?.to_vec1::<f32>()
+        };
+        let joined = mlp.forward(x.as_tensor())?;
+        let through_ops = mlp.down_proj.forward(&swiglu(
+            &mlp.gate_proj.forward(x.as_tensor())?,
+            &mlp.up_proj.forward(x.as_tensor())?,
+        )?)?;
+        assert_eq!(joined.to_vec3::<f32>()?, through_ops.to_vec3::<f32>()?);
+        let (a, b) = (gradient(joined)?, gradient(through_ops)?);
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "gradient {a} vs {b}");
         }
         Ok(())
     }

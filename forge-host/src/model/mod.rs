@@ -2,12 +2,13 @@
 //! file, builders taking a [`WeightScope`] whose prefixes mirror the checkpoint keys) but only from ops
 //! that have a backward, so every part of it can be trained through.
 pub mod attention;
+pub mod causal_attention;
 pub mod causal_lm;
 pub mod causal_softmax;
 pub mod config;
 #[cfg(feature = "cuda")]
 mod cuda_kernels;
-mod custom_grad;
+pub mod custom_grad;
 pub mod decoder_layer;
 mod folder;
 pub mod frozen_matmul;

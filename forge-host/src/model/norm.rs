@@ -4,6 +4,7 @@
 use candle_core::{DType, Module, Tensor, D};
 
 use super::scope::WeightScope;
+use crate::runtime::profile::section;
 use crate::Result;
 
 /// `x / sqrt(mean(x²) + eps) · w` over the last dimension.
@@ -105,12 +106,22 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         _: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let x32 = x.to_dtype(DType::F32)?;
-        let gw = grad.to_dtype(DType::F32)?.broadcast_mul(&w.to_dtype(DType::F32)?)?;
-        let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-        let dot = (&x32 * &gw)?.mean_keepdim(D::Minus1)?;
-        let dx = (gw.broadcast_mul(&r)? - x32.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
-        Ok((Some(dx.to_dtype(x.dtype())?), None))
+        section("rms norm backward", x.device(), || {
+            #[cfg(feature = "cuda")]
+            if x.device().is_cuda() && x.dtype() == DType::BF16 && w.dtype() == DType::BF16 {
+                let dy = grad.to_dtype(DType::BF16)?;
+                return Ok((
+                    Some(super::cuda_kernels::rms_norm_backward_bf16(x, w, &dy, self.eps as f32)?),
+                    None,
+                ));
+            }
+            let x32 = x.to_dtype(DType::F32)?;
+            let gw = grad.to_dtype(DType::F32)?.broadcast_mul(&w.to_dtype(DType::F32)?)?;
+            let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+            let dot = (&x32 * &gw)?.mean_keepdim(D::Minus1)?;
+            let dx = (gw.broadcast_mul(&r)? - x32.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+            Ok((Some(dx.to_dtype(x.dtype())?), None))
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::{RopeConfig, RopeScaling};
+use crate::runtime::profile::section;
 
 /// The inverse frequencies of one head width, after any rescaling.
 #[derive(Clone, Debug)]
@@ -169,16 +170,23 @@ impl candle_core::CustomOp3 for FusedRope {
         _: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let half = x.dim(D::Minus1)? / 2;
-        let dy = grad.to_dtype(DType::F32)?;
-        // y = x·cos + [−x₂, x₁]·sin, so dx = dy·cos + [z₂, −z₁] with z = dy·sin.
-        let z = dy.broadcast_mul(&sin.to_dtype(DType::F32)?)?;
-        let back = Tensor::cat(
-            &[&z.narrow(D::Minus1, half, half)?, &z.narrow(D::Minus1, 0, half)?.neg()?],
-            D::Minus1,
-        )?;
-        let dx = (dy.broadcast_mul(&cos.to_dtype(DType::F32)?)? + back)?;
-        Ok((Some(dx.transpose(1, 2)?.contiguous()?.to_dtype(x.dtype())?), None, None))
+        section("rope backward", x.device(), || {
+            #[cfg(feature = "cuda")]
+            if x.device().is_cuda() && x.dtype() == DType::BF16 {
+                let dy = grad.to_dtype(DType::BF16)?;
+                return Ok((Some(super::cuda_kernels::rope_backward_bf16(&dy, cos, sin)?), None, None));
+            }
+            let half = x.dim(D::Minus1)? / 2;
+            let dy = grad.to_dtype(DType::F32)?;
+            // y = x·cos + [−x₂, x₁]·sin, so dx = dy·cos + [z₂, −z₁] with z = dy·sin.
+            let z = dy.broadcast_mul(&sin.to_dtype(DType::F32)?)?;
+            let back = Tensor::cat(
+                &[&z.narrow(D::Minus1, half, half)?, &z.narrow(D::Minus1, 0, half)?.neg()?],
+                D::Minus1,
+            )?;
+            let dx = (dy.broadcast_mul(&cos.to_dtype(DType::F32)?)? + back)?;
+            Ok((Some(dx.transpose(1, 2)?.contiguous()?.to_dtype(x.dtype())?), None, None))
+        })
     }
 }
 

@@ -11,6 +11,7 @@ use candle_core::{Tensor, Var};
 
 use super::grad_mode::no_grad;
 use crate::model::CausalLm;
+use crate::runtime::profile::section;
 
 /// Mean next-token NLL of `ids` and the gradient of every parameter in `params` (zeros where none
 /// reaches a parameter).
@@ -34,7 +35,7 @@ pub fn loss_and_grads(
     };
     let loss = if !checkpoint {
         let loss = model.next_token_nll(ids)?.mean_all()?;
-        collect(&loss.backward()?)?;
+        collect(&section("train backward", ids.device(), || loss.backward())?)?;
         loss
     } else {
         let rope = model.rope(0, ids.dim(1)?)?;

@@ -14,6 +14,7 @@ use forge_api::{OptionKind, OptionSpec, Options, StrategyError};
 use super::{
     module_path, write_adapter_files, Adapter, AttachedAdapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 };
+use crate::model::custom_grad::with_gradients;
 use crate::model::decoder_layer::LINEAR_MODULES;
 use crate::model::linear::LinearAdapter;
 use crate::model::CausalLm;
@@ -113,6 +114,52 @@ impl LinearAdapter for LoraLinear {
         }
         let low = x.matmul(&a.to_dtype(x.dtype())?.t()?)?.matmul(&b.to_dtype(x.dtype())?.t()?)?;
         base + (low * self.scale)?.reshape(base.shape())?
+    }
+
+    /// Training without dropout: `x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ` computed outside the graph (the same ops
+    /// as `forward`), joined to x, A and B with the backward g·W + s·(g·B)·A, s·(g·B)ᵀ·x and
+    /// s·gᵀ·(x·Aᵀ). Through candle's autograd the graph kept the base output, the low-rank product and
+    /// its scaled copy, each as large as the output, for every adapted layer.
+    fn fused(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Option<candle_core::Result<Tensor>> {
+        let training_dropout = self.dropout > 0.0 && self.training.load(Ordering::Relaxed);
+        if !grad_enabled() || training_dropout {
+            return None;
+        }
+        let (a, b) = (self.a.as_tensor().clone(), self.b.as_tensor().clone());
+        let scale = self.scale;
+        let fused = || -> candle_core::Result<Tensor> {
+            let dtype = x.dtype();
+            // Flattened outside the graph, as `frozen_matmul` does.
+            let (x_shape, in_dim) = (x.shape().clone(), x.dim(candle_core::D::Minus1)?);
+            let x0 = x.detach().reshape(((), in_dim))?;
+            let (a0, b0) = (a.detach().to_dtype(dtype)?, b.detach().to_dtype(dtype)?);
+            let low = x0.matmul(&a0.t()?)?;
+            let base = x0.matmul(&weight.t()?)?;
+            let base = match bias {
+                Some(bias) => base.broadcast_add(bias)?,
+                None => base,
+            };
+            let out = (base + (low.matmul(&b0.t()?)? * scale)?)?;
+            let mut out_dims = x_shape.dims().to_vec();
+            *out_dims.last_mut().expect("a linear input has at least one dimension") = weight.dim(0)?;
+            let out = out.reshape(out_dims)?;
+            let (weight, master) = (weight.clone(), a.dtype());
+            // The scale goes on the rank-sized factors, never on a full-sized product.
+            let (scaled_a, scaled_b, scaled_low) = ((&a0 * scale)?, (&b0 * scale)?, (&low * scale)?);
+            with_gradients("lora backward", [x, &a, &b], out, move |grad, _| {
+                let grad = grad.to_dtype(dtype)?.reshape(((), weight.dim(0)?))?;
+                let dx = (grad.matmul(&weight)? + grad.matmul(&b0)?.matmul(&scaled_a)?)?.reshape(&x_shape)?;
+                let da = grad.matmul(&scaled_b)?.t()?.matmul(&x0)?.to_dtype(master)?;
+                let db = grad.t()?.matmul(&scaled_low)?.to_dtype(master)?;
+                Ok([Some(dx), Some(da), Some(db)])
+            })
+        };
+        Some(fused())
     }
 }
 
@@ -297,5 +344,47 @@ mod tests {
         );
         let err = parse_targets("qkv").unwrap_err().to_string();
         assert!(err.contains("LoRA target `qkv` is not a linear layer; use q_proj, k_proj"), "{err}");
+    }
+
+    #[test]
+    fn the_fused_layer_has_the_output_and_gradients_of_the_layer_through_the_graph() -> candle_core::Result<()>
+    {
+        use crate::model::frozen_matmul::frozen_matmul;
+        use candle_core::Device;
+        let dev = Device::Cpu;
+        let values =
+            |n: usize, k: usize| -> Vec<f32> { (0..n).map(|i| ((i * k % 23) as f32 - 11.0) / 9.0).collect() };
+        let (rows, inp, out, r) = (5, 6, 7, 3);
+        let t = |k, shape: (usize, usize)| Tensor::from_vec(values(shape.0 * shape.1, k), shape, &dev);
+        let lora = LoraLinear {
+            a: Var::from_tensor(&t(3, (r, inp))?)?,
+            b: Var::from_tensor(&t(5, (out, r))?)?,
+            scale: 1.5,
+            dropout: 0.0,
+            training: Arc::new(AtomicBool::new(true)),
+        };
+        let (weight, bias) = (t(7, (out, inp))?, Tensor::from_vec(values(out, 2), out, &dev)?);
+        let x = Var::from_tensor(&t(11, (rows, inp))?)?;
+        let weights = t(13, (rows, out))?;
+        let fused =
+            lora.fused(x.as_tensor(), &weight, Some(&bias)).expect("training without dropout fuses")?;
+        let through_graph =
+            lora.forward(x.as_tensor(), &frozen_matmul(x.as_tensor(), &weight)?.broadcast_add(&bias)?)?;
+        assert_eq!(fused.to_vec2::<f32>()?, through_graph.to_vec2::<f32>()?);
+        let gradients = |y: Tensor| -> candle_core::Result<Vec<Vec<f32>>> {
+            let store = (y * &weights)?.sum_all()?.backward()?;
+            [x.as_tensor(), lora.a.as_tensor(), lora.b.as_tensor()]
+                .iter()
+                .map(|v| store.get(v).expect("every input gets a gradient").flatten_all()?.to_vec1::<f32>())
+                .collect()
+        };
+        for (name, (a, b)) in
+            ["x", "A", "B"].iter().zip(gradients(fused)?.iter().zip(&gradients(through_graph)?))
+        {
+            for (a, b) in a.iter().zip(b) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "gradient of {name}: {a} vs {b}");
+            }
+        }
+        Ok(())
     }
 }
