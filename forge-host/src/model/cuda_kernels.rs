@@ -65,13 +65,8 @@ pub fn causal_softmax_rows_bf16(
     if inputs.iter().any(|(_, l)| l.shape() != shape) {
         return Err(candle_core::Error::Msg(format!("{kernel}: inputs of different shapes")));
     }
-    let views = inputs
-        .iter()
-        .map(|(s, l)| {
-            let (start, end) = contiguous(l, kernel)?;
-            Ok(s.as_cuda_slice::<bf16>()?.slice(start..end))
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let views =
+        inputs.iter().map(|input| view::<bf16>(input, kernel)).collect::<candle_core::Result<Vec<_>>>()?;
     let (seq, total) = (shape.dims()[shape.rank() - 2], shape.dims()[shape.rank() - 1]);
     let dev = inputs[0].0.device.clone();
     // SAFETY: the kernels write every element of `y`.
