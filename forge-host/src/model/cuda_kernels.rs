@@ -312,3 +312,53 @@ pub fn swiglu_backward_bf16(
     })?;
     Ok((both.get(0)?.reshape(gate.shape())?, both.get(1)?.reshape(up.shape())?))
 }
+
+/// Causal attention of contiguous bf16 `q` `(batch, heads, seq, d)` over `k` and `v`
+/// `(batch, kv_heads, total, d)` for d of 64 or 128, as `flash_attention_d{d}_bf16` computes it; the
+/// output is `(batch, seq, heads · d)`. `None` for another head width.
+pub fn flash_attention_bf16(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    past: usize,
+    scale: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    let (b, heads, seq, d) = q.dims4()?;
+    let (kv_heads, total) = (k.dim(1)?, k.dim(2)?);
+    let kernel = match d {
+        64 => "flash_attention_d64_bf16",
+        128 => "flash_attention_d128_bf16",
+        _ => return Ok(None),
+    };
+    // The kernel's tiles (64 query rows, 64 keys; 4 warps of 16 rows): q, k and v tiles and each
+    // warp's probabilities in bf16, each warp's scores and output accumulator in f32.
+    let (bm, bn, warps) = (64, 64, 4);
+    let shared = (bm * d + 2 * bn * d + warps * 16 * bn) * 2 + (warps * 16 * bn + warps * 16 * d) * 4;
+    let out = launch_on_tensors(&[q, k, v], (b, seq, heads * d), |dev, s| {
+        let op = "flash-attention";
+        let (qv, kv, vv) = (view::<bf16>(&s[0], op)?, view::<bf16>(&s[1], op)?, view::<bf16>(&s[2], op)?);
+        // SAFETY: the kernel writes every element.
+        let mut o = unsafe { dev.alloc::<bf16>(b * seq * heads * d)? };
+        let func = function(dev, kernel)?;
+        func.set_attribute(
+            candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            shared as i32,
+        )
+        .map_err(launch_error)?;
+        let stream = dev.cuda_stream();
+        let config = LaunchConfig {
+            grid_dim: (seq.div_ceil(bm) as u32, heads as u32, b as u32),
+            block_dim: (32 * warps as u32, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        let (seq, total, heads, kv_heads, past) =
+            (seq as i32, total as i32, heads as i32, kv_heads as i32, past as i32);
+        let mut launch = stream.launch_builder(&func);
+        launch.arg(&qv).arg(&kv).arg(&vv).arg(&mut o).arg(&seq).arg(&total).arg(&heads).arg(&kv_heads);
+        launch.arg(&past).arg(&scale);
+        // SAFETY: the arguments match the kernel's signature and the buffers' lengths.
+        unsafe { launch.launch(config) }.map_err(launch_error)?;
+        Ok(o)
+    })?;
+    Ok(Some(out))
+}

@@ -230,3 +230,138 @@ extern "C" __global__ void swiglu_backward_bf16(const __nv_bfloat16 *__restrict_
         d[n + i] = __float2bfloat16(y * g * sig);
     }
 }
+
+// Causal attention in the flash-attention style: softmax(scale · q·kᵀ + mask) · v without the
+// (batch, heads, seq, total) scores ever leaving the chip. One block of 4 warps takes 64 query rows
+// of one head (16 a warp) and walks the key tiles of 64 that any of its rows can see; each warp keeps
+// its rows' running max and sum (online softmax) and its output accumulator in shared memory (f32),
+// and multiplies on the tensor cores (WMMA, bf16 in, f32 out). Scores stay f32; the probabilities are
+// rounded to bf16 for p·v, as the elementary path and the peer's SDPA kernels do.
+// q is (batch, heads, seq, D), k and v (batch, kv_heads, total, D) with the query heads of a KV group
+// consecutive; the output is written (batch, seq, heads, D), the layout o_proj reads. forge uses it
+// for generation (one query row), where it replaces five launches a layer; on long sequences the
+// round trips through shared memory make it slower than cuBLAS and causal_softmax_bf16.
+#include <mma.h>
+
+namespace flash {
+constexpr int BM = 64, BN = 64, WARPS = 4;
+
+template <int D>
+constexpr int shared_bytes() {
+    return (BM * D + 2 * BN * D + WARPS * 16 * BN) * 2 + (WARPS * 16 * BN + WARPS * 16 * D) * 4;
+}
+
+// Copies `rows` rows of D bf16 values from `src` (row stride D) into `dst`, 16 bytes a thread at a
+// time, zero-filling rows at or beyond `valid`.
+template <int D>
+__device__ void load_rows(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int rows, int valid) {
+    constexpr int PER_ROW = D / 8;
+    for (int idx = threadIdx.x; idx < rows * PER_ROW; idx += blockDim.x) {
+        const int r = idx / PER_ROW;
+        uint4 value = make_uint4(0, 0, 0, 0);
+        if (r < valid) value = reinterpret_cast<const uint4 *>(src)[idx];
+        reinterpret_cast<uint4 *>(dst)[idx] = value;
+    }
+}
+
+template <int D>
+__device__ void attention(const __nv_bfloat16 *__restrict__ q, const __nv_bfloat16 *__restrict__ k,
+                          const __nv_bfloat16 *__restrict__ v, __nv_bfloat16 *__restrict__ out, int seq, int total,
+                          int heads, int kv_heads, int past, float scale) {
+    using namespace nvcuda;
+    extern __shared__ __align__(16) unsigned char shared[];
+    __nv_bfloat16 *sq = reinterpret_cast<__nv_bfloat16 *>(shared);
+    __nv_bfloat16 *sk = sq + BM * D, *sv = sk + BN * D;
+    __nv_bfloat16 *sp = sv + BN * D;
+    float *ss = reinterpret_cast<float *>(sp + WARPS * 16 * BN);
+    float *so = ss + WARPS * 16 * BN;
+
+    const int b = blockIdx.z, h = blockIdx.y, row0 = blockIdx.x * BM;
+    const int kvh = h / (heads / kv_heads);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const __nv_bfloat16 *qb = q + ((long long)(b * heads + h) * seq + row0) * D;
+    const __nv_bfloat16 *kb = k + (long long)(b * kv_heads + kvh) * total * D;
+    const __nv_bfloat16 *vb = v + (long long)(b * kv_heads + kvh) * total * D;
+    __nv_bfloat16 *wp = sp + warp * 16 * BN;
+    float *ws = ss + warp * 16 * BN, *wo = so + warp * 16 * D;
+
+    load_rows<D>(sq, qb, BM, seq - row0);
+    for (int i = lane; i < 16 * D; i += 32) wo[i] = 0.f;
+    // Each pair of lanes owns one row of the warp's 16: lane r * 2 + half takes half of its columns.
+    const int r = lane / 2, half = lane % 2;
+    const int query = row0 + warp * 16 + r;
+    float m = -INFINITY, l = 0.f;
+    const int keys = min(total, past + row0 + BM);  // the last key any row of the block sees, + 1
+    for (int key0 = 0; key0 < keys; key0 += BN) {
+        __syncthreads();  // every warp is done with the previous tiles
+        load_rows<D>(sk, kb + (long long)key0 * D, BN, total - key0);
+        load_rows<D>(sv, vb + (long long)key0 * D, BN, total - key0);
+        __syncthreads();
+        for (int n = 0; n < BN / 16; ++n) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.f);
+            for (int kk = 0; kk < D / 16; ++kk) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bt;
+                wmma::load_matrix_sync(a, sq + warp * 16 * D + kk * 16, D);
+                wmma::load_matrix_sync(bt, sk + n * 16 * D + kk * 16, D);
+                wmma::mma_sync(acc, a, bt, acc);
+            }
+            wmma::store_matrix_sync(ws + n * 16, acc, BN, wmma::mem_row_major);
+        }
+        __syncwarp();
+        float top = -INFINITY;
+        for (int c = half * (BN / 2); c < (half + 1) * (BN / 2); ++c) {
+            const int key = key0 + c;
+            const float s = (key <= past + query && key < total) ? ws[r * BN + c] * scale : -INFINITY;
+            ws[r * BN + c] = s;
+            top = fmaxf(top, s);
+        }
+        top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 1));
+        const float m_new = fmaxf(m, top);
+        const float correction = m == -INFINITY ? 0.f : __expf(m - m_new);
+        float sum = 0.f;
+        for (int c = half * (BN / 2); c < (half + 1) * (BN / 2); ++c) {
+            const float p = m_new == -INFINITY ? 0.f : __expf(ws[r * BN + c] - m_new);
+            const __nv_bfloat16 rounded = __float2bfloat16(p);
+            sum += __bfloat162float(rounded);
+            wp[r * BN + c] = rounded;
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        l = l * correction + sum;
+        m = m_new;
+        for (int c = half * (D / 2); c < (half + 1) * (D / 2); ++c) wo[r * D + c] *= correction;
+        __syncwarp();
+        for (int n = 0; n < D / 16; ++n) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::load_matrix_sync(acc, wo + n * 16, D, wmma::mem_row_major);
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bv;
+                wmma::load_matrix_sync(a, wp + kk * 16, BN);
+                wmma::load_matrix_sync(bv, sv + kk * 16 * D + n * 16, D);
+                wmma::mma_sync(acc, a, bv, acc);
+            }
+            wmma::store_matrix_sync(wo + n * 16, acc, D, wmma::mem_row_major);
+        }
+        __syncwarp();
+    }
+    if (query < seq) {
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        __nv_bfloat16 *o = out + ((long long)(b * seq + query) * heads + h) * D;
+        for (int c = half * (D / 2); c < (half + 1) * (D / 2); ++c) o[c] = __float2bfloat16(wo[r * D + c] * inv);
+    }
+}
+}  // namespace flash
+
+extern "C" __global__ void __launch_bounds__(128) flash_attention_d64_bf16(
+    const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *out, int seq, int total,
+    int heads, int kv_heads, int past, float scale) {
+    flash::attention<64>(q, k, v, out, seq, total, heads, kv_heads, past, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(128) flash_attention_d128_bf16(
+    const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *out, int seq, int total,
+    int heads, int kv_heads, int past, float scale) {
+    flash::attention<128>(q, k, v, out, seq, total, heads, kv_heads, past, scale);
+}
