@@ -132,18 +132,14 @@ pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
     }
     // Attention through the softmax kernels and their backward, with the recomputing backward; bf16
     // operands of every matmul (as the peer's SDPA kernels have them).
-    // One query row over a cache (generation) goes through the flash-attention kernel for head widths
-    // 64 and 128; the rest through the softmax kernels. `forge kernels` checks both paths' gradients.
-    for ((b, heads, kv, seq, d), past) in
-        [((2, 4, 2, 7, 16), 3), ((2, 14, 2, 1024, 64), 0), ((1, 4, 2, 1, 64), 130), ((2, 8, 2, 1, 128), 299)]
-    {
+    for ((b, heads, kv, seq, d), past) in [((2, 4, 2, 7, 16), 3), ((2, 14, 2, 1024, 64), 0)] {
         let inputs = [
             random(&[b, heads, seq, d], &mut rng, 2.0)?,
             random(&[b, kv, past + seq, d], &mut rng, 2.0)?,
             random(&[b, kv, past + seq, d], &mut rng, 1.0)?,
         ];
         let weights = random(&[b, seq, heads * d], &mut rng, 1.0)?;
-        let attend = |x: &[Tensor]| Ok(causal_attention(&x[0], &x[1], &x[2], past, false)?.0);
+        let attend = |x: &[Tensor]| Ok(causal_attention(&x[0], &x[1], &x[2], past)?.0);
         let shape = vec![b, heads, kv, seq, d];
         checks.push(check(
             "causal_attention",

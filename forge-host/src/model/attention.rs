@@ -99,7 +99,7 @@ impl Attention {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
-        let (out, probs) = causal_attention(&q, &k, &v, past, observer.is_some())?;
+        let (out, probs) = causal_attention(&q, &k, &v, past)?;
         // The heads' outputs side by side, `(b, s, heads · d)`: a head's mask covers its d columns.
         let out = match head_mask {
             Some(mask) => {
@@ -109,7 +109,7 @@ impl Attention {
             }
             None => out,
         };
-        if let (Some(observer), Some(probs)) = (observer, probs) {
+        if let Some(observer) = observer {
             let heads_out = out.reshape((b, s, self.heads, d))?.transpose(1, 2)?;
             observer.observe(self.layer, &probs, &heads_out)?;
         }

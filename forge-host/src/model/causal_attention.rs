@@ -56,18 +56,14 @@ impl Dims {
 /// Attends `q` `(batch, heads, seq, head_dim)` over `k` and `v` `(batch, kv_heads, past + seq, head_dim)`,
 /// where query position i sees keys `0..=past + i`. Returns the output `(batch, seq, heads · head_dim)`
 /// (the heads' outputs side by side, as `o_proj` reads them: the transpose happens outside the graph,
-/// where it costs the backward no extra copy) and, when `keep_probs` (for observers), the
-/// probabilities `(batch, heads, seq, past + seq)`, outside the graph.
-///
-/// Generating on CUDA in bf16 (one query row, no `keep_probs`), the forward is one flash-attention
-/// kernel; otherwise q·kᵀ, the causal softmax kernel and p·v.
+/// where it costs the backward no extra copy) and, outside the graph (for observers), the
+/// probabilities `(batch, heads, seq, past + seq)`.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     past: usize,
-    keep_probs: bool,
-) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+) -> candle_core::Result<(Tensor, Tensor)> {
     let (batch, heads, seq, head_dim) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     if heads % kv_heads != 0 {
@@ -76,46 +72,16 @@ pub fn causal_attention(
     let scale = 1.0 / (head_dim as f64).sqrt();
     let dims = Dims { batch, heads, kv_heads, seq, scale, past };
     let (q0, k0, v0) = (q.detach(), k.detach(), v.detach());
-    let (out, probs) = match flash(&q0, &k0, &v0, &dims, keep_probs)? {
-        Some(out) => (out, None),
-        None => {
-            let device = q.device();
-            let scores = section("attention q·kᵀ", device, || scores(&q0, &k0, &dims))?;
-            let probs = section("attention softmax", device, || causal_softmax(&scores, scale, past))?;
-            drop(scores);
-            let out =
-                section("attention p·v", device, || dims.tokens_first(&dims.grouped(&probs)?.matmul(&v0)?))?;
-            (out, keep_probs.then_some(probs))
-        }
-    };
+    let device = q.device();
+    let scores = section("attention q·kᵀ", device, || scores(&q0, &k0, &dims))?;
+    let probs = section("attention softmax", device, || causal_softmax(&scores, scale, past))?;
+    drop(scores);
+    let out = section("attention p·v", device, || dims.tokens_first(&dims.grouped(&probs)?.matmul(&v0)?))?;
     let out = with_gradients("attention backward", [q, k, v], out, move |grad, _| {
         let (gq, gk, gv) = backward(&q0, &k0, &v0, grad, &dims)?;
         Ok([Some(gq), Some(gk), Some(gv)])
     })?;
     Ok((out, probs))
-}
-
-/// The output from forge's flash-attention kernel, where it applies: CUDA, bf16, a head width it was
-/// built for, no one asking for the probabilities, and one query row. Measured on H100, one kernel
-/// instead of five launches per layer took generation from 120 to 173 tokens/s on qwen2.5-0.5b; at
-/// 8 × 1024 it ran at half the speed of cuBLAS and the softmax kernel (eval 189k → 92k tokens/s): its
-/// WMMA tiles round-trip the scores and the output accumulator through shared memory, where a
-/// faster kernel keeps them in registers.
-#[allow(unused_variables)]
-fn flash(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    dims: &Dims,
-    keep_probs: bool,
-) -> candle_core::Result<Option<Tensor>> {
-    #[cfg(feature = "cuda")]
-    if dims.seq == 1 && !keep_probs && q.device().is_cuda() && q.dtype() == candle_core::DType::BF16 {
-        return section("attention (flash)", q.device(), || {
-            super::cuda_kernels::flash_attention_bf16(q, k, v, dims.past, dims.scale as f32)
-        });
-    }
-    Ok(None)
 }
 
 /// The unscaled scores q·kᵀ, `(batch, heads, seq, total)`.
@@ -211,7 +177,7 @@ mod tests {
         for past in [0, 2] {
             let (want, want_grads) = gradients(&|q, k, v| reference(q, k, v, past), past, DType::F64)?;
             let (got, got_grads) =
-                gradients(&|q, k, v| Ok(causal_attention(q, k, v, past, false)?.0), past, DType::F32)?;
+                gradients(&|q, k, v| Ok(causal_attention(q, k, v, past)?.0), past, DType::F32)?;
             assert!(rel_diff(&got, &want)? < 1e-6, "past {past}: output");
             for (name, (g, w)) in ["q", "k", "v"].iter().zip(got_grads.iter().zip(&want_grads)) {
                 assert!(rel_diff(g, w)? < 1e-5, "past {past}: gradient of {name} off by {}", rel_diff(g, w)?);
@@ -223,8 +189,7 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() -> candle_core::Result<()> {
         let past = 1;
-        let (_, analytic) =
-            gradients(&|q, k, v| Ok(causal_attention(q, k, v, past, false)?.0), past, DType::F32)?;
+        let (_, analytic) = gradients(&|q, k, v| Ok(causal_attention(q, k, v, past)?.0), past, DType::F32)?;
         let [q, k, v, weights] = inputs(past, DType::F64)?;
         let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> candle_core::Result<f64> {
             (reference(q, k, v, past)? * &weights)?.sum_all()?.to_scalar::<f64>()
@@ -257,11 +222,9 @@ mod tests {
     #[test]
     fn nothing_is_joined_without_a_tracked_input() -> candle_core::Result<()> {
         let [q, k, v, _] = inputs(0, DType::F32)?;
-        let (out, probs) = causal_attention(&q, &k, &v, 0, true)?;
-        let probs = probs.expect("the probabilities were asked for");
+        let (out, probs) = causal_attention(&q, &k, &v, 0)?;
         assert!(!out.track_op() && !probs.track_op());
         assert_eq!(probs.dims4()?, (2, 4, 3, 3));
-        assert!(causal_attention(&q, &k, &v, 0, false)?.1.is_none());
         Ok(())
     }
 }
