@@ -37,10 +37,6 @@ fn launch_error(e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("CUDA launch: {e}"))
 }
 
-fn contiguous(layout: &Layout, op: &'static str) -> candle_core::Result<(usize, usize)> {
-    layout.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })
-}
-
 /// One block of `threads` per row, for the kernels that reduce over a row.
 fn per_row(rows: usize, threads: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
@@ -92,12 +88,10 @@ pub fn row_nll_bf16(
     targets: &CudaStorage,
     targets_layout: &Layout,
 ) -> candle_core::Result<CudaStorage> {
-    let ((ls, le), (ts, te)) =
-        (contiguous(logits_layout, "row-nll")?, contiguous(targets_layout, "row-nll")?);
-    let (rows, vocab) = (te - ts, logits_layout.dims()[logits_layout.dims().len() - 1]);
+    let x = view::<bf16>(&(logits, logits_layout), "row-nll")?;
+    let t = view::<u32>(&(targets, targets_layout), "row-nll")?;
+    let (rows, vocab) = (t.len(), logits_layout.dims()[logits_layout.dims().len() - 1]);
     let dev = logits.device.clone();
-    let x = logits.as_cuda_slice::<bf16>()?.slice(ls..le);
-    let t = targets.as_cuda_slice::<u32>()?.slice(ts..te);
     // SAFETY: the kernel writes every row's value.
     let mut nll = unsafe { dev.alloc::<f32>(rows)? };
     let func = function(&dev, "row_nll_bf16")?;
@@ -119,16 +113,14 @@ pub fn rms_norm_bf16(
     wl: &Layout,
     eps: f32,
 ) -> candle_core::Result<CudaStorage> {
-    let ((xs, xe), (ws, we)) = (contiguous(xl, "rms-norm")?, contiguous(wl, "rms-norm")?);
-    let n = we - ws;
+    let (xv, wv) = (view::<bf16>(&(x, xl), "rms-norm")?, view::<bf16>(&(w, wl), "rms-norm")?);
+    let n = wv.len();
     let dev = x.device.clone();
-    let xv = x.as_cuda_slice::<bf16>()?.slice(xs..xe);
-    let wv = w.as_cuda_slice::<bf16>()?.slice(ws..we);
     // SAFETY: the kernel writes every element.
-    let mut y = unsafe { dev.alloc::<bf16>(xe - xs)? };
+    let mut y = unsafe { dev.alloc::<bf16>(xv.len())? };
     let func = function(&dev, "rms_norm_bf16")?;
     let stream = dev.cuda_stream();
-    let config = per_row((xe - xs) / n, 256);
+    let config = per_row(xv.len() / n, 256);
     let n = n as i32;
     let mut launch = stream.launch_builder(&func);
     launch.arg(&xv).arg(&wv).arg(&mut y).arg(&n).arg(&eps);
@@ -148,18 +140,15 @@ pub fn rope_bf16(
     sin: &CudaStorage,
     sl: &Layout,
 ) -> candle_core::Result<CudaStorage> {
-    let (xs, xe) = contiguous(xl, "rope")?;
-    let ((cs, ce), (ss, se)) = (contiguous(cl, "rope")?, contiguous(sl, "rope")?);
+    let xv = view::<bf16>(&(x, xl), "rope")?;
+    let (cv, sv) = (view::<bf16>(&(cos, cl), "rope")?, view::<bf16>(&(sin, sl), "rope")?);
     let (b, s, h, d) = xl.shape().dims4()?;
     let dev = x.device.clone();
-    let xv = x.as_cuda_slice::<bf16>()?.slice(xs..xe);
-    let cv = cos.as_cuda_slice::<bf16>()?.slice(cs..ce);
-    let sv = sin.as_cuda_slice::<bf16>()?.slice(ss..se);
     // SAFETY: the kernel writes every element.
-    let mut y = unsafe { dev.alloc::<bf16>(xe - xs)? };
+    let mut y = unsafe { dev.alloc::<bf16>(xv.len())? };
     let func = function(&dev, "rope_bf16")?;
     let stream = dev.cuda_stream();
-    let config = grid_stride((xe - xs) / 2);
+    let config = grid_stride(xv.len() / 2);
     let (b, s, h, d) = (b as i32, s as i32, h as i32, d as i32);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&xv).arg(&cv).arg(&sv).arg(&mut y).arg(&b).arg(&s).arg(&h).arg(&d);
@@ -175,16 +164,14 @@ pub fn swiglu_bf16(
     up: &CudaStorage,
     ul: &Layout,
 ) -> candle_core::Result<CudaStorage> {
-    let ((gs, ge), (us, ue)) = (contiguous(gl, "swiglu")?, contiguous(ul, "swiglu")?);
+    let (g, u) = (view::<bf16>(&(gate, gl), "swiglu")?, view::<bf16>(&(up, ul), "swiglu")?);
     let dev = gate.device.clone();
-    let g = gate.as_cuda_slice::<bf16>()?.slice(gs..ge);
-    let u = up.as_cuda_slice::<bf16>()?.slice(us..ue);
-    let n = (ge - gs) as i64;
+    let n = g.len() as i64;
     // SAFETY: the kernel writes every element.
-    let mut y = unsafe { dev.alloc::<bf16>(ge - gs)? };
+    let mut y = unsafe { dev.alloc::<bf16>(g.len())? };
     let func = function(&dev, "swiglu_bf16")?;
     let stream = dev.cuda_stream();
-    let config = grid_stride(ge - gs);
+    let config = grid_stride(g.len());
     let mut launch = stream.launch_builder(&func);
     launch.arg(&g).arg(&u).arg(&mut y).arg(&n);
     // SAFETY: the arguments match the kernel's signature and the buffers' lengths.
@@ -219,7 +206,7 @@ fn view<'a, T: DeviceRepr + candle_core::cuda_backend::CudaDType>(
     input: &(&'a CudaStorage, &Layout),
     op: &'static str,
 ) -> candle_core::Result<CudaView<'a, T>> {
-    let (start, end) = contiguous(input.1, op)?;
+    let (start, end) = input.1.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })?;
     Ok(input.0.as_cuda_slice::<T>()?.slice(start..end))
 }
 

@@ -147,13 +147,16 @@ extern "C" __global__ void rms_norm_backward_bf16(const __nv_bfloat16 *__restric
 }
 
 // Where rotary pair `idx` of a (batch, seq, heads, d) tensor lives: its offsets in that layout and in
-// (batch, heads, seq, d), the position s and the index i < d / 2 of its first element.
+// (batch, heads, seq, d), the index i < d / 2 of its first element, and the cos and sin table entries
+// of its two elements at its position.
 struct RopePair {
     long long tokens_first, heads_first;
-    int s, i;
+    int i;
+    float c1, c2, s1, s2;
 };
 
-__device__ RopePair rope_pair(long long idx, int seq, int heads, int d) {
+__device__ RopePair rope_pair(long long idx, int seq, int heads, int d, const __nv_bfloat16 *__restrict__ cos,
+                              const __nv_bfloat16 *__restrict__ sin) {
     const int half = d / 2;
     const int i = idx % half;
     long long rest = idx / half;
@@ -161,7 +164,14 @@ __device__ RopePair rope_pair(long long idx, int seq, int heads, int d) {
     rest /= heads;
     const int s = rest % seq;
     const long long b = rest / seq;
-    return {((b * seq + s) * heads + h) * d, ((b * heads + h) * seq + s) * d, s, i};
+    const int t = s * d + i;
+    return {((b * seq + s) * heads + h) * d,
+            ((b * heads + h) * seq + s) * d,
+            i,
+            __bfloat162float(cos[t]),
+            __bfloat162float(cos[t + half]),
+            __bfloat162float(sin[t]),
+            __bfloat162float(sin[t + half])};
 }
 
 // Rotary embedding of x laid out (batch, seq, heads, d), written as (batch, heads, seq, d): the
@@ -174,13 +184,12 @@ extern "C" __global__ void rope_bf16(const __nv_bfloat16 *__restrict__ x, const 
     const long long total = (long long)batch * seq * heads * half;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
-        const RopePair p = rope_pair(idx, seq, heads, d);
-        const int s = p.s, i = p.i;
+        const RopePair p = rope_pair(idx, seq, heads, d, cos, sin);
+        const int i = p.i;
         const __nv_bfloat16 *xr = x + p.tokens_first;
         __nv_bfloat16 *yr = y + p.heads_first;
         const float x1 = __bfloat162float(xr[i]), x2 = __bfloat162float(xr[i + half]);
-        const float c1 = __bfloat162float(cos[s * d + i]), c2 = __bfloat162float(cos[s * d + i + half]);
-        const float s1 = __bfloat162float(sin[s * d + i]), s2 = __bfloat162float(sin[s * d + i + half]);
+        const float c1 = p.c1, c2 = p.c2, s1 = p.s1, s2 = p.s2;
         const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
         yr[i] = __float2bfloat16(r(x1 * c1) + r(-x2 * s1));
         yr[i + half] = __float2bfloat16(r(x2 * c2) + r(x1 * s2));
@@ -206,13 +215,12 @@ extern "C" __global__ void rope_backward_bf16(const __nv_bfloat16 *__restrict__ 
     const long long total = (long long)batch * seq * heads * half;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
-        const RopePair p = rope_pair(idx, seq, heads, d);
-        const int s = p.s, i = p.i;
+        const RopePair p = rope_pair(idx, seq, heads, d, cos, sin);
+        const int i = p.i;
         const __nv_bfloat16 *gr = dy + p.heads_first;
         __nv_bfloat16 *dr = dx + p.tokens_first;
         const float g1 = __bfloat162float(gr[i]), g2 = __bfloat162float(gr[i + half]);
-        const float c1 = __bfloat162float(cos[s * d + i]), c2 = __bfloat162float(cos[s * d + i + half]);
-        const float s1 = __bfloat162float(sin[s * d + i]), s2 = __bfloat162float(sin[s * d + i + half]);
+        const float c1 = p.c1, c2 = p.c2, s1 = p.s1, s2 = p.s2;
         dr[i] = __float2bfloat16(g1 * c1 + g2 * s2);
         dr[i + half] = __float2bfloat16(g2 * c2 - g1 * s1);
     }
