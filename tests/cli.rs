@@ -277,8 +277,9 @@ fn a_sharded_checkpoint_loads_like_the_single_file() {
     std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
 
     let load = |path: &Path| {
-        let folder = forge_host::model::ModelFolder::open(path).unwrap();
-        let model = folder.load(candle_core::DType::F32, &Device::Cpu).unwrap();
+        let folder = forge_host::loader::ModelFolder::open(path).unwrap();
+        let model =
+            forge_host::model::CausalLm::load(&folder, candle_core::DType::F32, &Device::Cpu).unwrap();
         model.logits(&Tensor::new(&[[1u32, 2, 3, 500]], &Device::Cpu).unwrap(), None).unwrap()
     };
     assert_eq!(rel_diff(&load(dir.path()), &load(&fixture("tiny-llama"))), 0.0);

@@ -2,7 +2,7 @@
 //! error or a value — never a panic.
 mod common;
 
-use forge_host::model::{ModelConfig, WeightStore};
+use forge_host::loader::{ModelConfig, WeightStore};
 use proptest::prelude::*;
 
 fn open_bytes(bytes: &[u8]) -> Result<WeightStore, forge_host::Error> {

@@ -6,11 +6,12 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use forge_host::generate::{generate, SamplingConfig};
-use forge_host::model::ModelFolder;
+use forge_host::loader::ModelFolder;
+use forge_host::model::CausalLm;
 
 fn logits_match(model_dir: std::path::PathBuf, reference: &str) {
     let folder = ModelFolder::open(&model_dir).unwrap();
-    let model = folder.load(DType::F32, &Device::Cpu).unwrap();
+    let model = CausalLm::load(&folder, DType::F32, &Device::Cpu).unwrap();
     let tensors = candle_core::safetensors::load(fixture("reference").join(reference), &Device::Cpu).unwrap();
     let ids = tensors["input_ids"].to_dtype(DType::U32).unwrap();
     let want = &tensors["logits"];
@@ -40,7 +41,7 @@ fn greedy_continuations_match_transformers_token_for_token() {
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture("reference/tiny-qwen3.json")).unwrap()).unwrap();
     let folder = ModelFolder::open(&tiny_qwen3()).unwrap();
-    let model = folder.load(DType::F32, &Device::Cpu).unwrap();
+    let model = CausalLm::load(&folder, DType::F32, &Device::Cpu).unwrap();
     let tokenizer = folder.tokenizer().unwrap();
     for case in reference["greedy"].as_array().unwrap() {
         let ids = |key: &str| -> Vec<u32> {
@@ -65,7 +66,7 @@ fn greedy_continuations_match_transformers_token_for_token() {
 #[test]
 fn cached_decoding_gives_the_logits_of_a_full_pass() {
     let folder = ModelFolder::open(&tiny_qwen3()).unwrap();
-    let model = folder.load(DType::F32, &Device::Cpu).unwrap();
+    let model = CausalLm::load(&folder, DType::F32, &Device::Cpu).unwrap();
     let ids: Vec<u32> = (0..12).map(|i| (i * 677 + 5) % 8192).collect();
     let full = model
         .logits(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), None)

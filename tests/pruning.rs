@@ -7,7 +7,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use forge_api::HeadMask;
-use forge_host::model::ModelFolder;
+use forge_host::loader::ModelFolder;
+use forge_host::model::CausalLm;
 use forge_host::outputs::{save_pruned, SaveMode};
 
 /// The mask of the reference number in the issue: transformers gives code-valid perplexity 10.8663
@@ -17,7 +18,7 @@ const REFERENCE_MASK: &str =
 
 fn logits(model_dir: &Path, mask: Option<&HeadMask>) -> Tensor {
     let folder = ModelFolder::open(model_dir).unwrap();
-    let mut model = folder.load(DType::F32, &Device::Cpu).unwrap();
+    let mut model = CausalLm::load(&folder, DType::F32, &Device::Cpu).unwrap();
     if let Some(mask) = mask {
         model.apply_head_mask(mask).unwrap();
     }

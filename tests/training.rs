@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
-use forge_host::model::{CausalLm, ModelFolder};
+use forge_host::loader::ModelFolder;
+use forge_host::model::CausalLm;
 use forge_host::strategies::adapters::{load_adapter, AttachedAdapter};
 use forge_host::strategies::Registry;
 use forge_host::training::loss_and_grads;
 
 fn model(path: &std::path::Path) -> CausalLm {
-    ModelFolder::open(path).unwrap().load(DType::F32, &Device::Cpu).unwrap()
+    CausalLm::load(&ModelFolder::open(path).unwrap(), DType::F32, &Device::Cpu).unwrap()
 }
 
 fn lora(model: &mut CausalLm, targets: &str, rank: u64) -> Box<dyn AttachedAdapter> {

@@ -28,6 +28,11 @@ pub trait Optimizer {
     fn update(&mut self, id: usize, params: &mut [f32], grads: &[f32], lr: f64) -> Result<(), StrategyError>;
     /// Bytes of state held now.
     fn state_bytes(&self) -> usize;
+    /// Bytes of state the optimizer will hold per trainable value, for memory budgets before any
+    /// step (default: two f32 moments, AdamW's).
+    fn state_bytes_per_value(&self) -> f64 {
+        8.0
+    }
     /// The whole state, to save.
     fn state(&self) -> Result<Vec<StateTensor>, StrategyError>;
     /// Restores a state returned by [`Optimizer::state`].

@@ -27,6 +27,9 @@ pub enum Error {
     /// A tensor operation failed: a bug or an exhausted device, not the user's input.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// SIGINT or SIGTERM stopped the work at a safe point; the message says how to go on.
+    #[error("interrupted{0}")]
+    Interrupted(String),
 }
 
 impl Error {
@@ -45,6 +48,8 @@ impl Error {
         match self {
             Error::BadInput(_) | Error::Io { .. } => 2,
             Error::Tensor(_) | Error::Strategy(_) => 1,
+            // As a shell reports a process ended by SIGINT.
+            Error::Interrupted(_) => 130,
         }
     }
 }

@@ -4,8 +4,8 @@
 use candle_core::{Tensor, D};
 
 use crate::model::{CausalLm, KvCache};
-use crate::runtime::SplitMix64;
 use crate::{bad_input, Result};
+use forge_kernels::SplitMix64;
 
 /// How to pick each next token.
 #[derive(Clone, Debug)]

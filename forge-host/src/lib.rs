@@ -1,13 +1,17 @@
 //! forge: find the attention heads that matter for a domain, remove the rest, recover with adapters,
 //! and write a smaller model — on Candle, CPU or CUDA.
 //!
-//! The modules follow the flow of work: [`data`] → [`tokenizer`] → [`model`] → [`eval`] and
-//! [`generate`] → [`cli`], with [`runtime`] for devices and memory.
+//! The modules follow the flow of work: [`data`] → [`tokenizer`] → [`loader`] → [`model`] (layers,
+//! on [`autograd`] and the fused ops of `forge-kernels`) → [`strategies`] → [`training`] → [`eval`]
+//! and [`generate`] → [`pipeline`] → [`outputs`], driven by [`cli`]; [`runtime`] for devices and memory.
+pub mod autograd;
 pub mod cli;
 pub mod data;
+pub mod defaults;
 mod error;
 pub mod eval;
 pub mod generate;
+pub mod loader;
 pub mod model;
 pub mod outputs;
 pub mod pipeline;

@@ -3,6 +3,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::defaults;
+
 use super::{ModelArgs, Runtime};
 use crate::data::{Documents, TokenWindows};
 use crate::strategies::Registry;
@@ -18,13 +20,13 @@ pub struct EvalArgs {
     #[arg(long)]
     data: PathBuf,
     /// Tokens per window; each window scores its seq_len - 1 next-token predictions.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = defaults::EVAL_SEQ_LEN)]
     seq_len: usize,
     /// Score only the first N windows [default: all].
     #[arg(long)]
     max_windows: Option<usize>,
     /// Windows per forward pass: more is faster until memory runs out.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     batch_size: usize,
     /// Untimed passes over the first batch before measuring speed (GPU warm-up); results are unchanged.
     #[arg(long, default_value_t = 0)]
@@ -41,7 +43,10 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     if args.max_windows == Some(0) {
         return Err(bad_input!("--max-windows is 0; give at least 1, or leave it out to score all windows"));
     }
-    let (folder, mut model) = args.model.load(rt)?;
+    if args.seq_len < 2 {
+        return Err(bad_input!("--seq-len is {}; a window needs at least 2 tokens", args.seq_len));
+    }
+    let (folder, mut model) = args.model.load(rt, &[(args.seq_len, "--seq-len")])?;
     args.adapter.apply(&mut model, registry)?;
     let tokenizer = folder.tokenizer()?;
     let windows = TokenWindows::from_documents(

@@ -43,10 +43,14 @@ struct GenerateReport {
 }
 
 pub fn run(args: GenerateArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
-    let (folder, mut model) = args.model.load(rt)?;
-    args.adapter.apply(&mut model, registry)?;
+    let folder = crate::loader::ModelFolder::open(&args.model.model)?;
     let tokenizer = folder.tokenizer()?;
     let prompt_ids = tokenizer.encode(&args.prompt)?;
+    let what =
+        format!("the prompt ({} tokens) and --max-new-tokens {}", prompt_ids.len(), args.max_new_tokens);
+    folder.config.check_context(prompt_ids.len() + args.max_new_tokens, &what)?;
+    let mut model = args.model.build(&folder, rt)?;
+    args.adapter.apply(&mut model, registry)?;
     let config = SamplingConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,

@@ -2,7 +2,7 @@
 use clap::Args;
 use serde::Serialize;
 
-use crate::model::ModelFolder;
+use crate::loader::ModelFolder;
 use crate::Result;
 
 #[derive(Args, Debug)]

@@ -5,7 +5,8 @@ use candle_core::{DType, Device};
 use clap::Args;
 use serde::Serialize;
 
-use crate::model::ModelFolder;
+use crate::loader::ModelFolder;
+use crate::model::CausalLm;
 use crate::outputs::{source_config, stored_tensors, write_model_folder};
 use crate::strategies::adapters::{load_adapter, merge_into};
 use crate::strategies::Registry;
@@ -35,8 +36,9 @@ struct MergeReport {
 }
 
 pub fn run(args: MergeArgs, registry: &Registry) -> Result<()> {
+    crate::outputs::check_out(&args.out, &[args.model.as_path(), args.adapter.as_path()], "--out")?;
     let folder = ModelFolder::open(&args.model)?;
-    let mut model = folder.load(DType::F32, &Device::Cpu)?;
+    let mut model = CausalLm::load(&folder, DType::F32, &Device::Cpu)?;
     let adapter = load_adapter(&args.adapter, &mut model, registry)?;
     let mut tensors = stored_tensors(&folder)?;
     let merged_tensors = merge_into(&mut tensors, adapter.as_ref())?;

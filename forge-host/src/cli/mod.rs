@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
-use crate::model::{CausalLm, ModelFolder};
+use crate::loader::ModelFolder;
+use crate::model::CausalLm;
 use crate::runtime::{parse_device, resolve_dtype, DeviceChoice};
 use crate::strategies::Registry;
 use crate::{bad_input, Error, Result};
@@ -146,11 +147,21 @@ impl GlobalArgs {
 }
 
 impl ModelArgs {
-    /// Opens the folder, builds the decoder and applies the mask, if any.
-    fn load(&self, rt: &Runtime) -> Result<(ModelFolder, CausalLm)> {
-        let started = std::time::Instant::now();
+    /// Opens the folder, checks the positions the command will ask for (`(tokens, flag)`) against the
+    /// model's context, builds the decoder and applies the mask, if any.
+    fn load(&self, rt: &Runtime, positions: &[(usize, &str)]) -> Result<(ModelFolder, CausalLm)> {
         let folder = ModelFolder::open(&self.model)?;
-        let mut model = folder.load(rt.dtype, &rt.device)?;
+        for &(tokens, flag) in positions {
+            folder.config.check_context(tokens, flag)?;
+        }
+        let model = self.build(&folder, rt)?;
+        Ok((folder, model))
+    }
+
+    /// Builds the decoder of an opened folder and applies the mask, if any.
+    fn build(&self, folder: &ModelFolder, rt: &Runtime) -> Result<CausalLm> {
+        let started = std::time::Instant::now();
+        let mut model = CausalLm::load(folder, rt.dtype, &rt.device)?;
         if let Some(path) = &self.mask {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
             let mask =
@@ -165,7 +176,7 @@ impl ModelArgs {
             rt.device.location(),
             rt.dtype
         );
-        Ok((folder, model))
+        Ok(model)
     }
 }
 
@@ -190,8 +201,9 @@ pub fn main() -> i32 {
         .with_target(false)
         .without_time()
         .init();
+    crate::runtime::interrupt::install();
     let result = run(cli);
-    if let Some(profile) = crate::runtime::profile::report() {
+    if let Some(profile) = forge_kernels::profile::report() {
         eprintln!("{profile}");
     }
     match result {

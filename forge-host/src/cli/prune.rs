@@ -73,7 +73,9 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     if let Some(name) = args.scoring.scorer() {
         registry.find(forge_api::StrategyKind::Scorer, name)?;
     }
-    let (folder, mut model) = args.model.load(rt)?;
+    let positions = args.scoring.check()?;
+    crate::outputs::check_out(&args.out, &[args.model.model.as_path()], "--out")?;
+    let (folder, mut model) = args.model.load(rt, &[positions])?;
     let geometry = folder.config.geometry();
     let scores = match (&args.scores, args.scoring.scorer()) {
         (Some(path), _) => {

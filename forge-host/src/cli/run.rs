@@ -60,7 +60,7 @@ pub fn run(args: RunArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     });
     super::emit(&summary, args.json, |_| {
         let metric = &report.guard_metric;
-        let get = |m: &crate::pipeline::Metrics| m.get(metric).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let get = |m: &forge_api::Metrics| m.get(metric).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         format!(
             "{} → {} heads, {} → {} parameters; {metric} {:.4} → {:.4}; report in {}",
             report.heads_before,

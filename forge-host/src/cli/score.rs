@@ -2,12 +2,15 @@
 use std::path::PathBuf;
 
 use clap::Args;
+
+use crate::defaults;
 use forge_api::{HeadScores, Options};
 use serde::Serialize;
 
 use super::{ModelArgs, Runtime};
 use crate::data::{Documents, TokenWindows};
-use crate::model::{CausalLm, ModelFolder};
+use crate::loader::ModelFolder;
+use crate::model::CausalLm;
 use crate::outputs::{heatmap_svg, write_atomic, write_json_atomic};
 use crate::strategies::{ModelProbes, Registry};
 use crate::{Error, Result};
@@ -25,17 +28,36 @@ pub struct ScoringArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Calibration windows taken from the start of --data.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = defaults::CALIB_WINDOWS)]
     calib_windows: usize,
     /// Tokens per calibration window.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = defaults::CALIB_SEQ_LEN)]
     calib_seq_len: usize,
     /// Calibration windows per forward (and backward) pass.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     calib_batch_size: usize,
 }
 
 impl ScoringArgs {
+    /// Refuses calibration settings that can score nothing, before the model loads; returns the
+    /// positions a calibration window asks of the model.
+    pub fn check(&self) -> Result<(usize, &'static str)> {
+        if self.calib_windows == 0 || self.calib_batch_size == 0 {
+            return Err(crate::bad_input!(
+                "--calib-windows and --calib-batch-size must be at least 1 (given {} and {})",
+                self.calib_windows,
+                self.calib_batch_size
+            ));
+        }
+        if self.calib_seq_len < 2 {
+            return Err(crate::bad_input!(
+                "--calib-seq-len is {}; a window needs at least 2 tokens",
+                self.calib_seq_len
+            ));
+        }
+        Ok((self.calib_seq_len, "--calib-seq-len"))
+    }
+
     /// The name of the scorer, if one was given.
     pub fn scorer(&self) -> Option<&str> {
         self.scorer.as_deref()
@@ -107,7 +129,8 @@ pub fn run(args: ScoreArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         .scorer()
         .ok_or_else(|| crate::bad_input!("give --scorer NAME (`forge list` shows them)"))?;
     registry.find(forge_api::StrategyKind::Scorer, name)?;
-    let (folder, mut model) = args.model.load(rt)?;
+    let positions = args.scoring.check()?;
+    let (folder, mut model) = args.model.load(rt, &[positions])?;
     let (scores, options) = args.scoring.score(name, registry, &folder, &mut model, rt)?;
     let report = ScoreReport { scorer: name, options: &options, scores: &scores.scores };
     if let Some(path) = &args.out {

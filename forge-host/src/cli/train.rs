@@ -3,6 +3,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
+
+use crate::defaults;
 use forge_api::{Options, StateData};
 use serde::Serialize;
 
@@ -49,16 +51,16 @@ pub struct TrainArgs {
     #[arg(long = "optimizer-opt", value_name = "KEY=VALUE")]
     optimizer_opts: Vec<String>,
     /// Peak learning rate (after warm-up; cosine decay to zero at the last step).
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = defaults::LR)]
     lr: f64,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = defaults::TRAIN_STEPS)]
     steps: usize,
     /// Windows per micro-batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     batch_size: usize,
     /// Tokens per training window.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = defaults::TRAIN_SEQ_LEN)]
     seq_len: usize,
     /// Micro-batches per optimizer step (gradient accumulation).
     #[arg(long, default_value_t = 1)]
@@ -67,7 +69,7 @@ pub struct TrainArgs {
     #[arg(long)]
     warmup_steps: Option<usize>,
     /// Clip the global gradient norm to this; 0 turns clipping off.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults::CLIP_NORM)]
     clip_norm: f64,
     /// Recompute each decoder layer in the backward pass instead of storing its activations (less memory, more time).
     #[arg(long)]
@@ -76,10 +78,10 @@ pub struct TrainArgs {
     #[arg(long)]
     eval_data: Option<PathBuf>,
     /// Windows of --eval-data to score.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = defaults::EVAL_WINDOWS)]
     eval_windows: usize,
     /// Tokens per evaluation window.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = defaults::EVAL_SEQ_LEN)]
     eval_seq_len: usize,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
@@ -117,7 +119,7 @@ fn eval_windows(path: &std::path::Path, tokenizer: &Tokenizer, args: &TrainArgs)
 }
 
 fn evaluate(model: &CausalLm, windows: &TokenWindows, quiet: bool) -> Result<PerplexityReport> {
-    perplexity(model, windows, 4, 0, quiet)
+    perplexity(model, windows, defaults::BATCH_SIZE, 0, quiet)
 }
 
 pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
@@ -151,7 +153,14 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     };
     section.validate(&adapter_options, "--")?;
     let config = section.train_config(rt.seed);
-    let (folder, mut model) = args.model.load(rt)?;
+    let folder = crate::loader::ModelFolder::open(&args.model.model)?;
+    folder.config.check_context(args.seq_len, "--seq-len")?;
+    if args.eval_data.is_some() {
+        folder.config.check_context(args.eval_seq_len, "--eval-seq-len")?;
+    }
+    adapter.trainable_values(&folder.config)?;
+    crate::outputs::check_out(&args.out, &[args.model.model.as_path()], "--out")?;
+    let mut model = args.model.build(&folder, rt)?;
     let tokenizer = folder.tokenizer()?;
     let windows = TokenWindows::from_documents(Documents::open(&args.data)?, &tokenizer, args.seq_len, None)?;
     let eval_set = args.eval_data.as_ref().map(|p| eval_windows(p, &tokenizer, &args)).transpose()?;

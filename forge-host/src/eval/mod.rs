@@ -1,4 +1,4 @@
 //! Evaluation of a model on data.
 mod perplexity;
 
-pub use perplexity::{perplexity, PerplexityReport};
+pub use perplexity::{perplexity, rows_nll, PerplexityReport};

@@ -33,6 +33,14 @@ pub struct PerplexityReport {
     pub peak_memory_bytes: u64,
 }
 
+/// The next-token NLL of each row of `ids` `(rows, seq)`: `seq − 1` values a row. The one evaluation
+/// path: `forge eval`, `forge train --eval-data` and the `perplexity` evaluator of `forge run` (through
+/// [`ModelEvalContext`](crate::strategies::evaluators::ModelEvalContext)) all score windows here, in
+/// batches, so their numbers agree to the last digit.
+pub fn rows_nll(model: &CausalLm, ids: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(model.next_token_nll(ids)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+}
+
 /// Scores every window of `windows`, `batch_size` at a time. `warmup` extra passes over the first
 /// batch run before the clock starts (on a GPU the first passes pay for kernel loading and library
 /// set-up); they do not change the result.
@@ -51,16 +59,16 @@ pub fn perplexity(
         Ok(Tensor::from_slice(windows.batch(start, rows), (rows, seq_len), model.device())?)
     };
     for _ in 0..warmup {
-        model.next_token_nll(&batch(0)?)?.sum_all()?.to_scalar::<f32>()?;
+        rows_nll(model, &batch(0)?)?;
     }
     let bar = progress::bar(count as u64, "windows", quiet);
     bar.set_message("evaluating");
     let started = Instant::now();
     let mut nll_sum = 0f64;
     for start in (0..count).step_by(batch_size) {
+        crate::runtime::interrupt::check()?;
         let ids = batch(start)?;
-        let nll = model.next_token_nll(&ids)?.flatten_all()?.to_vec1::<f32>()?;
-        nll_sum += nll.iter().map(|&v| v as f64).sum::<f64>();
+        nll_sum += rows_nll(model, &ids)?.iter().flatten().map(|&v| v as f64).sum::<f64>();
         bar.inc(ids.dim(0)? as u64);
     }
     bar.finish_and_clear();

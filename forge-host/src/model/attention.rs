@@ -6,15 +6,15 @@
 //! dtype, as transformers' attention does.
 use candle_core::{Module, Tensor};
 
-use super::causal_attention::causal_attention;
-use super::config::ModelConfig;
 use super::kv_cache::LayerCache;
 use super::linear::{linear, Linear};
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::RopeTables;
-use super::scope::WeightScope;
-use crate::runtime::profile::section;
+use crate::autograd::causal_attention;
+use crate::loader::ModelConfig;
+use crate::loader::WeightScope;
 use crate::Result;
+use forge_kernels::profile::section;
 
 /// Sees what each attention block computed, for probes that score heads: the attention probabilities
 /// `(batch, heads, seq, past + seq)` in f32 and the per-head outputs `(batch, heads, seq, head_dim)`

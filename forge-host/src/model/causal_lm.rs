@@ -3,16 +3,16 @@
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::attention::AttentionObserver;
-use super::config::ModelConfig;
 use super::decoder_layer::{decoder_layer, DecoderLayer};
-use super::frozen_matmul::frozen_matmul;
 use super::kv_cache::KvCache;
-use super::loss::chunked_nll;
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::{RopeTables, RotaryEmbedding};
-use super::scope::WeightScope;
-use crate::runtime::profile::section;
+use crate::autograd::chunked_nll;
+use crate::autograd::frozen_matmul;
+use crate::loader::ModelConfig;
+use crate::loader::{ModelFolder, WeightScope};
 use crate::{bad_input, Result};
+use forge_kernels::profile::section;
 
 /// A causal language model of any supported architecture.
 pub struct CausalLm {
@@ -59,6 +59,13 @@ pub fn causal_lm(config: &ModelConfig, vb: WeightScope) -> Result<CausalLm> {
 }
 
 impl CausalLm {
+    /// Builds the decoder of an opened folder in `dtype` on `device`.
+    pub fn load(folder: &ModelFolder, dtype: DType, device: &Device) -> Result<Self> {
+        let model = causal_lm(&folder.config, WeightScope::new(&folder.weights, dtype, device))?;
+        folder.warn_unread();
+        Ok(model)
+    }
+
     /// The configuration the model was built from.
     pub fn config(&self) -> &ModelConfig {
         &self.config

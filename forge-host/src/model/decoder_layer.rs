@@ -2,15 +2,15 @@
 use candle_core::{Module, Tensor};
 
 use super::attention::{attention, Attention, AttentionObserver};
-use super::config::ModelConfig;
 use super::kv_cache::LayerCache;
 use super::linear::Linear;
 use super::mlp::{mlp, Mlp};
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::RopeTables;
-use super::scope::WeightScope;
-use crate::runtime::profile::section;
+use crate::loader::ModelConfig;
+use crate::loader::WeightScope;
 use crate::Result;
+use forge_kernels::profile::section;
 
 /// A decoder layer.
 #[derive(Clone)]

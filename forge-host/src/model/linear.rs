@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use candle_core::{Module, Tensor};
 
-use super::frozen_matmul::frozen_matmul;
-use super::scope::WeightScope;
+use crate::autograd::frozen_matmul;
+use crate::loader::WeightScope;
 use crate::Result;
 
 /// What an adapter adds to a linear layer: given the layer's input and its base output, the adapted

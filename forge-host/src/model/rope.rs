@@ -1,10 +1,9 @@
-//! Rotary position embeddings, applied as `x·cos + rotate_half(x)·sin` from elementary ops (candle's
-//! fused `rope` has no backward). Frequencies follow transformers: computed in f32 from `rope_theta`,
+//! Rotary position embeddings: the tables of cos and sin a layer rotates by (the rotation itself is
+//! forge-kernels' `rope`, with a backward). Frequencies follow transformers: computed in f32 from `rope_theta`,
 //! rescaled for `linear` and `llama3` rope types, with the two halves of each head rotated together.
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
-use super::config::{RopeConfig, RopeScaling};
-use crate::runtime::profile::section;
+use crate::loader::{RopeConfig, RopeScaling};
 
 /// The inverse frequencies of one head width, after any rescaling.
 #[derive(Clone, Debug)]
@@ -80,155 +79,18 @@ impl RopeTables {
     /// Rotates `x` shaped `(batch, seq, heads, head_dim)` and returns it heads-first,
     /// `(batch, heads, seq, head_dim)`, as attention needs it.
     pub fn apply_heads_first(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if !x.device().is_cpu() && x.dtype() == DType::BF16 && self.cos.dtype() == DType::BF16 {
-            let (cos, sin) = (self.cos.squeeze(0)?.squeeze(0)?, self.sin.squeeze(0)?.squeeze(0)?);
-            return x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, FusedRope);
-        }
-        self.apply(&x.transpose(1, 2)?.contiguous()?)
+        forge_kernels::rope_heads_first(x, &self.cos, &self.sin)
     }
 
     /// Rotates `x`, shaped `(batch, heads, seq, head_dim)`.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let half = x.dim(D::Minus1)? / 2;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?
-    }
-}
-
-/// [`RopeTables::apply_heads_first`] as one op: forge's CUDA kernel, and on the CPU the elementary ops
-/// it replaces (its reference, which `forge kernels` checks it against). The backward rotates the
-/// gradient back (the transpose of the rotation) and restores the `(batch, seq, heads, d)` layout; the
-/// tables are constants and get none.
-pub struct FusedRope;
-
-impl candle_core::CustomOp3 for FusedRope {
-    fn name(&self) -> &'static str {
-        "rope"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &candle_core::CpuStorage,
-        xl: &candle_core::Layout,
-        cos: &candle_core::CpuStorage,
-        cl: &candle_core::Layout,
-        sin: &candle_core::CpuStorage,
-        sl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        use candle_core::CpuStorage;
-        use half::bf16;
-        let (CpuStorage::BF16(x), CpuStorage::BF16(cos), CpuStorage::BF16(sin)) = (x, cos, sin) else {
-            return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), "rope"));
-        };
-        let offsets = |l: &candle_core::Layout| {
-            l.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op: "rope" })
-        };
-        let ((xs, _), (cs, _), (ss, _)) = (offsets(xl)?, offsets(cl)?, offsets(sl)?);
-        let (b, s, h, d) = xl.shape().dims4()?;
-        let half = d / 2;
-        let round = |v: f32| bf16::from_f32(v).to_f32();
-        let mut y = vec![bf16::ZERO; b * s * h * d];
-        for (bi, si, hi) in
-            (0..b).flat_map(|bi| (0..s).flat_map(move |si| (0..h).map(move |hi| (bi, si, hi))))
-        {
-            let xr = &x[xs + ((bi * s + si) * h + hi) * d..][..d];
-            let yr = &mut y[((bi * h + hi) * s + si) * d..][..d];
-            let (c, sn) = (&cos[cs + si * d..][..d], &sin[ss + si * d..][..d]);
-            for i in 0..half {
-                let (x1, x2) = (xr[i].to_f32(), xr[i + half].to_f32());
-                yr[i] = bf16::from_f32(round(x1 * c[i].to_f32()) + round(-x2 * sn[i].to_f32()));
-                yr[i + half] =
-                    bf16::from_f32(round(x2 * c[i + half].to_f32()) + round(x1 * sn[i + half].to_f32()));
-            }
-        }
-        Ok((CpuStorage::BF16(y), candle_core::Shape::from((b, h, s, d))))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        xl: &candle_core::Layout,
-        cos: &candle_core::CudaStorage,
-        cl: &candle_core::Layout,
-        sin: &candle_core::CudaStorage,
-        sl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        let (b, s, h, d) = xl.shape().dims4()?;
-        let y = super::cuda_kernels::rope_bf16(x, xl, cos, cl, sin, sl)?;
-        Ok((y, candle_core::Shape::from((b, h, s, d))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        section("rope backward", x.device(), || {
-            #[cfg(feature = "cuda")]
-            if x.device().is_cuda() && x.dtype() == DType::BF16 {
-                let dy = grad.to_dtype(DType::BF16)?;
-                return Ok((Some(super::cuda_kernels::rope_backward_bf16(&dy, cos, sin)?), None, None));
-            }
-            let half = x.dim(D::Minus1)? / 2;
-            let dy = grad.to_dtype(DType::F32)?;
-            // y = x·cos + [−x₂, x₁]·sin, so dx = dy·cos + [z₂, −z₁] with z = dy·sin.
-            let z = dy.broadcast_mul(&sin.to_dtype(DType::F32)?)?;
-            let back = Tensor::cat(
-                &[&z.narrow(D::Minus1, half, half)?, &z.narrow(D::Minus1, 0, half)?.neg()?],
-                D::Minus1,
-            )?;
-            let dx = (dy.broadcast_mul(&cos.to_dtype(DType::F32)?)? + back)?;
-            Ok((Some(dx.transpose(1, 2)?.contiguous()?.to_dtype(x.dtype())?), None, None))
-        })
+        forge_kernels::rope(x, &self.cos, &self.sin)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_fused_op_reference_equals_the_elementary_ops_in_bf16() -> candle_core::Result<()> {
-        let rope = RotaryEmbedding::new(&RopeConfig { theta: 10000.0, scaling: RopeScaling::Default }, 8);
-        let tables = rope.tables(3, 5, DType::BF16, &Device::Cpu)?;
-        let values: Vec<f32> = (0..2 * 5 * 3 * 8).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
-        let x = Tensor::from_vec(values, (2, 5, 3, 8), &Device::Cpu)?.to_dtype(DType::BF16)?;
-        let (cos, sin) = (tables.cos.squeeze(0)?.squeeze(0)?, tables.sin.squeeze(0)?.squeeze(0)?);
-        let fused = x.apply_op3_no_bwd(&cos, &sin, &FusedRope)?;
-        let plain = tables.apply_heads_first(&x)?;
-        assert_eq!(fused.dims(), plain.dims());
-        let diff = (fused.to_dtype(DType::F32)? - plain.to_dtype(DType::F32)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
-        assert!(diff <= 1e-2, "fused and elementary rope differ by {diff}");
-        // The backward, against autograd through the elementary ops in f32.
-        let weights: Vec<f32> = (0..2 * 3 * 5 * 8).map(|i| ((i * 3 % 7) as f32 - 3.0) / 2.0).collect();
-        let weights = Tensor::from_vec(weights, (2, 3, 5, 8), &Device::Cpu)?;
-        let f32_tables = rope.tables(3, 5, DType::F32, &Device::Cpu)?;
-        let grad = |fused: bool| -> candle_core::Result<Vec<f32>> {
-            let v =
-                candle_core::Var::from_tensor(&x.to_dtype(if fused { DType::BF16 } else { DType::F32 })?)?;
-            let y = if fused {
-                v.as_tensor().apply_op3(&cos, &sin, FusedRope)?
-            } else {
-                f32_tables.apply(&v.as_tensor().transpose(1, 2)?.contiguous()?)?
-            };
-            let store = (y.to_dtype(DType::F32)? * &weights)?.sum_all()?.backward()?;
-            store.get(v.as_tensor()).unwrap().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
-        };
-        for (a, b) in grad(true)?.iter().zip(grad(false)?) {
-            assert!((a - b).abs() <= 2e-2 * (1.0 + b.abs()), "gradient {a} vs {b}");
-        }
-        Ok(())
-    }
 
     /// The rotation written out in f64, pair by pair, as the RoPE paper defines it for the
     /// half-split layout.

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use forge_api::HeadMask;
 
 use super::{write_atomic, write_json_atomic};
-use crate::model::ModelFolder;
+use crate::loader::ModelFolder;
 use crate::{bad_input, Error, Result};
 
 /// How pruned heads are removed from the written checkpoint.

@@ -8,8 +8,8 @@
 use candle_core::DType;
 
 use super::recipe::Recipe;
-use crate::model::loss::rows_per_chunk;
-use crate::model::ModelConfig;
+use crate::autograd::rows_per_chunk;
+use crate::loader::ModelConfig;
 
 /// A phase's estimated peak, with its parts.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -52,21 +52,30 @@ fn logits_chunk(c: &ModelConfig, rows: usize) -> u64 {
     (rows_per_chunk(c.vocab).min(rows) * c.vocab * 4 * 3) as u64
 }
 
-/// Trainable values of the adapter: LoRA of `rank` on the targeted layers (an upper bound: all
-/// linear layers when the targets are not known).
-fn adapter_values(c: &ModelConfig, rank: usize) -> u64 {
-    let h = c.hidden as u64;
-    let per_layer = |l: usize| {
-        let q = (c.heads[l] * c.head_dim) as u64;
-        let kv = (c.kv_heads[l] * c.head_dim) as u64;
-        let i = c.intermediate as u64;
-        rank as u64 * ((h + q) * 2 + (h + kv) * 2 + (h + i) * 3)
-    };
-    (0..c.layers).map(per_layer).sum()
+/// What the recipe's adapter and optimizer say they will hold, asked of the strategies themselves.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainState {
+    /// Trainable values the adapter attaches ([`Adapter::trainable_values`](crate::strategies::adapters::Adapter::trainable_values)).
+    pub values: u64,
+    /// The optimizer's state bytes per trainable value.
+    pub optimizer_bytes_per_value: f64,
+}
+
+impl TrainState {
+    /// f32 master values and their gradients, plus the optimizer's state.
+    fn bytes(&self) -> u64 {
+        (self.values as f64 * (8.0 + self.optimizer_bytes_per_value)) as u64
+    }
 }
 
 /// Estimates for every phase of `recipe` on a model of `config` run in `dtype`.
-pub fn estimate(recipe: &Recipe, config: &ModelConfig, parameters: u64, dtype: DType) -> Vec<Estimate> {
+pub fn estimate(
+    recipe: &Recipe,
+    config: &ModelConfig,
+    parameters: u64,
+    dtype: DType,
+    state: TrainState,
+) -> Vec<Estimate> {
     let bytes = dtype.size_in_bytes() as u64;
     let weights = parameters * bytes;
     let t = &recipe.train;
@@ -74,9 +83,7 @@ pub fn estimate(recipe: &Recipe, config: &ModelConfig, parameters: u64, dtype: D
     let eval_batch = 4;
     let eval = layer_transient(config, eval_batch, recipe.data.eval_seq_len, bytes)
         + logits_chunk(config, eval_batch * recipe.data.eval_seq_len);
-    let rank = recipe.train.adapter_options.get("rank").and_then(|v| v.as_u64()).unwrap_or(16) as usize;
-    // Master weights, gradients (f32) and at most two f32 moments.
-    let adapter = adapter_values(config, rank) * 4 * 4;
+    let adapter = state.bytes();
     let tokens = t.batch_size * t.seq_len;
     let (activations, knob) = if t.grad_checkpoint {
         (

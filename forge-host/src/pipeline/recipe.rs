@@ -8,6 +8,9 @@ use forge_api::{Options, StrategyKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::budget::TrainState;
+use crate::defaults;
+use crate::loader::ModelConfig;
 use crate::outputs::SaveMode;
 use crate::strategies::Registry;
 use crate::training::TrainConfig;
@@ -49,10 +52,10 @@ pub struct DataSection {
     /// Calibration data for scorers that run the model [default: the training data].
     pub calibration: Option<PathBuf>,
     /// Windows per evaluation set.
-    #[serde(default = "d_16")]
+    #[serde(default = "d_eval_windows")]
     pub eval_windows: usize,
     /// Tokens per evaluation window.
-    #[serde(default = "d_256")]
+    #[serde(default = "d_eval_seq_len")]
     pub eval_seq_len: usize,
 }
 
@@ -62,11 +65,11 @@ pub struct ScoreSection {
     pub scorer: String,
     #[serde(default)]
     pub options: OptionTable,
-    #[serde(default = "d_8")]
+    #[serde(default = "d_calib_windows")]
     pub calib_windows: usize,
-    #[serde(default = "d_128")]
+    #[serde(default = "d_calib_seq_len")]
     pub calib_seq_len: usize,
-    #[serde(default = "d_4")]
+    #[serde(default = "d_batch")]
     pub calib_batch_size: usize,
 }
 
@@ -95,10 +98,11 @@ pub struct TrainSection {
     pub optimizer: String,
     #[serde(default)]
     pub optimizer_options: OptionTable,
+    #[serde(default = "d_steps")]
     pub steps: usize,
-    #[serde(default = "d_4")]
+    #[serde(default = "d_batch")]
     pub batch_size: usize,
-    #[serde(default = "d_128")]
+    #[serde(default = "d_train_seq_len")]
     pub seq_len: usize,
     #[serde(default = "d_1")]
     pub grad_accum: usize,
@@ -137,17 +141,25 @@ impl TrainSection {
                 format!("{key}{name}")
             }
         };
-        if self.steps == 0 || self.batch_size == 0 || self.seq_len < 2 || self.grad_accum == 0 {
-            return Err(bad_input!(
-                "{}, {} and {} must be at least 1 and {} at least 2",
-                k("steps"),
-                k("batch_size"),
-                k("grad_accum"),
-                k("seq_len")
-            ));
+        for (name, value, least) in [
+            ("steps", self.steps, 1),
+            ("batch_size", self.batch_size, 1),
+            ("grad_accum", self.grad_accum, 1),
+            ("seq_len", self.seq_len, 2),
+        ] {
+            if value < least {
+                return Err(bad_input!("{} is {value}; give at least {least}", k(name)));
+            }
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(bad_input!("{} is {}; give a positive learning rate such as 2e-4", k("lr"), self.lr));
+        }
+        if !(self.clip_norm >= 0.0 && self.clip_norm.is_finite()) {
+            return Err(bad_input!(
+                "{} is {}; give a positive gradient-norm bound such as 1.0, or 0 to turn clipping off",
+                k("clip_norm"),
+                self.clip_norm
+            ));
         }
         if self.grad_checkpoint
             && adapter.values().get("dropout").and_then(Value::as_f64).is_some_and(|d| d > 0.0)
@@ -181,11 +193,16 @@ pub struct GuardSection {
     /// back and the run stops there.
     #[serde(default = "d_increase")]
     pub max_increase: f64,
+    /// Nor may a cycle end more than this fraction worse than the unpruned baseline, so cycles cannot
+    /// drift a step at a time (each within `max_increase` of the last); a negative value turns this
+    /// guard off.
+    #[serde(default = "d_increase")]
+    pub max_increase_over_baseline: f64,
 }
 
 impl Default for GuardSection {
     fn default() -> Self {
-        GuardSection { metric: None, max_increase: d_increase() }
+        GuardSection { metric: None, max_increase: d_increase(), max_increase_over_baseline: d_increase() }
     }
 }
 
@@ -195,29 +212,35 @@ fn default_evaluators() -> Vec<EvaluatorSection> {
 fn d_1() -> usize {
     1
 }
-fn d_4() -> usize {
-    4
+fn d_batch() -> usize {
+    defaults::BATCH_SIZE
 }
-fn d_8() -> usize {
-    8
+fn d_eval_windows() -> usize {
+    defaults::EVAL_WINDOWS
 }
-fn d_16() -> usize {
-    16
+fn d_eval_seq_len() -> usize {
+    defaults::EVAL_SEQ_LEN
 }
-fn d_128() -> usize {
-    128
+fn d_calib_windows() -> usize {
+    defaults::CALIB_WINDOWS
 }
-fn d_256() -> usize {
-    256
+fn d_calib_seq_len() -> usize {
+    defaults::CALIB_SEQ_LEN
+}
+fn d_train_seq_len() -> usize {
+    defaults::TRAIN_SEQ_LEN
+}
+fn d_steps() -> usize {
+    defaults::TRAIN_STEPS
 }
 fn d_lr() -> f64 {
-    1e-3
+    defaults::LR
 }
 fn d_clip() -> f64 {
-    1.0
+    defaults::CLIP_NORM
 }
 fn d_increase() -> f64 {
-    0.10
+    defaults::GUARD_MAX_INCREASE
 }
 fn d_compact() -> SaveMode {
     SaveMode::Compact
@@ -255,9 +278,10 @@ impl Recipe {
             set_path(&mut value, key.trim(), parsed)?;
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut recipe: Recipe = toml::Value::Table(value)
-            .try_into()
-            .map_err(|e: toml::de::Error| bad_input!("{}: {}", path.display(), e.message().trim()))?;
+        let mut recipe: Recipe =
+            serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+                bad_input!("{}: recipe key `{}`: {}", path.display(), e.path(), e.inner().message().trim())
+            })?;
         recipe.resolve_paths(base);
         Ok(recipe)
     }
@@ -282,12 +306,40 @@ impl Recipe {
         }
     }
 
-    /// Checks everything that can be checked without loading the model: files, names, options,
-    /// numbers and their combinations.
-    pub fn validate(&self, registry: &Registry) -> Result<()> {
-        let mut files = vec![("data.train", &self.data.train)];
-        if let Some(c) = &self.data.calibration {
-            files.push(("data.calibration", c));
+    /// Checks everything that can be checked without loading the model — files, names, options,
+    /// numbers and their combinations, the model's context and the adapter against its layers — and
+    /// returns what training will hold, for the memory budget.
+    pub fn validate(&self, registry: &Registry, config: &ModelConfig) -> Result<TrainState> {
+        self.validate_files()?;
+        self.validate_numbers(config)?;
+        let t = &self.train;
+        let resolve = |kind: StrategyKind, key: &str, name: &str, options: &OptionTable| -> Result<Options> {
+            let entry = registry.find(kind, name).map_err(|e| bad_input!("recipe key `{key}`: {e}"))?;
+            Options::resolve(&format!("{} `{name}`", kind.name()), &entry.info.options, options)
+                .map_err(|e| bad_input!("recipe key `{key}`: {e}"))
+        };
+        resolve(StrategyKind::Scorer, "score.scorer", &self.score.scorer, &self.score.options)?;
+        resolve(StrategyKind::Pruner, "prune.pruner", &self.prune.pruner, &self.prune.options)?;
+        let adapter_options =
+            resolve(StrategyKind::Adapter, "train.adapter", &t.adapter, &t.adapter_options)?;
+        t.validate(&adapter_options, "train.")?;
+        for (i, e) in self.evaluate.iter().enumerate() {
+            resolve(StrategyKind::Evaluator, &format!("evaluate[{i}].name"), &e.name, &e.options)?;
+        }
+        self.validate_guard()?;
+        let (adapter, _) = registry.adapter(&t.adapter, &t.adapter_options)?;
+        let (optimizer, _) = registry.optimizer(&t.optimizer, &t.optimizer_options)?;
+        let values = adapter
+            .trainable_values(config)
+            .map_err(|e| bad_input!("recipe key `train.adapter_options`: {e}"))?;
+        Ok(TrainState { values: values as u64, optimizer_bytes_per_value: optimizer.state_bytes_per_value() })
+    }
+
+    fn validate_files(&self) -> Result<()> {
+        let mut files = vec![("data.train".to_string(), &self.data.train)];
+        files.extend(self.data.calibration.iter().map(|c| ("data.calibration".to_string(), c)));
+        for (i, e) in self.evaluate.iter().enumerate() {
+            files.extend(e.data.iter().map(|d| (format!("evaluate[{i}].data"), d)));
         }
         for (key, path) in files {
             if !path.is_file() {
@@ -296,6 +348,30 @@ impl Recipe {
         }
         if !self.model.is_dir() {
             return Err(bad_input!("recipe key `model`: {} is not a model folder", self.model.display()));
+        }
+        Ok(())
+    }
+
+    fn validate_numbers(&self, config: &ModelConfig) -> Result<()> {
+        let (d, s) = (&self.data, &self.score);
+        let counts = [
+            ("data.eval_windows", d.eval_windows, 1),
+            ("data.eval_seq_len", d.eval_seq_len, 2),
+            ("score.calib_windows", s.calib_windows, 1),
+            ("score.calib_seq_len", s.calib_seq_len, 2),
+            ("score.calib_batch_size", s.calib_batch_size, 1),
+        ];
+        for (key, value, least) in counts {
+            if value < least {
+                return Err(bad_input!("recipe key `{key}` is {value}; give at least {least}"));
+            }
+        }
+        for (key, len) in [
+            ("data.eval_seq_len", d.eval_seq_len),
+            ("score.calib_seq_len", s.calib_seq_len),
+            ("train.seq_len", self.train.seq_len),
+        ] {
+            config.check_context(len, &format!("recipe key `{key}`"))?;
         }
         let p = &self.prune;
         if !(p.ratio_per_cycle > 0.0 && p.ratio_per_cycle < 1.0) {
@@ -314,29 +390,17 @@ impl Recipe {
                 p.cycles
             ));
         }
-        let t = &self.train;
-        let resolve = |kind: StrategyKind, key: &str, name: &str, options: &OptionTable| -> Result<Options> {
-            let entry = registry.find(kind, name).map_err(|e| bad_input!("recipe key `{key}`: {e}"))?;
-            Options::resolve(&format!("{} `{name}`", kind.name()), &entry.info.options, options)
-                .map_err(|e| bad_input!("recipe key `{key}`: {e}"))
-        };
-        resolve(StrategyKind::Scorer, "score.scorer", &self.score.scorer, &self.score.options)?;
-        resolve(StrategyKind::Pruner, "prune.pruner", &p.pruner, &p.options)?;
-        let adapter = resolve(StrategyKind::Adapter, "train.adapter", &t.adapter, &t.adapter_options)?;
-        resolve(StrategyKind::Optimizer, "train.optimizer", &t.optimizer, &t.optimizer_options)?;
-        if t.grad_checkpoint
-            && adapter.values().get("dropout").and_then(Value::as_f64).is_some_and(|d| d > 0.0)
-        {
-            return Err(bad_input!(
-                "recipe keys `train.grad_checkpoint` and `train.adapter_options.dropout` contradict: recomputed layers would draw new dropout masks"
-            ));
-        }
-        for (i, e) in self.evaluate.iter().enumerate() {
-            resolve(StrategyKind::Evaluator, &format!("evaluate[{i}].name"), &e.name, &e.options)?;
-            if let Some(d) = &e.data {
-                if !d.is_file() {
-                    return Err(bad_input!("recipe key `evaluate[{i}].data`: {} is not a file", d.display()));
-                }
+        Ok(())
+    }
+
+    fn validate_guard(&self) -> Result<()> {
+        let g = &self.guard;
+        for (key, value) in [
+            ("guard.max_increase", g.max_increase),
+            ("guard.max_increase_over_baseline", g.max_increase_over_baseline),
+        ] {
+            if !value.is_finite() {
+                return Err(bad_input!("recipe key `{key}` is {value}; give a fraction such as 0.10"));
             }
         }
         let metric = self.guard_metric();

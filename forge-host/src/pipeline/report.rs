@@ -6,41 +6,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use forge_api::{HeadMask, HeadScores};
-use serde::Serialize;
+use forge_api::{HeadScores, Metrics};
 use serde_json::Value;
 
-use super::budget::{human, Estimate};
+use super::budget::human;
 use super::provenance::{hash_folder, sha256_file};
-use super::recipe::Recipe;
-use super::run::{CycleRecord, Metrics};
+use super::record::RunReport;
 use crate::outputs::{heatmap_svg, line_chart_svg, write_atomic, write_json_atomic};
 use crate::{Error, Result};
-
-/// Everything a run did.
-#[derive(Serialize)]
-pub struct RunReport {
-    pub forge_version: String,
-    pub recipe: Recipe,
-    /// Plugin libraries whose strategies the run could choose (their hashes go to the provenance).
-    pub plugins: Vec<String>,
-    pub guard_metric: String,
-    pub baseline: Metrics,
-    pub cycles: Vec<CycleRecord>,
-    #[serde(rename = "final")]
-    pub final_metrics: Metrics,
-    pub base_parameters: usize,
-    pub final_parameters: usize,
-    pub heads_before: usize,
-    pub heads_after: usize,
-    pub mask: HeadMask,
-    pub estimates: Vec<Estimate>,
-    pub budget: Option<u64>,
-    pub peak_memory_bytes: BTreeMap<String, u64>,
-    pub seconds: f64,
-    /// Output file → sha256.
-    pub outputs: BTreeMap<String, String>,
-}
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
     write_atomic(path, |tmp| std::fs::write(tmp, text).map_err(|e| Error::io(tmp, e)))

@@ -1,9 +1,7 @@
 //! Where work runs: the device and dtype chosen on the command line, and the memory it used.
 mod device;
+pub mod interrupt;
 mod memory;
-pub mod profile;
-mod rng;
 
 pub use device::{parse_device, resolve_dtype, DeviceChoice};
 pub use memory::{free_device_memory, PeakMemory};
-pub use rng::SplitMix64;

@@ -5,8 +5,9 @@ use candle_core::{DType, Tensor, Var, D};
 use forge_api::{HostTensor, ModelGeometry, ScoringContext, StrategyError};
 
 use crate::data::TokenWindows;
+use crate::loader::WeightStore;
 use crate::model::attention::AttentionObserver;
-use crate::model::{CausalLm, WeightStore};
+use crate::model::CausalLm;
 use crate::progress;
 
 /// Scoring context over a loaded model and its calibration windows.
@@ -234,8 +235,8 @@ mod tests {
     #[test]
     fn head_mask_gradients_match_finite_differences() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tiny-qwen3");
-        let folder = crate::model::ModelFolder::open(&root).unwrap();
-        let mut model = folder.load(DType::F32, &Device::Cpu).unwrap();
+        let folder = crate::loader::ModelFolder::open(&root).unwrap();
+        let mut model = CausalLm::load(&folder, DType::F32, &Device::Cpu).unwrap();
         let ids: Vec<u32> = (0..48).map(|i| (i * 733 + 11) % 8192).collect();
         let windows = TokenWindows::from_tokens(ids.clone(), 48);
         let grads = {

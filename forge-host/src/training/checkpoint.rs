@@ -9,9 +9,9 @@
 //! one input per layer.
 use candle_core::{Tensor, Var};
 
-use super::grad_mode::no_grad;
+use crate::autograd::no_grad;
 use crate::model::CausalLm;
-use crate::runtime::profile::section;
+use forge_kernels::profile::section;
 
 /// Mean next-token NLL of `ids` and the gradient of every parameter in `params` (zeros where none
 /// reaches a parameter).

@@ -10,9 +10,10 @@ use super::checkpoint::loss_and_grads;
 use super::schedule::learning_rate;
 use crate::data::TokenWindows;
 use crate::model::CausalLm;
-use crate::runtime::profile::section;
-use crate::runtime::{PeakMemory, SplitMix64};
+use crate::runtime::PeakMemory;
 use crate::{bad_input, progress, Error, Result};
+use forge_kernels::profile::section;
+use forge_kernels::SplitMix64;
 
 /// How to train.
 #[derive(Clone, Debug, Serialize)]
@@ -100,6 +101,7 @@ pub fn train(
     let mut losses = Vec::with_capacity(config.steps);
     let mut after_first = started;
     for step in 0..config.steps {
+        crate::runtime::interrupt::check()?;
         let mut sums: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.elem_count()]).collect();
         let mut loss = 0f64;
         for _ in 0..config.grad_accum {

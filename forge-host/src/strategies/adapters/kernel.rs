@@ -13,13 +13,14 @@ use forge_api::{AdapterKernel, LinearDims, Options, StrategyKind};
 use super::{
     module_path, write_adapter_files, Adapter, AttachedAdapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 };
+use crate::autograd::grad_enabled;
+use crate::loader::ModelConfig;
 use crate::model::decoder_layer::LINEAR_MODULES;
 use crate::model::linear::LinearAdapter;
 use crate::model::CausalLm;
-use crate::runtime::SplitMix64;
 use crate::strategies::Registry;
-use crate::training::grad_enabled;
 use crate::{bad_input, Result};
+use forge_kernels::SplitMix64;
 
 /// `peft_type` of a kernel adapter's config (PEFT itself cannot load these).
 pub const PEFT_TYPE: &str = "FORGE_KERNEL";
@@ -80,6 +81,16 @@ impl KernelAdapter {
 }
 
 impl Adapter for KernelAdapter {
+    fn trainable_values(&self, config: &ModelConfig) -> Result<usize> {
+        let count = |layer| {
+            LINEAR_MODULES.iter().map(move |(m, _)| {
+                let (i, o) = config.linear_dims(layer, m).expect("LINEAR_MODULES have dimensions");
+                self.kernel.param_count(m, i, o)
+            })
+        };
+        Ok((0..config.layers).flat_map(count).sum())
+    }
+
     fn attach(&self, model: &mut CausalLm, seed: u64) -> Result<Box<dyn AttachedAdapter>> {
         let mut rng = SplitMix64::new(seed);
         let attached = self.wire(model, |_, module, dims, count| {
@@ -110,7 +121,7 @@ pub(super) fn load(
     }
     let given = config["options"].as_object().cloned().unwrap_or_default().into_iter().collect();
     let adapter = registry.kernel_adapter(name, &given)?;
-    let store = crate::model::WeightStore::open_files(&[dir.join(ADAPTER_WEIGHTS_FILE)])?;
+    let store = crate::loader::WeightStore::open_files(&[dir.join(ADAPTER_WEIGHTS_FILE)])?;
     let attached = adapter.wire(model, |path, _, _, count| {
         let name = format!("base_model.model.{path}.forge_kernel");
         Ok(store.load(&name, &[count], DType::F32, &Device::Cpu)?.to_vec1::<f32>()?)

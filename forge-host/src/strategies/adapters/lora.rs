@@ -14,14 +14,15 @@ use forge_api::{OptionKind, OptionSpec, Options, StrategyError};
 use super::{
     module_path, write_adapter_files, Adapter, AttachedAdapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 };
-use crate::model::custom_grad::with_gradients;
+use crate::autograd::grad_enabled;
+use crate::autograd::with_gradients;
+use crate::loader::ModelConfig;
 use crate::model::decoder_layer::LINEAR_MODULES;
 use crate::model::linear::LinearAdapter;
 use crate::model::CausalLm;
-use crate::runtime::SplitMix64;
 use crate::strategies::{Builtin, Factory};
-use crate::training::grad_enabled;
 use crate::{bad_input, Result};
+use forge_kernels::SplitMix64;
 
 #[derive(Clone, Debug)]
 struct LoraConfig {
@@ -200,6 +201,27 @@ fn wire(
 }
 
 impl Adapter for LoraConfig {
+    /// `r · (in + out)` per adapted layer; a rank above a target's smaller side adds nothing a full
+    /// update would not, and is refused.
+    fn trainable_values(&self, config: &ModelConfig) -> Result<usize> {
+        let mut total = 0;
+        for layer in 0..config.layers {
+            for target in &self.targets {
+                let (i, o) =
+                    config.linear_dims(layer, target).expect("targets are checked against LINEAR_MODULES");
+                if self.rank > i.min(o) {
+                    return Err(bad_input!(
+                        "adapter option `rank` is {} but `{target}` of layer {layer} is {i} → {o}; give a rank of at most {}",
+                        self.rank,
+                        i.min(o)
+                    ));
+                }
+                total += self.rank * (i + o);
+            }
+        }
+        Ok(total)
+    }
+
     fn attach(&self, model: &mut CausalLm, seed: u64) -> Result<Box<dyn AttachedAdapter>> {
         let device = model.device().clone();
         let mut rng = SplitMix64::new(seed);
@@ -296,7 +318,7 @@ pub(super) fn load(
         targets: parse_targets(&targets).map_err(|e| bad(&e.to_string()))?,
     };
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
-    let store = crate::model::WeightStore::open_files(std::slice::from_ref(&weights_path))?;
+    let store = crate::loader::WeightStore::open_files(std::slice::from_ref(&weights_path))?;
     let device = model.device().clone();
     let attached = wire(lora, model, |path, a_shape, b_shape| {
         let a = store.load(
@@ -349,7 +371,7 @@ mod tests {
     #[test]
     fn the_fused_layer_has_the_output_and_gradients_of_the_layer_through_the_graph() -> candle_core::Result<()>
     {
-        use crate::model::frozen_matmul::frozen_matmul;
+        use crate::autograd::frozen_matmul;
         use candle_core::Device;
         let dev = Device::Cpu;
         let values =

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use candle_core::{Tensor, Var};
 
+use crate::loader::ModelConfig;
 use crate::model::decoder_layer::LINEAR_MODULES;
 use crate::model::CausalLm;
 use crate::outputs::{write_atomic, write_json_atomic};
@@ -46,6 +47,9 @@ fn write_adapter_files(
 
 /// An adapter kind, configured: wires fresh trainable parameters into a model.
 pub trait Adapter {
+    /// How many trainable values attaching would add to a model of `config`, checked against its
+    /// layers before anything is loaded (the memory budget and bad options are decided from this).
+    fn trainable_values(&self, config: &ModelConfig) -> Result<usize>;
     /// Attaches new parameters to `model`'s target layers, initialised from `seed`.
     fn attach(&self, model: &mut CausalLm, seed: u64) -> Result<Box<dyn AttachedAdapter>>;
 }

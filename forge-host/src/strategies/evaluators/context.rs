@@ -3,6 +3,8 @@ use candle_core::Tensor;
 use forge_api::{EvalContext, StrategyError};
 
 use crate::data::TokenWindows;
+use crate::defaults;
+use crate::eval::rows_nll;
 use crate::generate::{generate, SamplingConfig};
 use crate::model::CausalLm;
 use crate::tokenizer::Tokenizer;
@@ -41,23 +43,25 @@ impl EvalContext for ModelEvalContext<'_> {
         Ok((0..windows.len()).map(|i| windows.batch(i, 1).to_vec()).collect())
     }
 
+    /// Runs of sequences of one length go through the model `BATCH_SIZE` at a time, as `forge eval`
+    /// batches its windows (the same path, [`rows_nll`]).
     fn next_token_logprobs(&mut self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, StrategyError> {
-        ids.iter()
-            .map(|seq| {
-                if seq.len() < 2 {
-                    return Err(StrategyError::bad_input(
-                        "a sequence needs at least 2 tokens to have a next-token log-probability",
-                    ));
-                }
-                let t = Tensor::from_slice(seq, (1, seq.len()), self.model.device()).map_err(failed)?;
-                let nll = self
-                    .model
-                    .next_token_nll(&t)
-                    .and_then(|n| n.flatten_all()?.to_vec1::<f32>())
+        if ids.iter().any(|seq| seq.len() < 2) {
+            return Err(StrategyError::bad_input(
+                "a sequence needs at least 2 tokens to have a next-token log-probability",
+            ));
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for run in ids.chunk_by(|a, b| a.len() == b.len()) {
+            for batch in run.chunks(defaults::BATCH_SIZE) {
+                let flat: Vec<u32> = batch.concat();
+                let t = Tensor::from_vec(flat, (batch.len(), batch[0].len()), self.model.device())
                     .map_err(failed)?;
-                Ok(nll.into_iter().map(|v| -v).collect())
-            })
-            .collect()
+                let nll = rows_nll(self.model, &t).map_err(failed)?;
+                out.extend(nll.into_iter().map(|row| row.into_iter().map(|v| -v).collect::<Vec<f32>>()));
+            }
+        }
+        Ok(out)
     }
 
     fn generate(&mut self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>, StrategyError> {

@@ -59,6 +59,12 @@ impl Optimizer for AdamW8bit {
         self.moments.values().map(|s| s.m.bytes() + s.v.bytes() + 8).sum::<usize>() + self.small.state_bytes()
     }
 
+    /// One byte per moment and an f32 scale per block of each; parameters under 4096 values keep f32
+    /// moments (LoRA's factors are far larger, so the budget counts the 8-bit rate).
+    fn state_bytes_per_value(&self) -> f64 {
+        2.0 + 8.0 / BLOCK as f64
+    }
+
     fn state(&self) -> Result<Vec<StateTensor>, StrategyError> {
         let mut out = self.small.state()?;
         for (id, s) in &self.moments {

@@ -1,8 +1,8 @@
 //! `random`: uniform scores from a seed — the baseline every informed scorer must beat.
 use forge_api::{HeadScores, ImportanceScorer, OptionKind, OptionSpec, ScoringContext, StrategyError};
 
-use crate::runtime::SplitMix64;
 use crate::strategies::{Builtin, Factory};
+use forge_kernels::SplitMix64;
 
 struct Random {
     seed: Option<u64>,

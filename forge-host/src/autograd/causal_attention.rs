@@ -8,9 +8,9 @@
 //! q·kᵀ, as flash attention does.
 use candle_core::Tensor;
 
-use super::causal_softmax::{causal_softmax, causal_softmax_backward};
 use super::custom_grad::with_gradients;
-use crate::runtime::profile::section;
+use forge_kernels::profile::section;
+use forge_kernels::{causal_softmax, causal_softmax_backward};
 
 /// The sizes of one attention call.
 #[derive(Clone, Copy)]

@@ -7,33 +7,33 @@
 //! test checks it.
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
-use rayon::prelude::*;
 
-use super::custom_grad::with_gradient;
+use crate::on_kernel;
+use rayon::prelude::*;
 
 /// `softmax(scale · x + causal mask)` over the last dimension of `(…, seq, past + seq)` f32 scores,
 /// where row i of each `seq` block may see columns `0..=past + i`.
 pub fn causal_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::Result<Tensor> {
     let dtype = scores.dtype();
     let op = CausalSoftmax { scale, past };
-    match (scores.device().is_cpu(), dtype) {
-        (true, DType::F32) | (false, DType::BF16) => scores.contiguous()?.apply_op1(op),
-        (true, _) => scores.to_dtype(DType::F32)?.contiguous()?.apply_op1(op)?.to_dtype(dtype),
-        (false, _) => masked_softmax(&scores.to_dtype(DType::F32)?, scale, past)?.to_dtype(dtype),
+    if on_kernel(&[scores]) || (scores.device().is_cpu() && dtype == DType::F32) {
+        return scores.contiguous()?.apply_op1(op);
     }
+    if scores.device().is_cpu() {
+        return scores.to_dtype(DType::F32)?.contiguous()?.apply_op1(op)?.to_dtype(dtype);
+    }
+    masked_softmax(&scores.to_dtype(DType::F32)?, scale, past)?.to_dtype(dtype)
 }
 
-/// The same function for other devices: scale and mask as elementary ops, then candle's fused
-/// softmax kernel, attached to the graph with the softmax backward (candle's kernel has none).
+/// The same function for dtypes the kernel does not take on a GPU (f32, f16): scale, mask and softmax as
+/// elementary ops, which have a backward. (No model runs this way by default: CUDA runs bf16.)
 fn masked_softmax(scores: &Tensor, scale: f64, past: usize) -> candle_core::Result<Tensor> {
     let (seq, total) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
     let mask: Vec<f32> = (0..seq)
         .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     let mask = Tensor::from_vec(mask, (seq, total), scores.device())?;
-    let masked = (scores * scale)?.broadcast_add(&mask)?;
-    let probs = candle_nn::ops::softmax_last_dim(&masked.detach())?;
-    with_gradient("softmax backward", &masked, probs, softmax_backward)
+    candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, D::Minus1)
 }
 
 /// With p the softmax output and g its gradient: the input gradient p · (g − Σ g·p).
@@ -85,16 +85,8 @@ impl CustomOp1 for CausalSoftmax {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        if storage.dtype() != DType::BF16 {
-            return Err(candle_core::Error::UnsupportedDTypeForOp(storage.dtype(), "causal-softmax"));
-        }
-        let probs = super::cuda_kernels::causal_softmax_rows_bf16(
-            "causal_softmax_bf16",
-            &[(storage, layout)],
-            self.scale as f32,
-            self.past,
-        )?;
-        Ok((probs, layout.shape().clone()))
+        let rows = row_scalars(layout, self.scale, self.past);
+        crate::launch::same_shape::<half::bf16>("causal_softmax_bf16", &[(storage, layout)], rows.0, &rows.1)
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -113,15 +105,32 @@ pub fn causal_softmax_backward(
 ) -> candle_core::Result<Tensor> {
     let dtype = probs.dtype();
     let op = CausalSoftmaxBackward { scale, past };
-    match (probs.device().is_cpu(), dtype) {
-        (true, DType::F32) | (false, DType::BF16) => {
-            probs.contiguous()?.apply_op2_no_bwd(&grad.to_dtype(dtype)?.contiguous()?, &op)
-        }
-        _ => {
-            let (p, g) = (probs.to_dtype(DType::F32)?, grad.to_dtype(DType::F32)?);
-            (softmax_backward(&g, &p)? * scale)?.to_dtype(dtype)
-        }
+    if on_kernel(&[probs]) || (probs.device().is_cpu() && dtype == DType::F32) {
+        return probs.contiguous()?.apply_op2_no_bwd(&grad.to_dtype(dtype)?.contiguous()?, &op);
     }
+    let (p, g) = (probs.to_dtype(DType::F32)?, grad.to_dtype(DType::F32)?);
+    (softmax_backward(&g, &p)? * scale)?.to_dtype(dtype)
+}
+
+/// The grid and scalars of both softmax kernels: one block per row, `(seq, total, past, scale)`.
+#[cfg(feature = "cuda")]
+fn row_scalars(
+    layout: &Layout,
+    scale: f64,
+    past: usize,
+) -> (crate::launch::Grid, [crate::launch::Scalar; 4]) {
+    use crate::launch::{Grid, Scalar};
+    let dims = layout.dims();
+    let (seq, total) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    (
+        Grid::PerRow { rows: layout.shape().elem_count() / total, threads: 256 },
+        [
+            Scalar::I32(seq as i32),
+            Scalar::I32(total as i32),
+            Scalar::I32(past as i32),
+            Scalar::F32(scale as f32),
+        ],
+    )
 }
 
 struct CausalSoftmaxBackward {
@@ -177,16 +186,19 @@ impl CustomOp2 for CausalSoftmaxBackward {
         grad: &candle_core::CudaStorage,
         gl: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        if probs.dtype() != DType::BF16 || grad.dtype() != DType::BF16 {
-            return Err(candle_core::Error::UnsupportedDTypeForOp(probs.dtype(), self.name()));
+        if pl.shape() != gl.shape() {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: probabilities and gradient differ in shape",
+                self.name()
+            )));
         }
-        let dx = super::cuda_kernels::causal_softmax_rows_bf16(
+        let rows = row_scalars(pl, self.scale, self.past);
+        crate::launch::same_shape::<half::bf16>(
             "causal_softmax_backward_bf16",
             &[(probs, pl), (grad, gl)],
-            self.scale as f32,
-            self.past,
-        )?;
-        Ok((dx, pl.shape().clone()))
+            rows.0,
+            &rows.1,
+        )
     }
 }
 

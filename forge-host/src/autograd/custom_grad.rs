@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
 
-use crate::runtime::profile::section;
+use forge_kernels::profile::section;
 
 type Backward1 = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
 type Backward3 = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<[Option<Tensor>; 3]> + Send + Sync>;

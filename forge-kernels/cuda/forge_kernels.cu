@@ -1,6 +1,7 @@
-// forge's CUDA kernels, compiled by build.rs to sm_90 machine code (a cubin embedded in the binary), so
-// nothing is compiled on the GPU machine at start-up. Each has a CPU reference in the Rust op that
-// launches it, and `forge kernels --device cuda` checks the two against each other.
+// forge's CUDA kernels, compiled by build.rs to machine code for the architectures it is given (sm_90 by
+// default) plus PTX for the others, embedded in the binary, so nothing is compiled at start-up on the
+// machines built for. Each has a CPU reference in the Rust op that launches it (src/*.rs), and
+// src/checks.rs (`forge kernels --device cuda`) checks the two against each other.
 #include <cuda_bf16.h>
 
 // Reduces `v` over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.

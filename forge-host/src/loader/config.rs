@@ -120,6 +120,8 @@ pub struct ModelConfig {
     pub eos_token_id: Option<u32>,
     /// The dtype the checkpoint says it is stored in (informational).
     pub torch_dtype: Option<String>,
+    /// The longest context the model was made for (`max_position_embeddings`), when the config says.
+    pub max_positions: Option<usize>,
 }
 
 /// The keys of `config.json` forge reads. Unknown keys are fine: configs carry many forge has no use for.
@@ -135,6 +137,7 @@ struct RawConfig {
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
     vocab_size: Option<usize>,
+    max_position_embeddings: Option<usize>,
     rms_norm_eps: Option<f64>,
     hidden_act: Option<String>,
     rope_theta: Option<f64>,
@@ -260,6 +263,33 @@ impl ModelConfig {
                 None => None,
             },
             torch_dtype: raw.dtype,
+            max_positions: raw.max_position_embeddings.filter(|&n| n > 0),
+        })
+    }
+
+    /// Refuses `tokens` positions beyond the model's context, naming `what` asked for them (a flag or
+    /// recipe key) and the fix.
+    pub fn check_context(&self, tokens: usize, what: &str) -> Result<()> {
+        match self.max_positions {
+            Some(max) if tokens > max => Err(bad_input!(
+                "{what} asks for {tokens} positions, but the model's context is {max} \
+                 (`max_position_embeddings` in config.json); give at most {max}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `(in, out)` of linear layer `module` (`q_proj` … `down_proj`) of `layer`.
+    pub fn linear_dims(&self, layer: usize, module: &str) -> Option<(usize, usize)> {
+        let (h, i) = (self.hidden, self.intermediate);
+        let (q, kv) = (self.heads[layer] * self.head_dim, self.kv_heads[layer] * self.head_dim);
+        Some(match module {
+            "q_proj" => (h, q),
+            "k_proj" | "v_proj" => (h, kv),
+            "o_proj" => (q, h),
+            "gate_proj" | "up_proj" => (h, i),
+            "down_proj" => (i, h),
+            _ => return None,
         })
     }
 

@@ -4,9 +4,10 @@
 //! the file exactly as long as the header says), so a truncated or corrupt file fails there with its
 //! name instead of deep inside a forward pass. Tensor bytes stay in the page cache until a layer asks
 //! for them, and are converted straight to the target dtype and device.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors};
@@ -27,6 +28,8 @@ struct Entry {
 pub struct WeightStore {
     files: Vec<(PathBuf, memmap2::Mmap)>,
     entries: HashMap<String, Entry>,
+    /// The names [`WeightStore::load`] has read, so that tensors nothing used can be named.
+    read: Mutex<HashSet<String>>,
 }
 
 impl WeightStore {
@@ -97,7 +100,7 @@ impl WeightStore {
             }
             files.push((path.clone(), map));
         }
-        Ok(WeightStore { files, entries })
+        Ok(WeightStore { files, entries, read: Mutex::default() })
     }
 
     /// Whether the checkpoint has a tensor of this name.
@@ -155,10 +158,19 @@ impl WeightStore {
                 entry.shape
             ));
         }
+        self.read.lock().expect("no panic while holding the read set").insert(name.to_string());
         let bytes = &self.files[entry.file].1[entry.start..entry.end];
         // Convert where the data first lands: on the GPU, bf16 goes up as is; on the CPU, one pass to f32.
         let tensor = Tensor::from_raw_buffer(bytes, entry.dtype, shape, device)?;
         Ok(tensor.to_dtype(dtype)?)
+    }
+
+    /// Names no [`WeightStore::load`] has read, sorted.
+    pub fn unread(&self) -> Vec<String> {
+        let read = self.read.lock().expect("no panic while holding the read set");
+        let mut names: Vec<String> = self.entries.keys().filter(|n| !read.contains(*n)).cloned().collect();
+        names.sort();
+        names
     }
 
     fn describe_files(&self) -> String {

@@ -1,0 +1,270 @@
+//! Each fused op on a device against its CPU reference, on random inputs: forward values and the
+//! gradients of a random weighting of the output. `forge kernels --device cuda` prints these, and the
+//! crate's GPU test asserts them, so a GPU build can be trusted before it is timed.
+use candle_core::{DType, Device, Tensor, Var};
+use serde::Serialize;
+
+use crate::{causal_softmax, rms_norm, rope_heads_first, row_nll, swiglu, RowNll, SplitMix64};
+
+/// One comparison of a device result with its reference.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub kernel: &'static str,
+    pub shape: Vec<usize>,
+    pub past: usize,
+    pub forward_rel_err: f64,
+    pub backward_rel_err: f64,
+    pub tolerance: f64,
+    pub pass: bool,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:?} past {}: forward {:.2e}, backward {:.2e} (tolerance {:.0e}) {}",
+            self.kernel,
+            self.shape,
+            self.past,
+            self.forward_rel_err,
+            self.backward_rel_err,
+            self.tolerance,
+            if self.pass { "ok" } else { "FAILED" }
+        )
+    }
+}
+
+/// ‖a − b‖ / ‖b‖, in f64 on the CPU.
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
+    let (a, b) =
+        (a.to_dtype(DType::F64)?.to_device(&Device::Cpu)?, b.to_dtype(DType::F64)?.to_device(&Device::Cpu)?);
+    let num = (&a - &b)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+    Ok(num / b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?)
+}
+
+/// Uniform values in `[-spread, spread)`, rounded to bf16 so that the device and the reference see the
+/// same inputs, as f32 on the CPU.
+pub fn random(shape: &[usize], rng: &mut SplitMix64, spread: f64) -> candle_core::Result<Tensor> {
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(DType::BF16)?.to_dtype(DType::F32)
+}
+
+/// A function of tensors, checked on the device in bf16 against the CPU in a reference dtype.
+pub type Op<'a> = &'a dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>;
+
+/// What a case compares: `f` on `inputs`, weighted by `weights` for the gradients.
+pub struct Case<'a> {
+    pub kernel: &'static str,
+    pub shape: Vec<usize>,
+    pub past: usize,
+    pub f: Op<'a>,
+    pub inputs: Vec<Tensor>,
+    pub weights: Tensor,
+    /// The CPU's dtype: f32 where the reference is the exact function, bf16 where it is the same
+    /// rounding steps.
+    pub reference_dtype: DType,
+    pub tolerance: f64,
+}
+
+/// `f` of `inputs` moved to `device` in `dtype`, and the gradients of `Σ weights · f` with respect to
+/// each input. `f` moves whatever else it uses to its inputs' device.
+fn value_and_grads(case: &Case, device: &Device, dtype: DType) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+    let vars = case
+        .inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.to_device(device)?.to_dtype(dtype)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = (case.f)(&tensors)?;
+    let grads = (out.to_dtype(DType::F32)? * case.weights.to_device(device)?)?.sum_all()?.backward()?;
+    let grads = tensors
+        .iter()
+        .map(|t| {
+            grads
+                .get(t)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("{}: no gradient", case.kernel)))
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok((out, grads))
+}
+
+/// Runs a case on `device` in bf16 and on the CPU in its reference dtype, and compares values and
+/// gradients (the largest relative difference over the inputs).
+pub fn check(case: Case, device: &Device) -> candle_core::Result<Check> {
+    let (ref_out, ref_grads) = value_and_grads(&case, &Device::Cpu, case.reference_dtype)?;
+    let (out, grads) = value_and_grads(&case, device, DType::BF16)?;
+    let forward_rel_err = rel_diff(&out, &ref_out)?;
+    let mut backward_rel_err = 0f64;
+    for (g, r) in grads.iter().zip(&ref_grads) {
+        backward_rel_err = backward_rel_err.max(rel_diff(g, r)?);
+    }
+    let pass = forward_rel_err < case.tolerance && backward_rel_err < case.tolerance;
+    let Case { kernel, shape, past, tolerance, .. } = case;
+    Ok(Check { kernel, shape, past, forward_rel_err, backward_rel_err, tolerance, pass })
+}
+
+/// Every kernel of this crate on `device`, on shapes from tiny to real models' (qwen2.5-0.5b's
+/// attention, a 151,936-token vocabulary, 8 × 1024 tokens).
+pub fn all(device: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    let mut checks = softmax_checks(device, rng)?;
+    checks.extend(row_nll_checks(device, rng)?);
+    checks.extend(elementwise_checks(device, rng)?);
+    Ok(checks)
+}
+
+/// The causal softmax and its backward, against f32 on the CPU: bf16 keeps 8 bits of mantissa, so
+/// outputs rounded to it differ from f32 by about 4e-3 at most.
+fn softmax_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    let shapes = [
+        (vec![2, 3, 5, 9], 4),
+        (vec![2, 2, 7, 7], 0),
+        (vec![1, 14, 1024, 1024], 0),
+        (vec![1, 2, 1, 300], 299),
+    ];
+    shapes
+        .into_iter()
+        .map(|(shape, past)| {
+            let f = move |x: &[Tensor]| causal_softmax(&x[0], 1.0 / 8f64.sqrt(), past);
+            let (inputs, weights) = (vec![random(&shape, rng, 8.0)?], random(&shape, rng, 1.0)?);
+            let case = Case {
+                kernel: "causal_softmax_bf16",
+                shape,
+                past,
+                f: &f,
+                inputs,
+                weights,
+                reference_dtype: DType::F32,
+                tolerance: 1e-2,
+            };
+            check(case, dev)
+        })
+        .collect()
+}
+
+/// The row NLL kernel against its f64 reference on the same bf16 logits (its backward is checked
+/// through the chunked NLL, by forge).
+fn row_nll_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    [(37, 5003), (16, 151936)]
+        .into_iter()
+        .map(|(rows, vocab)| {
+            let logits = random(&[rows, vocab], rng, 12.0)?.to_dtype(DType::BF16)?;
+            let targets: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+            let targets = Tensor::from_vec(targets, rows, &Device::Cpu)?;
+            let reference = logits.apply_op2_no_bwd(&targets, &RowNll)?;
+            let got = row_nll(&logits.to_device(dev)?, &targets.to_device(dev)?)?;
+            let forward_rel_err = rel_diff(&got, &reference)?;
+            let tolerance = 1e-5;
+            Ok(Check {
+                kernel: "row_nll_bf16",
+                shape: vec![rows, vocab],
+                past: 0,
+                forward_rel_err,
+                backward_rel_err: 0.0,
+                tolerance,
+                pass: forward_rel_err < tolerance,
+            })
+        })
+        .collect()
+}
+
+/// The fused norm, RoPE and SwiGLU against the elementary bf16 ops they replace, run on the CPU
+/// (forward and backward): the same rounding steps, so differences are single-ulp ties.
+fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for (rows, n) in [(7, 96), (8192, 896), (3, 4096)] {
+        let w = random(&[n], rng, 2.0)?.to_dtype(DType::BF16)?;
+        let f = |x: &[Tensor]| rms_norm(&x[0], &w.to_device(x[0].device())?, 1e-6);
+        let (inputs, weights) = (vec![random(&[rows, n], rng, 4.0)?], random(&[rows, n], rng, 1.0)?);
+        let shape = vec![rows, n];
+        checks.push(check(
+            Case {
+                kernel: "rms_norm_bf16",
+                shape,
+                past: 0,
+                f: &f,
+                inputs,
+                weights,
+                reference_dtype: DType::BF16,
+                tolerance: 1e-2,
+            },
+            dev,
+        )?);
+    }
+    for (b, s, h, d) in [(2, 5, 3, 8), (8, 1024, 14, 64), (1, 1, 16, 128)] {
+        let angles = (random(&[1, 1, s, d], rng, 1.0)? * 1e3)?;
+        let f = |x: &[Tensor]| {
+            let table = |t: Tensor| t.to_dtype(DType::BF16)?.to_device(x[0].device());
+            rope_heads_first(&x[0], &table(angles.cos()?)?, &table(angles.sin()?)?)
+        };
+        let (inputs, weights) = (vec![random(&[b, s, h, d], rng, 4.0)?], random(&[b, h, s, d], rng, 1.0)?);
+        let shape = vec![b, s, h, d];
+        checks.push(check(
+            Case {
+                kernel: "rope_bf16",
+                shape,
+                past: 0,
+                f: &f,
+                inputs,
+                weights,
+                reference_dtype: DType::BF16,
+                tolerance: 1e-2,
+            },
+            dev,
+        )?);
+    }
+    for shape in [vec![3, 11], vec![8192, 4864]] {
+        let f = |x: &[Tensor]| swiglu(&x[0], &x[1]);
+        let inputs = vec![random(&shape, rng, 6.0)?, random(&shape, rng, 2.0)?];
+        let weights = random(&shape, rng, 1.0)?;
+        checks.push(check(
+            Case {
+                kernel: "swiglu_bf16",
+                shape,
+                past: 0,
+                f: &f,
+                inputs,
+                weights,
+                reference_dtype: DType::BF16,
+                tolerance: 1e-2,
+            },
+            dev,
+        )?);
+    }
+    Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checks' own machinery on the CPU: a case whose "device" run (bf16) computes the reference's
+    /// function passes; one whose device run is off by 10% in one input fails, forward and backward.
+    #[test]
+    fn a_faithful_case_passes_and_a_planted_error_fails() -> candle_core::Result<()> {
+        let mut rng = SplitMix64::new(1);
+        let inputs = vec![random(&[3, 5], &mut rng, 2.0)?, random(&[3, 5], &mut rng, 2.0)?];
+        let weights = random(&[3, 5], &mut rng, 1.0)?;
+        let case = |f| Case {
+            kernel: "swiglu_bf16",
+            shape: vec![3, 5],
+            past: 0,
+            f,
+            inputs: inputs.clone(),
+            weights: weights.clone(),
+            reference_dtype: DType::F32,
+            tolerance: 1e-2,
+        };
+        let faithful_f = |x: &[Tensor]| swiglu(&x[0], &x[1]);
+        let planted_f = |x: &[Tensor]| {
+            let up = if x[1].dtype() == DType::BF16 { (&x[1] * 1.1)? } else { x[1].clone() };
+            swiglu(&x[0], &up)
+        };
+        let faithful = check(case(&faithful_f), &Device::Cpu)?;
+        assert!(faithful.pass, "{faithful}");
+        let caught = check(case(&planted_f), &Device::Cpu)?;
+        assert!(!caught.pass && caught.forward_rel_err > 0.05 && caught.backward_rel_err > 0.05, "{caught}");
+        Ok(())
+    }
+}

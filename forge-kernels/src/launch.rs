@@ -1,0 +1,163 @@
+//! The one launcher of forge's CUDA kernels (`cuda/forge_kernels.cu`, embedded by build.rs).
+//!
+//! Every kernel has the same shape: its inputs as device pointers, then one output, then scalars. So a
+//! launch is described as data — kernel name, inputs (borrowed storages, viewed by their dtype), output
+//! length and type, grid, scalars — and this file is the only place that talks to the driver.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::CudaDType;
+use candle_core::op::BackpropOp;
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape, Storage, Tensor};
+use half::bf16;
+
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/forge_kernels.fatbin"));
+
+/// How the threads of a launch cover the work.
+#[derive(Clone, Copy)]
+pub enum Grid {
+    /// One block of `threads` per row, for the kernels that reduce over a row.
+    PerRow { rows: usize, threads: u32 },
+    /// Enough 256-thread blocks for `n` items, capped: the elementwise kernels loop over a grid stride.
+    Stride(usize),
+}
+
+impl Grid {
+    fn config(self) -> LaunchConfig {
+        let (blocks, threads) = match self {
+            Grid::PerRow { rows, threads } => (rows as u32, threads),
+            Grid::Stride(n) => (n.div_ceil(256).clamp(1, 65535 * 8) as u32, 256),
+        };
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    }
+}
+
+/// A scalar argument, after the output.
+#[derive(Clone, Copy)]
+pub enum Scalar {
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+/// A kernel's output element type.
+pub trait Output: DeviceRepr + CudaDType {}
+impl Output for bf16 {}
+impl Output for f32 {}
+
+/// The module, loaded once per device.
+fn function(dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
+    static MODULES: OnceLock<Mutex<HashMap<candle_core::cuda_backend::DeviceId, Arc<CudaModule>>>> =
+        OnceLock::new();
+    let mut modules = MODULES.get_or_init(Default::default).lock().expect("no panic while loading");
+    let module = match modules.get(&dev.id()) {
+        Some(m) => m.clone(),
+        None => {
+            let module = dev
+                .cuda_stream()
+                .context()
+                .load_module(Ptx::from_binary(FATBIN.to_vec()))
+                .map_err(|e| candle_core::Error::Msg(format!("loading forge's CUDA kernels: {e}")))?;
+            modules.insert(dev.id(), module.clone());
+            module
+        }
+    };
+    module.load_function(name).map_err(|e| candle_core::Error::Msg(format!("CUDA kernel {name}: {e}")))
+}
+
+/// A borrowed input, viewed as the element type its storage holds.
+enum View<'a> {
+    Bf16(CudaView<'a, bf16>),
+    F32(CudaView<'a, f32>),
+    U32(CudaView<'a, u32>),
+}
+
+fn view<'a>(
+    kernel: &'static str,
+    (storage, layout): (&'a CudaStorage, &Layout),
+) -> candle_core::Result<View<'a>> {
+    let (start, end) =
+        layout.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op: kernel })?;
+    Ok(match storage.dtype() {
+        DType::BF16 => View::Bf16(storage.as_cuda_slice::<bf16>()?.slice(start..end)),
+        DType::F32 => View::F32(storage.as_cuda_slice::<f32>()?.slice(start..end)),
+        DType::U32 => View::U32(storage.as_cuda_slice::<u32>()?.slice(start..end)),
+        other => return Err(candle_core::Error::UnsupportedDTypeForOp(other, kernel)),
+    })
+}
+
+/// Runs `kernel` over contiguous `inputs` into a new buffer of `len` `T`s, which the kernel must write
+/// whole.
+pub fn launch<T: Output>(
+    kernel: &'static str,
+    inputs: &[(&CudaStorage, &Layout)],
+    len: usize,
+    grid: Grid,
+    scalars: &[Scalar],
+) -> candle_core::Result<CudaStorage> {
+    let dev = inputs[0].0.device.clone();
+    let views = inputs.iter().map(|&input| view(kernel, input)).collect::<candle_core::Result<Vec<_>>>()?;
+    // SAFETY: every kernel writes each element of its output (the contract of this launcher).
+    let mut out = unsafe { dev.alloc::<T>(len)? };
+    let func = function(&dev, kernel)?;
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    for v in &views {
+        match v {
+            View::Bf16(v) => builder.arg(v),
+            View::F32(v) => builder.arg(v),
+            View::U32(v) => builder.arg(v),
+        };
+    }
+    builder.arg(&mut out);
+    for s in scalars {
+        match s {
+            Scalar::I32(v) => builder.arg(v),
+            Scalar::I64(v) => builder.arg(v),
+            Scalar::F32(v) => builder.arg(v),
+        };
+    }
+    // SAFETY: the callers give each kernel the arguments of its signature in `cuda/forge_kernels.cu`,
+    // with buffers of the lengths its indexing reads.
+    unsafe { builder.launch(grid.config()) }
+        .map_err(|e| candle_core::Error::Msg(format!("CUDA launch of {kernel}: {e}")))?;
+    Ok(CudaStorage::wrap_cuda_slice::<T>(out, dev))
+}
+
+/// [`launch`] on tensors outside the autograd graph (the backward passes): made contiguous, their
+/// storages borrowed, the result a tensor of `shape`.
+pub fn launch_on_tensors<T: Output>(
+    kernel: &'static str,
+    inputs: &[&Tensor],
+    shape: impl Into<Shape>,
+    grid: Grid,
+    scalars: &[Scalar],
+) -> candle_core::Result<Tensor> {
+    let shape = shape.into();
+    let inputs = inputs.iter().map(|t| t.contiguous()).collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
+    let storages = guards
+        .iter()
+        .map(|(storage, layout)| match &**storage {
+            Storage::Cuda(s) => Ok((s, *layout)),
+            _ => Err(candle_core::Error::Msg(format!("{kernel} was given a tensor on another device"))),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let out = launch::<T>(kernel, &storages, shape.elem_count(), grid, scalars)?;
+    Ok(Tensor::from_storage(Storage::Cuda(out), shape, BackpropOp::none(), false))
+}
+
+/// The output of a kernel whose output has its first input's shape, for a custom op's `cuda_fwd`.
+pub fn same_shape<T: Output>(
+    kernel: &'static str,
+    inputs: &[(&CudaStorage, &Layout)],
+    grid: Grid,
+    scalars: &[Scalar],
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let shape = inputs[0].1.shape().clone();
+    Ok((launch::<T>(kernel, inputs, shape.elem_count(), grid, scalars)?, shape))
+}

@@ -1,0 +1,155 @@
+//! RMS norm, `x / sqrt(mean(x²) + eps) · w` over the last dimension. Like transformers, the statistics
+//! are taken in f32 whatever the model's dtype, and the result is cast back before the weight is
+//! applied. candle's fused `rms_norm` has no backward (gradients through it silently vanish), so the
+//! general path is elementary ops; forge's kernel (one pass, with a recomputing backward) serves while
+//! the weight is frozen.
+use candle_core::{DType, Tensor, D};
+
+use crate::on_kernel;
+use crate::profile::section;
+
+/// The norm of `x` with weight `w`: the fused op where it runs and the weight takes no gradient (it
+/// gives the weight none), else elementary ops.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if on_kernel(&[x, w]) && !w.track_op() {
+        return x.contiguous()?.apply_op2(w, FusedRmsNorm { eps });
+    }
+    let dtype = x.dtype();
+    let x32 = x.to_dtype(DType::F32)?;
+    let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    x32.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(w)
+}
+
+/// The norm as one op: forge's CUDA kernel, and on the CPU the same rounding steps (its reference,
+/// which `forge kernels` checks it against). The backward recomputes the statistics in f32 from the
+/// kept input: `dx = r·(g·w) − x·r³·mean(x·g·w)` with `r = 1/√(mean(x²) + eps)`; the weight, frozen
+/// wherever this op is used, gets no gradient.
+pub struct FusedRmsNorm {
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl candle_core::CustomOp2 for FusedRmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        w: &candle_core::CpuStorage,
+        wl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::CpuStorage;
+        use half::bf16;
+        let (CpuStorage::BF16(x), CpuStorage::BF16(w)) = (x, w) else {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), "rms-norm"));
+        };
+        let (Some((xs, xe)), Some((ws, we))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
+            return Err(candle_core::Error::RequiresContiguous { op: "rms-norm" });
+        };
+        let w = &w[ws..we];
+        let y: Vec<bf16> = x[xs..xe]
+            .chunks(w.len())
+            .flat_map(|row| {
+                let mean = row.iter().map(|v| v.to_f32().powi(2)).sum::<f32>() / row.len() as f32;
+                let r = 1.0 / (mean + self.eps as f32).sqrt();
+                row.iter()
+                    .zip(w)
+                    .map(move |(v, w)| bf16::from_f32(bf16::from_f32(v.to_f32() * r).to_f32() * w.to_f32()))
+            })
+            .collect();
+        Ok((CpuStorage::BF16(y), xl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &candle_core::Layout,
+        w: &candle_core::CudaStorage,
+        wl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use crate::launch::{same_shape, Grid, Scalar};
+        let n = wl.shape().elem_count();
+        let grid = Grid::PerRow { rows: xl.shape().elem_count() / n, threads: 256 };
+        same_shape::<half::bf16>(
+            "rms_norm_bf16",
+            &[(x, xl), (w, wl)],
+            grid,
+            &[Scalar::I32(n as i32), Scalar::F32(self.eps as f32)],
+        )
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        section("rms norm backward", x.device(), || {
+            #[cfg(feature = "cuda")]
+            if on_kernel(&[x, w]) {
+                use crate::launch::{launch_on_tensors, Grid, Scalar};
+                let n = w.elem_count();
+                let grid = Grid::PerRow { rows: x.elem_count() / n, threads: 256 };
+                let scalars = [Scalar::I32(n as i32), Scalar::F32(self.eps as f32)];
+                let dy = grad.to_dtype(DType::BF16)?;
+                let dx = launch_on_tensors::<half::bf16>(
+                    "rms_norm_backward_bf16",
+                    &[x, w, &dy],
+                    x.shape(),
+                    grid,
+                    &scalars,
+                )?;
+                return Ok((Some(dx), None));
+            }
+            let x32 = x.to_dtype(DType::F32)?;
+            let gw = grad.to_dtype(DType::F32)?.broadcast_mul(&w.to_dtype(DType::F32)?)?;
+            let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+            let dot = (&x32 * &gw)?.mean_keepdim(D::Minus1)?;
+            let dx = (gw.broadcast_mul(&r)? - x32.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+            Ok((Some(dx.to_dtype(x.dtype())?), None))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{CustomOp2, Device};
+
+    #[test]
+    fn the_fused_op_reference_equals_the_elementary_ops_in_bf16() -> candle_core::Result<()> {
+        let x: Vec<f32> = (0..4 * 6).map(|i| ((i * 5 % 13) as f32 - 6.0) / 2.5).collect();
+        let x = Tensor::from_vec(x, (4, 6), &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let w = Tensor::new(&[0.5f32, 1.0, 1.5, -1.0, 2.0, 0.25], &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let op = FusedRmsNorm { eps: 1e-6 };
+        assert_eq!(op.name(), "rms-norm");
+        let fused = x.apply_op2_no_bwd(&w, &op)?.to_dtype(DType::F32)?;
+        let plain = rms_norm(&x, &w, 1e-6)?.to_dtype(DType::F32)?;
+        let diff = (fused - plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff <= 1e-2, "fused and elementary norm differ by {diff}");
+        // The backward, against autograd through the elementary ops in f32.
+        let weights: Vec<f32> = (0..4 * 6).map(|i| ((i * 3 % 7) as f32 - 3.0) / 2.0).collect();
+        let weights = Tensor::from_vec(weights, (4, 6), &Device::Cpu)?;
+        let grad = |fused: bool| -> candle_core::Result<Vec<f32>> {
+            let dtype = if fused { DType::BF16 } else { DType::F32 };
+            let v = candle_core::Var::from_tensor(&x.to_dtype(dtype)?)?;
+            let y = if fused {
+                v.as_tensor().apply_op2(&w, FusedRmsNorm { eps: 1e-6 })?
+            } else {
+                rms_norm(v.as_tensor(), &w.to_dtype(DType::F32)?, 1e-6)?
+            };
+            let store = (y.to_dtype(DType::F32)? * &weights)?.sum_all()?.backward()?;
+            store.get(v.as_tensor()).unwrap().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+        };
+        for (a, b) in grad(true)?.iter().zip(grad(false)?) {
+            assert!((a - b).abs() <= 2e-2 * (1.0 + b.abs()), "gradient {a} vs {b}");
+        }
+        Ok(())
+    }
+}
