@@ -217,7 +217,7 @@ fn a_missing_tensor_is_named_with_its_shape() {
     let dir = tempfile::tempdir().unwrap();
     copy_model(&fixture("tiny-llama"), dir.path());
     edit_config(dir.path(), |c| c["num_hidden_layers"] = 3.into());
-    let err = forge_refuses(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi"]);
+    let err = forge_refuses(&["score", "--model", dir.path().to_str().unwrap(), "--scorer", "l2"]);
     assert!(err.contains("tensor `model.layers.2.input_layernorm.weight` is missing"), "{err}");
     assert!(err.contains("expected shape [64]"), "{err}");
 }
@@ -227,7 +227,7 @@ fn a_tensor_of_the_wrong_shape_is_named_with_both_shapes() {
     let dir = tempfile::tempdir().unwrap();
     copy_model(&fixture("tiny-llama"), dir.path());
     edit_config(dir.path(), |c| c["intermediate_size"] = 256.into());
-    let err = forge_refuses(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi"]);
+    let err = forge_refuses(&["score", "--model", dir.path().to_str().unwrap(), "--scorer", "l2"]);
     assert!(err.contains("tensor `model.layers.0.mlp.gate_proj.weight`"), "{err}");
     assert!(err.contains("has shape [128, 64], expected [256, 64]"), "{err}");
 }
@@ -351,4 +351,159 @@ fn cuda_without_the_feature_says_how_to_get_it() {
     }
     let err = forge_refuses(&["inspect", "--device", "cuda", "--model", tiny_qwen3().to_str().unwrap()]);
     assert!(err.contains("--features cuda"), "{err}");
+}
+
+/// Runs `args` (with `{out}` replaced by a fresh output path) expecting exit 2 with `message` and no
+/// output folder left behind.
+fn refused_before_work(args: &[&str], message: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let args: Vec<String> = args.iter().map(|a| a.replace("{out}", out.to_str().unwrap())).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = forge_refuses(&args);
+    assert!(err.contains(message), "forge {args:?}: expected `{message}` in: {err}");
+    assert!(!out.exists(), "forge {args:?} left {} behind", out.display());
+}
+
+#[test]
+fn positions_beyond_the_context_are_refused_naming_the_flag() {
+    let (m, code) = (tiny_qwen3(), data("code-valid.jsonl"));
+    let (m, code) = (m.to_str().unwrap(), code.to_str().unwrap());
+    let context = "positions, but the model's context is 2048 (`max_position_embeddings` in config.json); give at most 2048";
+    refused_before_work(
+        &["eval", "--model", m, "--data", code, "--seq-len", "4096"],
+        &format!("--seq-len asks for 4096 {context}"),
+    );
+    refused_before_work(
+        &["train", "--model", m, "--data", code, "--out", "{out}", "--seq-len", "4096"],
+        &format!("--seq-len asks for 4096 {context}"),
+    );
+    refused_before_work(
+        &["score", "--model", m, "--scorer", "taylor", "--data", code, "--calib-seq-len", "3000"],
+        &format!("--calib-seq-len asks for 3000 {context}"),
+    );
+    refused_before_work(
+        &["generate", "--model", m, "--prompt", "fn main() {", "--max-new-tokens", "5000"],
+        "--max-new-tokens 5000 asks for 5004 positions",
+    );
+}
+
+#[test]
+fn a_config_with_fewer_layers_than_its_weights_names_both() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(&tiny_qwen3(), dir.path());
+    edit_config(dir.path(), |c| c["num_hidden_layers"] = 4.into());
+    let err = forge_refuses(&[
+        "eval",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--data",
+        data("code-valid.jsonl").to_str().unwrap(),
+    ]);
+    assert!(err.contains("`num_hidden_layers` is 4 but the weights hold layers 0–7"), "{err}");
+    assert!(err.contains("fix num_hidden_layers to 8"), "{err}");
+}
+
+#[test]
+fn tensors_the_model_does_not_use_are_named_in_a_warning_except_known_families() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(&tiny_qwen3(), dir.path());
+    let path = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let extra = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+    tensors.insert("model.layers.0.mlp.extra_proj.weight".into(), extra.clone());
+    tensors.insert("mtp.layers.0.weight".into(), extra.clone());
+    tensors.insert("model.visual.patch_embed.weight".into(), extra);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let out = forge(&[
+        "generate",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 tensors in") && stderr.contains("model.layers.0.mlp.extra_proj.weight"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("mtp.") && !stderr.contains("visual"),
+        "known families were warned of: {stderr}"
+    );
+}
+
+#[test]
+fn training_options_that_cannot_work_are_refused_before_loading() {
+    let (m, code) = (tiny_qwen3(), data("code-train.jsonl"));
+    let (m, code) = (m.to_str().unwrap(), code.to_str().unwrap());
+    let train = |extra: &[&str], message: &str| {
+        let mut args = vec!["train", "--model", m, "--data", code, "--out", "{out}"];
+        args.extend_from_slice(extra);
+        refused_before_work(&args, message);
+    };
+    train(
+        &["--rank", "100000"],
+        "adapter option `rank` is 100000 but `k_proj` of layer 0 is 256 → 128; give a rank of at most 128",
+    );
+    train(&["--clip-norm", "NaN"], "--clip-norm is NaN; give a positive gradient-norm bound");
+    train(&["--clip-norm=-1"], "--clip-norm is -1; give a positive gradient-norm bound");
+    train(&["--steps", "0"], "--steps is 0; give at least 1");
+}
+
+#[test]
+fn scoring_nothing_is_refused() {
+    let (m, code) = (tiny_qwen3(), data("code-valid.jsonl"));
+    refused_before_work(
+        &[
+            "score",
+            "--model",
+            m.to_str().unwrap(),
+            "--scorer",
+            "taylor",
+            "--data",
+            code.to_str().unwrap(),
+            "--calib-windows",
+            "0",
+        ],
+        "--calib-windows and --calib-batch-size must be at least 1 (given 0 and 4)",
+    );
+}
+
+#[test]
+fn an_output_that_is_the_input_model_or_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(&tiny_qwen3(), dir.path());
+    let m = dir.path().to_str().unwrap();
+    let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let err = forge_refuses(&[
+        "prune", "--model", m, "--pruner", "global", "--scorer", "l2", "--ratio", "0.25", "--out", m,
+    ]);
+    assert!(
+        err.contains("--out") && err.contains("is the input model folder; forge never writes over its input"),
+        "{err}"
+    );
+    let code = data("code-train.jsonl");
+    let err = forge_refuses(&["train", "--model", m, "--data", code.to_str().unwrap(), "--out", m]);
+    assert!(err.contains("is the input model folder"), "{err}");
+    let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(before.len(), after.len(), "the input model folder was written to");
+    let file = dir.path().join("config.json");
+    let err = forge_refuses(&[
+        "prune",
+        "--model",
+        m,
+        "--pruner",
+        "global",
+        "--scorer",
+        "l2",
+        "--ratio",
+        "0.25",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(err.contains("is an existing file; give a folder path"), "{err}");
 }

@@ -13,7 +13,7 @@ fn recipe() -> String {
 
 /// Overrides that shrink the example recipe to seconds (and keep the guard from stopping a run whose
 /// two training steps cannot recover much).
-const SMALL: [&str; 10] = [
+const SMALL: [&str; 12] = [
     "--set",
     "train.steps=2",
     "--set",
@@ -24,6 +24,8 @@ const SMALL: [&str; 10] = [
     "train.seq_len=64",
     "--set",
     "guard.max_increase=10.0",
+    "--set",
+    "guard.max_increase_over_baseline=10.0",
 ];
 
 fn run_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -39,8 +41,9 @@ fn no_partial_files(dir: &Path) {
         if path.is_dir() {
             no_partial_files(&path);
         } else {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
             assert!(
-                !path.file_name().unwrap().to_string_lossy().contains(".partial-"),
+                !name.contains(".partial-") && !name.starts_with(".tmp"),
                 "half-written file {}",
                 path.display()
             );
@@ -211,16 +214,142 @@ fn bad_recipes_fail_before_any_work_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let o = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 15] = [
         (&["--set", "train.stepz=3"], "unknown field `stepz`"),
         (&["--set", "train.steps=\"many\""], "invalid type"),
         (&["--set", "score.scorer=\"magnitude\""], "recipe key `score.scorer`: unknown scorer `magnitude`; known scorers: activation, l2, random, taylor"),
         (&["--set", "prune.options={ min-heads = 2 }"], "pruner `global` has no option `min-heads`"),
         (&["--set", "prune.cycles=8"], "would remove every head"),
+        (&["--set", "train.steps=0"], "train.steps is 0; give at least 1"),
+        (&["--set", "train.lr=nan"], "train.lr is NaN; give a positive learning rate"),
+        (&["--set", "train.clip_norm=-1.0"], "train.clip_norm is -1; give a positive gradient-norm bound"),
+        (&["--set", "data.eval_windows=0"], "recipe key `data.eval_windows` is 0; give at least 1"),
+        (&["--set", "score.calib_windows=0"], "recipe key `score.calib_windows` is 0; give at least 1"),
+        (&["--set", "train.steps=\"twelve\""], "recipe key `train.steps`: invalid type: string \"twelve\""),
+        (&["--set", "train.seq_len=4096"], "recipe key `train.seq_len` asks for 4096 positions, but the model's context is 2048"),
+        (&["--set", "data.eval_seq_len=3000"], "recipe key `data.eval_seq_len` asks for 3000 positions"),
+        (&["--set", "train.adapter_options={ rank = 100000 }"], "rank of at most 128"),
+        (&["--set", "guard.max_increase_over_baseline=nan"], "guard.max_increase_over_baseline"),
     ];
     for (extra, message) in cases {
         let err = forge_refuses(&run_args(o, extra));
         assert!(err.contains(message), "{extra:?}: {err}");
         assert!(!out.exists(), "{extra:?}: a refused recipe created its output folder");
     }
+}
+
+#[test]
+fn an_output_folder_that_is_the_model_or_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(tiny_qwen3()).unwrap().flatten() {
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    let before = std::fs::read_dir(&model).unwrap().count();
+    let m = format!("model={:?}", model.to_str().unwrap());
+    let err = forge_refuses(&run_args(model.to_str().unwrap(), &["--set", &m]));
+    assert!(err.contains("is the input model folder; forge never writes over its input"), "{err}");
+    assert_eq!(std::fs::read_dir(&model).unwrap().count(), before, "the input model folder was written to");
+    let file = dir.path().join("taken");
+    std::fs::write(&file, "").unwrap();
+    let err = forge_refuses(&run_args(file.to_str().unwrap(), &[]));
+    assert!(err.contains("is an existing file; give a folder path"), "{err}");
+}
+
+/// Every temporary file the run writes (`.NAME.partial-PID`, or the safetensors writer's `.tmpXXXXXX`).
+fn temporaries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if path.is_dir() {
+            found.extend(temporaries(&path));
+        } else if name.contains(".partial-") || name.starts_with(".tmp") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_kill_mid_write_leaves_no_temporary_file_after_resume() {
+    let cut = tempfile::tempdir().unwrap();
+    let args = run_args(cut.path().to_str().unwrap(), &["--set", "prune.cycles=1"]);
+    // Kill at the first sight of a temporary file: a write in progress. Retried, as a write of the
+    // tiny model can finish between two looks.
+    let mut caught = Vec::new();
+    for _ in 0..5 {
+        let _ = std::fs::remove_dir_all(cut.path().join("cycles"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        while child.try_wait().unwrap().is_none() {
+            caught = temporaries(cut.path());
+            if !caught.is_empty() {
+                child.kill().unwrap();
+                break;
+            }
+        }
+        child.wait().unwrap();
+        if !caught.is_empty() && !cut.path().join("report.json").exists() {
+            break;
+        }
+    }
+    assert!(!caught.is_empty(), "no write was caught in progress in five runs");
+    let mut resume = args.clone();
+    resume.push("--resume");
+    forge_json(&resume);
+    assert_eq!(
+        temporaries(cut.path()),
+        Vec::<std::path::PathBuf>::new(),
+        "temporary files left after --resume"
+    );
+}
+
+/// SIGINT mid-training stops at the next step with exit 130 and the command that resumes; the
+/// training phase is saved (adapter, optimizer moments, progress) and `--resume` continues it to the
+/// outputs of the uninterrupted run — which fresh moments would not reach.
+#[test]
+fn sigint_mid_training_resumes_the_phase_with_its_optimizer_state() {
+    let long = ["--set", "prune.cycles=1", "--set", "train.steps=300"];
+    let whole = tempfile::tempdir().unwrap();
+    forge_json(&run_args(whole.path().to_str().unwrap(), &long));
+
+    let out = tempfile::tempdir().unwrap();
+    let args = run_args(out.path().to_str().unwrap(), &long);
+    let child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !out.path().join("run-recipe.toml").exists() {
+        assert!(started.elapsed().as_secs() < 120, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Past the baseline, scoring and the pruned evaluation (about a second), well inside training.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted") && stderr.contains("--resume"), "{stderr}");
+    assert!(
+        out.path().join("cycles/1/train-state/progress.json").is_file(),
+        "the interrupt did not land in training: {stderr}"
+    );
+    assert_eq!(temporaries(out.path()), Vec::<std::path::PathBuf>::new());
+    no_partial_files(out.path());
+
+    let mut resume = args.clone();
+    resume.push("--resume");
+    forge_json(&resume);
+    assert!(!out.path().join("cycles/1/train-state").exists(), "the finished phase kept its resume point");
+    let (a, b) = (metrics_and_model(whole.path()), metrics_and_model(out.path()));
+    assert_eq!(a.0, b.0, "metrics differ between the whole and the resumed run");
+    assert!(a.1 == b.1, "the final model differs between the whole and the resumed run");
 }

@@ -1,23 +1,24 @@
 //! `forge train`: train an adapter (LoRA by default) on a data file and write it in PEFT's layout.
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::defaults;
-use forge_api::{Options, StateData};
+use forge_api::Options;
 use serde::Serialize;
 
 use super::{ModelArgs, Runtime};
 use crate::data::{Documents, TokenWindows};
 use crate::eval::{perplexity, PerplexityReport};
 use crate::model::CausalLm;
-use crate::outputs::{write_atomic, write_json_atomic};
+use crate::outputs::write_json_atomic;
 use crate::pipeline::TrainSection;
 use crate::strategies::Registry;
 use crate::tokenizer::Tokenizer;
-use crate::training::{train, TrainConfig, TrainReport};
-use crate::{bad_input, Result};
+use crate::training::{
+    save_optimizer_state, train, TrainConfig, TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
+};
+use crate::Result;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -167,11 +168,14 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let attached = adapter.attach(&mut model, rt.seed)?;
     let before = eval_set.as_ref().map(|w| evaluate(&model, w, rt.quiet)).transpose()?;
     attached.set_training(true);
-    let report = train(&model, &attached.parameters(), optimizer.as_mut(), &windows, &config, rt.quiet)?;
+    let params = attached.parameters();
+    let inputs =
+        TrainInputs { model: &model, params: &params, windows: &windows, config: &config, quiet: rt.quiet };
+    let report = train(&inputs, optimizer.as_mut())?;
     attached.set_training(false);
     let after = eval_set.as_ref().map(|w| evaluate(&model, w, rt.quiet)).transpose()?;
     attached.save(&args.out)?;
-    save_optimizer_state(&args.out.join("optimizer_state.safetensors"), &optimizer.state()?)?;
+    save_optimizer_state(&args.out.join(OPTIMIZER_STATE_FILE), &optimizer.state()?)?;
     let output = TrainOutput {
         report,
         adapter: args.adapter.clone(),
@@ -198,36 +202,4 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         )
     });
     Ok(())
-}
-
-/// Writes an optimizer's state as safetensors (one tensor per state piece), atomically.
-fn save_optimizer_state(path: &std::path::Path, state: &[forge_api::StateTensor]) -> Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let bytes: Vec<(String, Dtype, Vec<u8>)> = state
-        .iter()
-        .map(|s| match &s.data {
-            StateData::F32(v) => {
-                (s.name.clone(), Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            }
-            StateData::U8(v) => (s.name.clone(), Dtype::U8, v.clone()),
-            StateData::U64(v) => {
-                (s.name.clone(), Dtype::U64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            }
-        })
-        .collect();
-    let views: BTreeMap<String, TensorView> = bytes
-        .iter()
-        .map(|(name, dtype, data)| {
-            let len = data.len() * 8 / dtype.bitsize();
-            Ok((
-                name.clone(),
-                TensorView::new(*dtype, vec![len], data)
-                    .map_err(|e| bad_input!("optimizer state `{name}`: {e}"))?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    write_atomic(path, |tmp| {
-        safetensors::serialize_to_file(&views, None, tmp)
-            .map_err(|e| bad_input!("cannot write {}: {e}", tmp.display()))
-    })
 }

@@ -7,13 +7,9 @@ const H: f64 = 320.0;
 const PAD: f64 = 50.0;
 const COLOURS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"];
 
-/// `series` of (name, points) drawn on shared axes.
-pub fn line_chart_svg(
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[(String, Vec<(f64, f64)>)],
-) -> String {
+/// The axes' ranges `(x0, x1, y0, y1)` over every finite point, never empty, with 5% room above and
+/// below the data.
+fn bounds(series: &[(String, Vec<(f64, f64)>)]) -> (f64, f64, f64, f64) {
     let points = series.iter().flat_map(|s| s.1.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) =
         (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
@@ -30,7 +26,17 @@ pub fn line_chart_svg(
         y1 = y0 + 1.0;
     }
     let margin = (y1 - y0) * 0.05;
-    let (y0, y1) = (y0 - margin, y1 + margin);
+    (x0, x1, y0 - margin, y1 + margin)
+}
+
+/// `series` of (name, points) drawn on shared axes.
+pub fn line_chart_svg(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> String {
+    let (x0, x1, y0, y1) = bounds(series);
     let px = |x: f64| PAD + (x - x0) / (x1 - x0) * (W - 2.0 * PAD);
     let py = |y: f64| H - PAD - (y - y0) / (y1 - y0) * (H - 2.0 * PAD);
     let mut svg = format!(

@@ -16,9 +16,13 @@ use crate::outputs::{
     zero_pruned_heads,
 };
 use crate::runtime::interrupt;
+use crate::strategies::adapters::load_adapter;
 use crate::strategies::adapters::merge_into;
 use crate::strategies::ModelProbes;
-use crate::training::{train, TrainReport};
+use crate::training::{
+    load_optimizer_state, save_optimizer_state, train_from, TrainInputs, TrainProgress, TrainReport,
+    OPTIMIZER_STATE_FILE,
+};
 use crate::{bad_input, Result};
 
 /// The score given to heads earlier cycles removed: they rank first, and the target is cumulative.
@@ -73,6 +77,8 @@ pub fn run_cycle(ctx: &RunContext, start: &CycleStart, dir: &Path) -> Result<Cyc
         peak_memory_bytes: peaks.0,
     };
     write_json_atomic(&dir.join("cycle.json"), &record)?;
+    // The phase is done: its resume point is no longer needed.
+    let _ = std::fs::remove_dir_all(dir.join("train-state"));
     Ok(record)
 }
 
@@ -118,7 +124,9 @@ fn prune(ctx: &RunContext, folder: &ModelFolder, scores: &HeadScores, cycle: usi
 }
 
 /// Trains an adapter on the pruned model, saves it, and writes the merged model (removed heads'
-/// `o_proj` columns zeroed, the mask layout) with its mask to `dir/model`.
+/// `o_proj` columns zeroed, the mask layout) with its mask to `dir/model`. An interrupt mid-training
+/// saves the adapter, the optimizer's state and the progress to `dir/train-state`, from which a
+/// resumed run continues the phase.
 fn train_and_save(
     ctx: &RunContext,
     folder: &ModelFolder,
@@ -128,19 +136,34 @@ fn train_and_save(
     dir: &Path,
 ) -> Result<TrainReport> {
     let t = &ctx.recipe.train;
-    let (adapter, _) = ctx.registry.adapter(&t.adapter, &t.adapter_options)?;
     let (mut optimizer, _) = ctx.registry.optimizer(&t.optimizer, &t.optimizer_options)?;
-    let attached = adapter.attach(&mut model, seed)?;
+    let state = dir.join("train-state");
+    let (attached, from) = match read_progress(&state)? {
+        Some(progress) => {
+            optimizer.load_state(load_optimizer_state(&state.join(OPTIMIZER_STATE_FILE))?)?;
+            (load_adapter(&state.join("adapter"), &mut model, ctx.registry)?, progress)
+        }
+        None => {
+            let (adapter, _) = ctx.registry.adapter(&t.adapter, &t.adapter_options)?;
+            (adapter.attach(&mut model, seed)?, TrainProgress::default())
+        }
+    };
     attached.set_training(true);
-    let config = t.train_config(seed);
-    let report = train(
-        &model,
-        &attached.parameters(),
-        optimizer.as_mut(),
-        &ctx.train_windows,
-        &config,
-        ctx.opts.quiet,
-    )?;
+    let (config, params) = (t.train_config(seed), attached.parameters());
+    let inputs = TrainInputs {
+        model: &model,
+        params: &params,
+        windows: &ctx.train_windows,
+        config: &config,
+        quiet: ctx.opts.quiet,
+    };
+    let mut save_state = |progress: &TrainProgress, optimizer: &dyn forge_api::Optimizer| {
+        attached.save(&state.join("adapter"))?;
+        save_optimizer_state(&state.join(OPTIMIZER_STATE_FILE), &optimizer.state()?)?;
+        // Written last: its presence says the state is whole.
+        write_json_atomic(&state.join(PROGRESS_FILE), progress)
+    };
+    let report = train_from(&inputs, optimizer.as_mut(), from, Some(&mut save_state))?;
     attached.set_training(false);
     attached.save(&dir.join("adapter"))?;
     interrupt::check()?;
@@ -152,6 +175,20 @@ fn train_and_save(
     write_model_folder(folder, &tensors, &source_config(folder)?, &model_dir)?;
     write_json_atomic(&model_dir.join("mask.json"), mask)?;
     Ok(report)
+}
+
+/// Marks a whole training state in `train-state/`.
+const PROGRESS_FILE: &str = "progress.json";
+
+fn read_progress(state: &Path) -> Result<Option<TrainProgress>> {
+    let path = state.join(PROGRESS_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&path).map_err(|e| crate::Error::io(&path, e))?;
+    serde_json::from_slice(&text).map(Some).map_err(|e| {
+        bad_input!("{}: {e}; delete {} to restart that training phase", path.display(), state.display())
+    })
 }
 
 /// Why the guard rolls the cycle back (None: kept): its metric rose more than `max_increase` over

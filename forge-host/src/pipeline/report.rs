@@ -117,12 +117,46 @@ fn executed_recipe(report: &RunReport) -> Result<String> {
 }
 
 fn markdown(r: &RunReport) -> String {
+    let mut md = summary(r);
+    md += &metrics_table(r);
+    md += "\n## Heads per layer\n\n| layer | removed | kept |\n| --- | --- | --- |\n";
+    for (layer, &heads) in rec_heads(r).iter().enumerate() {
+        let removed = r.mask.pruned_in(layer);
+        let _ = writeln!(md, "| {layer} | {:?} | {} |", removed, heads - removed.len());
+    }
+    md += "\n## Training\n\n| cycle | loss first | loss last | tokens/s |\n| --- | --- | --- | --- |\n";
+    for c in &r.cycles {
+        let f = |key: &str| c.train[key].as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "| {} | {:.4} | {:.4} | {:.0} |",
+            c.cycle,
+            f("loss_first"),
+            f("loss_last"),
+            f("tokens_per_s")
+        );
+    }
+    md += "\n## Pictures\n\n![heads](heatmap.svg)\n\n![loss](loss.svg)\n\n![metric](perplexity.svg)\n";
+    if let Some(samples) = r.final_metrics.get("samples").and_then(Value::as_array) {
+        md += "\n## Samples (final model, greedy)\n\n";
+        for s in samples {
+            let text = |key: &str| s[key].as_str().unwrap_or("").replace('\n', "⏎");
+            let _ = writeln!(md, "**{}** → {}\n", text("prompt"), text("continuation"));
+        }
+    }
+    md += &memory_table(r);
+    let _ = writeln!(md, "\nforge {} · {:.1} s · the executed recipe with input and output hashes is in `recipe.executed.toml`.", r.forge_version, r.seconds);
+    md
+}
+
+/// The title and the paragraph that says what was done.
+fn summary(r: &RunReport) -> String {
     let rec = &r.recipe;
     let mut md = format!("# {} — pruned by forge\n\n", rec.model.display());
     let _ = writeln!(
         md,
         "{} of {} attention heads removed by {} accepted cycle(s) of score (`{}`) → prune (`{}`) → train (`{}` with `{}`, {} steps) → merge; \
-         parameters {} → {} ({} model). Guarded metric: `{}` (a cycle more than {:.0}% worse than the one before is rolled back).\n",
+         parameters {} → {} ({} model). Guarded metric: `{}` (a cycle more than {:.0}% worse than the one before, or {:.0}% worse than the baseline, is rolled back).\n",
         r.heads_before - r.heads_after,
         r.heads_before,
         r.cycles.iter().filter(|c| c.accepted).count(),
@@ -135,15 +169,20 @@ fn markdown(r: &RunReport) -> String {
         r.final_parameters,
         format!("{:?}", rec.prune.save_mode).to_lowercase(),
         r.guard_metric,
-        rec.guard.max_increase * 100.0
+        rec.guard.max_increase * 100.0,
+        rec.guard.max_increase_over_baseline * 100.0
     );
-    let keys: Vec<&String> = r
-        .baseline
-        .keys()
-        .filter(|k| r.baseline[*k].is_number())
-        .filter(|k| k.starts_with("perplexity"))
-        .collect();
-    md += "## Metrics\n\n| stage | heads left | ";
+    for c in r.cycles.iter().filter_map(|c| c.rejected_by.as_ref().map(|why| (c.cycle, why))) {
+        let _ = writeln!(md, "Cycle {} was rolled back: {}.\n", c.0, c.1);
+    }
+    md
+}
+
+/// Every perplexity metric of every stage.
+fn metrics_table(r: &RunReport) -> String {
+    let keys: Vec<&String> =
+        r.baseline.keys().filter(|k| r.baseline[*k].is_number() && k.starts_with("perplexity")).collect();
+    let mut md = "## Metrics\n\n| stage | heads left | ".to_string();
     md += &keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" | ");
     md += " |\n| --- | --- |";
     md += &" --- |".repeat(keys.len());
@@ -159,48 +198,19 @@ fn markdown(r: &RunReport) -> String {
         row(&mut md, format!("cycle {}: trained{verdict}", c.cycle), c.heads_left, &c.trained);
     }
     row(&mut md, "final (reloaded from `model/`)".into(), r.heads_after, &r.final_metrics);
-    md += "\n## Heads per layer\n\n| layer | removed | kept |\n| --- | --- | --- |\n";
-    for (layer, &heads) in rec_heads(r).iter().enumerate() {
-        let removed = r.mask.pruned_in(layer);
-        let _ = writeln!(md, "| {layer} | {:?} | {} |", removed, heads - removed.len());
-    }
-    md += "\n## Training\n\n| cycle | loss first | loss last | tokens/s |\n| --- | --- | --- | --- |\n";
-    for c in &r.cycles {
-        let _ = writeln!(
-            md,
-            "| {} | {:.4} | {:.4} | {:.0} |",
-            c.cycle,
-            c.train["loss_first"].as_f64().unwrap_or(f64::NAN),
-            c.train["loss_last"].as_f64().unwrap_or(f64::NAN),
-            c.train["tokens_per_s"].as_f64().unwrap_or(f64::NAN)
-        );
-    }
-    md += "\n## Pictures\n\n![heads](heatmap.svg)\n\n![loss](loss.svg)\n\n![metric](perplexity.svg)\n";
-    if let Some(samples) = r.final_metrics.get("samples").and_then(Value::as_array) {
-        md += "\n## Samples (final model, greedy)\n\n";
-        for s in samples {
-            let _ = writeln!(
-                md,
-                "**{}** → {}\n",
-                s["prompt"].as_str().unwrap_or("").replace('\n', "⏎"),
-                s["continuation"].as_str().unwrap_or("").replace('\n', "⏎")
-            );
-        }
-    }
-    md += "\n## Memory\n\n| phase | estimated | measured peak |\n| --- | --- | --- |\n";
+    md
+}
+
+/// Each phase's estimate beside its measured peak.
+fn memory_table(r: &RunReport) -> String {
+    let mut md = "\n## Memory\n\n| phase | estimated | measured peak |\n| --- | --- | --- |\n".to_string();
     for e in &r.estimates {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} |",
-            e.phase,
-            human(e.total()),
-            r.peak_memory_bytes.get(e.phase).map_or("—".into(), |b| human(*b))
-        );
+        let peak = r.peak_memory_bytes.get(e.phase).map_or("—".into(), |b| human(*b));
+        let _ = writeln!(md, "| {} | {} | {peak} |", e.phase, human(e.total()));
     }
     if let Some(b) = r.budget {
         let _ = writeln!(md, "\nBudget: {}. Measured peaks on the CPU are the process's high-water mark at the end of each phase.", human(b));
     }
-    let _ = writeln!(md, "\nforge {} · {:.1} s · the executed recipe with input and output hashes is in `recipe.executed.toml`.", r.forge_version, r.seconds);
     md
 }
 

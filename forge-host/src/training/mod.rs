@@ -1,9 +1,11 @@
-//! Training adapters: the loop (batches, accumulation, clipping, schedule) and gradients with or
-//! without per-layer recomputation.
+//! Training adapters: the loop (batches, accumulation, clipping, schedule, stopping and resuming),
+//! gradients with or without per-layer recomputation, and the optimizer's state on disk.
 mod checkpoint;
 mod schedule;
+mod state;
 mod trainer;
 
 pub use checkpoint::loss_and_grads;
 pub use schedule::learning_rate;
-pub use trainer::{train, TrainConfig, TrainReport};
+pub use state::{load_optimizer_state, save_optimizer_state, OPTIMIZER_STATE_FILE};
+pub use trainer::{train, train_from, OnStop, TrainConfig, TrainInputs, TrainProgress, TrainReport};

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 use forge_api::Optimizer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::checkpoint::loss_and_grads;
 use super::schedule::learning_rate;
@@ -81,64 +81,69 @@ impl WindowOrder {
     }
 }
 
-/// Trains `params` (already wired into `model`) on `windows`.
-pub fn train(
-    model: &CausalLm,
-    params: &[Var],
+/// What a training phase works on.
+pub struct TrainInputs<'a> {
+    /// The model, with `params` wired in.
+    pub model: &'a CausalLm,
+    /// The trainable parameters, in a stable order (the optimizer's ids).
+    pub params: &'a [Var],
+    /// The training windows.
+    pub windows: &'a TokenWindows,
+    pub config: &'a TrainConfig,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// Where a training phase stands: optimizer steps done and their losses.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainProgress {
+    pub step: usize,
+    pub losses: Vec<f64>,
+}
+
+/// Called at a requested stop (SIGINT, SIGTERM) with the progress so far and the optimizer, to save
+/// what resuming needs; the loop then returns [`Error::Interrupted`].
+pub type OnStop<'a> = &'a mut dyn FnMut(&TrainProgress, &dyn Optimizer) -> Result<()>;
+
+/// Trains from the first step; a requested stop ends it with [`Error::Interrupted`], saving nothing.
+pub fn train(inputs: &TrainInputs, optimizer: &mut dyn Optimizer) -> Result<TrainReport> {
+    train_from(inputs, optimizer, TrainProgress::default(), None)
+}
+
+/// Trains from `from` (the parameters and the optimizer's state must be those it was saved with):
+/// the window order is replayed to where it stood, so the steps after are the ones an uninterrupted
+/// run would have taken.
+pub fn train_from(
+    inputs: &TrainInputs,
     optimizer: &mut dyn Optimizer,
-    windows: &TokenWindows,
-    config: &TrainConfig,
-    quiet: bool,
+    from: TrainProgress,
+    mut on_stop: Option<OnStop>,
 ) -> Result<TrainReport> {
+    let config = inputs.config;
     if config.steps == 0 || config.batch_size == 0 || config.grad_accum == 0 {
         return Err(bad_input!("--steps, --batch-size and --grad-accum must each be at least 1"));
     }
-    let memory = PeakMemory::start(model.device());
-    let seq_len = windows.seq_len();
-    let mut order = WindowOrder::new(windows.len(), config.seed);
-    let bar = progress::bar(config.steps as u64, "steps", quiet);
+    let memory = PeakMemory::start(inputs.model.device());
+    let mut order = WindowOrder::new(inputs.windows.len(), config.seed);
+    for _ in 0..from.step * config.grad_accum * config.batch_size {
+        order.take();
+    }
+    let bar = progress::bar(config.steps as u64, "steps", inputs.quiet);
+    bar.inc(from.step as u64);
     let started = Instant::now();
-    let mut losses = Vec::with_capacity(config.steps);
+    let mut progress = from;
     let mut after_first = started;
-    for step in 0..config.steps {
-        crate::runtime::interrupt::check()?;
-        let mut sums: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.elem_count()]).collect();
-        let mut loss = 0f64;
-        for _ in 0..config.grad_accum {
-            let mut ids = Vec::with_capacity(config.batch_size * seq_len);
-            for _ in 0..config.batch_size {
-                ids.extend_from_slice(windows.batch(order.take(), 1));
+    while progress.step < config.steps {
+        if crate::runtime::interrupt::requested() {
+            if let Some(save) = on_stop.as_mut() {
+                save(&progress, optimizer)?;
             }
-            let ids = Tensor::from_vec(ids, (config.batch_size, seq_len), model.device())?;
-            let (l, grads) = section("train forward + backward", model.device(), || {
-                loss_and_grads(model, &ids, params, config.grad_checkpoint)
-            })?;
-            loss += l as f64 / config.grad_accum as f64;
-            for (sum, g) in sums.iter_mut().zip(grads) {
-                let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                sum.iter_mut().zip(g).for_each(|(s, g)| *s += g / config.grad_accum as f32);
-            }
+            return Err(Error::Interrupted(String::new()));
         }
-        if !loss.is_finite() {
-            return Err(Error::Strategy(format!(
-                "the loss became {loss} at step {step}; lower --lr or set --clip-norm"
-            )));
-        }
-        if let Some(max) = config.clip_norm {
-            let norm = sums.iter().flatten().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
-            if norm > max {
-                let scale = (max / norm) as f32;
-                sums.iter_mut().flatten().for_each(|g| *g *= scale);
-            }
-        }
-        let lr = learning_rate(step, config.steps, config.warmup_steps, config.lr);
-        for (id, (var, grad)) in params.iter().zip(&sums).enumerate() {
-            let mut values = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            optimizer.update(id, &mut values, grad, lr)?;
-            var.set(&Tensor::from_vec(values, var.shape(), model.device())?.to_dtype(var.dtype())?)?;
-        }
-        losses.push(loss);
-        if step == 0 {
+        let loss = optimizer_step(inputs, optimizer, &mut order, progress.step)?;
+        progress.losses.push(loss);
+        progress.step += 1;
+        if progress.step == 1 {
             after_first = Instant::now();
         }
         bar.set_message(format!("loss {loss:.4}"));
@@ -146,12 +151,14 @@ pub fn train(
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let tokens_per_step = config.grad_accum * config.batch_size * seq_len;
-    let tokens_per_s = if config.steps > 1 {
-        (config.steps - 1) as f64 * tokens_per_step as f64 / after_first.elapsed().as_secs_f64()
+    let tokens_per_step = config.grad_accum * config.batch_size * inputs.windows.seq_len();
+    let steps_here = progress.losses.len().min(config.steps);
+    let tokens_per_s = if steps_here > 1 && after_first > started {
+        (steps_here - 1) as f64 * tokens_per_step as f64 / after_first.elapsed().as_secs_f64()
     } else {
         tokens_per_step as f64 / seconds
     };
+    let losses = progress.losses;
     Ok(TrainReport {
         steps: config.steps,
         loss_first: losses[0],
@@ -161,4 +168,51 @@ pub fn train(
         seconds,
         peak_memory_bytes: memory.peak_bytes(),
     })
+}
+
+/// One optimizer step: `grad_accum` micro-batches, the averaged gradients clipped, each parameter
+/// updated; returns the step's loss.
+fn optimizer_step(
+    inputs: &TrainInputs,
+    optimizer: &mut dyn Optimizer,
+    order: &mut WindowOrder,
+    step: usize,
+) -> Result<f64> {
+    let (model, config, seq_len) = (inputs.model, inputs.config, inputs.windows.seq_len());
+    let mut sums: Vec<Vec<f32>> = inputs.params.iter().map(|p| vec![0.0; p.elem_count()]).collect();
+    let mut loss = 0f64;
+    for _ in 0..config.grad_accum {
+        let mut ids = Vec::with_capacity(config.batch_size * seq_len);
+        for _ in 0..config.batch_size {
+            ids.extend_from_slice(inputs.windows.batch(order.take(), 1));
+        }
+        let ids = Tensor::from_vec(ids, (config.batch_size, seq_len), model.device())?;
+        let (l, grads) = section("train forward + backward", model.device(), || {
+            loss_and_grads(model, &ids, inputs.params, config.grad_checkpoint)
+        })?;
+        loss += l as f64 / config.grad_accum as f64;
+        for (sum, g) in sums.iter_mut().zip(grads) {
+            let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            sum.iter_mut().zip(g).for_each(|(s, g)| *s += g / config.grad_accum as f32);
+        }
+    }
+    if !loss.is_finite() {
+        return Err(Error::Strategy(format!(
+            "the loss became {loss} at step {step}; lower --lr or set --clip-norm"
+        )));
+    }
+    if let Some(max) = config.clip_norm {
+        let norm = sums.iter().flatten().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
+        if norm > max {
+            let scale = (max / norm) as f32;
+            sums.iter_mut().flatten().for_each(|g| *g *= scale);
+        }
+    }
+    let lr = learning_rate(step, config.steps, config.warmup_steps, config.lr);
+    for (id, (var, grad)) in inputs.params.iter().zip(&sums).enumerate() {
+        let mut values = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        optimizer.update(id, &mut values, grad, lr)?;
+        var.set(&Tensor::from_vec(values, var.shape(), model.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(loss)
 }

@@ -55,60 +55,91 @@ struct Slips {
     unterminated_strings: usize,
 }
 
-fn scan(text: &str, from: usize) -> Slips {
-    let chars: Vec<char> = text.chars().collect();
-    let mut slips = Slips::default();
-    let mut stack = Vec::new();
-    // Some(true) inside a `"""` string, Some(false) inside a `"` string.
-    let mut string: Option<bool> = None;
-    let mut comment = false;
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let counted = i >= from;
-        let triple = chars.get(i..i + 3) == Some(&['"', '"', '"'][..]);
-        match string {
-            Some(_) if c == '\\' => i += 1,
-            Some(true) if triple => {
-                string = None;
-                i += 2;
-            }
-            Some(false) if c == '"' => string = None,
-            Some(false) if c == '\n' => {
-                slips.unterminated_strings += counted as usize;
-                string = None;
-            }
-            Some(_) => {}
-            None if comment => comment = c != '\n',
-            None => match c {
-                '/' if chars.get(i + 1) == Some(&'/') => comment = true,
-                '"' if triple => {
-                    string = Some(true);
-                    i += 2;
-                }
-                '"' => string = Some(false),
-                '(' | '[' | '{' => stack.push(c),
-                ')' | ']' | '}' => {
-                    let open = match c {
-                        ')' => '(',
-                        ']' => '[',
-                        _ => '{',
-                    };
-                    // A closer with no opener on the stack closes something from before the window.
-                    // One that skips openers closes the nearest match; one with no match is stray.
-                    if let Some(at) = stack.iter().rposition(|&c| c == open) {
-                        slips.mismatched_brackets += (counted && at + 1 != stack.len()) as usize;
-                        stack.truncate(at);
-                    } else if !stack.is_empty() {
-                        slips.mismatched_brackets += counted as usize;
-                    }
-                }
-                _ => {}
-            },
-        }
-        i += 1;
+/// Where the scanner is: inside a `"""` string, a `"` string, a `//` comment, or code.
+#[derive(Clone, Copy, PartialEq)]
+enum Inside {
+    Code,
+    TripleString,
+    String,
+    Comment,
+}
+
+struct Scanner {
+    chars: Vec<char>,
+    stack: Vec<char>,
+    inside: Inside,
+    slips: Slips,
+}
+
+impl Scanner {
+    fn triple_at(&self, i: usize) -> bool {
+        self.chars.get(i..i + 3) == Some(&['"', '"', '"'][..])
     }
-    slips
+
+    /// Reads the character at `i` inside a string or comment; returns how many more to skip.
+    fn in_literal(&mut self, i: usize, counted: bool) -> usize {
+        let c = self.chars[i];
+        match self.inside {
+            Inside::String | Inside::TripleString if c == '\\' => return 1,
+            Inside::TripleString if self.triple_at(i) => {
+                self.inside = Inside::Code;
+                return 2;
+            }
+            Inside::String if c == '"' => self.inside = Inside::Code,
+            Inside::String if c == '\n' => {
+                self.slips.unterminated_strings += counted as usize;
+                self.inside = Inside::Code;
+            }
+            Inside::Comment if c == '\n' => self.inside = Inside::Code,
+            _ => {}
+        }
+        0
+    }
+
+    /// Reads the character at `i` in code; returns how many more to skip.
+    fn in_code(&mut self, i: usize, counted: bool) -> usize {
+        let c = self.chars[i];
+        match c {
+            '/' if self.chars.get(i + 1) == Some(&'/') => self.inside = Inside::Comment,
+            '"' if self.triple_at(i) => {
+                self.inside = Inside::TripleString;
+                return 2;
+            }
+            '"' => self.inside = Inside::String,
+            '(' | '[' | '{' => self.stack.push(c),
+            ')' => self.close('(', counted),
+            ']' => self.close('[', counted),
+            '}' => self.close('{', counted),
+            _ => {}
+        }
+        0
+    }
+
+    /// A closer with no opener on the stack closes something from before the window. One that skips
+    /// openers closes the nearest match; one with no match is stray.
+    fn close(&mut self, open: char, counted: bool) {
+        if let Some(at) = self.stack.iter().rposition(|&c| c == open) {
+            self.slips.mismatched_brackets += (counted && at + 1 != self.stack.len()) as usize;
+            self.stack.truncate(at);
+        } else if !self.stack.is_empty() {
+            self.slips.mismatched_brackets += counted as usize;
+        }
+    }
+}
+
+fn scan(text: &str, from: usize) -> Slips {
+    let mut s = Scanner {
+        chars: text.chars().collect(),
+        stack: Vec::new(),
+        inside: Inside::Code,
+        slips: Slips::default(),
+    };
+    let mut i = 0;
+    while i < s.chars.len() {
+        let counted = i >= from;
+        i += 1 + if s.inside == Inside::Code { s.in_code(i, counted) } else { s.in_literal(i, counted) };
+    }
+    s.slips
 }
 
 fn is_bracket_token(text: &str) -> bool {

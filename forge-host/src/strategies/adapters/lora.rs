@@ -205,21 +205,24 @@ impl Adapter for LoraConfig {
     /// update would not, and is refused.
     fn trainable_values(&self, config: &ModelConfig) -> Result<usize> {
         let mut total = 0;
+        let mut narrowest: Option<(usize, usize, &str, usize, usize)> = None;
         for layer in 0..config.layers {
             for target in &self.targets {
                 let (i, o) =
                     config.linear_dims(layer, target).expect("targets are checked against LINEAR_MODULES");
-                if self.rank > i.min(o) {
-                    return Err(bad_input!(
-                        "adapter option `rank` is {} but `{target}` of layer {layer} is {i} → {o}; give a rank of at most {}",
-                        self.rank,
-                        i.min(o)
-                    ));
+                if narrowest.is_none_or(|n| i.min(o) < n.0) {
+                    narrowest = Some((i.min(o), layer, target, i, o));
                 }
                 total += self.rank * (i + o);
             }
         }
-        Ok(total)
+        match narrowest {
+            Some((side, layer, target, i, o)) if self.rank > side => Err(bad_input!(
+                "adapter option `rank` is {} but `{target}` of layer {layer} is {i} → {o}; give a rank of at most {side}",
+                self.rank
+            )),
+            _ => Ok(total),
+        }
     }
 
     fn attach(&self, model: &mut CausalLm, seed: u64) -> Result<Box<dyn AttachedAdapter>> {
