@@ -314,34 +314,42 @@ fn a_kill_mid_write_leaves_no_temporary_file_after_resume() {
 /// outputs of the uninterrupted run — which fresh moments would not reach.
 #[test]
 fn sigint_mid_training_resumes_the_phase_with_its_optimizer_state() {
-    let long = ["--set", "prune.cycles=1", "--set", "train.steps=300"];
+    let long = ["--set", "prune.cycles=1", "--set", "train.steps=20"];
     let whole = tempfile::tempdir().unwrap();
     forge_json(&run_args(whole.path().to_str().unwrap(), &long));
 
     let out = tempfile::tempdir().unwrap();
     let args = run_args(out.path().to_str().unwrap(), &long);
-    let child = Command::new(env!("CARGO_BIN_EXE_forge"))
+    // Logging on (FORGE_LOG overrides -q's filter): the trainer says when it starts.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
         .args(&args)
+        .env("FORGE_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while !out.path().join("run-recipe.toml").exists() {
-        assert!(started.elapsed().as_secs() < 120, "the run never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut stderr = String::new();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    while !stderr.contains("training from step 0") {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut lines, &mut line).unwrap() > 0,
+            "training never started: {stderr}"
+        );
+        stderr += &line;
     }
-    // Past the baseline, scoring and the pruned evaluation (about a second), well inside training.
-    std::thread::sleep(std::time::Duration::from_secs(4));
+    // A few steps in (each takes a fraction of a second), then the interrupt.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    std::io::Read::read_to_string(&mut lines, &mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted") && stderr.contains("--resume"), "{stderr}");
-    assert!(
-        out.path().join("cycles/1/train-state/progress.json").is_file(),
-        "the interrupt did not land in training: {stderr}"
-    );
+    let progress = std::fs::read(out.path().join("cycles/1/train-state/progress.json"));
+    let progress: serde_json::Value =
+        serde_json::from_slice(&progress.expect("the training state was saved")).unwrap();
+    let step = progress["step"].as_u64().unwrap();
+    assert!((1..20).contains(&step), "the interrupt landed at step {step}, not mid-training: {stderr}");
     assert_eq!(temporaries(out.path()), Vec::<std::path::PathBuf>::new());
     no_partial_files(out.path());
 

@@ -35,6 +35,8 @@ pub trait Optimizer {
     }
     /// The whole state, to save.
     fn state(&self) -> Result<Vec<StateTensor>, StrategyError>;
-    /// Restores a state returned by [`Optimizer::state`].
+    /// Restores a state returned by [`Optimizer::state`]. forge calls it when `forge run --resume`
+    /// continues a training phase that an interrupt stopped: the phase goes on with the moments it
+    /// had, as if never stopped (restarting AdamW from zero moments would take different steps).
     fn load_state(&mut self, state: Vec<StateTensor>) -> Result<(), StrategyError>;
 }

@@ -128,6 +128,7 @@ pub fn train_from(
     for _ in 0..from.step * config.grad_accum * config.batch_size {
         order.take();
     }
+    tracing::info!("training from step {} of {}", from.step, config.steps);
     let bar = progress::bar(config.steps as u64, "steps", inputs.quiet);
     bar.inc(from.step as u64);
     let started = Instant::now();
