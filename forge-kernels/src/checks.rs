@@ -67,6 +67,34 @@ pub struct Case<'a> {
     pub tolerance: f64,
 }
 
+impl<'a> Case<'a> {
+    /// A case against the exact function in f32 on the CPU, tolerance 1e-2 (bf16 outputs differ from
+    /// f32 by about 4e-3 at most), no past.
+    pub fn new(
+        kernel: &'static str,
+        shape: Vec<usize>,
+        f: Op<'a>,
+        inputs: Vec<Tensor>,
+        weights: Tensor,
+    ) -> Self {
+        Case { kernel, shape, past: 0, f, inputs, weights, reference_dtype: DType::F32, tolerance: 1e-2 }
+    }
+
+    /// Against the same rounding steps on the CPU (bf16 elementary ops) rather than the exact function.
+    pub fn same_rounding(self) -> Self {
+        Case { reference_dtype: DType::BF16, ..self }
+    }
+
+    /// With keys before the queries (attention, softmax).
+    pub fn past(self, past: usize) -> Self {
+        Case { past, ..self }
+    }
+
+    pub fn tolerance(self, tolerance: f64) -> Self {
+        Case { tolerance, ..self }
+    }
+}
+
 /// `f` of `inputs` moved to `device` in `dtype`, and the gradients of `Σ weights · f` with respect to
 /// each input. `f` moves whatever else it uses to its inputs' device.
 fn value_and_grads(case: &Case, device: &Device, dtype: DType) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
@@ -128,16 +156,7 @@ fn softmax_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec
         .map(|(shape, past)| {
             let f = move |x: &[Tensor]| causal_softmax(&x[0], 1.0 / 8f64.sqrt(), past);
             let (inputs, weights) = (vec![random(&shape, rng, 8.0)?], random(&shape, rng, 1.0)?);
-            let case = Case {
-                kernel: "causal_softmax_bf16",
-                shape,
-                past,
-                f: &f,
-                inputs,
-                weights,
-                reference_dtype: DType::F32,
-                tolerance: 1e-2,
-            };
+            let case = Case::new("causal_softmax_bf16", shape, &f, inputs, weights).past(past);
             check(case, dev)
         })
         .collect()
@@ -178,19 +197,7 @@ fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
         let f = |x: &[Tensor]| rms_norm(&x[0], &w.to_device(x[0].device())?, 1e-6);
         let (inputs, weights) = (vec![random(&[rows, n], rng, 4.0)?], random(&[rows, n], rng, 1.0)?);
         let shape = vec![rows, n];
-        checks.push(check(
-            Case {
-                kernel: "rms_norm_bf16",
-                shape,
-                past: 0,
-                f: &f,
-                inputs,
-                weights,
-                reference_dtype: DType::BF16,
-                tolerance: 1e-2,
-            },
-            dev,
-        )?);
+        checks.push(check(Case::new("rms_norm_bf16", shape, &f, inputs, weights).same_rounding(), dev)?);
     }
     for (b, s, h, d) in [(2, 5, 3, 8), (8, 1024, 14, 64), (1, 1, 16, 128)] {
         let angles = (random(&[1, 1, s, d], rng, 1.0)? * 1e3)?;
@@ -200,37 +207,13 @@ fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
         };
         let (inputs, weights) = (vec![random(&[b, s, h, d], rng, 4.0)?], random(&[b, h, s, d], rng, 1.0)?);
         let shape = vec![b, s, h, d];
-        checks.push(check(
-            Case {
-                kernel: "rope_bf16",
-                shape,
-                past: 0,
-                f: &f,
-                inputs,
-                weights,
-                reference_dtype: DType::BF16,
-                tolerance: 1e-2,
-            },
-            dev,
-        )?);
+        checks.push(check(Case::new("rope_bf16", shape, &f, inputs, weights).same_rounding(), dev)?);
     }
     for shape in [vec![3, 11], vec![8192, 4864]] {
         let f = |x: &[Tensor]| swiglu(&x[0], &x[1]);
         let inputs = vec![random(&shape, rng, 6.0)?, random(&shape, rng, 2.0)?];
         let weights = random(&shape, rng, 1.0)?;
-        checks.push(check(
-            Case {
-                kernel: "swiglu_bf16",
-                shape,
-                past: 0,
-                f: &f,
-                inputs,
-                weights,
-                reference_dtype: DType::BF16,
-                tolerance: 1e-2,
-            },
-            dev,
-        )?);
+        checks.push(check(Case::new("swiglu_bf16", shape, &f, inputs, weights).same_rounding(), dev)?);
     }
     Ok(checks)
 }
@@ -246,16 +229,7 @@ mod tests {
         let mut rng = SplitMix64::new(1);
         let inputs = vec![random(&[3, 5], &mut rng, 2.0)?, random(&[3, 5], &mut rng, 2.0)?];
         let weights = random(&[3, 5], &mut rng, 1.0)?;
-        let case = |f| Case {
-            kernel: "swiglu_bf16",
-            shape: vec![3, 5],
-            past: 0,
-            f,
-            inputs: inputs.clone(),
-            weights: weights.clone(),
-            reference_dtype: DType::F32,
-            tolerance: 1e-2,
-        };
+        let case = |f| Case::new("swiglu_bf16", vec![3, 5], f, inputs.clone(), weights.clone());
         let faithful_f = |x: &[Tensor]| swiglu(&x[0], &x[1]);
         let planted_f = |x: &[Tensor]| {
             let up = if x[1].dtype() == DType::BF16 { (&x[1] * 1.1)? } else { x[1].clone() };

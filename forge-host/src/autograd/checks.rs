@@ -1,7 +1,7 @@
 //! forge-kernels' checks of the two composite ops built here on the fused kernels: attention (the
 //! softmax kernels and their backward, through the recomputing backward) and the chunked NLL (the row
 //! NLL kernels and the lm_head products), on a device against the CPU.
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use forge_kernels::checks::{check, random, Case, Check};
 use forge_kernels::SplitMix64;
 
@@ -21,16 +21,7 @@ pub fn all(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>
         let weights = random(&[b, seq, heads * d], rng, 1.0)?;
         let f = |x: &[Tensor]| Ok(causal_attention(&x[0], &x[1], &x[2], past)?.0);
         let shape = vec![b, heads, kv, seq, d];
-        let case = Case {
-            kernel: "causal_attention",
-            shape,
-            past,
-            f: &f,
-            inputs,
-            weights,
-            reference_dtype: DType::F32,
-            tolerance: 2e-2,
-        };
+        let case = Case::new("causal_attention", shape, &f, inputs, weights).past(past).tolerance(2e-2);
         checks.push(check(case, dev)?);
     }
     for (rows, hidden, vocab) in [(37, 64, 5003), (600, 128, 151936)] {
@@ -44,16 +35,7 @@ pub fn all(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>
             chunked_nll(&x[0], &lm_head, &targets.to_device(x[0].device())?)
         };
         let shape = vec![rows, hidden, vocab];
-        let case = Case {
-            kernel: "row_nll_bf16 (chunked NLL)",
-            shape,
-            past: 0,
-            f: &f,
-            inputs,
-            weights,
-            reference_dtype: DType::F32,
-            tolerance: 1e-2,
-        };
+        let case = Case::new("row_nll_bf16 (chunked NLL)", shape, &f, inputs, weights);
         checks.push(check(case, dev)?);
     }
     Ok(checks)

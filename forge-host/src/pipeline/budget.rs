@@ -7,7 +7,7 @@
 //! a run that would have fitted; an under-estimate is an OOM, which is what this exists to prevent).
 use candle_core::DType;
 
-use super::recipe::Recipe;
+use super::recipe::{Recipe, TrainState};
 use crate::autograd::rows_per_chunk;
 use crate::loader::ModelConfig;
 
@@ -50,22 +50,6 @@ fn layer_saved(c: &ModelConfig, batch: usize, seq: usize, bytes: u64) -> u64 {
 
 fn logits_chunk(c: &ModelConfig, rows: usize) -> u64 {
     (rows_per_chunk(c.vocab).min(rows) * c.vocab * 4 * 3) as u64
-}
-
-/// What the recipe's adapter and optimizer say they will hold, asked of the strategies themselves.
-#[derive(Clone, Copy, Debug)]
-pub struct TrainState {
-    /// Trainable values the adapter attaches ([`Adapter::trainable_values`](crate::strategies::adapters::Adapter::trainable_values)).
-    pub values: u64,
-    /// The optimizer's state bytes per trainable value.
-    pub optimizer_bytes_per_value: f64,
-}
-
-impl TrainState {
-    /// f32 master values and their gradients, plus the optimizer's state.
-    fn bytes(&self) -> u64 {
-        (self.values as f64 * (8.0 + self.optimizer_bytes_per_value)) as u64
-    }
 }
 
 /// Estimates for every phase of `recipe` on a model of `config` run in `dtype`.

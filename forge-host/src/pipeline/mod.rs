@@ -11,8 +11,8 @@ mod record;
 mod report;
 mod run;
 
-pub use budget::{estimate, parse_size, Estimate, TrainState};
+pub use budget::{estimate, parse_size, Estimate};
 pub use context::RunOptions;
-pub use recipe::{Recipe, TrainSection};
+pub use recipe::{Recipe, TrainSection, TrainState};
 pub use record::{CycleRecord, RunReport};
 pub use run::run;

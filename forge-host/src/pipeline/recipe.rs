@@ -8,13 +8,28 @@ use forge_api::{Options, StrategyKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::budget::TrainState;
 use crate::defaults;
 use crate::loader::ModelConfig;
 use crate::outputs::SaveMode;
 use crate::strategies::Registry;
 use crate::training::TrainConfig;
 use crate::{bad_input, Error, Result};
+
+/// What the recipe's adapter and optimizer say they will hold, asked of the strategies themselves.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainState {
+    /// Trainable values the adapter attaches ([`Adapter::trainable_values`](crate::strategies::adapters::Adapter::trainable_values)).
+    pub values: u64,
+    /// The optimizer's state bytes per trainable value.
+    pub optimizer_bytes_per_value: f64,
+}
+
+impl TrainState {
+    /// f32 master values and their gradients, plus the optimizer's state.
+    pub(super) fn bytes(&self) -> u64 {
+        (self.values as f64 * (8.0 + self.optimizer_bytes_per_value)) as u64
+    }
+}
 
 /// A strategy's options as written in the recipe (any TOML values).
 pub type OptionTable = BTreeMap<String, Value>;

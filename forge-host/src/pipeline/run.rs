@@ -144,7 +144,7 @@ fn final_model(ctx: &RunContext, current: &Path, mask: &HeadMask) -> Result<(Met
 /// Refuses, before any allocation, a phase estimated above the budget.
 fn check_budget(estimates: &[Estimate], budget: Option<u64>) -> Result<()> {
     let Some(budget) = budget else { return Ok(()) };
-    for e in estimates.iter().filter(|e| e.total() > budget) {
+    if let Some(e) = estimates.iter().find(|e| e.total() > budget) {
         let parts: Vec<String> = e.parts.iter().map(|(n, b)| format!("{n} {}", human(*b))).collect();
         return Err(bad_input!(
             "the {} phase needs an estimated {} ({}) but --memory-budget is {}; to fit, use {}",
