@@ -113,6 +113,28 @@ fn the_guard_rolls_back_a_cycle_that_makes_the_metric_worse() {
 }
 
 #[test]
+fn the_baseline_guard_stops_cycles_that_drift_past_the_unpruned_model() {
+    // Each cycle may be far worse than the one before (max_increase 10), but none may end worse than
+    // the unpruned baseline: two training steps cannot make up for pruning, so cycle 1 is refused.
+    let out = tempfile::tempdir().unwrap();
+    let report = forge_json(&run_args(
+        out.path().to_str().unwrap(),
+        &["--set", "guard.max_increase_over_baseline=0.0", "--set", "prune.cycles=2"],
+    ));
+    let cycles = report["cycles"].as_array().unwrap();
+    assert_eq!(cycles.len(), 1, "the run went on after a rolled-back cycle");
+    assert_eq!(cycles[0]["accepted"], false);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("cycles/1/cycle.json")).unwrap()).unwrap();
+    let why = record["rejected_by"].as_str().unwrap();
+    assert!(
+        why.contains("above the unpruned baseline") && why.contains("guard.max_increase_over_baseline"),
+        "{why}"
+    );
+    assert_eq!(report["heads_after"], 64);
+}
+
+#[test]
 fn a_budget_too_small_is_refused_before_anything_is_allocated_or_written() {
     let out = tempfile::tempdir().unwrap();
     let o = out.path().join("run");
