@@ -1,0 +1,1 @@
+// compiled in place of each candle-kernels source by nvcc-for-candle (see there)
