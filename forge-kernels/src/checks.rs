@@ -188,8 +188,11 @@ fn row_nll_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec
         .collect()
 }
 
-/// The fused norm, RoPE and SwiGLU against the elementary bf16 ops they replace, run on the CPU
-/// (forward and backward): the same rounding steps, so differences are single-ulp ties.
+/// The fused norm and RoPE against the elementary bf16 ops they replace, run on the CPU (forward and
+/// backward): the same rounding steps, so differences are single-ulp ties. SwiGLU against the exact
+/// function in f32: its elementary bf16 backward rounds each intermediate product, so on a small
+/// random case (33 values) it drifted 1.01e-2 from the kernel, which computes in f32 and rounds once
+/// (H200, 2026-12-02); against f32 the kernel's error is bounded by two bf16 roundings, about 4e-3.
 fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
     for (rows, n) in [(7, 96), (8192, 896), (3, 4096)] {
@@ -213,7 +216,7 @@ fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
         let f = |x: &[Tensor]| swiglu(&x[0], &x[1]);
         let inputs = vec![random(&shape, rng, 6.0)?, random(&shape, rng, 2.0)?];
         let weights = random(&shape, rng, 1.0)?;
-        checks.push(check(Case::new("swiglu_bf16", shape, &f, inputs, weights).same_rounding(), dev)?);
+        checks.push(check(Case::new("swiglu_bf16", shape, &f, inputs, weights), dev)?);
     }
     Ok(checks)
 }
