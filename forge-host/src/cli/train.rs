@@ -123,18 +123,26 @@ fn evaluate(model: &CausalLm, windows: &TokenWindows, quiet: bool) -> Result<Per
     perplexity(model, windows, defaults::BATCH_SIZE, 0, quiet)
 }
 
-pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
-    let mut adapter_given = Options::parse_pairs(&args.adapter_opts)?;
-    let shorthands = [
-        ("rank", args.rank.map(serde_json::Value::from)),
-        ("alpha", args.alpha.map(serde_json::Value::from)),
-        ("targets", args.targets.clone().map(serde_json::Value::from)),
-    ];
-    for (key, value) in shorthands {
-        if let Some(v) = value {
-            adapter_given.insert(key.to_string(), v);
+impl TrainArgs {
+    /// The adapter's options: `--adapter-opt` pairs, with `--rank`, `--alpha` and `--targets` on top.
+    fn adapter_given(&self) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+        let mut given = Options::parse_pairs(&self.adapter_opts)?;
+        let shorthands = [
+            ("rank", self.rank.map(serde_json::Value::from)),
+            ("alpha", self.alpha.map(serde_json::Value::from)),
+            ("targets", self.targets.clone().map(serde_json::Value::from)),
+        ];
+        for (key, value) in shorthands {
+            if let Some(v) = value {
+                given.insert(key.to_string(), v);
+            }
         }
+        Ok(given)
     }
+}
+
+pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
+    let adapter_given = args.adapter_given()?;
     let (adapter, adapter_options) = registry.adapter(&args.adapter, &adapter_given)?;
     let (mut optimizer, optimizer_options) =
         registry.optimizer(&args.optimizer, &Options::parse_pairs(&args.optimizer_opts)?)?;
