@@ -10,8 +10,10 @@
 //! | [`rms_norm`] | `rms_norm_bf16` (+ backward) | one pass; no f32 copy of the activations |
 //! | [`rope_heads_first`] | `rope_bf16` (+ backward) | rotation and the heads-first transpose in one pass |
 //! | [`swiglu`] | `swiglu_bf16` (+ backward) | one pass instead of three |
+//! | [`gated_delta_rule`] | (CPU so far) | Gated DeltaNet's recurrence: chunked and recurrent forms |
 mod causal_softmax;
 pub mod checks;
+pub mod gated_delta_rule;
 #[cfg(feature = "cuda")]
 mod launch;
 pub mod profile;
