@@ -62,3 +62,34 @@ pub fn forge_refuses(args: &[&str]) -> String {
     assert!(!stderr.contains("panicked"), "forge {args:?} panicked: {stderr}");
     stderr
 }
+
+/// The bundled `tiny-qwen35` (a copy of `../shared/fixtures/tiny-qwen35`: a trained Qwen3.5 hybrid,
+/// `Qwen3_5ForCausalLM` layout).
+pub fn tiny_qwen35() -> PathBuf {
+    root().join("examples/tiny-qwen35")
+}
+
+/// Writes `tiny-qwen35-vl` into `dir`: the same weights in the `Qwen3_5ForConditionalGeneration` layout
+/// (text under `model.language_model`, beside the fixture's tiny random vision tower `model.visual.*`),
+/// with its config. transformers' own file of that layout gives the same text logits to the last bit
+/// (`vl_layout_max_abs_logit_diff` 0 in the reference); assembling it here saves the repository 19 MB.
+pub fn write_tiny_qwen35_vl(dir: &std::path::Path) {
+    let text =
+        candle_core::safetensors::load(tiny_qwen35().join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let vl = fixture("tiny-qwen35-vl");
+    let mut tensors =
+        candle_core::safetensors::load(vl.join("visual.safetensors"), &candle_core::Device::Cpu).unwrap();
+    for (name, tensor) in text {
+        let renamed = match name.strip_prefix("model.") {
+            Some(rest) => format!("model.language_model.{rest}"),
+            None => name,
+        };
+        tensors.insert(renamed, tensor);
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    std::fs::copy(vl.join("config.json"), dir.join("config.json")).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(tiny_qwen35().join(file), dir.join(file)).unwrap();
+    }
+}

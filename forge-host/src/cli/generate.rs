@@ -43,7 +43,7 @@ struct GenerateReport {
 }
 
 pub fn run(args: GenerateArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
-    let folder = crate::loader::ModelFolder::open(&args.model.model)?;
+    let folder = args.model.open(&[], None)?;
     let tokenizer = folder.tokenizer()?;
     let prompt_ids = tokenizer.encode(&args.prompt)?;
     let what =

@@ -108,6 +108,7 @@ struct AdapterDir {
 impl AdapterDir {
     fn apply(&self, model: &mut CausalLm, registry: &Registry) -> Result<()> {
         if let Some(dir) = &self.dir {
+            model.config().require_dense("--adapter")?;
             crate::strategies::adapters::load_adapter(dir, model, registry)?;
         }
         Ok(())
@@ -150,17 +151,30 @@ impl ModelArgs {
     /// Opens the folder, checks the positions the command will ask for (`(tokens, flag)`) against the
     /// model's context, builds the decoder and applies the mask, if any.
     fn load(&self, rt: &Runtime, positions: &[(usize, &str)]) -> Result<(ModelFolder, CausalLm)> {
+        let folder = self.open(positions, None)?;
+        let model = self.build(&folder, rt)?;
+        Ok((folder, model))
+    }
+
+    /// Opens the folder and checks it before anything loads: the positions asked for against the
+    /// context, and, for `dense_for` (work named for the message), that the model is not a hybrid.
+    fn open(&self, positions: &[(usize, &str)], dense_for: Option<&str>) -> Result<ModelFolder> {
         let folder = ModelFolder::open(&self.model)?;
         for &(tokens, flag) in positions {
             folder.config.check_context(tokens, flag)?;
         }
-        let model = self.build(&folder, rt)?;
-        Ok((folder, model))
+        if let Some(work) = dense_for {
+            folder.config.require_dense(work)?;
+        }
+        Ok(folder)
     }
 
     /// Builds the decoder of an opened folder and applies the mask, if any.
     fn build(&self, folder: &ModelFolder, rt: &Runtime) -> Result<CausalLm> {
         let started = std::time::Instant::now();
+        if self.mask.is_some() {
+            folder.config.require_dense("--mask")?;
+        }
         let mut model = CausalLm::load(folder, rt.dtype, &rt.device)?;
         if let Some(path) = &self.mask {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -16,14 +16,22 @@ pub enum Architecture {
     Qwen2,
     /// `Qwen3ForCausalLM`: RMS norm on each query and key head before rope.
     Qwen3,
+    /// `Qwen3_5ForCausalLM` and `Qwen3_5ForConditionalGeneration` (Qwen3.5 and 3.6): Gated DeltaNet
+    /// linear attention and gated full attention, per [`ModelConfig::hybrid`].
+    Qwen35,
 }
 
 impl Architecture {
-    const SUPPORTED: [(&'static str, &'static str, Architecture); 3] = [
+    const SUPPORTED: [(&'static str, &'static str, Architecture); 5] = [
         ("LlamaForCausalLM", "llama", Architecture::Llama),
         ("Qwen2ForCausalLM", "qwen2", Architecture::Qwen2),
         ("Qwen3ForCausalLM", "qwen3", Architecture::Qwen3),
+        ("Qwen3_5ForCausalLM", "qwen3_5_text", Architecture::Qwen35),
+        ("Qwen3_5ForConditionalGeneration", "qwen3_5", Architecture::Qwen35),
     ];
+
+    /// Families whose name forge knows but whose layers it does not run yet.
+    const NOT_YET: [&'static str; 2] = ["Qwen3_5MoeForConditionalGeneration", "Qwen3_5MoeForCausalLM"];
 
     /// The transformers class name, as written in `architectures`.
     pub fn class_name(self) -> &'static str {
@@ -39,6 +47,11 @@ impl Architecture {
         };
         match found {
             Some(s) => Ok(s.2),
+            None if architectures.iter().any(|a| Self::NOT_YET.contains(&a.as_str())) => Err(bad_input!(
+                "architecture `{}` (Qwen3.5 with mixture-of-experts MLPs) is not supported yet; forge runs the \
+                 dense Qwen3.5 models (Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration)",
+                architectures[0]
+            )),
             None => {
                 let named = architectures.first().map(String::as_str).or(model_type).unwrap_or("none given");
                 let supported: Vec<_> = Self::SUPPORTED.iter().map(|s| s.0).collect();
@@ -122,6 +135,47 @@ pub struct ModelConfig {
     pub torch_dtype: Option<String>,
     /// The longest context the model was made for (`max_position_embeddings`), when the config says.
     pub max_positions: Option<usize>,
+    /// Where the text model's weights live: `model` (`model.layers.N…`), or `model.language_model`
+    /// in a `Qwen3_5ForConditionalGeneration` checkpoint, beside its vision tower.
+    pub weight_prefix: String,
+    /// Qwen3.5's layer mix and linear-attention geometry (None for the dense families).
+    pub hybrid: Option<Hybrid>,
+}
+
+/// What a layer of a hybrid model mixes tokens with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// Gated full attention (`full_attention`): softmax attention with an output gate.
+    Full,
+    /// Gated DeltaNet (`linear_attention`): a recurrent state per value head.
+    Linear,
+}
+
+/// The hybrid geometry of a Qwen3.5 model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hybrid {
+    /// Each layer's kind (`layer_types`).
+    pub kinds: Vec<LayerKind>,
+    /// Key heads of the linear attention (`linear_num_key_heads`); each serves
+    /// `value_heads / key_heads` value heads.
+    pub key_heads: usize,
+    /// Value heads (`linear_num_value_heads`).
+    pub value_heads: usize,
+    /// Width of a key (and query) head (`linear_key_head_dim`).
+    pub key_dim: usize,
+    /// Width of a value head (`linear_value_head_dim`).
+    pub value_dim: usize,
+    /// Taps of the causal depthwise convolution (`linear_conv_kernel_dim`).
+    pub conv_kernel: usize,
+    /// Dimensions of each full-attention head that RoPE rotates (`partial_rotary_factor × head_dim`).
+    pub rotary_dim: usize,
+}
+
+impl Hybrid {
+    /// Channels of the causal convolution: queries, keys and values side by side.
+    pub fn conv_channels(&self) -> usize {
+        2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim
+    }
 }
 
 /// The keys of `config.json` forge reads. Unknown keys are fine: configs carry many forge has no use for.
@@ -138,6 +192,13 @@ struct RawConfig {
     head_dim: Option<usize>,
     vocab_size: Option<usize>,
     max_position_embeddings: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    linear_num_key_heads: Option<usize>,
+    linear_num_value_heads: Option<usize>,
+    linear_key_head_dim: Option<usize>,
+    linear_value_head_dim: Option<usize>,
+    linear_conv_kernel_dim: Option<usize>,
+    partial_rotary_factor: Option<f64>,
     rms_norm_eps: Option<f64>,
     hidden_act: Option<String>,
     rope_theta: Option<f64>,
@@ -157,6 +218,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 struct RawRope {
     rope_theta: Option<f64>,
+    partial_rotary_factor: Option<f64>,
     #[serde(alias = "type")]
     rope_type: Option<String>,
     factor: Option<f64>,
@@ -193,8 +255,7 @@ impl ModelConfig {
 
     /// Parses and validates the text of a `config.json`.
     pub fn from_json(text: &[u8]) -> Result<Self> {
-        let raw: RawConfig =
-            serde_json::from_slice(text).map_err(|e| bad_input!("not a valid config: {e}"))?;
+        let (raw, weight_prefix) = raw_config(text)?;
         let architecture = Architecture::from_names(&raw.architectures, raw.model_type.as_deref())?;
         let need = |value: Option<usize>, key: &str, max: usize| -> Result<usize> {
             match value {
@@ -239,7 +300,13 @@ impl ModelConfig {
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias) = match architecture {
             Architecture::Qwen2 => (true, false),
-            Architecture::Llama | Architecture::Qwen3 => (attention_bias, attention_bias),
+            Architecture::Llama | Architecture::Qwen3 | Architecture::Qwen35 => {
+                (attention_bias, attention_bias)
+            }
+        };
+        let hybrid = match architecture {
+            Architecture::Qwen35 => Some(hybrid_config(&raw, layers, head_dim)?),
+            _ => None,
         };
         Ok(ModelConfig {
             architecture,
@@ -256,7 +323,7 @@ impl ModelConfig {
             qkv_bias,
             o_bias,
             mlp_bias: architecture == Architecture::Llama && raw.mlp_bias.unwrap_or(false),
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Qwen35),
             eos_token_id: match raw.eos_token_id {
                 Some(EosId::One(id)) => Some(id),
                 Some(EosId::Many(ids)) => ids.first().copied(),
@@ -264,6 +331,8 @@ impl ModelConfig {
             },
             torch_dtype: raw.dtype,
             max_positions: raw.max_position_embeddings.filter(|&n| n > 0),
+            weight_prefix,
+            hybrid,
         })
     }
 
@@ -277,6 +346,18 @@ impl ModelConfig {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Refuses a hybrid (Qwen3.5) model for work forge does not do on its layers yet: scoring,
+    /// pruning and training reach only attention heads and dense layers so far.
+    pub fn require_dense(&self, work: &str) -> Result<()> {
+        if self.hybrid.is_some() {
+            return Err(bad_input!(
+                "{work} does not run on Qwen3.5's hybrid layers yet (Gated DeltaNet heads as prunable units and \
+                 LoRA through them come next); `forge eval`, `forge generate` and `forge inspect` run Qwen3.5 models"
+            ));
+        }
+        Ok(())
     }
 
     /// `(in, out)` of linear layer `module` (`q_proj` … `down_proj`) of `layer`.
@@ -303,6 +384,92 @@ impl ModelConfig {
             hidden: self.hidden,
         }
     }
+}
+
+/// The text model's keys and where its weights live. A `Qwen3_5ForConditionalGeneration` config keeps
+/// them under `text_config` (its weights under `model.language_model`), with `tie_word_embeddings`
+/// sometimes only at the top.
+fn raw_config(text: &[u8]) -> Result<(RawConfig, String)> {
+    let invalid = |e: serde_json::Error| bad_input!("not a valid config: {e}");
+    let mut value: serde_json::Value = serde_json::from_slice(text).map_err(invalid)?;
+    let outer_tie = value.get("tie_word_embeddings").cloned();
+    let conditional = value["architectures"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|n| n == "Qwen3_5ForConditionalGeneration"));
+    if !conditional {
+        return Ok((serde_json::from_value(value).map_err(invalid)?, "model".into()));
+    }
+    let mut text_config = value
+        .get_mut("text_config")
+        .map(serde_json::Value::take)
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| bad_input!("`text_config` is missing: a Qwen3_5ForConditionalGeneration config keeps its text model there"))?;
+    text_config["architectures"] = serde_json::json!(["Qwen3_5ForConditionalGeneration"]);
+    if text_config.get("tie_word_embeddings").is_none() {
+        if let Some(tie) = outer_tie {
+            text_config["tie_word_embeddings"] = tie;
+        }
+    }
+    Ok((serde_json::from_value(text_config).map_err(invalid)?, "model.language_model".into()))
+}
+
+/// Qwen3.5's layer mix and linear-attention geometry, checked: `layer_types` of the right length and
+/// known kinds (default: every fourth layer full, as transformers has it), value heads a multiple of
+/// key heads, a rotary width that is even and within the head.
+fn hybrid_config(raw: &RawConfig, layers: usize, head_dim: usize) -> Result<Hybrid> {
+    let kinds = match &raw.layer_types {
+        None => (0..layers).map(|i| if (i + 1) % 4 == 0 { LayerKind::Full } else { LayerKind::Linear }).collect(),
+        Some(types) if types.len() != layers => {
+            return Err(bad_input!(
+                "`layer_types` lists {} layers but `num_hidden_layers` is {layers}; give one kind per layer",
+                types.len()
+            ))
+        }
+        Some(types) => types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t.as_str() {
+                "full_attention" => Ok(LayerKind::Full),
+                "linear_attention" => Ok(LayerKind::Linear),
+                other => Err(bad_input!(
+                    "`layer_types[{i}]` is `{other}`; a Qwen3.5 layer is `full_attention` or `linear_attention`"
+                )),
+            })
+            .collect::<Result<_>>()?,
+    };
+    let need = |v: Option<usize>, key: &str| match v {
+        Some(v) if v > 0 && v <= MAX_DIM => Ok(v),
+        _ => Err(bad_input!("`{key}` is missing or not a positive size; a Qwen3.5 config needs it")),
+    };
+    let key_heads = need(raw.linear_num_key_heads, "linear_num_key_heads")?;
+    let value_heads = need(raw.linear_num_value_heads, "linear_num_value_heads")?;
+    if value_heads % key_heads != 0 {
+        return Err(bad_input!(
+            "`linear_num_value_heads` ({value_heads}) is not a multiple of `linear_num_key_heads` ({key_heads}); \
+             each key head serves a whole group of value heads"
+        ));
+    }
+    let factor = raw
+        .rope_parameters
+        .as_ref()
+        .and_then(|p| p.partial_rotary_factor)
+        .or(raw.partial_rotary_factor)
+        .unwrap_or(1.0);
+    let rotary_dim = (head_dim as f64 * factor) as usize;
+    if !(factor > 0.0 && factor <= 1.0) || rotary_dim == 0 || rotary_dim % 2 == 1 {
+        return Err(bad_input!(
+            "`partial_rotary_factor` {factor} × `head_dim` {head_dim} gives {rotary_dim} rotated dimensions; it must be even and positive"
+        ));
+    }
+    Ok(Hybrid {
+        kinds,
+        key_heads,
+        value_heads,
+        key_dim: need(raw.linear_key_head_dim, "linear_key_head_dim")?,
+        value_dim: need(raw.linear_value_head_dim, "linear_value_head_dim")?,
+        conv_kernel: need(raw.linear_conv_kernel_dim, "linear_conv_kernel_dim")?,
+        rotary_dim,
+    })
 }
 
 fn per_layer_heads(

@@ -33,13 +33,13 @@ impl ModelFolder {
     /// 178 instead of 10 on tiny-qwen3 cut to 4 of 8 layers); fewer weights than layers fail at load
     /// with the missing tensor's name.
     fn check_layer_count(&self) -> Result<()> {
-        let layer_of =
-            |name: &str| name.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok();
+        let prefix = format!("{}.layers.", self.config.weight_prefix);
+        let layer_of = |name: &str| name.strip_prefix(&prefix)?.split('.').next()?.parse::<usize>().ok();
         let top = self.weights.names().into_iter().filter_map(layer_of).max();
         match top {
             Some(top) if top >= self.config.layers => Err(bad_input!(
                 "{}: config.json says `num_hidden_layers` is {} but the weights hold layers 0–{top} \
-                 (`model.layers.{top}.*`); fix num_hidden_layers to {} or use the matching weights",
+                 (`{prefix}{top}.*`); fix num_hidden_layers to {} or use the matching weights",
                 self.path.display(),
                 self.config.layers,
                 top + 1

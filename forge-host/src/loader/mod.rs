@@ -5,7 +5,7 @@ mod folder;
 mod scope;
 mod weights;
 
-pub use config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
+pub use config::{Architecture, Hybrid, LayerKind, ModelConfig, RopeConfig, RopeScaling};
 pub use folder::ModelFolder;
 pub use scope::WeightScope;
 pub use weights::WeightStore;

@@ -1,4 +1,6 @@
-//! Grouped-query self-attention with a per-head output mask.
+//! Grouped-query self-attention with a per-head output mask; for Qwen3.5, gated: `q_proj` gives each
+//! head a query and an output gate, RoPE turns only the first `rotary_dim` dimensions of a head, and
+//! the output is multiplied by `sigmoid(gate)` before `o_proj`.
 //!
 //! The mask multiplies each query head's attention output before `o_proj`, which is exactly what
 //! removing the head does to the model (its `o_proj` columns see zeros), and it stays a tensor in the
@@ -37,6 +39,10 @@ pub struct Attention {
     pub o_proj: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
+    /// Qwen3.5's output gate: `q_proj` gives each head `2 · head_dim` values, query then gate.
+    gated: bool,
+    /// Dimensions of each head RoPE rotates (all of them but in Qwen3.5).
+    rotary_dim: usize,
     layer: usize,
     heads: usize,
     kv_heads: usize,
@@ -47,16 +53,24 @@ pub struct Attention {
 pub fn attention(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<Attention> {
     let (heads, kv_heads, d) = (config.heads[layer], config.kv_heads[layer], config.head_dim);
     let h = config.hidden;
+    let hybrid = config.hybrid.as_ref();
     let qk_norm = |name: &str| -> Result<Option<RmsNorm>> {
-        Ok(if config.qk_norm { Some(rms_norm(d, config.rms_norm_eps, vb.pp(name))?) } else { None })
+        Ok(if config.qk_norm {
+            Some(rms_norm(d, config.rms_norm_eps, hybrid.is_some(), vb.pp(name))?)
+        } else {
+            None
+        })
     };
+    let gated = hybrid.is_some();
     Ok(Attention {
-        q_proj: linear(h, heads * d, config.qkv_bias, vb.pp("q_proj"))?,
+        q_proj: linear(h, heads * d * if gated { 2 } else { 1 }, config.qkv_bias, vb.pp("q_proj"))?,
         k_proj: linear(h, kv_heads * d, config.qkv_bias, vb.pp("k_proj"))?,
         v_proj: linear(h, kv_heads * d, config.qkv_bias, vb.pp("v_proj"))?,
         o_proj: linear(heads * d, h, config.o_bias, vb.pp("o_proj"))?,
         q_norm: qk_norm("q_norm")?,
         k_norm: qk_norm("k_norm")?,
+        gated,
+        rotary_dim: hybrid.map_or(d, |h| h.rotary_dim),
         layer,
         heads,
         kv_heads,
@@ -86,20 +100,25 @@ impl Attention {
                 Some(norm) => norm.forward(&t)?,
                 None => t,
             };
-            rope.apply_heads_first(&t)
+            self.rotate(&t, rope)
         };
-        let (q, k, v) = section("attention q/k/v + rope", x.device(), || {
-            let q = split(self.q_proj.forward(x)?, self.heads, &self.q_norm)?;
+        let (q, gate, k, v) = section("attention q/k/v + rope", x.device(), || {
+            let (q, gate) = self.query_and_gate(x)?;
+            let q = split(q, self.heads, &self.q_norm)?;
             let k = split(self.k_proj.forward(x)?, self.kv_heads, &self.k_norm)?;
             let v =
                 self.v_proj.forward(x)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?.contiguous()?;
-            Ok((q, k, v))
+            Ok((q, gate, k, v))
         })?;
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
         let (out, probs) = causal_attention(&q, &k, &v, past)?;
+        let out = match gate {
+            Some(gate) => out.mul(&candle_nn::ops::sigmoid(&gate)?)?,
+            None => out,
+        };
         // The heads' outputs side by side, `(b, s, heads · d)`: a head's mask covers its d columns.
         let out = match head_mask {
             Some(mask) => {
@@ -114,6 +133,30 @@ impl Attention {
             observer.observe(self.layer, &probs, &heads_out)?;
         }
         section("attention o_proj", x.device(), || self.o_proj.forward(&out))
+    }
+
+    /// The queries `(b, s, heads · d)` and, for a gated attention, the gates (the same shape): each
+    /// head's `2d` outputs of `q_proj` are its query, then its gate.
+    fn query_and_gate(&self, x: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let projected = self.q_proj.forward(x)?;
+        if !self.gated {
+            return Ok((projected, None));
+        }
+        let (b, s, _) = x.dims3()?;
+        let per_head = projected.reshape((b, s, self.heads, 2 * self.head_dim))?;
+        let part =
+            |from| per_head.narrow(3, from, self.head_dim)?.reshape((b, s, self.heads * self.head_dim));
+        Ok((part(0)?, Some(part(self.head_dim)?)))
+    }
+
+    /// RoPE on `t` `(b, s, n, d)`, heads-first out; only the first `rotary_dim` dimensions turn.
+    fn rotate(&self, t: &Tensor, rope: &RopeTables) -> candle_core::Result<Tensor> {
+        if self.rotary_dim == self.head_dim {
+            return rope.apply_heads_first(t);
+        }
+        let turned = rope.apply_heads_first(&t.narrow(3, 0, self.rotary_dim)?.contiguous()?)?;
+        let kept = t.narrow(3, self.rotary_dim, self.head_dim - self.rotary_dim)?.transpose(1, 2)?;
+        Tensor::cat(&[&turned, &kept.contiguous()?], 3)
     }
 
     /// Query heads of this layer.

@@ -30,7 +30,7 @@ pub struct CausalLm {
 
 /// Builds the model from a checkpoint's root scope.
 pub fn causal_lm(config: &ModelConfig, vb: WeightScope) -> Result<CausalLm> {
-    let model = vb.pp("model");
+    let model = vb.pp(&config.weight_prefix);
     let embed_tokens = model.get("embed_tokens.weight", &[config.vocab, config.hidden])?;
     let layers = (0..config.layers)
         .map(|i| decoder_layer(config, i, model.pp("layers").pp(i)))
@@ -49,9 +49,12 @@ pub fn causal_lm(config: &ModelConfig, vb: WeightScope) -> Result<CausalLm> {
         config: config.clone(),
         embed_tokens,
         layers,
-        norm: rms_norm(config.hidden, config.rms_norm_eps, model.pp("norm"))?,
+        norm: rms_norm(config.hidden, config.rms_norm_eps, config.hybrid.is_some(), model.pp("norm"))?,
         lm_head,
-        rotary: RotaryEmbedding::new(&config.rope, config.head_dim),
+        rotary: RotaryEmbedding::new(
+            &config.rope,
+            config.hybrid.as_ref().map_or(config.head_dim, |h| h.rotary_dim),
+        ),
         head_masks: vec![None; config.layers],
         device: vb.device().clone(),
         dtype: vb.dtype(),

@@ -1,23 +1,34 @@
-//! One pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+//! One pre-norm decoder layer: `x + mix(norm(x))`, then `x + mlp(norm(x))`, where the token mixer is
+//! attention, or in Qwen3.5's linear layers Gated DeltaNet.
 use candle_core::{Module, Tensor};
 
 use super::attention::{attention, Attention, AttentionObserver};
+use super::gated_deltanet::{gated_deltanet, GatedDeltaNet};
 use super::kv_cache::LayerCache;
 use super::linear::Linear;
 use super::mlp::{mlp, Mlp};
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::RopeTables;
-use crate::loader::ModelConfig;
 use crate::loader::WeightScope;
+use crate::loader::{LayerKind, ModelConfig};
 use crate::Result;
 use forge_kernels::profile::section;
+
+/// What mixes tokens in a layer.
+#[derive(Clone)]
+pub enum Mixer {
+    /// `self_attn`.
+    Attention(Attention),
+    /// `linear_attn` (Qwen3.5).
+    Linear(GatedDeltaNet),
+}
 
 /// A decoder layer.
 #[derive(Clone)]
 pub struct DecoderLayer {
     input_layernorm: RmsNorm,
-    /// The attention block.
-    pub self_attn: Attention,
+    /// The token mixer.
+    pub mixer: Mixer,
     post_attention_layernorm: RmsNorm,
     /// The feed-forward block.
     pub mlp: Mlp,
@@ -25,10 +36,16 @@ pub struct DecoderLayer {
 
 /// Loads layer `layer` from `vb` (`model.layers.N`).
 pub fn decoder_layer(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<DecoderLayer> {
-    let norm = |name: &str| rms_norm(config.hidden, config.rms_norm_eps, vb.pp(name));
+    let offset = config.hybrid.is_some();
+    let norm = |name: &str| rms_norm(config.hidden, config.rms_norm_eps, offset, vb.pp(name));
+    let kind = config.hybrid.as_ref().map_or(LayerKind::Full, |h| h.kinds[layer]);
+    let mixer = match kind {
+        LayerKind::Full => Mixer::Attention(attention(config, layer, vb.pp("self_attn"))?),
+        LayerKind::Linear => Mixer::Linear(gated_deltanet(config, vb.pp("linear_attn"))?),
+    };
     Ok(DecoderLayer {
         input_layernorm: norm("input_layernorm")?,
-        self_attn: attention(config, layer, vb.pp("self_attn"))?,
+        mixer,
         post_attention_layernorm: norm("post_attention_layernorm")?,
         mlp: mlp(config, vb.pp("mlp"))?,
     })
@@ -48,16 +65,28 @@ pub const LINEAR_MODULES: [(&str, &str); 7] = [
 impl DecoderLayer {
     /// The linear layer `module` (one of [`LINEAR_MODULES`]), for wiring adapters in.
     pub fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
+        let attn = match &mut self.mixer {
+            Mixer::Attention(a) => Some(a),
+            Mixer::Linear(_) => None,
+        };
         Some(match module {
-            "q_proj" => &mut self.self_attn.q_proj,
-            "k_proj" => &mut self.self_attn.k_proj,
-            "v_proj" => &mut self.self_attn.v_proj,
-            "o_proj" => &mut self.self_attn.o_proj,
+            "q_proj" => &mut attn?.q_proj,
+            "k_proj" => &mut attn?.k_proj,
+            "v_proj" => &mut attn?.v_proj,
+            "o_proj" => &mut attn?.o_proj,
             "gate_proj" => &mut self.mlp.gate_proj,
             "up_proj" => &mut self.mlp.up_proj,
             "down_proj" => &mut self.mlp.down_proj,
             _ => return None,
         })
+    }
+
+    /// The attention block, in a layer that has one.
+    pub fn self_attn(&self) -> Option<&Attention> {
+        match &self.mixer {
+            Mixer::Attention(a) => Some(a),
+            Mixer::Linear(_) => None,
+        }
     }
 
     /// Runs the layer on `x` `(batch, seq, hidden)`; see [`Attention::forward`] for the other inputs.
@@ -70,14 +99,11 @@ impl DecoderLayer {
         cache: Option<&mut LayerCache>,
         observer: Option<&mut dyn AttentionObserver>,
     ) -> candle_core::Result<Tensor> {
-        let attended = self.self_attn.forward(
-            &self.input_layernorm.forward(x)?,
-            rope,
-            past,
-            head_mask,
-            cache,
-            observer,
-        )?;
+        let normed = self.input_layernorm.forward(x)?;
+        let attended = match &self.mixer {
+            Mixer::Attention(a) => a.forward(&normed, rope, past, head_mask, cache, observer)?,
+            Mixer::Linear(l) => section("linear attention", x.device(), || l.forward(&normed, cache))?,
+        };
         let x = (x + attended)?;
         let fed = section("mlp + norm", x.device(), || {
             self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)

@@ -1,10 +1,17 @@
-//! Keys and values of the tokens seen so far, per layer, so generation computes each position once.
+//! What each layer keeps of the tokens seen so far, so generation computes each position once:
+//! keys and values for attention; for Qwen3.5's linear attention, the last convolution inputs and the
+//! recurrent state (constant in sequence length).
 use candle_core::{Tensor, D};
 
-/// One layer's cached keys and values, `(batch, kv_heads, seen, head_dim)` each.
+/// One layer's cache.
 #[derive(Clone, Default)]
 pub struct LayerCache {
+    /// Attention: keys and values, `(batch, kv_heads, seen, head_dim)` each.
     kv: Option<(Tensor, Tensor)>,
+    /// Linear attention: the last `conv_kernel − 1` inputs of the convolution `(batch, taps − 1, channels)`.
+    pub(crate) conv: Option<Tensor>,
+    /// Linear attention: the delta rule's state `(batch, value_heads, key_dim, value_dim)`, f32.
+    pub(crate) delta: Option<Tensor>,
 }
 
 impl LayerCache {

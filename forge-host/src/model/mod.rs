@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod causal_lm;
 pub mod decoder_layer;
+pub mod gated_deltanet;
 pub mod kv_cache;
 pub mod linear;
 pub mod mlp;

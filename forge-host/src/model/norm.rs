@@ -1,31 +1,67 @@
-//! The decoder's RMS norm layer: a weight and an epsilon, applied by forge-kernels' `rms_norm`
-//! (statistics in f32, the fused kernel while the weight is frozen).
-use candle_core::{Module, Tensor};
+//! The decoder's RMS norm layers. Two conventions, which must not be mixed up:
+//! - Llama, Qwen2 and Qwen3 scale by `w`: forge-kernels' `rms_norm` (statistics in f32, the result
+//!   cast back before the weight is applied; the fused kernel while the weight is frozen);
+//! - Qwen3.5's decoder norms (input, post-attention, final, and attention's q/k norm) store `w` as an
+//!   offset and scale by `1 + w`, multiplying in f32 before the cast (transformers'
+//!   `Qwen3_5RMSNorm`).
+//!
+//! Qwen3.5's linear attention has a third, gated norm; it lives with that layer.
+use candle_core::{DType, Module, Tensor, D};
 
 use crate::loader::WeightScope;
 use crate::Result;
 
-/// `x / sqrt(mean(x²) + eps) · w` over the last dimension.
+/// `x / sqrt(mean(x²) + eps)` scaled by `w` (or by `1 + w`) over the last dimension.
 #[derive(Clone)]
 pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    /// Scale by `1 + w`, in f32 (Qwen3.5).
+    offset: bool,
 }
 
 impl RmsNorm {
-    /// A norm from its weight and epsilon.
+    /// A norm from its weight and epsilon, scaling by `w`.
     pub fn new(weight: Tensor, eps: f64) -> Self {
-        RmsNorm { weight, eps }
+        RmsNorm { weight, eps, offset: false }
     }
 }
 
-/// Loads `weight` of width `dim` from `vb`.
-pub fn rms_norm(dim: usize, eps: f64, vb: WeightScope) -> Result<RmsNorm> {
-    Ok(RmsNorm::new(vb.get("weight", &[dim])?, eps))
+/// Loads `weight` of width `dim` from `vb`; `offset` picks the `1 + w` convention.
+pub fn rms_norm(dim: usize, eps: f64, offset: bool, vb: WeightScope) -> Result<RmsNorm> {
+    Ok(RmsNorm { weight: vb.get("weight", &[dim])?, eps, offset })
 }
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        forge_kernels::rms_norm(x, &self.weight, self.eps)
+        if !self.offset {
+            return forge_kernels::rms_norm(x, &self.weight, self.eps);
+        }
+        let x32 = x.to_dtype(DType::F32)?;
+        let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let scale = (self.weight.to_dtype(DType::F32)? + 1.0)?;
+        x32.broadcast_mul(&inv_rms)?.broadcast_mul(&scale)?.to_dtype(x.dtype())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn the_offset_convention_scales_by_one_plus_w_in_f32() -> candle_core::Result<()> {
+        let x = Tensor::new(&[[3f32, -4.0], [1.0, 1.0]], &Device::Cpu)?;
+        let w = Tensor::new(&[0.5f32, -1.0], &Device::Cpu)?;
+        let norm = RmsNorm { weight: w.clone(), eps: 0.0, offset: true };
+        // Row 0: rms = √12.5; scaled by (1.5, 0).
+        let want = [[3.0 / 12.5f32.sqrt() * 1.5, 0.0], [1.5, 0.0]];
+        let got = norm.forward(&x)?.to_vec2::<f32>()?;
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        let plain = RmsNorm::new(w, 0.0).forward(&x)?.to_vec2::<f32>()?;
+        assert!((plain[1][0] - 0.5).abs() < 1e-6, "the plain convention scales by w: {plain:?}");
+        Ok(())
     }
 }

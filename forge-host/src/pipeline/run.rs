@@ -22,6 +22,7 @@ use crate::{bad_input, Error, Result};
 /// Runs `recipe` and writes every output into `opts.out`.
 pub fn run(recipe: &Recipe, registry: &Registry, opts: &RunOptions) -> Result<RunReport> {
     let base = ModelFolder::open(&recipe.model).map_err(|e| bad_input!("recipe key `model`: {e}"))?;
+    base.config.require_dense("forge run")?;
     let state = recipe.validate(registry, &base.config)?;
     let estimates = estimate(recipe, &base.config, base.weights.parameter_count() as u64, opts.dtype, state);
     let budget = opts.budget.or_else(|| {

@@ -157,7 +157,10 @@ impl ScoringContext for ModelProbes<'_> {
             .layers
             .iter()
             .map(|layer| {
-                let w = layer.self_attn.o_proj.weight().to_dtype(DType::F32)?; // (hidden, heads·d)
+                let attn = layer.self_attn().ok_or_else(|| {
+                    candle_core::Error::Msg("head output norms need attention in every layer".into())
+                })?;
+                let w = attn.o_proj.weight().to_dtype(DType::F32)?; // (hidden, heads·d)
                 let hidden = w.dim(0)?;
                 w.t()?.reshape((w.dim(1)? / d, d, hidden))?.contiguous()
             })

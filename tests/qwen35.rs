@@ -1,0 +1,205 @@
+//! Qwen3.5 (Gated DeltaNet and gated full attention) against transformers 5.17 in float32 on the CPU:
+//! logits, greedy continuations through the recurrent state, and perplexity under the reference
+//! protocol, in both checkpoint layouts (`tests/fixtures/reference/tiny-qwen35*`, copied from
+//! `../shared/fixtures/reference`; the logits file keeps the first of its four sequences).
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use forge_host::generate::{generate, SamplingConfig};
+use forge_host::loader::ModelFolder;
+use forge_host::model::{CausalLm, KvCache};
+
+fn reference() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixture("reference/tiny-qwen35.json")).unwrap()).unwrap()
+}
+
+fn load(dir: &std::path::Path) -> (ModelFolder, CausalLm) {
+    let folder = ModelFolder::open(dir).unwrap();
+    let model = CausalLm::load(&folder, DType::F32, &Device::Cpu).unwrap();
+    (folder, model)
+}
+
+fn logits_within_2e3(dir: &std::path::Path) {
+    let (_, model) = load(dir);
+    let tensors =
+        candle_core::safetensors::load(fixture("reference/tiny-qwen35-logits.safetensors"), &Device::Cpu)
+            .unwrap();
+    let ids = tensors["input_ids"].to_dtype(DType::U32).unwrap();
+    let got = model.logits(&ids, None).unwrap();
+    let diff =
+        (got - &tensors["logits"]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 2e-3, "{}: logits differ from transformers' by up to {diff}", dir.display());
+}
+
+#[test]
+fn logits_match_transformers_in_both_layouts() {
+    logits_within_2e3(&tiny_qwen35());
+    let vl = tempfile::tempdir().unwrap();
+    write_tiny_qwen35_vl(vl.path());
+    logits_within_2e3(vl.path());
+}
+
+#[test]
+fn greedy_continuations_match_transformers_through_the_recurrent_state() {
+    let (folder, model) = load(&tiny_qwen35());
+    let tokenizer = folder.tokenizer().unwrap();
+    for case in reference()["greedy"].as_array().unwrap() {
+        let ids = |key: &str| -> Vec<u32> {
+            case[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+        };
+        let prompt = tokenizer.encode(case["prompt"].as_str().unwrap()).unwrap();
+        assert_eq!(prompt, ids("prompt_ids"), "tokenization of {:?}", case["prompt"]);
+        let want = ids("greedy_ids");
+        let config = SamplingConfig {
+            max_new_tokens: want.len(),
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_token: None,
+        };
+        assert_eq!(
+            generate(&model, &prompt, &config).unwrap(),
+            want,
+            "greedy continuation of {:?}",
+            case["prompt"]
+        );
+    }
+}
+
+#[test]
+fn a_prompt_then_cached_steps_give_the_logits_of_a_full_pass() {
+    // 70 tokens: the prompt crosses a 64-token chunk, then each step goes through the convolution
+    // state and the recurrent state of every linear layer and the KV cache of the full ones.
+    let (folder, model) = load(&tiny_qwen35());
+    let ids: Vec<u32> = (0..75).map(|i| (i * 677 + 5) % 8192).collect();
+    let row = |ids: &[u32]| Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let full = model.logits(&row(&ids), None).unwrap();
+    let mut cache = KvCache::new(folder.config.layers);
+    let mut steps = vec![model.logits(&row(&ids[..70]), Some(&mut cache)).unwrap()];
+    for &id in &ids[70..] {
+        steps.push(model.logits(&row(&[id]), Some(&mut cache)).unwrap());
+    }
+    let cached = Tensor::cat(&steps, 1).unwrap();
+    assert!(rel_diff(&cached, &full) < 1e-5, "cached decoding differs: {}", rel_diff(&cached, &full));
+}
+
+#[test]
+fn perplexity_matches_transformers_in_both_layouts_on_both_domains() {
+    let reference = reference();
+    let vl = tempfile::tempdir().unwrap();
+    write_tiny_qwen35_vl(vl.path());
+    for model in [tiny_qwen35(), vl.path().to_path_buf()] {
+        for domain in ["code", "prose"] {
+            let data = data(&format!("{domain}-valid.jsonl"));
+            let report = forge_json(&[
+                "eval",
+                "-q",
+                "--json",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--seq-len",
+                "512",
+                "--max-windows",
+                "32",
+            ]);
+            let want = reference[format!("{domain}_valid_ppl")].as_f64().unwrap();
+            let got = report["perplexity"].as_f64().unwrap();
+            assert!(
+                (got / want - 1.0).abs() < 1e-3,
+                "{}: {domain}-valid perplexity {got} vs transformers {want}",
+                model.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_hybrid_configs_are_refused_naming_the_key() {
+    let cases: [(&str, serde_json::Value, &str); 4] = [
+        (
+            "layer_types",
+            serde_json::json!(["linear_attention"]),
+            "`layer_types` lists 1 layers but `num_hidden_layers` is 8",
+        ),
+        (
+            "layer_types",
+            serde_json::json!([
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "sliding_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention"
+            ]),
+            "`layer_types[3]` is `sliding_attention`",
+        ),
+        (
+            "linear_num_value_heads",
+            serde_json::json!(6),
+            "`linear_num_value_heads` (6) is not a multiple of `linear_num_key_heads` (4)",
+        ),
+        ("architectures", serde_json::json!(["Qwen3_5MoeForConditionalGeneration"]), "is not supported yet"),
+    ];
+    for (key, value, message) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(tiny_qwen35()).unwrap().flatten() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let path = dir.path().join("config.json");
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        config[key] = value;
+        std::fs::write(&path, config.to_string()).unwrap();
+        let err = forge_refuses(&["inspect", "--model", dir.path().to_str().unwrap()]);
+        assert!(err.contains(message), "{key}: {err}");
+    }
+}
+
+#[test]
+fn a_checkpoint_missing_a_linear_attention_tensor_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(tiny_qwen35()).unwrap().flatten() {
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let path = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors.remove("model.layers.2.linear_attn.dt_bias").unwrap();
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let data = data("code-valid.jsonl");
+    let err =
+        forge_refuses(&["eval", "--model", dir.path().to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    assert!(err.contains("tensor `model.layers.2.linear_attn.dt_bias` is missing"), "{err}");
+}
+
+#[test]
+fn work_that_does_not_reach_hybrid_layers_yet_is_refused_before_loading() {
+    let (m, code) = (tiny_qwen35(), data("code-train.jsonl"));
+    let (m, code) = (m.to_str().unwrap(), code.to_str().unwrap());
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("out");
+    for args in [
+        vec!["score", "--model", m, "--scorer", "l2"],
+        vec![
+            "prune",
+            "--model",
+            m,
+            "--pruner",
+            "global",
+            "--scorer",
+            "l2",
+            "--ratio",
+            "0.25",
+            "--out",
+            o.to_str().unwrap(),
+        ],
+        vec!["train", "--model", m, "--data", code, "--out", o.to_str().unwrap()],
+    ] {
+        let err = forge_refuses(&args);
+        assert!(err.contains("does not run on Qwen3.5's hybrid layers yet"), "{args:?}: {err}");
+        assert!(!o.exists(), "{args:?} created its output");
+    }
+}
