@@ -203,3 +203,29 @@ fn work_that_does_not_reach_hybrid_layers_yet_is_refused_before_loading() {
         assert!(!o.exists(), "{args:?} created its output");
     }
 }
+
+#[test]
+fn inspect_shows_the_layer_mix_and_counts_the_vision_tower_apart() {
+    let report = forge_json(&["inspect", "--json", "--model", tiny_qwen35().to_str().unwrap()]);
+    assert_eq!(report["architecture"], "Qwen3_5ForCausalLM");
+    assert_eq!(report["layer_pattern"], "LLLFLLLF");
+    assert_eq!(report["linear_attention"]["value_heads"], 8);
+    assert_eq!(report["linear_attention"]["rotary_dim"], 16);
+    let kinds = report["parameters_by_kind"].as_object().unwrap();
+    let sum: u64 = kinds.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(sum, report["parameters"].as_u64().unwrap());
+    assert!(kinds["linear_attention"].as_u64().unwrap() > kinds["full_attention"].as_u64().unwrap());
+    assert!(!kinds.contains_key("other"), "{kinds:?}");
+
+    let vl = tempfile::tempdir().unwrap();
+    write_tiny_qwen35_vl(vl.path());
+    let report = forge_json(&["inspect", "--json", "--model", vl.path().to_str().unwrap()]);
+    assert_eq!(report["architecture"], "Qwen3_5ForConditionalGeneration");
+    let visual: usize =
+        candle_core::safetensors::load(fixture("tiny-qwen35-vl/visual.safetensors"), &Device::Cpu)
+            .unwrap()
+            .values()
+            .map(|t| t.elem_count())
+            .sum();
+    assert_eq!(report["parameters_by_kind"]["other"].as_u64().unwrap() as usize, visual);
+}

@@ -185,7 +185,7 @@ impl ModelArgs {
         tracing::info!(
             "loaded {} ({}) in {:.2}s on {:?} as {:?}",
             self.model.display(),
-            folder.config.architecture.class_name(),
+            folder.config.class_name,
             started.elapsed().as_secs_f64(),
             rt.device.location(),
             rt.dtype

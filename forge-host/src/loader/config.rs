@@ -33,12 +33,8 @@ impl Architecture {
     /// Families whose name forge knows but whose layers it does not run yet.
     const NOT_YET: [&'static str; 2] = ["Qwen3_5MoeForConditionalGeneration", "Qwen3_5MoeForCausalLM"];
 
-    /// The transformers class name, as written in `architectures`.
-    pub fn class_name(self) -> &'static str {
-        Self::SUPPORTED.iter().find(|s| s.2 == self).map(|s| s.0).unwrap_or_default()
-    }
-
-    fn from_names(architectures: &[String], model_type: Option<&str>) -> Result<Self> {
+    /// The family and the transformers class it was named by (`architectures`, else `model_type`).
+    fn from_names(architectures: &[String], model_type: Option<&str>) -> Result<(Self, &'static str)> {
         // The class names what transformers would build; `model_type` speaks only when no class is named.
         let found = if architectures.is_empty() {
             model_type.and_then(|t| Self::SUPPORTED.iter().find(|s| s.1 == t))
@@ -46,7 +42,7 @@ impl Architecture {
             architectures.iter().find_map(|a| Self::SUPPORTED.iter().find(|s| s.0 == a))
         };
         match found {
-            Some(s) => Ok(s.2),
+            Some(s) => Ok((s.2, s.0)),
             None if architectures.iter().any(|a| Self::NOT_YET.contains(&a.as_str())) => Err(bad_input!(
                 "architecture `{}` (Qwen3.5 with mixture-of-experts MLPs) is not supported yet; forge runs the \
                  dense Qwen3.5 models (Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration)",
@@ -101,6 +97,8 @@ pub struct RopeConfig {
 pub struct ModelConfig {
     /// The model family.
     pub architecture: Architecture,
+    /// The transformers class of the checkpoint (`Qwen3_5ForConditionalGeneration`, …).
+    pub class_name: &'static str,
     /// Width of the residual stream.
     pub hidden: usize,
     /// Width of the MLP.
@@ -256,7 +254,8 @@ impl ModelConfig {
     /// Parses and validates the text of a `config.json`.
     pub fn from_json(text: &[u8]) -> Result<Self> {
         let (raw, weight_prefix) = raw_config(text)?;
-        let architecture = Architecture::from_names(&raw.architectures, raw.model_type.as_deref())?;
+        let (architecture, class_name) =
+            Architecture::from_names(&raw.architectures, raw.model_type.as_deref())?;
         let need = |value: Option<usize>, key: &str, max: usize| -> Result<usize> {
             match value {
                 None => Err(bad_input!("`{key}` is missing")),
@@ -310,6 +309,7 @@ impl ModelConfig {
         };
         Ok(ModelConfig {
             architecture,
+            class_name,
             hidden,
             intermediate,
             layers,
