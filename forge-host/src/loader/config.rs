@@ -270,24 +270,7 @@ impl ModelConfig {
         let heads = need(raw.num_attention_heads, "num_attention_heads", MAX_DIM)?;
         let kv_heads = need(raw.num_key_value_heads.or(Some(heads)), "num_key_value_heads", MAX_DIM)?;
         let vocab = need(raw.vocab_size, "vocab_size", MAX_VOCAB)?;
-        let head_dim = match raw.head_dim {
-            Some(d) => need(Some(d), "head_dim", MAX_DIM)?,
-            None if hidden % heads == 0 => hidden / heads,
-            None => {
-                return Err(bad_input!(
-                "`hidden_size` {hidden} is not a multiple of `num_attention_heads` {heads}; give `head_dim`"
-            ))
-            }
-        };
-        if head_dim % 2 != 0 {
-            return Err(bad_input!("`head_dim` is {head_dim}; rotary embeddings need an even head width"));
-        }
-        match raw.hidden_act.as_deref() {
-            None | Some("silu") => {}
-            Some(other) => {
-                return Err(bad_input!("`hidden_act` is `{other}`; forge's MLP supports `silu` only"))
-            }
-        }
+        let head_dim = head_dim(&raw, hidden, heads)?;
         let (heads, kv_heads) = per_layer_heads(&raw, layers, heads, kv_heads)?;
         let rope = rope_config(&raw)?;
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
@@ -383,6 +366,28 @@ impl ModelConfig {
             head_dim: self.head_dim,
             hidden: self.hidden,
         }
+    }
+}
+
+/// The width of an attention head: `head_dim`, else `hidden_size / num_attention_heads`; even, as RoPE
+/// needs. (Checked here with the activation, the one forge's MLP computes.)
+fn head_dim(raw: &RawConfig, hidden: usize, heads: usize) -> Result<usize> {
+    let head_dim = match raw.head_dim {
+        Some(d) if d > 0 && d <= MAX_DIM => d,
+        Some(d) => return Err(bad_input!("`head_dim` is {d}; give a positive head width")),
+        None if hidden % heads == 0 => hidden / heads,
+        None => {
+            return Err(bad_input!(
+                "`hidden_size` {hidden} is not a multiple of `num_attention_heads` {heads}; give `head_dim`"
+            ))
+        }
+    };
+    if head_dim % 2 != 0 {
+        return Err(bad_input!("`head_dim` is {head_dim}; rotary embeddings need an even head width"));
+    }
+    match raw.hidden_act.as_deref() {
+        None | Some("silu") => Ok(head_dim),
+        Some(other) => Err(bad_input!("`hidden_act` is `{other}`; forge's MLP supports `silu` only")),
     }
 }
 
