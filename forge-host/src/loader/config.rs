@@ -576,7 +576,8 @@ mod tests {
         let e = ModelConfig::from_json(br#"{"architectures": ["GPT2LMHeadModel"]}"#).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "architecture `GPT2LMHeadModel` is not supported; forge runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
+            "architecture `GPT2LMHeadModel` is not supported; forge runs LlamaForCausalLM, Qwen2ForCausalLM, \
+             Qwen3ForCausalLM, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration"
         );
     }
 
