@@ -38,13 +38,14 @@ pub struct DecoderLayer {
 pub fn decoder_layer(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<DecoderLayer> {
     let offset = config.hybrid.is_some();
     let norm = |name: &str| rms_norm(config.hidden, config.rms_norm_eps, offset, vb.pp(name));
-    let kind = config.hybrid.as_ref().map_or(LayerKind::Full, |h| h.kinds[layer]);
-    let mixer = match kind {
+    // Loaded in checkpoint order, so a truncated checkpoint names its first missing tensor.
+    let input_layernorm = norm("input_layernorm")?;
+    let mixer = match config.hybrid.as_ref().map_or(LayerKind::Full, |h| h.kinds[layer]) {
         LayerKind::Full => Mixer::Attention(attention(config, layer, vb.pp("self_attn"))?),
         LayerKind::Linear => Mixer::Linear(gated_deltanet(config, vb.pp("linear_attn"))?),
     };
     Ok(DecoderLayer {
-        input_layernorm: norm("input_layernorm")?,
+        input_layernorm,
         mixer,
         post_attention_layernorm: norm("post_attention_layernorm")?,
         mlp: mlp(config, vb.pp("mlp"))?,
