@@ -375,7 +375,7 @@ fn head_dim(raw: &RawConfig, hidden: usize, heads: usize) -> Result<usize> {
     let head_dim = match raw.head_dim {
         Some(d) if d > 0 && d <= MAX_DIM => d,
         Some(d) => return Err(bad_input!("`head_dim` is {d}; give a positive head width")),
-        None if hidden % heads == 0 => hidden / heads,
+        None if hidden.is_multiple_of(heads) => hidden / heads,
         None => {
             return Err(bad_input!(
                 "`hidden_size` {hidden} is not a multiple of `num_attention_heads` {heads}; give `head_dim`"
