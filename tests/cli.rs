@@ -507,3 +507,30 @@ fn an_output_that_is_the_input_model_or_a_file_is_refused() {
     ]);
     assert!(err.contains("is an existing file; give a folder path"), "{err}");
 }
+
+#[test]
+fn sigterm_stops_work_at_a_safe_point_with_exit_130() {
+    // An evaluation of every window of the prose slice: long enough to be stopped mid-way.
+    let data = data("prose-valid.jsonl");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args([
+            "eval",
+            "--model",
+            tiny_qwen3().to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--seq-len",
+            "64",
+        ])
+        .env("FORGE_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupt received") && stderr.contains("forge: interrupted"), "{stderr}");
+}
