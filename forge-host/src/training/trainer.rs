@@ -47,8 +47,8 @@ pub struct TrainReport {
     pub loss_last: f64,
     /// Loss of every step.
     pub losses: Vec<f64>,
-    /// Tokens trained on per second, over the steps after the first (which pays one-time set-up:
-    /// kernel loading, library handles); over the one step when there is only one.
+    /// Tokens trained on per second, over the steps this process took after its first (which pays
+    /// one-time set-up: kernel loading, library handles); over the one step when there is only one.
     pub tokens_per_s: f64,
     /// Wall time of the loop.
     pub seconds: f64,
@@ -132,6 +132,8 @@ pub fn train_from(
     let bar = progress::bar(config.steps as u64, "steps", inputs.quiet);
     bar.inc(from.step as u64);
     let started = Instant::now();
+    // Speed counts the steps this call takes: a resumed phase's earlier steps ran in another process.
+    let first_step = from.step;
     let mut progress = from;
     let mut after_first = started;
     while progress.step < config.steps {
@@ -144,7 +146,7 @@ pub fn train_from(
         let loss = optimizer_step(inputs, optimizer, &mut order, progress.step)?;
         progress.losses.push(loss);
         progress.step += 1;
-        if progress.step == 1 {
+        if progress.step == first_step + 1 {
             after_first = Instant::now();
         }
         bar.set_message(format!("loss {loss:.4}"));
@@ -153,11 +155,11 @@ pub fn train_from(
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let tokens_per_step = config.grad_accum * config.batch_size * inputs.windows.seq_len();
-    let steps_here = progress.losses.len().min(config.steps);
-    let tokens_per_s = if steps_here > 1 && after_first > started {
+    let steps_here = progress.step - first_step;
+    let tokens_per_s = if steps_here > 1 {
         (steps_here - 1) as f64 * tokens_per_step as f64 / after_first.elapsed().as_secs_f64()
     } else {
-        tokens_per_step as f64 / seconds
+        (steps_here * tokens_per_step) as f64 / seconds
     };
     let losses = progress.losses;
     Ok(TrainReport {
