@@ -14,21 +14,6 @@ fn keys(value: &serde_json::Value, expected: &[&str]) {
     }
 }
 
-/// A copy of a fixture model's files into `dir`, where a test may break them.
-fn copy_model(from: &Path, dir: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
-}
-
-fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    edit(&mut config);
-    std::fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
-}
-
 #[test]
 fn inspect_reports_the_contract_keys() {
     let report = forge_json(&["inspect", "--json", "--model", tiny_qwen3().to_str().unwrap()]);

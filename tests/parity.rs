@@ -94,20 +94,7 @@ fn perplexity_matches_the_reference_on_both_domains() {
         serde_json::from_slice(&std::fs::read(fixture("reference/tiny-qwen3.json")).unwrap()).unwrap();
     let model = tiny_qwen3();
     for domain in ["code", "prose"] {
-        let data = data(&format!("{domain}-valid.jsonl"));
-        let report = forge_json(&[
-            "eval",
-            "-q",
-            "--json",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--seq-len",
-            "512",
-            "--max-windows",
-            "32",
-        ]);
+        let report = eval_reference_protocol(&model, domain);
         let want = reference[format!("{domain}_valid_ppl")].as_f64().unwrap();
         let got = report["perplexity"].as_f64().unwrap();
         assert!((got / want - 1.0).abs() < 1e-3, "{domain}-valid perplexity {got} vs transformers {want}");

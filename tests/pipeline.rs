@@ -265,9 +265,7 @@ fn an_output_folder_that_is_the_model_or_a_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     std::fs::create_dir(&model).unwrap();
-    for f in std::fs::read_dir(tiny_qwen3()).unwrap().flatten() {
-        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
-    }
+    copy_model(&tiny_qwen3(), &model);
     let before = std::fs::read_dir(&model).unwrap().count();
     let m = format!("model={:?}", model.to_str().unwrap());
     let err = forge_refuses(&run_args(model.to_str().unwrap(), &["--set", &m]));

@@ -91,20 +91,7 @@ fn perplexity_matches_transformers_in_both_layouts_on_both_domains() {
     write_tiny_qwen35_vl(vl.path());
     for model in [tiny_qwen35(), vl.path().to_path_buf()] {
         for domain in ["code", "prose"] {
-            let data = data(&format!("{domain}-valid.jsonl"));
-            let report = forge_json(&[
-                "eval",
-                "-q",
-                "--json",
-                "--model",
-                model.to_str().unwrap(),
-                "--data",
-                data.to_str().unwrap(),
-                "--seq-len",
-                "512",
-                "--max-windows",
-                "32",
-            ]);
+            let report = eval_reference_protocol(&model, domain);
             let want = reference[format!("{domain}_valid_ppl")].as_f64().unwrap();
             let got = report["perplexity"].as_f64().unwrap();
             assert!(
@@ -147,13 +134,8 @@ fn bad_hybrid_configs_are_refused_naming_the_key() {
     ];
     for (key, value, message) in cases {
         let dir = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(tiny_qwen35()).unwrap().flatten() {
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
-        let path = dir.path().join("config.json");
-        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        config[key] = value;
-        std::fs::write(&path, config.to_string()).unwrap();
+        copy_model(&tiny_qwen35(), dir.path());
+        edit_config(dir.path(), |config| config[key] = value);
         let err = forge_refuses(&["inspect", "--model", dir.path().to_str().unwrap()]);
         assert!(err.contains(message), "{key}: {err}");
     }
@@ -162,9 +144,7 @@ fn bad_hybrid_configs_are_refused_naming_the_key() {
 #[test]
 fn a_checkpoint_missing_a_linear_attention_tensor_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(tiny_qwen35()).unwrap().flatten() {
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    copy_model(&tiny_qwen35(), dir.path());
     let path = dir.path().join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     tensors.remove("model.layers.2.linear_attn.dt_bias").unwrap();

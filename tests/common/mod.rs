@@ -93,3 +93,37 @@ pub fn write_tiny_qwen35_vl(dir: &std::path::Path) {
         std::fs::copy(tiny_qwen35().join(file), dir.join(file)).unwrap();
     }
 }
+
+/// A copy of a fixture model's files into `dir`, where a test may break them.
+pub fn copy_model(from: &std::path::Path, dir: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+}
+
+pub fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
+}
+
+/// `forge eval` of `model` on the `domain`-valid slice under the reference protocol (32 windows of
+/// 512 tokens), as its JSON report.
+pub fn eval_reference_protocol(model: &std::path::Path, domain: &str) -> serde_json::Value {
+    let data = data(&format!("{domain}-valid.jsonl"));
+    forge_json(&[
+        "eval",
+        "-q",
+        "--json",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--seq-len",
+        "512",
+        "--max-windows",
+        "32",
+    ])
+}
