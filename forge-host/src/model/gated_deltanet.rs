@@ -30,8 +30,8 @@ pub struct GatedDeltaNet {
     pub out_proj: Linear,
     /// `(channels, taps)`.
     conv: Tensor,
-    /// `A_log` and `dt_bias`, in f32 whatever they are stored in.
-    a_log: Tensor,
+    /// `−exp(A_log)` (the decay's rate per value head) and `dt_bias`, in f32 whatever they are stored in.
+    neg_a: Tensor,
     dt_bias: Tensor,
     norm_weight: Tensor,
     eps: f64,
@@ -51,7 +51,7 @@ pub fn gated_deltanet(config: &ModelConfig, vb: WeightScope) -> Result<GatedDelt
         in_proj_a: linear(h, g.value_heads, false, vb.pp("in_proj_a"))?,
         out_proj: linear(vd, h, false, vb.pp("out_proj"))?,
         conv: vb.get("conv1d.weight", &[g.conv_channels(), 1, g.conv_kernel])?.squeeze(1)?,
-        a_log: f32_param("A_log")?,
+        neg_a: f32_param("A_log")?.exp()?.neg()?,
         dt_bias: f32_param("dt_bias")?,
         norm_weight: vb.get("norm.weight", &[g.value_dim])?,
         eps: config.rms_norm_eps,
@@ -79,7 +79,7 @@ impl GatedDeltaNet {
         let k = self.to_value_heads(&l2_normalise(&k)?)?;
         let beta = candle_nn::ops::sigmoid(&self.in_proj_b.forward(x)?.to_dtype(DType::F32)?)?;
         let a = self.in_proj_a.forward(x)?.to_dtype(DType::F32)?.broadcast_add(&self.dt_bias)?;
-        let decay = softplus(&a)?.broadcast_mul(&self.a_log.exp()?.neg()?)?;
+        let decay = softplus(&a)?.broadcast_mul(&self.neg_a)?;
         let v = v.to_dtype(DType::F32)?;
         let (out, state) = if s == 1 && delta_state.is_some() {
             gated_delta_rule::recurrent(&q, &k, &v, &decay, &beta, delta_state.as_ref())?

@@ -14,6 +14,7 @@ use crate::Result;
 /// `x / sqrt(mean(x²) + eps)` scaled by `w` (or by `1 + w`) over the last dimension.
 #[derive(Clone)]
 pub struct RmsNorm {
+    /// `w`, or for the offset convention `1 + w` in f32, formed once at load.
     weight: Tensor,
     eps: f64,
     /// Scale by `1 + w`, in f32 (Qwen3.5).
@@ -29,7 +30,9 @@ impl RmsNorm {
 
 /// Loads `weight` of width `dim` from `vb`; `offset` picks the `1 + w` convention.
 pub fn rms_norm(dim: usize, eps: f64, offset: bool, vb: WeightScope) -> Result<RmsNorm> {
-    Ok(RmsNorm { weight: vb.get("weight", &[dim])?, eps, offset })
+    let weight = vb.get("weight", &[dim])?;
+    let weight = if offset { (weight.to_dtype(DType::F32)? + 1.0)? } else { weight };
+    Ok(RmsNorm { weight, eps, offset })
 }
 
 impl Module for RmsNorm {
@@ -39,8 +42,7 @@ impl Module for RmsNorm {
         }
         let x32 = x.to_dtype(DType::F32)?;
         let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-        let scale = (self.weight.to_dtype(DType::F32)? + 1.0)?;
-        x32.broadcast_mul(&inv_rms)?.broadcast_mul(&scale)?.to_dtype(x.dtype())
+        x32.broadcast_mul(&inv_rms)?.broadcast_mul(&self.weight)?.to_dtype(x.dtype())
     }
 }
 
@@ -53,7 +55,7 @@ mod tests {
     fn the_offset_convention_scales_by_one_plus_w_in_f32() -> candle_core::Result<()> {
         let x = Tensor::new(&[[3f32, -4.0], [1.0, 1.0]], &Device::Cpu)?;
         let w = Tensor::new(&[0.5f32, -1.0], &Device::Cpu)?;
-        let norm = RmsNorm { weight: w.clone(), eps: 0.0, offset: true };
+        let norm = RmsNorm { weight: (&w + 1.0)?, eps: 0.0, offset: true };
         // Row 0: rms = √12.5; scaled by (1.5, 0).
         let want = [[3.0 / 12.5f32.sqrt() * 1.5, 0.0], [1.5, 0.0]];
         let got = norm.forward(&x)?.to_vec2::<f32>()?;
