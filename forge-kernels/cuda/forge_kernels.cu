@@ -147,53 +147,59 @@ extern "C" __global__ void rms_norm_backward_bf16(const __nv_bfloat16 *__restric
         dr[j] = __float2bfloat16(__bfloat162float(gr[j]) * __bfloat162float(w[j]) * r - __bfloat162float(xr[j]) * c);
 }
 
-// Where rotary pair `idx` of a (batch, seq, heads, d) tensor lives: its offsets in that layout and in
-// (batch, heads, seq, d), the index i < d / 2 of its first element, and the cos and sin table entries
-// of its two elements at its position.
+// Where slot `idx` of a (batch, seq, heads, d) tensor lives, with the first `rot` dimensions of each
+// head rotated (all of them but in Qwen3.5's partial RoPE) and the rest passed through: its offsets
+// in that layout and in (batch, heads, seq, d); its two elements (i, i + rot/2 when rotated, else two
+// neighbours past rot); and, when rotated, the cos and sin entries of both at its position (tables of
+// (seq, rot)).
 struct RopePair {
     long long tokens_first, heads_first;
-    int i;
+    int e1, e2;
+    bool rotated;
     float c1, c2, s1, s2;
 };
 
-__device__ RopePair rope_pair(long long idx, int seq, int heads, int d, const __nv_bfloat16 *__restrict__ cos,
+__device__ RopePair rope_pair(long long idx, int seq, int heads, int d, int rot, const __nv_bfloat16 *__restrict__ cos,
                               const __nv_bfloat16 *__restrict__ sin) {
-    const int half = d / 2;
+    const int half = d / 2, rh = rot / 2;
     const int i = idx % half;
     long long rest = idx / half;
     const int h = rest % heads;
     rest /= heads;
     const int s = rest % seq;
     const long long b = rest / seq;
-    const int t = s * d + i;
-    return {((b * seq + s) * heads + h) * d,
-            ((b * heads + h) * seq + s) * d,
-            i,
-            __bfloat162float(cos[t]),
-            __bfloat162float(cos[t + half]),
-            __bfloat162float(sin[t]),
-            __bfloat162float(sin[t + half])};
+    RopePair p{((b * seq + s) * heads + h) * d, ((b * heads + h) * seq + s) * d, i, i + rh, i < rh, 0.f, 0.f, 0.f, 0.f};
+    if (p.rotated) {
+        const int t = s * rot + i;
+        p.c1 = __bfloat162float(cos[t]), p.c2 = __bfloat162float(cos[t + rh]);
+        p.s1 = __bfloat162float(sin[t]), p.s2 = __bfloat162float(sin[t + rh]);
+    } else {
+        p.e1 = rot + 2 * (i - rh), p.e2 = p.e1 + 1;
+    }
+    return p;
 }
 
 // Rotary embedding of x laid out (batch, seq, heads, d), written as (batch, heads, seq, d): the
-// transpose the attention needs and `x·cos + rotate_half(x)·sin` in one pass. cos and sin are the
-// (seq, d) tables in bf16; products rounded to bf16 as the elementary ops do, the sum in f32.
+// transpose the attention needs and `x·cos + rotate_half(x)·sin` on the first `rot` dimensions in one
+// pass (the rest copied). cos and sin are the (seq, rot) tables in bf16; products rounded to bf16 as
+// the elementary ops do, the sum in f32.
 extern "C" __global__ void rope_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ cos,
                                      const __nv_bfloat16 *__restrict__ sin, __nv_bfloat16 *__restrict__ y,
-                                     int batch, int seq, int heads, int d) {
-    const int half = d / 2;
-    const long long total = (long long)batch * seq * heads * half;
+                                     int batch, int seq, int heads, int d, int rot) {
+    const long long total = (long long)batch * seq * heads * (d / 2);
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
-        const RopePair p = rope_pair(idx, seq, heads, d, cos, sin);
-        const int i = p.i;
+        const RopePair p = rope_pair(idx, seq, heads, d, rot, cos, sin);
         const __nv_bfloat16 *xr = x + p.tokens_first;
         __nv_bfloat16 *yr = y + p.heads_first;
-        const float x1 = __bfloat162float(xr[i]), x2 = __bfloat162float(xr[i + half]);
-        const float c1 = p.c1, c2 = p.c2, s1 = p.s1, s2 = p.s2;
+        if (!p.rotated) {
+            yr[p.e1] = xr[p.e1], yr[p.e2] = xr[p.e2];
+            continue;
+        }
+        const float x1 = __bfloat162float(xr[p.e1]), x2 = __bfloat162float(xr[p.e2]);
         const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
-        yr[i] = __float2bfloat16(r(x1 * c1) + r(-x2 * s1));
-        yr[i + half] = __float2bfloat16(r(x2 * c2) + r(x1 * s2));
+        yr[p.e1] = __float2bfloat16(r(x1 * p.c1) + r(-x2 * p.s1));
+        yr[p.e2] = __float2bfloat16(r(x2 * p.c2) + r(x1 * p.s2));
     }
 }
 
@@ -208,22 +214,24 @@ extern "C" __global__ void swiglu_bf16(const __nv_bfloat16 *__restrict__ gate, c
 }
 
 // The gradient of rope_bf16's input given dy laid out (batch, heads, seq, d), written (batch, seq,
-// heads, d): y = x·cos + rotate_half(x)·sin, so dx = dy·cos + [z₂, -z₁] with z = dy·sin, in f32.
+// heads, d): y = x·cos + rotate_half(x)·sin on the first rot dimensions, so there dx = dy·cos + [z₂, -z₁]
+// with z = dy·sin, in f32; the passed-through dimensions get dy.
 extern "C" __global__ void rope_backward_bf16(const __nv_bfloat16 *__restrict__ dy, const __nv_bfloat16 *__restrict__ cos,
                                               const __nv_bfloat16 *__restrict__ sin, __nv_bfloat16 *__restrict__ dx,
-                                              int batch, int seq, int heads, int d) {
-    const int half = d / 2;
-    const long long total = (long long)batch * seq * heads * half;
+                                              int batch, int seq, int heads, int d, int rot) {
+    const long long total = (long long)batch * seq * heads * (d / 2);
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
-        const RopePair p = rope_pair(idx, seq, heads, d, cos, sin);
-        const int i = p.i;
+        const RopePair p = rope_pair(idx, seq, heads, d, rot, cos, sin);
         const __nv_bfloat16 *gr = dy + p.heads_first;
         __nv_bfloat16 *dr = dx + p.tokens_first;
-        const float g1 = __bfloat162float(gr[i]), g2 = __bfloat162float(gr[i + half]);
-        const float c1 = p.c1, c2 = p.c2, s1 = p.s1, s2 = p.s2;
-        dr[i] = __float2bfloat16(g1 * c1 + g2 * s2);
-        dr[i + half] = __float2bfloat16(g2 * c2 - g1 * s1);
+        if (!p.rotated) {
+            dr[p.e1] = gr[p.e1], dr[p.e2] = gr[p.e2];
+            continue;
+        }
+        const float g1 = __bfloat162float(gr[p.e1]), g2 = __bfloat162float(gr[p.e2]);
+        dr[p.e1] = __float2bfloat16(g1 * p.c1 + g2 * p.s2);
+        dr[p.e2] = __float2bfloat16(g2 * p.c2 - g1 * p.s1);
     }
 }
 
@@ -237,5 +245,216 @@ extern "C" __global__ void swiglu_backward_bf16(const __nv_bfloat16 *__restrict_
         const float sig = 1.f / (1.f + __expf(-g));
         d[i] = __float2bfloat16(y * u * sig * (1.f + g * (1.f - sig)));
         d[n + i] = __float2bfloat16(y * g * sig);
+    }
+}
+
+// ---- Qwen3.5's hybrid layers ----
+
+// Gated DeltaNet's causal depthwise convolution then SiLU, over x (batch, seq, channels) preceded by
+// `state` (batch, taps - 1, channels): the previous inputs, zeros at the start of a sequence. Writes
+// the outputs (batch, seq, channels), then the last taps - 1 inputs (the next state), into `y`. One
+// pass, f32 sums rounded once; replaces a concatenation, taps products and sums, and the SiLU.
+extern "C" __global__ void causal_conv_silu_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
+                                                 const __nv_bfloat16 *__restrict__ state, __nv_bfloat16 *__restrict__ y,
+                                                 int batch, int seq, int channels, int taps) {
+    const long long outputs = (long long)batch * seq * channels;
+    const long long total = outputs + (long long)batch * (taps - 1) * channels;
+    const int before = taps - 1;
+    // Input `src` of sequence b, counted from the first new token (negative: from the state).
+    const auto at = [&](int b, int src, int c) {
+        return __bfloat162float(src >= 0 ? x[((long long)b * seq + src) * channels + c]
+                                         : state[((long long)b * before + before + src) * channels + c]);
+    };
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        if (idx < outputs) {
+            const long long row = idx / channels;  // one 64-bit division; the rest fit 32 bits
+            const int c = idx - row * channels, t = (int)row % seq, b = (int)row / seq;
+            float acc = 0.f;
+            for (int k = 0; k < taps; ++k) acc += at(b, t + k - before, c) * __bfloat162float(w[c * taps + k]);
+            y[idx] = __float2bfloat16(acc / (1.f + __expf(-acc)));
+        } else {
+            const long long j = idx - outputs;
+            const int c = j % channels;
+            const int p = (j / channels) % before;
+            const int b = j / channels / before;
+            y[idx] = __float2bfloat16(at(b, seq + p - before, c));
+        }
+    }
+}
+
+__device__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// The gated delta rule's inputs, prepared in parallel over tokens (the work that would otherwise sit on
+// the recurrence's sequential path): for each token and key head, q and k L2-normalised (q also scaled by
+// 1/√dk) from `conv` (rows, 2·key_heads·dk + value_heads·dv), the convolution's output (q, k, v side by
+// side); and for each value head the key head serves, the decay g = neg_a · softplus(a + dt_bias) and
+// β = sigmoid(b). Writes, in f32: q (rows, key_heads, dk), k (the same), g (rows, value_heads), β (the
+// same). One block per (row, key head).
+extern "C" __global__ void gated_delta_prepare_bf16(const __nv_bfloat16 *__restrict__ conv, const __nv_bfloat16 *__restrict__ a,
+                                                    const __nv_bfloat16 *__restrict__ b, const float *__restrict__ neg_a,
+                                                    const float *__restrict__ dt_bias, float *__restrict__ out, int rows,
+                                                    int key_heads, int value_heads, int dk, int dv) {
+    __shared__ float shared[32];
+    const long long row = blockIdx.x / key_heads;
+    const int kh = blockIdx.x % key_heads;
+    const long long kd = (long long)key_heads * dk, width = 2 * kd + (long long)value_heads * dv;
+    const __nv_bfloat16 *r = conv + row * width;
+    float qq = 0.f, kk = 0.f;
+    for (int i = threadIdx.x; i < dk; i += blockDim.x) {
+        const float q = __bfloat162float(r[kh * dk + i]), k = __bfloat162float(r[kd + kh * dk + i]);
+        qq += q * q, kk += k * k;
+    }
+    const float qinv = rsqrtf((float)dk) / sqrtf(block_reduce<false>(qq, shared) + 1e-6f);
+    const float kinv = 1.f / sqrtf(block_reduce<false>(kk, shared) + 1e-6f);
+    float *q_out = out + (row * key_heads + kh) * dk, *k_out = q_out + rows * kd;
+    for (int i = threadIdx.x; i < dk; i += blockDim.x) {
+        q_out[i] = __bfloat162float(r[kh * dk + i]) * qinv;
+        k_out[i] = __bfloat162float(r[kd + kh * dk + i]) * kinv;
+    }
+    float *g_out = out + 2 * rows * kd, *beta_out = g_out + (long long)rows * value_heads;
+    const int ratio = value_heads / key_heads;
+    for (int v = threadIdx.x; v < ratio; v += blockDim.x) {
+        const int h = kh * ratio + v;
+        const float x = __bfloat162float(a[row * value_heads + h]) + dt_bias[h];
+        g_out[row * value_heads + h] = neg_a[h] * (x > 20.f ? x : log1pf(__expf(x)));
+        beta_out[row * value_heads + h] = 1.f / (1.f + __expf(-__bfloat162float(b[row * value_heads + h])));
+    }
+}
+
+// The gated delta rule over prepared inputs (`prepared`, as gated_delta_prepare_bf16 writes it) and the
+// values (the last value_heads·dv channels of `conv`'s rows), from `state` (batch, value_heads, DK, dv).
+// `out` receives the outputs (batch, seq, value_heads, dv), then the final states, in f32.
+//
+// The recurrence per token — S ← S·e^g; δ = β(v − Sᵀk); S ← S + kδᵀ; o = Sᵀq — touches state column
+// j only through column j. So DK / 32 lanes own one column of S, 32 rows each in registers, and a warp
+// takes 1024 / DK columns of one head: no shared state, no block-wide barrier, and the two dot
+// products over a column are summed across its lanes by shuffles. Tokens come in tiles of T: their
+// q, k, v, g and β are staged in shared memory by the whole warp at once (one round trip to memory
+// per tile, as float4), so the sequential path per token is the arithmetic alone.
+template <int DK, int T>
+__device__ void gated_delta_rule(const float *__restrict__ prepared, const __nv_bfloat16 *__restrict__ conv,
+                                 const float *__restrict__ state, float *__restrict__ out, int batch, int seq,
+                                 int key_heads, int value_heads, int dv) {
+    constexpr int ROWS = 32, COLUMNS = 32 * 32 / DK;
+    __shared__ __align__(16) float qs[T][DK];
+    __shared__ __align__(16) float ks[T][DK];
+    __shared__ float vs[T][COLUMNS], gs[T], bs[T];
+    const int slices = (dv + COLUMNS - 1) / COLUMNS;
+    const int slice = blockIdx.x % slices, h = (blockIdx.x / slices) % value_heads;
+    const int b = blockIdx.x / slices / value_heads;
+    const int lane = threadIdx.x, column = lane % COLUMNS, j = slice * COLUMNS + column;
+    const int first = (lane / COLUMNS) * ROWS;
+    const bool active = j < dv;
+    const int kh = h / (value_heads / key_heads);
+    const long long rows = (long long)batch * seq, kd = (long long)key_heads * DK;
+    const long long width = 2 * kd + (long long)value_heads * dv;
+    const long long state_at = ((long long)b * value_heads + h) * DK * dv;
+    const float *qp = prepared, *kp = prepared + rows * kd, *gp = prepared + 2 * rows * kd, *bp = gp + rows * value_heads;
+    float s[ROWS];
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) s[i] = active ? state[state_at + (long long)(first + i) * dv + j] : 0.f;
+    const auto column_sum = [](float v) {
+        for (int o = COLUMNS; o < 32; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        return v;
+    };
+    for (int t0 = 0; t0 < seq; t0 += T) {
+        const int n = min(T, seq - t0);
+        __syncwarp();  // every lane is done with the previous tile
+        for (int e = lane; e < T * DK / 4; e += 32) {
+            const int tt = e / (DK / 4), i4 = e % (DK / 4);
+            if (tt < n) {
+                const long long at = (((long long)b * seq + t0 + tt) * key_heads + kh) * DK;
+                reinterpret_cast<float4 *>(qs[tt])[i4] = reinterpret_cast<const float4 *>(qp + at)[i4];
+                reinterpret_cast<float4 *>(ks[tt])[i4] = reinterpret_cast<const float4 *>(kp + at)[i4];
+            }
+        }
+        for (int e = lane; e < T * COLUMNS; e += 32) {
+            const int tt = e / COLUMNS, c = e % COLUMNS, col = slice * COLUMNS + c;
+            const long long row = (long long)b * seq + t0 + tt;
+            vs[tt][c] = tt < n && col < dv ? __bfloat162float(conv[row * width + 2 * kd + (long long)h * dv + col]) : 0.f;
+        }
+        if (lane < n) {
+            const long long row = (long long)b * seq + t0 + lane;
+            gs[lane] = gp[row * value_heads + h];
+            bs[lane] = bp[row * value_heads + h];
+        }
+        __syncwarp();
+        for (int tt = 0; tt < n; ++tt) {
+            const float decay = __expf(gs[tt]);
+            const float4 *kr = reinterpret_cast<const float4 *>(ks[tt] + first);
+            const float4 *qr = reinterpret_cast<const float4 *>(qs[tt] + first);
+            float m0 = 0.f, m1 = 0.f, m2 = 0.f, m3 = 0.f;
+#pragma unroll
+            for (int i = 0; i < ROWS / 4; ++i) {
+                const float4 k = kr[i];
+                s[4 * i] *= decay, s[4 * i + 1] *= decay, s[4 * i + 2] *= decay, s[4 * i + 3] *= decay;
+                m0 += s[4 * i] * k.x, m1 += s[4 * i + 1] * k.y, m2 += s[4 * i + 2] * k.z, m3 += s[4 * i + 3] * k.w;
+            }
+            const float delta = bs[tt] * (vs[tt][column] - column_sum((m0 + m1) + (m2 + m3)));
+            float o0 = 0.f, o1 = 0.f, o2 = 0.f, o3 = 0.f;
+#pragma unroll
+            for (int i = 0; i < ROWS / 4; ++i) {
+                const float4 k = kr[i], q = qr[i];
+                s[4 * i] += k.x * delta, s[4 * i + 1] += k.y * delta, s[4 * i + 2] += k.z * delta, s[4 * i + 3] += k.w * delta;
+                o0 += s[4 * i] * q.x, o1 += s[4 * i + 1] * q.y, o2 += s[4 * i + 2] * q.z, o3 += s[4 * i + 3] * q.w;
+            }
+            const float total = column_sum((o0 + o1) + (o2 + o3));
+            if (active && first == 0) out[(((long long)b * seq + t0 + tt) * value_heads + h) * dv + j] = total;
+        }
+    }
+    float *final_state = out + rows * value_heads * dv + state_at;
+    if (active) {
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) final_state[(long long)(first + i) * dv + j] = s[i];
+    }
+}
+
+#define GATED_DELTA_RULE(DK)                                                                                           \
+    extern "C" __global__ void gated_delta_rule_dk##DK(const float *__restrict__ prepared,                            \
+                                                       const __nv_bfloat16 *__restrict__ conv,                         \
+                                                       const float *__restrict__ state, float *__restrict__ out,       \
+                                                       int batch, int seq, int key_heads, int value_heads, int dv) {   \
+        gated_delta_rule<DK, 8>(prepared, conv, state, out, batch, seq, key_heads, value_heads, dv);                   \
+    }
+GATED_DELTA_RULE(32)
+GATED_DELTA_RULE(64)
+GATED_DELTA_RULE(128)
+
+// Gated DeltaNet's output norm per value head of n values: y = bf16(bf16(bf16(o)/rms) · w) · silu(z),
+// with o the delta rule's f32 output, rounded as transformers' `Qwen3_5RMSNormGated` rounds in bf16
+// (the weight scales by w, not 1 + w). One block per row; replaces about twelve elementary ops.
+extern "C" __global__ void gated_rms_norm_bf16(const float *__restrict__ o, const __nv_bfloat16 *__restrict__ z,
+                                               const __nv_bfloat16 *__restrict__ w, __nv_bfloat16 *__restrict__ y, int n,
+                                               float eps) {
+    __shared__ float shared[32];
+    const long long row = blockIdx.x;
+    const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
+    float s = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float v = r(o[row * n + j]);
+        s += v * v;
+    }
+    const float inv = 1.f / sqrtf(block_reduce<false>(s, shared) / n + eps);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float normed = r(r(r(o[row * n + j]) * inv) * __bfloat162float(w[j]));
+        const float g = __bfloat162float(z[row * n + j]);
+        y[row * n + j] = __float2bfloat16(normed * (g / (1.f + __expf(-g))));
+    }
+}
+
+// Gated attention's output gate: y = out · bf16(sigmoid(gate)) over (rows, heads·d), where each head's
+// gate is the second half of its 2d outputs of q_proj, read in place from `projected` (rows, heads·2d)
+// (the elementary ops copy it out, take the sigmoid and multiply: three passes).
+extern "C" __global__ void sigmoid_gate_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ projected,
+                                             __nv_bfloat16 *__restrict__ y, long long n, int d) {
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
+        const int i = idx % d;
+        const float g = __bfloat162float(projected[2 * (idx - i) + d + i]);
+        const float sig = __bfloat162float(__float2bfloat16(1.f / (1.f + __expf(-g))));
+        y[idx] = __float2bfloat16(__bfloat162float(x[idx]) * sig);
     }
 }

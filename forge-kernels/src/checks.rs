@@ -4,7 +4,11 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Serialize;
 
-use crate::{causal_softmax, rms_norm, rope_heads_first, row_nll, swiglu, RowNll, SplitMix64};
+use crate::gated_delta_rule::{self, Heads, Projections};
+use crate::{
+    causal_conv_silu, causal_softmax, gated_rms_norm, rms_norm, rope_heads_first, row_nll, sigmoid_gate,
+    swiglu, RowNll, SplitMix64,
+};
 
 /// One comparison of a device result with its reference.
 #[derive(Clone, Debug, Serialize)]
@@ -13,21 +17,25 @@ pub struct Check {
     pub shape: Vec<usize>,
     pub past: usize,
     pub forward_rel_err: f64,
-    pub backward_rel_err: f64,
+    /// None for the forward-only kernels.
+    pub backward_rel_err: Option<f64>,
     pub tolerance: f64,
     pub pass: bool,
 }
 
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backward = match self.backward_rel_err {
+            Some(err) => format!("backward {err:.2e}"),
+            None => "no backward".to_string(),
+        };
         write!(
             f,
-            "{} {:?} past {}: forward {:.2e}, backward {:.2e} (tolerance {:.0e}) {}",
+            "{} {:?} past {}: forward {:.2e}, {backward} (tolerance {:.0e}) {}",
             self.kernel,
             self.shape,
             self.past,
             self.forward_rel_err,
-            self.backward_rel_err,
             self.tolerance,
             if self.pass { "ok" } else { "FAILED" }
         )
@@ -130,7 +138,29 @@ pub fn check(case: Case, device: &Device) -> candle_core::Result<Check> {
     }
     let pass = forward_rel_err < case.tolerance && backward_rel_err < case.tolerance;
     let Case { kernel, shape, past, tolerance, .. } = case;
-    Ok(Check { kernel, shape, past, forward_rel_err, backward_rel_err, tolerance, pass })
+    Ok(Check {
+        kernel,
+        shape,
+        past,
+        forward_rel_err,
+        backward_rel_err: Some(backward_rel_err),
+        tolerance,
+        pass,
+    })
+}
+
+/// A forward-only kernel: `f` builds its inputs on a device in a dtype; the device's bf16 run is
+/// compared with the CPU's f32 one.
+fn forward_check(
+    kernel: &'static str,
+    shape: Vec<usize>,
+    f: &dyn Fn(&Device, DType) -> candle_core::Result<Tensor>,
+    device: &Device,
+    tolerance: f64,
+) -> candle_core::Result<Check> {
+    let forward_rel_err = rel_diff(&f(device, DType::BF16)?, &f(&Device::Cpu, DType::F32)?)?;
+    let pass = forward_rel_err < tolerance;
+    Ok(Check { kernel, shape, past: 0, forward_rel_err, backward_rel_err: None, tolerance, pass })
 }
 
 /// Every kernel of this crate on `device`, on shapes from tiny to real models' (qwen2.5-0.5b's
@@ -139,6 +169,8 @@ pub fn all(device: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Che
     let mut checks = softmax_checks(device, rng)?;
     checks.extend(row_nll_checks(device, rng)?);
     checks.extend(elementwise_checks(device, rng)?);
+    checks.extend(partial_rope_checks(device, rng)?);
+    checks.extend(hybrid_checks(device, rng)?);
     Ok(checks)
 }
 
@@ -180,7 +212,7 @@ fn row_nll_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec
                 shape: vec![rows, vocab],
                 past: 0,
                 forward_rel_err,
-                backward_rel_err: 0.0,
+                backward_rel_err: None,
                 tolerance,
                 pass: forward_rel_err < tolerance,
             })
@@ -221,6 +253,93 @@ fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     Ok(checks)
 }
 
+/// RoPE on the first `rot` dimensions only (Qwen3.5's full attention: 64 of 256), forward and
+/// backward, against the elementary bf16 ops.
+fn partial_rope_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for (b, s, h, d, rot) in [(2, 5, 3, 16, 8), (8, 1024, 8, 256, 64), (1, 1, 16, 256, 64)] {
+        let angles = (random(&[1, 1, s, rot], rng, 1.0)? * 1e3)?;
+        let f = |x: &[Tensor]| {
+            let table = |t: Tensor| t.to_dtype(DType::BF16)?.to_device(x[0].device());
+            rope_heads_first(&x[0], &table(angles.cos()?)?, &table(angles.sin()?)?)
+        };
+        let (inputs, weights) = (vec![random(&[b, s, h, d], rng, 4.0)?], random(&[b, h, s, d], rng, 1.0)?);
+        let shape = vec![b, s, h, d, rot];
+        checks
+            .push(check(Case::new("rope_bf16 (partial)", shape, &f, inputs, weights).same_rounding(), dev)?);
+    }
+    Ok(checks)
+}
+
+/// Qwen3.5's linear-attention kernels and the attention's output gate, forward only, against the CPU
+/// in f32 on the same bf16-representable inputs: tiny shapes, qwen3.5-0.8b's (16 key and 16 value
+/// heads of 128, 6144 convolution channels, 8 × 1024 tokens in the convolution) and 9b's (32 value
+/// heads), and one-token decoding steps from a state. The delta rule's reference is the CPU's chunked
+/// form; both are f32, so they agree to rounding order (1e-4).
+fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for (b, s, c, taps, with_state) in [(2, 5, 40, 4, true), (8, 1024, 6144, 4, false), (1, 1, 6144, 4, true)]
+    {
+        let (x, w) = (random(&[b, s, c], rng, 2.0)?, random(&[c, taps], rng, 0.5)?);
+        let state = random(&[b, taps - 1, c], rng, 2.0)?;
+        let f = |d: &Device, dtype: DType| {
+            let on = |t: &Tensor| t.to_device(d)?.to_dtype(dtype);
+            let state = if with_state { Some(on(&state)?) } else { None };
+            let (out, tail) = causal_conv_silu(&on(&x)?, &on(&w)?, state.as_ref())?;
+            Tensor::cat(&[out.flatten_all()?, tail.flatten_all()?], 0)
+        };
+        checks.push(forward_check("causal_conv_silu_bf16", vec![b, s, c, taps], &f, dev, 1e-2)?);
+    }
+    for (b, s, kh, vh, dk, with_state) in [
+        (2, 70, 2, 4, 32, true),
+        (2, 300, 16, 16, 128, false),
+        (2, 1024, 16, 32, 128, true),
+        (3, 1, 16, 16, 128, true),
+    ] {
+        let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dk };
+        let width = 2 * kh * dk + vh * dk;
+        let conv = random(&[b, s, width], rng, 2.0)?;
+        let (a, beta) = (random(&[b, s, vh], rng, 3.0)?, random(&[b, s, vh], rng, 3.0)?);
+        let neg_a = (random(&[vh], rng, 1.0)?.exp()? * -1.0)?;
+        let dt_bias = random(&[vh], rng, 1.0)?;
+        let state = random(&[b, vh, dk, dk], rng, 0.5)?;
+        let f = |d: &Device, dtype: DType| {
+            let on = |t: &Tensor| t.to_device(d)?.to_dtype(dtype);
+            let f32_on = |t: &Tensor| t.to_device(d);
+            let (conv, a, beta, neg_a, dt_bias) =
+                (on(&conv)?, on(&a)?, on(&beta)?, f32_on(&neg_a)?, f32_on(&dt_bias)?);
+            let p = Projections { conv: &conv, a: &a, b: &beta, neg_a: &neg_a, dt_bias: &dt_bias };
+            let state = if with_state { Some(f32_on(&state)?) } else { None };
+            let (out, state) = gated_delta_rule::from_projections(&p, state.as_ref(), heads)?;
+            Tensor::cat(&[out.flatten_all()?, state.flatten_all()?], 0)
+        };
+        checks.push(forward_check("gated_delta_rule_dk*", vec![b, s, kh, vh, dk], &f, dev, 1e-4)?);
+    }
+    for (rows, n) in [(3 * 5 * 4, 32), (8 * 1024 * 16, 128)] {
+        let (o, z, w) =
+            (random(&[rows, n], rng, 3.0)?, random(&[rows, n], rng, 3.0)?, random(&[n], rng, 2.0)?);
+        let f = |d: &Device, dtype: DType| {
+            gated_rms_norm(
+                &o.to_device(d)?,
+                &z.to_device(d)?.to_dtype(dtype)?,
+                &w.to_device(d)?.to_dtype(dtype)?,
+                1e-6,
+            )
+        };
+        checks.push(forward_check("gated_rms_norm_bf16", vec![rows, n], &f, dev, 1e-2)?);
+    }
+    for (b, s, heads, d) in [(2, 5, 3, 8), (8, 1024, 8, 256)] {
+        let (out, projected) =
+            (random(&[b, s, heads * d], rng, 3.0)?, random(&[b, s, heads * 2 * d], rng, 4.0)?);
+        let f = |dev: &Device, dtype: DType| {
+            let on = |t: &Tensor| t.to_device(dev)?.to_dtype(dtype);
+            sigmoid_gate(&on(&out)?, &on(&projected)?, d)
+        };
+        checks.push(forward_check("sigmoid_gate_bf16", vec![b, s, heads, d], &f, dev, 1e-2)?);
+    }
+    Ok(checks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,7 +360,23 @@ mod tests {
         let faithful = check(case(&faithful_f), &Device::Cpu)?;
         assert!(faithful.pass, "{faithful}");
         let caught = check(case(&planted_f), &Device::Cpu)?;
-        assert!(!caught.pass && caught.forward_rel_err > 0.05 && caught.backward_rel_err > 0.05, "{caught}");
+        let backward = caught.backward_rel_err.unwrap();
+        assert!(!caught.pass && caught.forward_rel_err > 0.05 && backward > 0.05, "{caught}");
+        Ok(())
+    }
+
+    /// The forward-only checks compare what they should: the CPU's bf16 run of the conv against its f32
+    /// run passes at bf16's tolerance, and fails at f32's.
+    #[test]
+    fn a_forward_check_compares_bf16_with_f32() -> candle_core::Result<()> {
+        let mut rng = SplitMix64::new(2);
+        let (x, w) = (random(&[2, 9, 16], &mut rng, 2.0)?, random(&[16, 4], &mut rng, 0.5)?);
+        let f = |d: &Device, dtype: DType| {
+            Ok(causal_conv_silu(&x.to_device(d)?.to_dtype(dtype)?, &w.to_device(d)?.to_dtype(dtype)?, None)?
+                .0)
+        };
+        assert!(forward_check("causal_conv_silu_bf16", vec![2, 9, 16], &f, &Device::Cpu, 1e-2)?.pass);
+        assert!(!forward_check("causal_conv_silu_bf16", vec![2, 9, 16], &f, &Device::Cpu, 1e-6)?.pass);
         Ok(())
     }
 }

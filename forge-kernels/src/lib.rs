@@ -10,10 +10,19 @@
 //! | [`rms_norm`] | `rms_norm_bf16` (+ backward) | one pass; no f32 copy of the activations |
 //! | [`rope_heads_first`] | `rope_bf16` (+ backward) | rotation and the heads-first transpose in one pass |
 //! | [`swiglu`] | `swiglu_bf16` (+ backward) | one pass instead of three |
-//! | [`gated_delta_rule`] | (CPU so far) | Gated DeltaNet's recurrence: chunked and recurrent forms |
+//! | [`gated_delta_rule`] | `gated_delta_rule_dk{32,64,128}` | Gated DeltaNet's recurrence with its inputs prepared in place |
+//! | [`causal_conv_silu`] | `causal_conv_silu_bf16` | one pass for prompt and one-token step |
+//! | [`gated_rms_norm`] | `gated_rms_norm_bf16` | one pass instead of about twelve |
+//! | [`sigmoid_gate`] | `sigmoid_gate_bf16` | reads the gate where `q_proj` wrote it |
+//!
+//! The last four serve Qwen3.5's hybrid layers and have no backward yet (training through them is the
+//! next issue): their kernels run only where no input takes a gradient ([`forward_kernel`]), so a
+//! gradient is never silently dropped on the GPU path.
+mod causal_conv;
 mod causal_softmax;
 pub mod checks;
 pub mod gated_delta_rule;
+mod gated_rms_norm;
 #[cfg(feature = "cuda")]
 mod launch;
 pub mod profile;
@@ -21,19 +30,30 @@ mod rms_norm;
 mod rng;
 mod rope;
 mod row_nll;
+mod sigmoid_gate;
 mod swiglu;
 
 use candle_core::{DType, Tensor};
 
+pub use causal_conv::causal_conv_silu;
 pub use causal_softmax::{causal_softmax, causal_softmax_backward};
+pub use gated_rms_norm::gated_rms_norm;
 pub use rms_norm::{rms_norm, FusedRmsNorm};
 pub use rng::SplitMix64;
 pub use rope::{rope, rope_heads_first, FusedRope};
 pub use row_nll::{row_nll, row_nll_backward, RowNll};
+pub use sigmoid_gate::sigmoid_gate;
 pub use swiglu::{swiglu, swiglu_backward, FusedSwiglu};
 
 /// Whether forge's kernel runs for these tensors: all on a GPU, all bf16. The kernels take bf16 only
 /// (the dtype forge runs on CUDA); everywhere else elementary candle ops, or the CPU op, run.
 pub fn on_kernel(tensors: &[&Tensor]) -> bool {
     tensors.iter().all(|t| !t.device().is_cpu() && t.dtype() == DType::BF16)
+}
+
+/// Whether a forward-only kernel runs: [`on_kernel`], and no input takes a gradient (these kernels
+/// have no backward, and candle would drop the gradient without a word).
+#[cfg(feature = "cuda")]
+fn forward_kernel(tensors: &[&Tensor]) -> bool {
+    on_kernel(tensors) && tensors.iter().all(|t| !t.track_op())
 }

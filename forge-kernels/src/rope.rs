@@ -1,7 +1,8 @@
 //! Rotary position embeddings, `x·cos + rotate_half(x)·sin`, with the two halves of each head rotated
 //! together (transformers' layout). candle's fused `rope` has no backward, so the general path is
 //! elementary ops; forge's kernel also writes its output heads-first, which saves attention a
-//! transpose copy.
+//! transpose copy. Tables narrower than the head rotate only its first dimensions and pass the rest
+//! through (Qwen3.5's partial RoPE: 64 of 256 in its full-attention heads), in the same pass.
 use candle_core::{DType, Tensor, D};
 
 use crate::on_kernel;
@@ -17,19 +18,25 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tenso
 }
 
 /// Rotates `x` `(batch, seq, heads, d)` and returns it heads-first, `(batch, heads, seq, d)`, as
-/// attention needs it.
+/// attention needs it. Tables `(1, 1, seq, rot)` with `rot < d` rotate the first `rot` dimensions only.
 pub fn rope_heads_first(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     if on_kernel(&[x, cos, sin]) {
         let (cos, sin) = (cos.squeeze(0)?.squeeze(0)?, sin.squeeze(0)?.squeeze(0)?);
         return x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, FusedRope);
     }
-    rope(&x.transpose(1, 2)?.contiguous()?, cos, sin)
+    let x = x.transpose(1, 2)?.contiguous()?;
+    let (d, rot) = (x.dim(D::Minus1)?, cos.dim(D::Minus1)?);
+    if rot == d {
+        return rope(&x, cos, sin);
+    }
+    let turned = rope(&x.narrow(D::Minus1, 0, rot)?.contiguous()?, cos, sin)?;
+    Tensor::cat(&[&turned, &x.narrow(D::Minus1, rot, d - rot)?], D::Minus1)
 }
 
-/// The scalars of both RoPE kernels.
+/// The scalars of both RoPE kernels: dimensions and the rotated width.
 #[cfg(feature = "cuda")]
-fn dims_scalars(b: usize, s: usize, h: usize, d: usize) -> [crate::launch::Scalar; 4] {
-    [b, s, h, d].map(|v| crate::launch::Scalar::I32(v as i32))
+fn dims_scalars(b: usize, s: usize, h: usize, d: usize, rot: usize) -> [crate::launch::Scalar; 5] {
+    [b, s, h, d, rot].map(|v| crate::launch::Scalar::I32(v as i32))
 }
 
 /// [`rope_heads_first`] as one op: forge's CUDA kernel, and on the CPU the elementary ops
@@ -63,7 +70,8 @@ impl candle_core::CustomOp3 for FusedRope {
         };
         let ((xs, _), (cs, _), (ss, _)) = (offsets(xl)?, offsets(cl)?, offsets(sl)?);
         let (b, s, h, d) = xl.shape().dims4()?;
-        let half = d / 2;
+        let rot = cl.dims()[1];
+        let half = rot / 2;
         let round = |v: f32| bf16::from_f32(v).to_f32();
         let mut y = vec![bf16::ZERO; b * s * h * d];
         for (bi, si, hi) in
@@ -71,7 +79,8 @@ impl candle_core::CustomOp3 for FusedRope {
         {
             let xr = &x[xs + ((bi * s + si) * h + hi) * d..][..d];
             let yr = &mut y[((bi * h + hi) * s + si) * d..][..d];
-            let (c, sn) = (&cos[cs + si * d..][..d], &sin[ss + si * d..][..d]);
+            let (c, sn) = (&cos[cs + si * rot..][..rot], &sin[ss + si * rot..][..rot]);
+            yr[rot..].copy_from_slice(&xr[rot..]);
             for i in 0..half {
                 let (x1, x2) = (xr[i].to_f32(), xr[i + half].to_f32());
                 yr[i] = bf16::from_f32(round(x1 * c[i].to_f32()) + round(-x2 * sn[i].to_f32()));
@@ -100,7 +109,7 @@ impl candle_core::CustomOp3 for FusedRope {
             &[(x, xl), (cos, cl), (sin, sl)],
             n,
             Grid::Stride(n / 2),
-            &dims_scalars(b, s, h, d),
+            &dims_scalars(b, s, h, d, cl.dims()[1]),
         )?;
         Ok((y, candle_core::Shape::from((b, h, s, d))))
     }
@@ -119,7 +128,7 @@ impl candle_core::CustomOp3 for FusedRope {
                 use crate::launch::{launch_on_tensors, Grid};
                 let (b, h, s, d) = grad.dims4()?;
                 let dy = grad.to_dtype(DType::BF16)?;
-                let scalars = dims_scalars(b, s, h, d);
+                let scalars = dims_scalars(b, s, h, d, cos.dim(1)?);
                 let dx = launch_on_tensors::<half::bf16>(
                     "rope_backward_bf16",
                     &[&dy, cos, sin],
@@ -129,15 +138,23 @@ impl candle_core::CustomOp3 for FusedRope {
                 )?;
                 return Ok((Some(dx), None, None));
             }
-            let half = x.dim(D::Minus1)? / 2;
-            let dy = grad.to_dtype(DType::F32)?;
-            // y = x·cos + [−x₂, x₁]·sin, so dx = dy·cos + [z₂, −z₁] with z = dy·sin.
+            let (d, rot) = (x.dim(D::Minus1)?, cos.dim(D::Minus1)?);
+            let half = rot / 2;
+            let all = grad.to_dtype(DType::F32)?;
+            let dy = all.narrow(D::Minus1, 0, rot)?;
+            // y = x·cos + [−x₂, x₁]·sin, so dx = dy·cos + [z₂, −z₁] with z = dy·sin; the dimensions
+            // past `rot` pass through.
             let z = dy.broadcast_mul(&sin.to_dtype(DType::F32)?)?;
             let back = Tensor::cat(
                 &[&z.narrow(D::Minus1, half, half)?, &z.narrow(D::Minus1, 0, half)?.neg()?],
                 D::Minus1,
             )?;
             let dx = (dy.broadcast_mul(&cos.to_dtype(DType::F32)?)? + back)?;
+            let dx = if rot < d {
+                Tensor::cat(&[&dx, &all.narrow(D::Minus1, rot, d - rot)?], D::Minus1)?
+            } else {
+                dx
+            };
             Ok((Some(dx.transpose(1, 2)?.contiguous()?.to_dtype(x.dtype())?), None, None))
         })
     }
@@ -148,17 +165,27 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Tables of positions 3..8 for heads of width 8.
-    fn tables(dtype: DType) -> candle_core::Result<(Tensor, Tensor)> {
-        let angles: Vec<f32> =
-            (3..8).flat_map(|p| (0..8).map(move |i| p as f32 / 10f32.powf((i % 4) as f32))).collect();
-        let angles = Tensor::from_vec(angles, (1, 1, 5, 8), &Device::Cpu)?;
+    /// Tables of positions 3..8 rotating `rot` dimensions.
+    fn tables(dtype: DType, rot: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let angles: Vec<f32> = (3..8)
+            .flat_map(|p| (0..rot).map(move |i| p as f32 / 10f32.powf((i % (rot / 2)) as f32)))
+            .collect();
+        let angles = Tensor::from_vec(angles, (1, 1, 5, rot), &Device::Cpu)?;
         Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
     }
 
+    /// The fused op's CPU reference against the elementary ops, whole and partial (4 of 8 dimensions
+    /// rotated, the rest passed through), forward and backward.
     #[test]
     fn the_fused_op_reference_equals_the_elementary_ops_in_bf16() -> candle_core::Result<()> {
-        let (cos4, sin4) = tables(DType::BF16)?;
+        for rot in [8, 4] {
+            fused_equals_elementary(rot)?;
+        }
+        Ok(())
+    }
+
+    fn fused_equals_elementary(rot: usize) -> candle_core::Result<()> {
+        let (cos4, sin4) = tables(DType::BF16, rot)?;
         let values: Vec<f32> = (0..2 * 5 * 3 * 8).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
         let x = Tensor::from_vec(values, (2, 5, 3, 8), &Device::Cpu)?.to_dtype(DType::BF16)?;
         let (cos, sin) = (cos4.squeeze(0)?.squeeze(0)?, sin4.squeeze(0)?.squeeze(0)?);
@@ -169,24 +196,27 @@ mod tests {
             .abs()?
             .max_all()?
             .to_scalar::<f32>()?;
-        assert!(diff <= 1e-2, "fused and elementary rope differ by {diff}");
+        assert!(diff <= 1e-2, "rot {rot}: fused and elementary rope differ by {diff}");
+        let kept = fused.narrow(3, rot, 8 - rot)?.transpose(1, 2)?.to_dtype(DType::F32)?;
+        let passed = x.narrow(3, rot, 8 - rot)?.to_dtype(DType::F32)?;
+        assert_eq!(kept.flatten_all()?.to_vec1::<f32>()?, passed.flatten_all()?.to_vec1::<f32>()?);
         // The backward, against autograd through the elementary ops in f32.
         let weights: Vec<f32> = (0..2 * 3 * 5 * 8).map(|i| ((i * 3 % 7) as f32 - 3.0) / 2.0).collect();
         let weights = Tensor::from_vec(weights, (2, 3, 5, 8), &Device::Cpu)?;
-        let (cos32, sin32) = tables(DType::F32)?;
+        let (cos32, sin32) = tables(DType::F32, rot)?;
         let grad = |fused: bool| -> candle_core::Result<Vec<f32>> {
             let v =
                 candle_core::Var::from_tensor(&x.to_dtype(if fused { DType::BF16 } else { DType::F32 })?)?;
             let y = if fused {
                 v.as_tensor().apply_op3(&cos, &sin, FusedRope)?
             } else {
-                rope(&v.as_tensor().transpose(1, 2)?.contiguous()?, &cos32, &sin32)?
+                rope_heads_first(v.as_tensor(), &cos32, &sin32)?
             };
             let store = (y.to_dtype(DType::F32)? * &weights)?.sum_all()?.backward()?;
             store.get(v.as_tensor()).unwrap().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
         };
         for (a, b) in grad(true)?.iter().zip(grad(false)?) {
-            assert!((a - b).abs() <= 2e-2 * (1.0 + b.abs()), "gradient {a} vs {b}");
+            assert!((a - b).abs() <= 2e-2 * (1.0 + b.abs()), "rot {rot}: gradient {a} vs {b}");
         }
         Ok(())
     }

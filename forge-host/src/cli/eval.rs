@@ -46,7 +46,16 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     if args.seq_len < 2 {
         return Err(bad_input!("--seq-len is {}; a window needs at least 2 tokens", args.seq_len));
     }
-    let (folder, mut model) = args.model.load(rt, &[(args.seq_len, "--seq-len")])?;
+    let folder = args.model.open(&[(args.seq_len, "--seq-len")], None)?;
+    let predicted = crate::pipeline::eval_estimate(
+        &folder.config,
+        folder.loaded_parameter_count(),
+        rt.dtype,
+        !rt.device.is_cpu() && rt.dtype == candle_core::DType::BF16,
+        (args.batch_size.min(args.max_windows.unwrap_or(usize::MAX)), args.seq_len),
+    );
+    crate::pipeline::check_budget(std::slice::from_ref(&predicted), rt.memory_budget)?;
+    let mut model = args.model.build(&folder, rt)?;
     args.adapter.apply(&mut model, registry)?;
     let tokenizer = folder.tokenizer()?;
     let windows = TokenWindows::from_documents(
@@ -56,9 +65,11 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         args.max_windows,
     )?;
     let report = crate::eval::perplexity(&model, &windows, args.batch_size, args.warmup_batches, rt.quiet)?;
-    super::emit(&report, args.json, |r| {
+    let report = EvalOutput { report, predicted_peak_bytes: predicted.total() };
+    super::emit(&report, args.json, |out| {
+        let r = &out.report;
         format!(
-            "perplexity {:.4} (mean NLL {:.4} over {} tokens in {} windows of {}) · {:.1}s, {:.0} tokens/s, peak {:.0} MiB",
+            "perplexity {:.4} (mean NLL {:.4} over {} tokens in {} windows of {}) · {:.1}s, {:.0} tokens/s, peak {:.0} MiB (estimated {:.0} MiB)",
             r.perplexity,
             r.mean_nll,
             r.tokens,
@@ -66,8 +77,18 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
             r.seq_len,
             r.seconds,
             r.tokens_per_s,
-            r.peak_memory_bytes as f64 / (1 << 20) as f64
+            r.peak_memory_bytes as f64 / (1 << 20) as f64,
+            out.predicted_peak_bytes as f64 / (1 << 20) as f64
         )
     });
     Ok(())
+}
+
+/// What `forge eval` prints: the evaluation, and the peak the memory budget's estimate predicted for
+/// it (what `--memory-budget` is checked against before anything loads).
+#[derive(serde::Serialize)]
+struct EvalOutput {
+    #[serde(flatten)]
+    report: crate::eval::PerplexityReport,
+    predicted_peak_bytes: u64,
 }

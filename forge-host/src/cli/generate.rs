@@ -40,6 +40,8 @@ struct GenerateReport {
     text: String,
     seconds: f64,
     new_tokens_per_s: f64,
+    /// Peak memory of the generation, weights included (see `runtime::PeakMemory`).
+    peak_memory_bytes: u64,
 }
 
 pub fn run(args: GenerateArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
@@ -58,6 +60,7 @@ pub fn run(args: GenerateArgs, rt: &Runtime, registry: &Registry) -> Result<()> 
         seed: rt.seed,
         stop_token: (!args.ignore_eos).then(|| tokenizer.eos_id()),
     };
+    let memory = crate::runtime::PeakMemory::start(&rt.device);
     let started = std::time::Instant::now();
     let token_ids = generate(&model, &prompt_ids, &config)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -67,6 +70,7 @@ pub fn run(args: GenerateArgs, rt: &Runtime, registry: &Registry) -> Result<()> 
         prompt_ids,
         token_ids,
         seconds,
+        peak_memory_bytes: memory.peak_bytes(),
     };
     super::emit(&report, args.json, |r| format!("{}{}", args.prompt, r.text));
     Ok(())

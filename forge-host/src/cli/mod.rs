@@ -148,17 +148,9 @@ impl GlobalArgs {
 }
 
 impl ModelArgs {
-    /// Opens the folder, checks the positions the command will ask for (`(tokens, flag)`) against the
-    /// model's context, builds the decoder and applies the mask, if any.
-    fn load(&self, rt: &Runtime, positions: &[(usize, &str)]) -> Result<(ModelFolder, CausalLm)> {
-        let folder = self.open(positions, None)?;
-        let model = self.build(&folder, rt)?;
-        Ok((folder, model))
-    }
-
     /// Opens the folder and checks it before anything loads: the positions asked for against the
     /// context, and, for `dense_for` (work named for the message), that the model is not a hybrid.
-    fn open(&self, positions: &[(usize, &str)], dense_for: Option<&str>) -> Result<ModelFolder> {
+    pub(super) fn open(&self, positions: &[(usize, &str)], dense_for: Option<&str>) -> Result<ModelFolder> {
         let folder = ModelFolder::open(&self.model)?;
         for &(tokens, flag) in positions {
             folder.config.check_context(tokens, flag)?;
@@ -170,7 +162,7 @@ impl ModelArgs {
     }
 
     /// Builds the decoder of an opened folder and applies the mask, if any.
-    fn build(&self, folder: &ModelFolder, rt: &Runtime) -> Result<CausalLm> {
+    pub(super) fn build(&self, folder: &ModelFolder, rt: &Runtime) -> Result<CausalLm> {
         let started = std::time::Instant::now();
         if self.mask.is_some() {
             folder.config.require_dense("--mask")?;
@@ -233,8 +225,10 @@ fn run(cli: Cli) -> Result<()> {
     let registry =
         Registry::builtin()?.with_plugins(&crate::strategies::plugin_paths(&cli.global.plugins)?)?;
     let rt = cli.global.resolve()?;
-    if rt.memory_budget.is_some() && !matches!(cli.command, Command::Run(_)) {
-        return Err(bad_input!("--memory-budget is enforced by `forge run` only so far; drop it here"));
+    if rt.memory_budget.is_some() && !matches!(cli.command, Command::Run(_) | Command::Eval(_)) {
+        return Err(bad_input!(
+            "--memory-budget is enforced by `forge run` and `forge eval` only so far; drop it here"
+        ));
     }
     match cli.command {
         Command::Inspect(args) => inspect::run(args),

@@ -56,9 +56,7 @@ impl ModelFolder {
         let carried = |n: &str| {
             n.ends_with("rotary_emb.inv_freq")
                 || (n == "lm_head.weight" && self.config.tie_word_embeddings)
-                || n.starts_with("visual.")
-                || n.starts_with("model.visual.")
-                || n.starts_with("mtp.")
+                || is_carried_through(n)
         };
         let unread: Vec<String> = self.weights.unread().into_iter().filter(|n| !carried(n)).collect();
         if !unread.is_empty() {
@@ -73,8 +71,22 @@ impl ModelFolder {
         }
     }
 
+    /// Values of the tensors the text model loads, which go to the device (the vision tower and MTP
+    /// heads stay on disk): what a memory estimate counts.
+    pub fn loaded_parameter_count(&self) -> u64 {
+        let names = self.weights.names();
+        let loaded = names.iter().filter(|n| !is_carried_through(n));
+        loaded.map(|n| self.weights.shape(n).unwrap_or_default().iter().product::<usize>() as u64).sum()
+    }
+
     /// Loads the folder's `tokenizer.json`.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         Tokenizer::from_file(&self.path.join("tokenizer.json"), self.config.eos_token_id)
     }
+}
+
+/// Tensors of a checkpoint that forge never runs but carries through into the models it writes: a
+/// vision tower (`visual.*`, `model.visual.*`) and multi-token-prediction heads (`mtp.*`).
+pub fn is_carried_through(name: &str) -> bool {
+    name.starts_with("visual.") || name.starts_with("model.visual.") || name.starts_with("mtp.")
 }

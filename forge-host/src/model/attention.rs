@@ -41,8 +41,6 @@ pub struct Attention {
     k_norm: Option<RmsNorm>,
     /// Qwen3.5's output gate: `q_proj` gives each head `2 · head_dim` values, query then gate.
     gated: bool,
-    /// Dimensions of each head RoPE rotates (all of them but in Qwen3.5).
-    rotary_dim: usize,
     layer: usize,
     heads: usize,
     kv_heads: usize,
@@ -70,7 +68,6 @@ pub fn attention(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<
         q_norm: qk_norm("q_norm")?,
         k_norm: qk_norm("k_norm")?,
         gated,
-        rotary_dim: hybrid.map_or(d, |h| h.rotary_dim),
         layer,
         heads,
         kv_heads,
@@ -94,13 +91,14 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let d = self.head_dim;
+        // RoPE tables narrower than a head (Qwen3.5's partial RoPE) turn only its first dimensions.
         let split = |t: Tensor, n: usize, norm: &Option<RmsNorm>| -> candle_core::Result<Tensor> {
             let t = t.reshape((b, s, n, d))?;
             let t = match norm {
                 Some(norm) => norm.forward(&t)?,
                 None => t,
             };
-            self.rotate(&t, rope)
+            rope.apply_heads_first(&t)
         };
         let (q, gate, k, v) = section("attention q/k/v + rope", x.device(), || {
             let (q, gate) = self.query_and_gate(x)?;
@@ -116,7 +114,7 @@ impl Attention {
         };
         let (out, probs) = causal_attention(&q, &k, &v, past)?;
         let out = match gate {
-            Some(gate) => out.mul(&candle_nn::ops::sigmoid(&gate)?)?,
+            Some(projected) => forge_kernels::sigmoid_gate(&out, &projected, d)?,
             None => out,
         };
         // The heads' outputs side by side, `(b, s, heads · d)`: a head's mask covers its d columns.
@@ -135,8 +133,8 @@ impl Attention {
         section("attention o_proj", x.device(), || self.o_proj.forward(&out))
     }
 
-    /// The queries `(b, s, heads · d)` and, for a gated attention, the gates (the same shape): each
-    /// head's `2d` outputs of `q_proj` are its query, then its gate.
+    /// The queries `(b, s, heads · d)` and, for a gated attention, `q_proj`'s whole output, whose
+    /// second half of each head's `2d` values is the head's gate (read there by `sigmoid_gate`).
     fn query_and_gate(&self, x: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let projected = self.q_proj.forward(x)?;
         if !self.gated {
@@ -144,19 +142,8 @@ impl Attention {
         }
         let (b, s, _) = x.dims3()?;
         let per_head = projected.reshape((b, s, self.heads, 2 * self.head_dim))?;
-        let part =
-            |from| per_head.narrow(3, from, self.head_dim)?.reshape((b, s, self.heads * self.head_dim));
-        Ok((part(0)?, Some(part(self.head_dim)?)))
-    }
-
-    /// RoPE on `t` `(b, s, n, d)`, heads-first out; only the first `rotary_dim` dimensions turn.
-    fn rotate(&self, t: &Tensor, rope: &RopeTables) -> candle_core::Result<Tensor> {
-        if self.rotary_dim == self.head_dim {
-            return rope.apply_heads_first(t);
-        }
-        let turned = rope.apply_heads_first(&t.narrow(3, 0, self.rotary_dim)?.contiguous()?)?;
-        let kept = t.narrow(3, self.rotary_dim, self.head_dim - self.rotary_dim)?.transpose(1, 2)?;
-        Tensor::cat(&[&turned, &kept.contiguous()?], 3)
+        let query = per_head.narrow(3, 0, self.head_dim)?.reshape((b, s, self.heads * self.head_dim))?;
+        Ok((query, Some(projected)))
     }
 
     /// Query heads of this layer.

@@ -5,19 +5,21 @@
 //! 2. q and k are L2-normalised per key head (q also scaled by `1/√dk`) and repeated to the value heads
 //!    they serve (key head i serves value heads `i·r … i·r + r − 1`, `r = value_heads / key_heads`);
 //! 3. `β = sigmoid(in_proj_b x)`, the decay `g = −exp(A_log) · softplus(in_proj_a x + dt_bias)`;
-//! 4. the gated delta rule (forge-kernels' `gated_delta_rule`: chunked for a prompt, recurrent for one
-//!    token with a state);
+//! 4. the gated delta rule (forge-kernels' `gated_delta_rule`, which also does steps 2 and 3: chunked
+//!    for a prompt, recurrent for one token with a state; one CUDA kernel for all of it);
 //! 5. a gated RMS norm per value head, `w · norm(o) · silu(z)` with `z = in_proj_z x` (this norm scales
 //!    by `w`, not `1 + w`), then `out_proj`.
 //!
 //! A layer cache holds the last `conv_kernel − 1` convolution inputs and the recurrent state (f32), so
 //! generation never recomputes the prompt.
-use candle_core::{DType, Module, Tensor, D};
-use forge_kernels::gated_delta_rule;
+use candle_core::{DType, Module, Tensor};
+use forge_kernels::gated_delta_rule::{self, Heads, Projections};
+use forge_kernels::profile::section;
+use forge_kernels::{causal_conv_silu, gated_rms_norm};
 
 use super::kv_cache::LayerCache;
 use super::linear::{linear, Linear};
-use crate::loader::{Hybrid, ModelConfig, WeightScope};
+use crate::loader::{ModelConfig, WeightScope};
 use crate::Result;
 
 /// The linear attention of one decoder layer.
@@ -35,7 +37,7 @@ pub struct GatedDeltaNet {
     dt_bias: Tensor,
     norm_weight: Tensor,
     eps: f64,
-    geometry: Hybrid,
+    heads: Heads,
 }
 
 /// Loads layer `linear_attn` weights from `vb` (`model.layers.N.linear_attn`).
@@ -55,7 +57,12 @@ pub fn gated_deltanet(config: &ModelConfig, vb: WeightScope) -> Result<GatedDelt
         dt_bias: f32_param("dt_bias")?,
         norm_weight: vb.get("norm.weight", &[g.value_dim])?,
         eps: config.rms_norm_eps,
-        geometry: g,
+        heads: Heads {
+            key_heads: g.key_heads,
+            value_heads: g.value_heads,
+            key_dim: g.key_dim,
+            value_dim: g.value_dim,
+        },
     })
 }
 
@@ -63,87 +70,34 @@ impl GatedDeltaNet {
     /// Mixes `x` `(batch, seq, hidden)`; with a cache, `x` continues the cached tokens.
     pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> candle_core::Result<Tensor> {
         let (b, s, _) = x.dims3()?;
-        let g = &self.geometry;
         let (conv_state, delta_state) = match &cache {
             Some(c) => (c.conv.clone(), c.delta.clone()),
             None => (None, None),
         };
-        let mixed = self.in_proj_qkv.forward(x)?;
-        let (convolved, conv_tail) = self.causal_conv(&mixed, conv_state.as_ref())?;
-        let kd = g.key_heads * g.key_dim;
-        let heads = |t: Tensor, n: usize, d: usize| t.reshape((b, s, n, d));
-        let q = heads(convolved.narrow(2, 0, kd)?, g.key_heads, g.key_dim)?;
-        let k = heads(convolved.narrow(2, kd, kd)?, g.key_heads, g.key_dim)?;
-        let v = heads(convolved.narrow(2, 2 * kd, g.value_heads * g.value_dim)?, g.value_heads, g.value_dim)?;
-        let q = (self.to_value_heads(&l2_normalise(&q)?)? / (g.key_dim as f64).sqrt())?;
-        let k = self.to_value_heads(&l2_normalise(&k)?)?;
-        let beta = candle_nn::ops::sigmoid(&self.in_proj_b.forward(x)?.to_dtype(DType::F32)?)?;
-        let a = self.in_proj_a.forward(x)?.to_dtype(DType::F32)?.broadcast_add(&self.dt_bias)?;
-        let decay = softplus(&a)?.broadcast_mul(&self.neg_a)?;
-        let v = v.to_dtype(DType::F32)?;
-        let (out, state) = if s == 1 && delta_state.is_some() {
-            gated_delta_rule::recurrent(&q, &k, &v, &decay, &beta, delta_state.as_ref())?
-        } else {
-            gated_delta_rule::chunked(&q, &k, &v, &decay, &beta, delta_state.as_ref())?
-        };
+        let device = x.device();
+        let (convolved, conv_tail) = section("linear attention: in_proj_qkv + conv", device, || {
+            causal_conv_silu(&self.in_proj_qkv.forward(x)?, &self.conv, conv_state.as_ref())
+        })?;
+        let (out, state) = section("linear attention: delta rule", device, || {
+            let (a, beta_logits) = (self.in_proj_a.forward(x)?, self.in_proj_b.forward(x)?);
+            let projections = Projections {
+                conv: &convolved,
+                a: &a,
+                b: &beta_logits,
+                neg_a: &self.neg_a,
+                dt_bias: &self.dt_bias,
+            };
+            gated_delta_rule::from_projections(&projections, delta_state.as_ref(), self.heads)
+        })?;
         if let Some(cache) = cache {
             cache.conv = Some(conv_tail);
             cache.delta = Some(state);
         }
-        let z = self.in_proj_z.forward(x)?.reshape((b, s, g.value_heads, g.value_dim))?;
-        let normed = self.gated_norm(&out.to_dtype(x.dtype())?, &z)?;
-        self.out_proj.forward(&normed.reshape((b, s, g.value_heads * g.value_dim))?)
+        let Heads { value_heads, value_dim, .. } = self.heads;
+        section("linear attention: gated norm + out_proj", device, || {
+            let z = self.in_proj_z.forward(x)?.reshape((b, s, value_heads, value_dim))?;
+            let normed = gated_rms_norm(&out, &z, &self.norm_weight, self.eps)?;
+            self.out_proj.forward(&normed.reshape((b, s, value_heads * value_dim))?)
+        })
     }
-
-    /// The causal depthwise convolution over `mixed` `(b, s, channels)` then SiLU, preceded by the
-    /// cached inputs (zeros at the start); returns the output and the last `taps − 1` inputs.
-    fn causal_conv(&self, mixed: &Tensor, state: Option<&Tensor>) -> candle_core::Result<(Tensor, Tensor)> {
-        let (b, s, channels) = mixed.dims3()?;
-        let taps = self.geometry.conv_kernel;
-        let before = match state {
-            Some(state) => state.clone(),
-            None => Tensor::zeros((b, taps - 1, channels), mixed.dtype(), mixed.device())?,
-        };
-        let padded = Tensor::cat(&[&before, mixed], 1)?;
-        let weight = self.conv.to_dtype(mixed.dtype())?;
-        let mut out = padded.narrow(1, 0, s)?.broadcast_mul(&weight.narrow(1, 0, 1)?.squeeze(1)?)?;
-        for tap in 1..taps {
-            out = (out + padded.narrow(1, tap, s)?.broadcast_mul(&weight.narrow(1, tap, 1)?.squeeze(1)?)?)?;
-        }
-        let tail = padded.narrow(1, s, taps - 1)?.contiguous()?;
-        Ok((out.silu()?, tail))
-    }
-
-    /// Each key head's `(b, s, key_heads, d)` values repeated for the value heads it serves.
-    fn to_value_heads(&self, t: &Tensor) -> candle_core::Result<Tensor> {
-        let g = &self.geometry;
-        let r = g.value_heads / g.key_heads;
-        if r == 1 {
-            return Ok(t.clone());
-        }
-        let (b, s, n, d) = t.dims4()?;
-        t.unsqueeze(3)?.broadcast_as((b, s, n, r, d))?.reshape((b, s, n * r, d))
-    }
-
-    /// `w · (o / rms(o)) · silu(z)` per value head: statistics in f32, the normalised value cast back
-    /// before the weight, the gate in f32 (transformers' `Qwen3_5RMSNormGated`).
-    fn gated_norm(&self, o: &Tensor, z: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = o.dtype();
-        let o32 = o.to_dtype(DType::F32)?;
-        let inv = (o32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-        let normed = o32.broadcast_mul(&inv)?.to_dtype(dtype)?.broadcast_mul(&self.norm_weight)?;
-        normed.to_dtype(DType::F32)?.mul(&z.to_dtype(DType::F32)?.silu()?)?.to_dtype(dtype)
-    }
-}
-
-/// `x / sqrt(Σx² + 1e-6)` over the last dimension, in f32 (flash-linear-attention's convention).
-fn l2_normalise(x: &Tensor) -> candle_core::Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
-    x.broadcast_mul(&(x.sqr()?.sum_keepdim(D::Minus1)? + 1e-6)?.sqrt()?.recip()?)
-}
-
-/// `log(1 + eˣ)`, as PyTorch computes it: x itself above 20.
-fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
-    let smooth = (x.exp()? + 1.0)?.log()?;
-    x.gt(20.0)?.where_cond(x, &smooth)
 }

@@ -5,6 +5,11 @@
 //! the largest transient (attention scores, a vocabulary chunk of logits), adapter and optimizer state,
 //! and a fixed process overhead. The numbers are deliberately conservative (an over-estimate refuses
 //! a run that would have fitted; an under-estimate is an OOM, which is what this exists to prevent).
+//!
+//! Hybrid models (Qwen3.5) mix two kinds of layer, and a phase's transient is the larger kind's: the
+//! full-attention layers' scores grow with the square of the sequence, the linear-attention layers'
+//! recurrent state `(batch, value_heads, key_dim, value_dim)` in f32 is constant in it, beside their
+//! wider projections (the convolution's channels, the f32 outputs of the delta rule).
 use candle_core::DType;
 
 use super::recipe::{Recipe, TrainState};
@@ -34,13 +39,32 @@ impl Estimate {
 /// 512 MiB keeps the estimate above what was measured.)
 const OVERHEAD: u64 = 512 << 20;
 
-/// Bytes live at once inside one decoder layer for `rows` tokens of `seq` (f32 attention scores and
-/// their softmax, the MLP's three intermediate tensors, a few residual-width tensors).
+/// Bytes live at once inside one decoder layer for `batch` windows of `seq` tokens: the larger of an
+/// attention layer's (f32 attention scores and their softmax, the MLP's three intermediate tensors, a
+/// few residual-width tensors) and, in a hybrid, a linear-attention layer's.
 fn layer_transient(c: &ModelConfig, batch: usize, seq: usize, bytes: u64) -> u64 {
     let tokens = (batch * seq) as u64;
     let heads = *c.heads.iter().max().unwrap_or(&1) as u64;
     let scores = batch as u64 * heads * (seq as u64).pow(2) * 4 * 4;
-    scores + tokens * (c.intermediate as u64 * 3 + c.hidden as u64 * 8) * bytes
+    let mlp_and_residual = tokens * (c.intermediate as u64 * 3 + c.hidden as u64 * 8) * bytes;
+    scores.max(linear_attention_transient(c, batch, seq, bytes)) + mlp_and_residual
+}
+
+/// A Gated DeltaNet layer's own tensors (0 in a dense model): the projections, the convolution's
+/// input and output, the delta rule's f32 outputs and the recurrent state before and after (f32,
+/// constant in the sequence length).
+fn linear_attention_transient(c: &ModelConfig, batch: usize, seq: usize, bytes: u64) -> u64 {
+    let Some(h) = &c.hybrid else { return 0 };
+    let tokens = (batch * seq) as u64;
+    let values = (h.value_heads * h.value_dim) as u64;
+    let projections = tokens * (2 * h.conv_channels() as u64 + 3 * values) * bytes + tokens * values * 4;
+    projections + recurrent_state(h, batch) * 2
+}
+
+/// Bytes of the recurrent state of one linear-attention layer for `batch` sequences (f32), what a
+/// generation cache keeps per layer whatever the length.
+pub fn recurrent_state(h: &crate::loader::Hybrid, batch: usize) -> u64 {
+    (batch * h.value_heads * h.key_dim * h.value_dim * 4) as u64
 }
 
 /// Bytes one layer keeps for its backward pass (everything its graph holds).
@@ -52,21 +76,19 @@ fn logits_chunk(c: &ModelConfig, rows: usize) -> u64 {
     (rows_per_chunk(c.vocab).min(rows) * c.vocab * 4 * 3) as u64
 }
 
-/// Estimates for every phase of `recipe` on a model of `config` run in `dtype`.
+/// Estimates for every phase of `recipe` on a model of `config` run in `dtype` (`fused`: on forge's
+/// CUDA path, see [`eval_estimate`]).
 pub fn estimate(
     recipe: &Recipe,
     config: &ModelConfig,
     parameters: u64,
-    dtype: DType,
+    (dtype, fused): (DType, bool),
     state: TrainState,
 ) -> Vec<Estimate> {
     let bytes = dtype.size_in_bytes() as u64;
     let weights = parameters * bytes;
     let t = &recipe.train;
     let s = &recipe.score;
-    let eval_batch = 4;
-    let eval = layer_transient(config, eval_batch, recipe.data.eval_seq_len, bytes)
-        + logits_chunk(config, eval_batch * recipe.data.eval_seq_len);
     let adapter = state.bytes();
     let tokens = t.batch_size * t.seq_len;
     let (activations, knob) = if t.grad_checkpoint {
@@ -91,11 +113,7 @@ pub fn estimate(
             parts: vec![("weights", weights), ("overhead", OVERHEAD)],
             knob: "a smaller model or --dtype bf16",
         },
-        Estimate {
-            phase: "eval",
-            parts: vec![("weights", weights), ("activations", eval), ("overhead", OVERHEAD)],
-            knob: "a smaller data.eval_seq_len",
-        },
+        eval_estimate(config, parameters, dtype, fused, (4, recipe.data.eval_seq_len)),
         Estimate {
             phase: "score",
             parts: vec![("weights", weights), ("activations and gradients", score), ("overhead", OVERHEAD)],
@@ -112,6 +130,54 @@ pub fn estimate(
             knob,
         },
     ]
+}
+
+/// The eval phase's estimate, for `batch` windows of `seq` tokens a forward pass (what `forge eval
+/// --memory-budget` checks, and `forge run` with its eval batch of 4). `fused` is forge's CUDA path
+/// (bf16 on a GPU: the fused softmax, norm and NLL kernels), whose peak is counted tensor by tensor:
+/// the residual stream plus the largest of one layer's parts and the lm_head chunk, since a layer's
+/// tensors are freed before the next. Elsewhere the conservative per-layer transient serves, and the
+/// process overhead (the CPU's peak is the whole process's resident set; a GPU pool's holds tensors
+/// only).
+pub fn eval_estimate(
+    config: &ModelConfig,
+    parameters: u64,
+    dtype: DType,
+    fused: bool,
+    (batch, seq): (usize, usize),
+) -> Estimate {
+    let bytes = dtype.size_in_bytes() as u64;
+    let (activations, overhead) = if fused {
+        (fused_eval_activations(config, batch, seq, bytes), GPU_OVERHEAD)
+    } else {
+        (layer_transient(config, batch, seq, bytes) + logits_chunk(config, batch * seq), OVERHEAD)
+    };
+    Estimate {
+        phase: "eval",
+        parts: vec![("weights", parameters * bytes), ("activations", activations), ("overhead", overhead)],
+        knob: "a smaller --batch-size or --seq-len (data.eval_seq_len in a recipe)",
+    }
+}
+
+/// Allocator slack in a GPU's memory pool (its high-water mark counts tensors, not the process).
+const GPU_OVERHEAD: u64 = 64 << 20;
+
+/// The peak of a forward pass on forge's CUDA path: four residual-width tensors (the stream, its norm,
+/// a block's output, their sum), plus the largest of the MLP's three intermediates, an attention
+/// layer's projections and bf16 scores and probabilities, a linear-attention layer's tensors, and one
+/// chunk of bf16 logits.
+fn fused_eval_activations(c: &ModelConfig, batch: usize, seq: usize, bytes: u64) -> u64 {
+    let tokens = (batch * seq) as u64;
+    let residual = 4 * tokens * c.hidden as u64 * bytes;
+    let mlp = 3 * tokens * c.intermediate as u64 * bytes;
+    let heads = *c.heads.iter().max().unwrap_or(&1) as u64;
+    let kv_heads = *c.kv_heads.iter().max().unwrap_or(&1) as u64;
+    let query_width = if c.hybrid.is_some() { 2 } else { 1 } * heads * c.head_dim as u64;
+    let projections = 2 * tokens * (query_width + 2 * kv_heads * c.head_dim as u64) * bytes;
+    let attention = projections + 2 * batch as u64 * heads * (seq as u64).pow(2) * bytes;
+    let linear = linear_attention_transient(c, batch, seq, bytes);
+    let logits = (rows_per_chunk(c.vocab).min(batch * seq) * c.vocab) as u64 * bytes;
+    residual + mlp.max(attention).max(linear).max(logits)
 }
 
 /// Parses `12GiB`, `512MiB`, `2GB`, `1000000` (bytes).

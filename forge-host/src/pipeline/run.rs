@@ -24,7 +24,8 @@ pub fn run(recipe: &Recipe, registry: &Registry, opts: &RunOptions) -> Result<Ru
     let base = ModelFolder::open(&recipe.model).map_err(|e| bad_input!("recipe key `model`: {e}"))?;
     base.config.require_dense("forge run")?;
     let state = recipe.validate(registry, &base.config)?;
-    let estimates = estimate(recipe, &base.config, base.weights.parameter_count() as u64, opts.dtype, state);
+    let fused = !opts.device.is_cpu() && opts.dtype == candle_core::DType::BF16;
+    let estimates = estimate(recipe, &base.config, base.loaded_parameter_count(), (opts.dtype, fused), state);
     let budget = opts.budget.or_else(|| {
         if opts.device.is_cpu() {
             None
@@ -143,7 +144,7 @@ fn final_model(ctx: &RunContext, current: &Path, mask: &HeadMask) -> Result<(Met
 }
 
 /// Refuses, before any allocation, a phase estimated above the budget.
-fn check_budget(estimates: &[Estimate], budget: Option<u64>) -> Result<()> {
+pub fn check_budget(estimates: &[Estimate], budget: Option<u64>) -> Result<()> {
     let Some(budget) = budget else { return Ok(()) };
     if let Some(e) = estimates.iter().find(|e| e.total() > budget) {
         let parts: Vec<String> = e.parts.iter().map(|(n, b)| format!("{n} {}", human(*b))).collect();
