@@ -51,7 +51,7 @@ for arch in "${archs[@]}"; do
     --max-new-tokens 128 --ignore-eos
   record peer "$arch generate" python3 "$peer/bench_torch.py" --model "$ck" --task generate --new-tokens 128
   [ -n "${PROFILE_ARCH:-}" ] && [ "$arch" = "$PROFILE_ARCH" ] && FORGE_PROFILE=1 "$forge" eval -q --json --device cuda \
-    --model "$ck" --data "$data" --seq-len 1024 --batch-size 8 --max-windows 24 2> "$out/profile-eval-$arch.txt" > /dev/null
+    --model "$ck" --data "$data" --seq-len 1024 --batch-size 8 --max-windows 64 --warmup-batches 2 2> "$out/profile-eval-$arch.txt" > /dev/null
   rm -rf "$ck"  # the next, larger checkpoint needs the disk
 done
 python3 "$here/bench/qwen35_table.py" "$out" | tee "$out/table.md"

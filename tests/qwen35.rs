@@ -209,3 +209,168 @@ fn inspect_shows_the_layer_mix_and_counts_the_vision_tower_apart() {
             .sum();
     assert_eq!(report["parameters_by_kind"]["other"].as_u64().unwrap() as usize, visual);
 }
+
+/// Every tensor of a safetensors file: name → (dtype, shape, raw bytes).
+fn raw_tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, t)| (name, (format!("{:?}", t.dtype()), t.shape().to_vec(), t.data().to_vec())))
+        .collect()
+}
+
+/// A PEFT LoRA adapter (r 4, alpha 8: scale 2) for the vision-layout checkpoint in `model`, on a
+/// module of each kind: `q_proj` (full attention), `in_proj_qkv` (Gated DeltaNet), `gate_proj` (every
+/// layer's MLP), with random A and B. Returns the adapted weights' names.
+fn write_hybrid_adapter(model: &std::path::Path, dir: &std::path::Path) -> Vec<String> {
+    let base = candle_core::safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
+    let targets = [".self_attn.q_proj.weight", ".linear_attn.in_proj_qkv.weight", ".mlp.gate_proj.weight"];
+    let mut adapted: Vec<String> =
+        base.keys().filter(|n| targets.iter().any(|t| n.ends_with(t))).cloned().collect();
+    adapted.sort();
+    let mut tensors = std::collections::HashMap::new();
+    for (i, name) in adapted.iter().enumerate() {
+        let (out, inp) = base[name].dims2().unwrap();
+        let module = name.strip_suffix(".weight").unwrap();
+        let random = |shape: (usize, usize), seed: usize| {
+            let values: Vec<f32> = (0..shape.0 * shape.1)
+                .map(|j| (((j * 7919 + seed * 104729) % 2003) as f32 / 2003.0 - 0.5) * 0.04)
+                .collect();
+            Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+        };
+        tensors.insert(format!("base_model.model.{module}.lora_A.weight"), random((4, inp), 2 * i));
+        tensors.insert(format!("base_model.model.{module}.lora_B.weight"), random((out, 4), 2 * i + 1));
+    }
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "in_proj_qkv", "gate_proj"],
+    });
+    std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
+    adapted
+}
+
+#[test]
+fn merging_into_the_vision_layout_keeps_its_tower_byte_for_byte_and_its_layout() {
+    let (vl, adapter, out) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_tiny_qwen35_vl(vl.path());
+    let adapted = write_hybrid_adapter(vl.path(), adapter.path());
+    // 2 full-attention q_proj, 6 in_proj_qkv, 8 gate_proj.
+    assert_eq!(adapted.len(), 16, "{adapted:?}");
+    let merged = out.path().join("merged");
+    let (m, a, o) = (vl.path().to_str().unwrap(), adapter.path().to_str().unwrap(), merged.to_str().unwrap());
+    let report = forge_json(&["merge", "--json", "--model", m, "--adapter", a, "--out", o]);
+    assert_eq!(report["merged_tensors"], 16);
+
+    let config = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap()
+    };
+    assert_eq!(
+        config(&merged),
+        config(vl.path()),
+        "the config (Qwen3_5ForConditionalGeneration, text_config) changed"
+    );
+    let (before, after) =
+        (raw_tensors(&vl.path().join("model.safetensors")), raw_tensors(&merged.join("model.safetensors")));
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>(), "tensor names changed");
+    let visual = before.keys().filter(|n| n.starts_with("model.visual.")).count();
+    assert!(visual > 0);
+    for (name, (dtype, shape, bytes)) in &before {
+        let (new_dtype, new_shape, new_bytes) = &after[name];
+        assert_eq!((dtype, shape), (new_dtype, new_shape), "{name}");
+        let changed = new_bytes != bytes;
+        assert_eq!(changed, adapted.contains(name), "{name}: changed {changed}");
+    }
+    // A merged weight is the base plus 2 · B · A (rounded back to bf16).
+    let name = adapted.iter().find(|n| n.contains("in_proj_qkv")).unwrap();
+    let module = name.strip_suffix(".weight").unwrap();
+    let load = |dir: &std::path::Path, file: &str| {
+        candle_core::safetensors::load(dir.join(file), &Device::Cpu).unwrap()
+    };
+    let (base, lora, new) = (
+        load(vl.path(), "model.safetensors"),
+        load(adapter.path(), "adapter_model.safetensors"),
+        load(&merged, "model.safetensors"),
+    );
+    let delta = (lora[&format!("base_model.model.{module}.lora_B.weight")]
+        .matmul(&lora[&format!("base_model.model.{module}.lora_A.weight")])
+        .unwrap()
+        * 2.0)
+        .unwrap();
+    let want = (base[name].to_dtype(DType::F32).unwrap() + delta).unwrap();
+    let rel = rel_diff(&new[name].to_dtype(DType::F32).unwrap(), &want);
+    assert!(rel < 4e-3, "{name} merged off by {rel}");
+
+    // The merged model evaluates as the base with the adapter applied (up to the bf16 rounding).
+    let data = data("code-valid.jsonl");
+    let eval = |extra: &[&str]| -> f64 {
+        let mut args = vec![
+            "eval",
+            "-q",
+            "--json",
+            "--data",
+            data.to_str().unwrap(),
+            "--seq-len",
+            "128",
+            "--max-windows",
+            "4",
+        ];
+        args.extend_from_slice(extra);
+        forge_json(&args)["perplexity"].as_f64().unwrap()
+    };
+    let (merged_ppl, applied, plain) =
+        (eval(&["--model", o]), eval(&["--model", m, "--adapter", a]), eval(&["--model", m]));
+    assert!((merged_ppl / applied - 1.0).abs() < 5e-3, "merged {merged_ppl} vs adapter applied {applied}");
+    assert!((applied / plain - 1.0).abs() > 1e-3, "the adapter changed nothing ({applied} vs {plain})");
+}
+
+#[test]
+fn a_lora_target_no_layer_has_is_refused_by_name() {
+    let (m, code) = (tiny_qwen3(), data("code-train.jsonl"));
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("adapter");
+    let err = forge_refuses(&[
+        "train",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        code.to_str().unwrap(),
+        "--targets",
+        "q_proj,in_proj_qkv",
+        "--out",
+        o.to_str().unwrap(),
+    ]);
+    assert!(err.contains("LoRA target `in_proj_qkv` is in no layer of this model"), "{err}");
+    assert!(!o.exists());
+}
+
+#[test]
+fn eval_checks_its_memory_estimate_against_the_budget_before_loading() {
+    let (m, code) = (tiny_qwen35(), data("code-valid.jsonl"));
+    let (m, code) = (m.to_str().unwrap(), code.to_str().unwrap());
+    let err = forge_refuses(&["eval", "--memory-budget", "1MiB", "--model", m, "--data", code]);
+    assert!(
+        err.contains("the eval phase needs an estimated") && err.contains("--memory-budget is 1 MiB"),
+        "{err}"
+    );
+    assert!(err.contains("a smaller --batch-size or --seq-len"), "{err}");
+    let report = forge_json(&[
+        "eval",
+        "-q",
+        "--json",
+        "--memory-budget",
+        "64GiB",
+        "--model",
+        m,
+        "--data",
+        code,
+        "--seq-len",
+        "128",
+        "--max-windows",
+        "4",
+    ]);
+    // Weights alone (9.35M values in f32) are part of the prediction.
+    assert!(report["predicted_peak_bytes"].as_u64().unwrap() > 37_000_000, "{report}");
+}

@@ -32,6 +32,12 @@ pub fn section<T>(
     Ok(out)
 }
 
+/// Forgets the totals so far: work after a warm-up is then profiled alone (first passes pay for
+/// library set-up and kernel loading, which would otherwise land in whichever section came first).
+pub fn reset() {
+    TOTALS.lock().expect("no panic while holding the profile").clear();
+}
+
 /// The totals as one JSON object `{"profile": {section: {"seconds", "calls"}}}`, if profiling is on.
 pub fn report() -> Option<String> {
     if !*ENABLED {

@@ -38,7 +38,6 @@ struct MergeReport {
 pub fn run(args: MergeArgs, registry: &Registry) -> Result<()> {
     crate::outputs::check_out(&args.out, &[args.model.as_path(), args.adapter.as_path()], "--out")?;
     let folder = ModelFolder::open(&args.model)?;
-    folder.config.require_dense("forge merge")?;
     let mut model = CausalLm::load(&folder, DType::F32, &Device::Cpu)?;
     let adapter = load_adapter(&args.adapter, &mut model, registry)?;
     let mut tensors = stored_tensors(&folder)?;

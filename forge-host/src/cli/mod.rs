@@ -108,7 +108,6 @@ struct AdapterDir {
 impl AdapterDir {
     fn apply(&self, model: &mut CausalLm, registry: &Registry) -> Result<()> {
         if let Some(dir) = &self.dir {
-            model.config().require_dense("--adapter")?;
             crate::strategies::adapters::load_adapter(dir, model, registry)?;
         }
         Ok(())

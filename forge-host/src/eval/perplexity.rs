@@ -61,6 +61,10 @@ pub fn perplexity(
     for _ in 0..warmup {
         rows_nll(model, &batch(0)?)?;
     }
+    if warmup > 0 {
+        // FORGE_PROFILE then times the measured passes alone.
+        forge_kernels::profile::reset();
+    }
     let bar = progress::bar(count as u64, "windows", quiet);
     bar.set_message("evaluating");
     let started = Instant::now();

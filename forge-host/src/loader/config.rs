@@ -337,22 +337,32 @@ impl ModelConfig {
         if self.hybrid.is_some() {
             return Err(bad_input!(
                 "{work} does not run on Qwen3.5's hybrid layers yet (Gated DeltaNet heads as prunable units and \
-                 LoRA through them come next); `forge eval`, `forge generate` and `forge inspect` run Qwen3.5 models"
+                 training through them come next); `forge eval`, `forge generate` (also with --adapter), \
+                 `forge merge` and `forge inspect` run Qwen3.5 models"
             ));
         }
         Ok(())
     }
 
-    /// `(in, out)` of linear layer `module` (`q_proj` … `down_proj`) of `layer`.
+    /// `(in, out)` of linear layer `module` (one of the model's `LINEAR_MODULES`) of `layer`; None
+    /// where the layer has no such module (Qwen3.5: attention modules in its linear layers, Gated
+    /// DeltaNet's in its full-attention ones).
     pub fn linear_dims(&self, layer: usize, module: &str) -> Option<(usize, usize)> {
         let (h, i) = (self.hidden, self.intermediate);
         let (q, kv) = (self.heads[layer] * self.head_dim, self.kv_heads[layer] * self.head_dim);
-        Some(match module {
-            "q_proj" => (h, q),
-            "k_proj" | "v_proj" => (h, kv),
-            "o_proj" => (q, h),
-            "gate_proj" | "up_proj" => (h, i),
-            "down_proj" => (i, h),
+        let linear = self.hybrid.as_ref().filter(|g| g.kinds[layer] == LayerKind::Linear);
+        // Qwen3.5's gated attention: q_proj gives each head its query and its gate.
+        let query_out = if self.hybrid.is_some() { 2 * q } else { q };
+        Some(match (module, linear) {
+            ("q_proj", None) => (h, query_out),
+            ("k_proj" | "v_proj", None) => (h, kv),
+            ("o_proj", None) => (q, h),
+            ("in_proj_qkv", Some(g)) => (h, g.conv_channels()),
+            ("in_proj_z", Some(g)) => (h, g.value_heads * g.value_dim),
+            ("in_proj_b" | "in_proj_a", Some(g)) => (h, g.value_heads),
+            ("out_proj", Some(g)) => (g.value_heads * g.value_dim, h),
+            ("gate_proj" | "up_proj", _) => (h, i),
+            ("down_proj", _) => (i, h),
             _ => return None,
         })
     }

@@ -52,12 +52,19 @@ pub fn decoder_layer(config: &ModelConfig, layer: usize, vb: WeightScope) -> Res
     })
 }
 
-/// The linear layers of a decoder layer, as `(module, parent)`: `model.layers.N.<parent>.<module>`.
-pub const LINEAR_MODULES: [(&str, &str); 7] = [
+/// The linear layers of a decoder layer, as `(module, parent)`: `model.layers.N.<parent>.<module>`
+/// (transformers' names, so PEFT's adapters and forge's name the same modules). A layer has the
+/// attention's or, in Qwen3.5's linear layers, Gated DeltaNet's, and always the MLP's.
+pub const LINEAR_MODULES: [(&str, &str); 12] = [
     ("q_proj", "self_attn"),
     ("k_proj", "self_attn"),
     ("v_proj", "self_attn"),
     ("o_proj", "self_attn"),
+    ("in_proj_qkv", "linear_attn"),
+    ("in_proj_z", "linear_attn"),
+    ("in_proj_b", "linear_attn"),
+    ("in_proj_a", "linear_attn"),
+    ("out_proj", "linear_attn"),
     ("gate_proj", "mlp"),
     ("up_proj", "mlp"),
     ("down_proj", "mlp"),
@@ -65,19 +72,22 @@ pub const LINEAR_MODULES: [(&str, &str); 7] = [
 
 impl DecoderLayer {
     /// The linear layer `module` (one of [`LINEAR_MODULES`]), for wiring adapters in.
+    /// None where this layer has no such module (an attention module in a linear layer, or the
+    /// reverse).
     pub fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
-        let attn = match &mut self.mixer {
-            Mixer::Attention(a) => Some(a),
-            Mixer::Linear(_) => None,
-        };
-        Some(match module {
-            "q_proj" => &mut attn?.q_proj,
-            "k_proj" => &mut attn?.k_proj,
-            "v_proj" => &mut attn?.v_proj,
-            "o_proj" => &mut attn?.o_proj,
-            "gate_proj" => &mut self.mlp.gate_proj,
-            "up_proj" => &mut self.mlp.up_proj,
-            "down_proj" => &mut self.mlp.down_proj,
+        Some(match (&mut self.mixer, module) {
+            (Mixer::Attention(a), "q_proj") => &mut a.q_proj,
+            (Mixer::Attention(a), "k_proj") => &mut a.k_proj,
+            (Mixer::Attention(a), "v_proj") => &mut a.v_proj,
+            (Mixer::Attention(a), "o_proj") => &mut a.o_proj,
+            (Mixer::Linear(l), "in_proj_qkv") => &mut l.in_proj_qkv,
+            (Mixer::Linear(l), "in_proj_z") => &mut l.in_proj_z,
+            (Mixer::Linear(l), "in_proj_b") => &mut l.in_proj_b,
+            (Mixer::Linear(l), "in_proj_a") => &mut l.in_proj_a,
+            (Mixer::Linear(l), "out_proj") => &mut l.out_proj,
+            (_, "gate_proj") => &mut self.mlp.gate_proj,
+            (_, "up_proj") => &mut self.mlp.up_proj,
+            (_, "down_proj") => &mut self.mlp.down_proj,
             _ => return None,
         })
     }

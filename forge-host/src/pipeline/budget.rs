@@ -214,6 +214,25 @@ pub fn human(bytes: u64) -> String {
 mod tests {
     use super::*;
 
+    fn config(model: &str) -> ModelConfig {
+        let path = format!("{}/../examples/{model}/config.json", env!("CARGO_MANIFEST_DIR"));
+        ModelConfig::from_json(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_hybrid_budgets_its_recurrent_state_constant_in_the_sequence_length() {
+        let c = config("tiny-qwen35");
+        let h = c.hybrid.clone().unwrap();
+        // 8 value heads × 32 × 32 f32 values per sequence.
+        assert_eq!(recurrent_state(&h, 3), 3 * 8 * 32 * 32 * 4);
+        let at = |seq| linear_attention_transient(&c, 2, seq, 2);
+        assert!(at(1) > 2 * recurrent_state(&h, 2));
+        // The state's part does not grow with the sequence; the projections' grows linearly.
+        assert_eq!(at(3) - at(2), at(2) - at(1));
+        assert_eq!(at(1) - (at(2) - at(1)), 2 * recurrent_state(&h, 2));
+        assert_eq!(linear_attention_transient(&config("tiny-qwen3"), 2, 8, 2), 0);
+    }
+
     #[test]
     fn sizes_parse_with_binary_and_decimal_units() {
         assert_eq!(parse_size("12GiB"), Some(12 << 30));

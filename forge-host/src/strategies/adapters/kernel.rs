@@ -47,16 +47,17 @@ impl KernelAdapter {
         mut values: impl FnMut(&str, &str, LinearDims, usize) -> Result<Vec<f32>>,
     ) -> Result<AttachedKernel> {
         let device = model.device().clone();
+        let model_config = model.config().clone();
         let mut modules = Vec::new();
         for (i, layer) in model.layers.iter_mut().enumerate() {
             for (module, _) in LINEAR_MODULES {
-                let linear = layer.linear_mut(module).expect("LINEAR_MODULES are the layer's linears");
+                let Some(linear) = layer.linear_mut(module) else { continue };
                 let (out_dim, in_dim) = linear.weight().dims2()?;
                 let count = self.kernel.param_count(module, in_dim, out_dim);
                 if count == 0 {
                     continue;
                 }
-                let path = module_path(i, module);
+                let path = module_path(&model_config, i, module);
                 let dims = LinearDims { in_dim, out_dim, rows: 0 };
                 let params = values(&path, module, dims, count)?;
                 let adapted = Arc::new(KernelLinear {
@@ -83,9 +84,9 @@ impl KernelAdapter {
 impl Adapter for KernelAdapter {
     fn trainable_values(&self, config: &ModelConfig) -> Result<usize> {
         let count = |layer| {
-            LINEAR_MODULES.iter().map(move |(m, _)| {
-                let (i, o) = config.linear_dims(layer, m).expect("LINEAR_MODULES have dimensions");
-                self.kernel.param_count(m, i, o)
+            LINEAR_MODULES.iter().filter_map(move |(m, _)| {
+                let (i, o) = config.linear_dims(layer, m)?;
+                Some(self.kernel.param_count(m, i, o))
             })
         };
         Ok((0..config.layers).flat_map(count).sum())

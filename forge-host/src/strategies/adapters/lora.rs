@@ -68,10 +68,13 @@ fn parse_targets(text: &str) -> Result<Vec<String>, StrategyError> {
     let known: Vec<&str> = LINEAR_MODULES.iter().map(|m| m.0).collect();
     let mut out: Vec<String> = Vec::new();
     for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let of_parents = |parents: &[&str]| -> Vec<&str> {
+            LINEAR_MODULES.iter().filter(|m| parents.contains(&m.1)).map(|m| m.0).collect()
+        };
         let group: Vec<&str> = match item {
             "all-linear" => known.clone(),
-            "attention" => known[..4].to_vec(),
-            "mlp" => known[4..].to_vec(),
+            "attention" => of_parents(&["self_attn", "linear_attn"]),
+            "mlp" => of_parents(&["mlp"]),
             name if known.contains(&name) => vec![name],
             other => {
                 return Err(StrategyError::bad_input(format!(
@@ -180,10 +183,12 @@ fn wire(
 ) -> Result<AttachedLora> {
     let training = Arc::new(AtomicBool::new(false));
     let mut modules = Vec::new();
+    let model_config = model.config().clone();
     for (i, layer) in model.layers.iter_mut().enumerate() {
         for target in &config.targets {
-            let path = module_path(i, target);
-            let linear = layer.linear_mut(target).expect("targets are checked against LINEAR_MODULES");
+            // A hybrid's layers have one mixer's modules or the other's.
+            let Some(linear) = layer.linear_mut(target) else { continue };
+            let path = module_path(&model_config, i, target);
             let (out_dim, in_dim) = linear.weight().dims2()?;
             let (a, b) = weights(&path, (config.rank, in_dim), (out_dim, config.rank))?;
             let lora = Arc::new(LoraLinear {
@@ -197,7 +202,22 @@ fn wire(
             modules.push((path, lora));
         }
     }
+    check_targets_exist(&config.targets, |t| {
+        modules.iter().any(|(path, _)| path.ends_with(&format!(".{t}")))
+    })?;
     Ok(AttachedLora { config, modules, training })
+}
+
+/// Refuses a target module that no layer of the model has (`in_proj_qkv` in a dense model, say),
+/// rather than adapting nothing there without a word.
+fn check_targets_exist(targets: &[String], exists: impl Fn(&str) -> bool) -> Result<()> {
+    match targets.iter().find(|t| !exists(t)) {
+        Some(t) => Err(bad_input!(
+            "LoRA target `{t}` is in no layer of this model; q_proj … o_proj are attention's, in_proj_* and \
+             out_proj Gated DeltaNet's (Qwen3.5), gate/up/down_proj the MLP's"
+        )),
+        None => Ok(()),
+    }
 }
 
 impl Adapter for LoraConfig {
@@ -208,14 +228,16 @@ impl Adapter for LoraConfig {
         let mut narrowest: Option<(usize, usize, &str, usize, usize)> = None;
         for layer in 0..config.layers {
             for target in &self.targets {
-                let (i, o) =
-                    config.linear_dims(layer, target).expect("targets are checked against LINEAR_MODULES");
+                let Some((i, o)) = config.linear_dims(layer, target) else { continue };
                 if narrowest.is_none_or(|n| i.min(o) < n.0) {
                     narrowest = Some((i.min(o), layer, target, i, o));
                 }
                 total += self.rank * (i + o);
             }
         }
+        check_targets_exist(&self.targets, |t| {
+            (0..config.layers).any(|l| config.linear_dims(l, t).is_some())
+        })?;
         match narrowest {
             Some((side, layer, target, i, o)) if self.rank > side => Err(bad_input!(
                 "adapter option `rank` is {} but `{target}` of layer {layer} is {i} → {o}; give a rank of at most {side}",

@@ -24,10 +24,12 @@ pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 /// An adapter folder's weights file (PEFT's name).
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
-/// The checkpoint path of linear `module` of decoder layer `layer` (`model.layers.3.mlp.up_proj`).
-fn module_path(layer: usize, module: &str) -> String {
+/// The checkpoint path of linear `module` of decoder layer `layer` under the model's weight prefix
+/// (`model.layers.3.mlp.up_proj`; `model.language_model.layers.3…` in a Qwen3.5 checkpoint with a
+/// vision tower), which is also the module's name in PEFT's adapter files.
+fn module_path(config: &ModelConfig, layer: usize, module: &str) -> String {
     let parent = LINEAR_MODULES.iter().find(|m| m.0 == module).map_or("self_attn", |m| m.1);
-    format!("model.layers.{layer}.{parent}.{module}")
+    format!("{}.layers.{layer}.{parent}.{module}", config.weight_prefix)
 }
 
 /// Writes an adapter folder — weights, then config — each file atomically.
