@@ -18,3 +18,15 @@ checkpoint() {
   [ -f "$ck/config.json" ] || python3 "$peer/models.py" --arch "$1" --out "$ck" --tokenizer "$here/examples/tiny-qwen3" >> "$out/stderr.log" 2>&1
   echo "$ck"
 }
+
+# The generation benchmarks' prompt (43 tokens with examples/tiny-qwen35's tokenizer).
+prompt='fn parse(input: &str) -> Result<Vec<Token>, Error> {
+    let mut tokens = Vec::new();
+    for (i, c) in input.char_indices() {'
+
+# load_seconds DIR: forge ($forge) from process start to the first generated token, as a JSON line.
+load_seconds() {
+  local s e; s=$(date +%s.%N)
+  "$forge" generate -q --json --device cuda --model "$1" --prompt "hello" --max-new-tokens 1 > /dev/null || return 1
+  e=$(date +%s.%N); python3 -c "import json; print(json.dumps({'seconds': $e - $s}))"
+}

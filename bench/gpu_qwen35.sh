@@ -21,15 +21,6 @@ results=$out/results.jsonl
 ckpts=${CKPT_DIR:-/tmp/forge-bench} peer_steps=${PEER_STEPS:-10} windows=${WINDOWS:-120}
 mkdir -p "$out" "$ckpts"
 . "$(dirname "$0")/common.sh"
-prompt='fn parse(input: &str) -> Result<Vec<Token>, Error> {
-    let mut tokens = Vec::new();
-    for (i, c) in input.char_indices() {'
-
-load_seconds() { # forge: process start to the first generated token
-  local s e; s=$(date +%s.%N)
-  "$forge" generate -q --json --device cuda --model "$1" --prompt "hello" --max-new-tokens 1 > /dev/null || return 1
-  e=$(date +%s.%N); python3 -c "import json; print(json.dumps({'seconds': $e - $s}))"
-}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/card.txt"
 python3 -c 'import fla, transformers, torch; print("fla", fla.__version__, "transformers", transformers.__version__, "torch", torch.__version__)' | tee "$out/peer-versions.txt"

@@ -187,8 +187,9 @@ pub fn from_projections(
 }
 
 /// q, k (L2-normalised, q scaled by `1/√dk`, repeated to the value heads), v, g and β in f32, as the
-/// forms take them.
-fn prepare(p: &Projections, h: Heads) -> candle_core::Result<[Tensor; 5]> {
+/// forms take them; elementary ops, so autograd differentiates them (the backward of
+/// [`from_projections`] goes through here).
+pub fn prepare(p: &Projections, h: Heads) -> candle_core::Result<[Tensor; 5]> {
     let (b, s, _) = p.conv.dims3()?;
     let kd = h.key_heads * h.key_dim;
     let part = |from: usize, n: usize, d: usize| {
@@ -309,6 +310,151 @@ fn recurrent_head(head: &Head, s: &mut [f32], dk: usize, dv: usize) -> Vec<f32> 
         }
     }
     out
+}
+
+/// Gradients of `Σ d_out · out` for the recurrent form's inputs (the same tensors as [`recurrent`]
+/// and [`chunked`] take, from a zero state): `[dq, dk, dv, dg, dβ]`, in f32 on the inputs' device.
+///
+/// Per token the rule is `S̃ = e^g S`, `u = S̃ᵀk`, `δ = β(v − u)`, `S ← S̃ + kδᵀ`, `o = Sᵀq`; walking back
+/// with the state's adjoint `dS`: `dS += q doᵀ`, `dq = S do`, `dδ = dSᵀk`, `dk = dS δ + S̃ du` with
+/// `du = −β dδ`, `dβ = dδ·(v − u)`, `dv = β dδ`, `dg = ⟨S̃, dS + k duᵀ⟩`, then `dS ← e^g (dS + k duᵀ)`.
+/// The states the walk needs are recomputed a chunk ([`CHUNK`] tokens) at a time from the state at the
+/// chunk's start, the only ones kept: memory for one chunk's states per head, not one per token.
+pub fn backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    d_out: &Tensor,
+) -> candle_core::Result<[Tensor; 5]> {
+    let inputs = Inputs::gather(q, k, v, g, beta, None)?;
+    let Dims { batch, seq, heads, dk, dv } = inputs.dims;
+    let d_out = host(d_out)?;
+    let grads: Vec<HeadGrads> = inputs
+        .heads
+        .par_iter()
+        .enumerate()
+        .map(|(i, head)| {
+            let (b, h) = (i / heads, i % heads);
+            let d_o: Vec<f32> = (0..seq)
+                .flat_map(|t| d_out[((b * seq + t) * heads + h) * dv..][..dv].iter().copied())
+                .collect();
+            backward_head(head, &d_o, dk, dv)
+        })
+        .collect();
+    let scatter = |width: usize, part: fn(&HeadGrads) -> &[f32]| -> candle_core::Result<Tensor> {
+        let mut out = vec![0f32; batch * seq * heads * width];
+        for (i, g) in grads.iter().enumerate() {
+            let (b, h) = (i / heads, i % heads);
+            for t in 0..seq {
+                out[((b * seq + t) * heads + h) * width..][..width]
+                    .copy_from_slice(&part(g)[t * width..][..width]);
+            }
+        }
+        let shape: Vec<usize> =
+            if width == 1 { vec![batch, seq, heads] } else { vec![batch, seq, heads, width] };
+        Tensor::from_vec(out, shape, &inputs.device)
+    };
+    Ok([
+        scatter(dk, |g| &g.q)?,
+        scatter(dk, |g| &g.k)?,
+        scatter(dv, |g| &g.v)?,
+        scatter(1, |g| &g.g)?,
+        scatter(1, |g| &g.beta)?,
+    ])
+}
+
+/// One head's gradients, token-major like [`Head`].
+struct HeadGrads {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    g: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+/// One token of the recurrence from `s` (the state before it) to the new state: returns `u = S̃ᵀk`
+/// and `δ`, and leaves the new state in `s`.
+fn step(s: &mut [f32], k: &[f32], v: &[f32], g: f32, beta: f32, dv: usize) -> (Vec<f32>, Vec<f32>) {
+    let decay = g.exp();
+    s.iter_mut().for_each(|x| *x *= decay);
+    let u: Vec<f32> = (0..dv).map(|j| k.iter().enumerate().map(|(i, ki)| s[i * dv + j] * ki).sum()).collect();
+    let delta: Vec<f32> = (0..dv).map(|j| beta * (v[j] - u[j])).collect();
+    for (i, ki) in k.iter().enumerate() {
+        for j in 0..dv {
+            s[i * dv + j] += ki * delta[j];
+        }
+    }
+    (u, delta)
+}
+
+fn backward_head(head: &Head, d_o: &[f32], dk: usize, dv: usize) -> HeadGrads {
+    let seq = head.g.len();
+    let mut grads = HeadGrads {
+        q: vec![0.0; seq * dk],
+        k: vec![0.0; seq * dk],
+        v: vec![0.0; seq * dv],
+        g: vec![0.0; seq],
+        beta: vec![0.0; seq],
+    };
+    // The state at each chunk's start, from one forward walk.
+    let mut starts = Vec::with_capacity(seq.div_ceil(CHUNK));
+    let mut s = vec![0f32; dk * dv];
+    for t in 0..seq {
+        if t % CHUNK == 0 {
+            starts.push(s.clone());
+        }
+        step(&mut s, row(&head.k, t, dk), row(&head.v, t, dv), head.g[t], head.beta[t], dv);
+    }
+    let mut ds = vec![0f32; dk * dv];
+    for (c, start) in starts.iter().enumerate().rev() {
+        let (from, to) = (c * CHUNK, ((c + 1) * CHUNK).min(seq));
+        // The states before each token of the chunk, recomputed.
+        let mut before = Vec::with_capacity(to - from);
+        let mut s = start.clone();
+        for t in from..to {
+            before.push(s.clone());
+            step(&mut s, row(&head.k, t, dk), row(&head.v, t, dv), head.g[t], head.beta[t], dv);
+        }
+        for t in (from..to).rev() {
+            let mut s = before[t - from].clone();
+            let (q, k, v, d_o) =
+                (row(&head.q, t, dk), row(&head.k, t, dk), row(&head.v, t, dv), row(d_o, t, dv));
+            let (u, delta) = step(&mut s, k, v, head.g[t], head.beta[t], dv);
+            let beta = head.beta[t];
+            for i in 0..dk {
+                for j in 0..dv {
+                    ds[i * dv + j] += q[i] * d_o[j];
+                }
+            }
+            for i in 0..dk {
+                grads.q[t * dk + i] = (0..dv).map(|j| s[i * dv + j] * d_o[j]).sum();
+            }
+            let d_delta: Vec<f32> = (0..dv).map(|j| (0..dk).map(|i| ds[i * dv + j] * k[i]).sum()).collect();
+            let du: Vec<f32> = d_delta.iter().map(|d| -beta * d).collect();
+            grads.beta[t] = (0..dv).map(|j| d_delta[j] * (v[j] - u[j])).sum();
+            for (dv_j, d) in grads.v[t * dv..][..dv].iter_mut().zip(&d_delta) {
+                *dv_j = beta * d;
+            }
+            // S̃ = S − kδᵀ; the decayed state's adjoint is dS + k duᵀ.
+            let decay = head.g[t].exp();
+            let mut dg = 0f32;
+            for i in 0..dk {
+                let mut dk_i = 0f32;
+                for j in 0..dv {
+                    let decayed = s[i * dv + j] - k[i] * delta[j];
+                    dk_i += ds[i * dv + j] * delta[j] + decayed * du[j];
+                    ds[i * dv + j] += k[i] * du[j];
+                    dg += decayed * ds[i * dv + j];
+                    ds[i * dv + j] *= decay;
+                }
+                grads.k[t * dk + i] = dk_i;
+            }
+            grads.g[t] = dg;
+        }
+    }
+    grads
 }
 
 /// `a (n, m) · b (m, p)` into a new `(n, p)`.
@@ -572,6 +718,82 @@ mod tests {
         let stepped = Tensor::cat(&pieces, 1).unwrap();
         let diff = (stepped - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "stepped decoding differs from the whole sequence by {diff}");
+    }
+
+    /// The recurrence in elementary candle ops (a loop over tokens), in whatever dtype its inputs
+    /// have, so that candle's autograd differentiates it.
+    fn elementary(t: &[Tensor]) -> candle_core::Result<Tensor> {
+        let (batch, seq, heads, dk) = t[0].dims4()?;
+        let dv = t[2].dim(3)?;
+        let mut s = Tensor::zeros((batch, heads, dk, dv), t[0].dtype(), &Device::Cpu)?;
+        let mut outs = Vec::new();
+        for i in 0..seq {
+            let at = |x: &Tensor| x.narrow(1, i, 1)?.squeeze(1)?.contiguous();
+            let (q, k, v) = (at(&t[0])?.unsqueeze(3)?, at(&t[1])?.unsqueeze(3)?, at(&t[2])?.unsqueeze(3)?);
+            let (g, beta) = (at(&t[3])?.unsqueeze(2)?.unsqueeze(3)?, at(&t[4])?.unsqueeze(2)?.unsqueeze(3)?);
+            s = s.broadcast_mul(&g.exp()?)?;
+            let u = s.transpose(2, 3)?.contiguous()?.matmul(&k)?;
+            let delta = (v - u)?.broadcast_mul(&beta)?;
+            s = (s + k.matmul(&delta.transpose(2, 3)?.contiguous()?)?)?;
+            outs.push(s.transpose(2, 3)?.contiguous()?.matmul(&q)?.squeeze(3)?.unsqueeze(1)?);
+        }
+        Tensor::cat(&outs, 1)
+    }
+
+    #[test]
+    fn the_backward_equals_autograd_through_the_elementary_recurrence_in_f64() -> candle_core::Result<()> {
+        let (batch, seq, heads, dk, dv) = (2, 70, 2, 8, 6);
+        let t = inputs(batch, seq, heads, dk, dv, 11);
+        let weights = inputs(batch, seq, heads, dv, dv, 12).swap_remove(2);
+        let vars: Vec<candle_core::Var> = t[..5]
+            .iter()
+            .map(|x| candle_core::Var::from_tensor(&x.to_dtype(DType::F64)?))
+            .collect::<candle_core::Result<_>>()?;
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let loss = (elementary(&tensors)? * weights.to_dtype(DType::F64)?)?.sum_all()?;
+        let store = loss.backward()?;
+        let got = backward(&t[0], &t[1], &t[2], &t[3], &t[4], &weights)?;
+        for (name, (mine, var)) in ["q", "k", "v", "g", "beta"].iter().zip(got.iter().zip(&tensors)) {
+            let want = store.get(var).unwrap().to_dtype(DType::F32)?;
+            let diff = crate::checks::rel_diff(mine, &want)?;
+            assert!(diff < 1e-4, "d{name} off by {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_backward_matches_finite_differences_of_the_chunked_form() -> candle_core::Result<()> {
+        let (batch, seq, heads, dk, dv) = (1, 67, 2, 4, 3);
+        let t = inputs(batch, seq, heads, dk, dv, 21);
+        let weights = inputs(batch, seq, heads, dv, dv, 22).swap_remove(2);
+        let loss = |x: &[Tensor]| -> f64 {
+            let (out, _) = chunked(&x[0], &x[1], &x[2], &x[3], &x[4], None).unwrap();
+            let prod = (out.to_dtype(DType::F64).unwrap() * weights.to_dtype(DType::F64).unwrap()).unwrap();
+            prod.sum_all().unwrap().to_scalar::<f64>().unwrap()
+        };
+        let grads = backward(&t[0], &t[1], &t[2], &t[3], &t[4], &weights)?;
+        let eps = 1e-2f32;
+        for (which, grad) in grads.iter().enumerate() {
+            let flat = grad.flatten_all()?.to_vec1::<f32>()?;
+            let n = flat.len();
+            // A few elements of each input: in the first chunk, across the boundary and in the last.
+            for &at in &[0, n / 3, n / 2, n - 1] {
+                let nudged = |by: f32| -> Vec<Tensor> {
+                    let mut x = t[..5].to_vec();
+                    let mut values = x[which].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    values[at] += by;
+                    x[which] = Tensor::from_vec(values, x[which].shape(), &Device::Cpu).unwrap();
+                    x
+                };
+                let fd = (loss(&nudged(eps)) - loss(&nudged(-eps))) / (2.0 * eps as f64);
+                let an = flat[at] as f64;
+                assert!(
+                    (fd - an).abs() <= 2e-3 * (1.0 + an.abs()),
+                    "input {which}, element {at}: {an} vs {fd}"
+                );
+            }
+        }
+        Ok(())
     }
 
     #[test]

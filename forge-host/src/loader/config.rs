@@ -336,9 +336,9 @@ impl ModelConfig {
     pub fn require_dense(&self, work: &str) -> Result<()> {
         if self.hybrid.is_some() {
             return Err(bad_input!(
-                "{work} does not run on Qwen3.5's hybrid layers yet (Gated DeltaNet heads as prunable units and \
-                 training through them come next); `forge eval`, `forge generate` (also with --adapter), \
-                 `forge merge` and `forge inspect` run Qwen3.5 models"
+                "{work} does not run on Qwen3.5's hybrid layers yet (Gated DeltaNet heads as prunable units come \
+                 next); `forge eval`, `forge generate`, `forge train` (LoRA), `forge merge` and `forge inspect` \
+                 run Qwen3.5 models"
             ));
         }
         Ok(())

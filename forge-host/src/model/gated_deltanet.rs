@@ -13,7 +13,7 @@
 //! A layer cache holds the last `conv_kernel − 1` convolution inputs and the recurrent state (f32), so
 //! generation never recomputes the prompt.
 use candle_core::{DType, Module, Tensor};
-use forge_kernels::gated_delta_rule::{self, Heads, Projections};
+use forge_kernels::gated_delta_rule::{Heads, Projections};
 use forge_kernels::profile::section;
 use forge_kernels::{causal_conv_silu, gated_rms_norm};
 
@@ -87,7 +87,7 @@ impl GatedDeltaNet {
                 neg_a: &self.neg_a,
                 dt_bias: &self.dt_bias,
             };
-            gated_delta_rule::from_projections(&projections, delta_state.as_ref(), self.heads)
+            crate::autograd::gated_delta_rule(&projections, delta_state.as_ref(), self.heads)
         })?;
         if let Some(cache) = cache {
             cache.conv = Some(conv_tail);

@@ -30,7 +30,11 @@ struct LoraConfig {
     alpha: f64,
     dropout: f64,
     rslora: bool,
+    /// Every module name the targets expand to (`all-linear` names the attention's, Gated DeltaNet's
+    /// and the MLP's; a layer adapts those it has).
     targets: Vec<String>,
+    /// The modules named one by one, each of which must be in some layer.
+    named: Vec<String>,
 }
 
 impl LoraConfig {
@@ -59,11 +63,22 @@ impl LoraConfig {
             dropout,
             rslora: o.bool("rslora"),
             targets: parse_targets(o.string("targets"))?,
+            named: named_targets(o.string("targets")),
         })
     }
 }
 
 /// `q_proj,v_proj`, `attention`, `mlp` or `all-linear` → module names, checked.
+/// The module names among `text`'s targets, apart from the groups.
+fn named_targets(text: &str) -> Vec<String> {
+    let groups = ["all-linear", "attention", "mlp"];
+    text.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !groups.contains(t))
+        .map(String::from)
+        .collect()
+}
+
 fn parse_targets(text: &str) -> Result<Vec<String>, StrategyError> {
     let known: Vec<&str> = LINEAR_MODULES.iter().map(|m| m.0).collect();
     let mut out: Vec<String> = Vec::new();
@@ -202,14 +217,15 @@ fn wire(
             modules.push((path, lora));
         }
     }
-    check_targets_exist(&config.targets, |t| {
-        modules.iter().any(|(path, _)| path.ends_with(&format!(".{t}")))
-    })?;
+    check_targets_exist(&config.named, |t| modules.iter().any(|(path, _)| path.ends_with(&format!(".{t}"))))?;
+    if modules.is_empty() {
+        return Err(bad_input!("no LoRA target ({}) is a layer of this model", config.targets.join(", ")));
+    }
     Ok(AttachedLora { config, modules, training })
 }
 
-/// Refuses a target module that no layer of the model has (`in_proj_qkv` in a dense model, say),
-/// rather than adapting nothing there without a word.
+/// Refuses a target module named one by one that no layer of the model has (`in_proj_qkv` in a
+/// dense model, say), rather than adapting nothing there without a word.
 fn check_targets_exist(targets: &[String], exists: impl Fn(&str) -> bool) -> Result<()> {
     match targets.iter().find(|t| !exists(t)) {
         Some(t) => Err(bad_input!(
@@ -235,9 +251,7 @@ impl Adapter for LoraConfig {
                 total += self.rank * (i + o);
             }
         }
-        check_targets_exist(&self.targets, |t| {
-            (0..config.layers).any(|l| config.linear_dims(l, t).is_some())
-        })?;
+        check_targets_exist(&self.named, |t| (0..config.layers).any(|l| config.linear_dims(l, t).is_some()))?;
         match narrowest {
             Some((side, layer, target, i, o)) if self.rank > side => Err(bad_input!(
                 "adapter option `rank` is {} but `{target}` of layer {layer} is {i} → {o}; give a rank of at most {side}",
@@ -286,6 +300,12 @@ impl AttachedAdapter for AttachedLora {
             );
         }
         let c = &self.config;
+        // The modules adapted, as PEFT lists them: a group's names that this model lacks are left out.
+        let wired: Vec<&String> = c
+            .targets
+            .iter()
+            .filter(|t| self.modules.iter().any(|(p, _)| p.ends_with(&format!(".{t}"))))
+            .collect();
         write_adapter_files(
             dir,
             &tensors,
@@ -296,7 +316,7 @@ impl AttachedAdapter for AttachedLora {
                 "lora_alpha": c.alpha,
                 "lora_dropout": c.dropout,
                 "use_rslora": c.rslora,
-                "target_modules": c.targets,
+                "target_modules": wired,
                 "bias": "none",
                 "fan_in_fan_out": false,
                 "inference_mode": true,
@@ -341,6 +361,7 @@ pub(super) fn load(
         dropout: config["lora_dropout"].as_f64().unwrap_or(0.0),
         rslora: config["use_rslora"].as_bool().unwrap_or(false),
         targets: parse_targets(&targets).map_err(|e| bad(&e.to_string()))?,
+        named: named_targets(&targets),
     };
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
     let store = crate::loader::WeightStore::open_files(std::slice::from_ref(&weights_path))?;
@@ -384,7 +405,21 @@ mod tests {
 
     #[test]
     fn targets_expand_groups_and_refuse_unknown_layers() {
-        assert_eq!(parse_targets("attention").unwrap(), ["q_proj", "k_proj", "v_proj", "o_proj"]);
+        assert_eq!(
+            parse_targets("attention").unwrap(),
+            [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "in_proj_qkv",
+                "in_proj_z",
+                "in_proj_b",
+                "in_proj_a",
+                "out_proj"
+            ]
+        );
+        assert_eq!(named_targets("q_proj, mlp,all-linear"), ["q_proj"]);
         assert_eq!(
             parse_targets("q_proj, mlp,q_proj").unwrap(),
             ["q_proj", "gate_proj", "up_proj", "down_proj"]
