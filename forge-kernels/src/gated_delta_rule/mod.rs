@@ -22,10 +22,19 @@
 //! registers (32 rows each) and walk the tokens, sharing only each tile of tokens' inputs. That is the
 //! recurrent form, computed in f32 in the order of the definition; the chunked form pays off only with
 //! tensor-core products within a chunk (flash-linear-attention's), and its UT solve is sequential
-//! within the chunk anyway. `forge kernels` holds the kernel to the CPU's chunked form. No backward yet
-//! (the next issue): the tensors made here take no gradient, and training is refused before this runs.
-use candle_core::{DType, Device, Tensor, D};
+//! within the chunk anyway. `forge kernels` holds the kernel to the CPU's chunked form.
+//!
+//! The files: this one holds the two forms on the CPU; `projections.rs` the preparation from the
+//! layer's raw tensors and the CUDA launch; `backward.rs` the backward pass (host loops, states
+//! recomputed a chunk at a time), which forge-host joins to the autograd graph.
+mod backward;
+mod projections;
+
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
+
+pub use backward::backward;
+pub use projections::{from_projections, prepare, Heads, Projections};
 
 /// The chunk length transformers and flash-linear-attention use.
 pub const CHUNK: usize = 64;
@@ -137,133 +146,6 @@ impl Inputs {
     }
 }
 
-/// The head geometry of a linear-attention layer: key heads of `key_dim` (q and k), each serving
-/// `value_heads / key_heads` value heads of `value_dim`.
-#[derive(Clone, Copy, Debug)]
-pub struct Heads {
-    pub key_heads: usize,
-    pub value_heads: usize,
-    pub key_dim: usize,
-    pub value_dim: usize,
-}
-
-/// A layer's raw inputs of the rule: `conv` `(batch, seq, 2·key_heads·key_dim + value_heads·value_dim)`
-/// is the convolution's output (q, k, v side by side), `a` and `b` `(batch, seq, value_heads)` the
-/// projections giving the decay and β, `neg_a` (`−exp(A_log)`) and `dt_bias` `(value_heads)` in f32.
-pub struct Projections<'a> {
-    pub conv: &'a Tensor,
-    pub a: &'a Tensor,
-    pub b: &'a Tensor,
-    pub neg_a: &'a Tensor,
-    pub dt_bias: &'a Tensor,
-}
-
-/// The rule from a layer's raw inputs, continuing from `state` `(batch, value_heads, key_dim,
-/// value_dim)` (f32) when given: the outputs `(batch, seq, value_heads, value_dim)` and the final
-/// state, both f32. A one-token step with a state takes the recurrent form, anything else the chunked
-/// one (on CUDA, the kernel).
-pub fn from_projections(
-    p: &Projections,
-    state: Option<&Tensor>,
-    heads: Heads,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    if !heads.value_heads.is_multiple_of(heads.key_heads) {
-        candle_core::bail!(
-            "gated delta rule: {} value heads cannot share {} key heads",
-            heads.value_heads,
-            heads.key_heads
-        );
-    }
-    #[cfg(feature = "cuda")]
-    if crate::forward_kernel(&[p.conv, p.a, p.b]) && [32, 64, 128].contains(&heads.key_dim) {
-        return on_device(p, state, heads);
-    }
-    let [q, k, v, g, beta] = prepare(p, heads)?;
-    if q.dim(1)? == 1 && state.is_some() {
-        recurrent(&q, &k, &v, &g, &beta, state)
-    } else {
-        chunked(&q, &k, &v, &g, &beta, state)
-    }
-}
-
-/// q, k (L2-normalised, q scaled by `1/√dk`, repeated to the value heads), v, g and β in f32, as the
-/// forms take them; elementary ops, so autograd differentiates them (the backward of
-/// [`from_projections`] goes through here).
-pub fn prepare(p: &Projections, h: Heads) -> candle_core::Result<[Tensor; 5]> {
-    let (b, s, _) = p.conv.dims3()?;
-    let kd = h.key_heads * h.key_dim;
-    let part = |from: usize, n: usize, d: usize| {
-        p.conv.narrow(2, from, n * d)?.reshape((b, s, n, d))?.to_dtype(DType::F32)
-    };
-    let (q, k) = (part(0, h.key_heads, h.key_dim)?, part(kd, h.key_heads, h.key_dim)?);
-    let v = part(2 * kd, h.value_heads, h.value_dim)?;
-    let serve = |t: &Tensor| -> candle_core::Result<Tensor> {
-        let r = h.value_heads / h.key_heads;
-        let t = l2_normalise(t)?;
-        if r == 1 {
-            return Ok(t);
-        }
-        t.unsqueeze(3)?.broadcast_as((b, s, h.key_heads, r, h.key_dim))?.reshape((
-            b,
-            s,
-            h.value_heads,
-            h.key_dim,
-        ))
-    };
-    let q = (serve(&q)? / (h.key_dim as f64).sqrt())?;
-    let k = serve(&k)?;
-    let beta = candle_nn::ops::sigmoid(&p.b.to_dtype(DType::F32)?)?;
-    let a = p.a.to_dtype(DType::F32)?.broadcast_add(p.dt_bias)?;
-    let g = softplus(&a)?.broadcast_mul(p.neg_a)?;
-    Ok([q, k, v, g, beta])
-}
-
-/// `x / sqrt(Σx² + 1e-6)` over the last dimension (flash-linear-attention's convention).
-fn l2_normalise(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.broadcast_mul(&(x.sqr()?.sum_keepdim(D::Minus1)? + 1e-6)?.sqrt()?.recip()?)
-}
-
-/// `log(1 + eˣ)`, as PyTorch computes it: x itself above 20.
-fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
-    let smooth = (x.exp()? + 1.0)?.log()?;
-    x.gt(20.0)?.where_cond(x, &smooth)
-}
-
-/// The CUDA kernels: one prepares q, k, g and β in parallel over tokens; the recurrence then writes
-/// the outputs, then the final state, into one f32 buffer.
-#[cfg(feature = "cuda")]
-fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::Result<(Tensor, Tensor)> {
-    use crate::launch::{launch_on_tensors, Grid, Scalar};
-    let (b, s, _) = p.conv.dims3()?;
-    let rows = b * s;
-    let prepared = launch_on_tensors::<f32>(
-        "gated_delta_prepare_bf16",
-        &[p.conv, p.a, p.b, p.neg_a, p.dt_bias],
-        2 * rows * h.key_heads * h.key_dim + 2 * rows * h.value_heads,
-        Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 },
-        &[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim].map(|v| Scalar::I32(v as i32)),
-    )?;
-    let state_shape = (b, h.value_heads, h.key_dim, h.value_dim);
-    let state = match state {
-        Some(state) => state.clone(),
-        None => Tensor::zeros(state_shape, DType::F32, p.conv.device())?,
-    };
-    let kernel = match h.key_dim {
-        32 => "gated_delta_rule_dk32",
-        64 => "gated_delta_rule_dk64",
-        _ => "gated_delta_rule_dk128",
-    };
-    // key_dim / 32 lanes share a state column, so a warp takes 1024 / key_dim columns (see the kernel).
-    let columns = 1024 / h.key_dim;
-    let (outputs, states) = (rows * h.value_heads * h.value_dim, b * h.value_heads * h.key_dim * h.value_dim);
-    let grid = Grid::PerRow { rows: b * h.value_heads * h.value_dim.div_ceil(columns), threads: 32 };
-    let scalars = [b, s, h.key_heads, h.value_heads, h.value_dim].map(|v| Scalar::I32(v as i32));
-    let flat =
-        launch_on_tensors::<f32>(kernel, &[&prepared, p.conv, &state], outputs + states, grid, &scalars)?;
-    let out = flat.narrow(0, 0, outputs)?.reshape((b, s, h.value_heads, h.value_dim))?;
-    Ok((out, flat.narrow(0, outputs, states)?.reshape(state_shape)?))
-}
-
 /// The recurrent form over every token of the inputs, from `state` (zeros when None). Returns the
 /// outputs `(batch, seq, heads, dv)` and the final state, in f32.
 pub fn recurrent(
@@ -310,151 +192,6 @@ fn recurrent_head(head: &Head, s: &mut [f32], dk: usize, dv: usize) -> Vec<f32> 
         }
     }
     out
-}
-
-/// Gradients of `Σ d_out · out` for the recurrent form's inputs (the same tensors as [`recurrent`]
-/// and [`chunked`] take, from a zero state): `[dq, dk, dv, dg, dβ]`, in f32 on the inputs' device.
-///
-/// Per token the rule is `S̃ = e^g S`, `u = S̃ᵀk`, `δ = β(v − u)`, `S ← S̃ + kδᵀ`, `o = Sᵀq`; walking back
-/// with the state's adjoint `dS`: `dS += q doᵀ`, `dq = S do`, `dδ = dSᵀk`, `dk = dS δ + S̃ du` with
-/// `du = −β dδ`, `dβ = dδ·(v − u)`, `dv = β dδ`, `dg = ⟨S̃, dS + k duᵀ⟩`, then `dS ← e^g (dS + k duᵀ)`.
-/// The states the walk needs are recomputed a chunk ([`CHUNK`] tokens) at a time from the state at the
-/// chunk's start, the only ones kept: memory for one chunk's states per head, not one per token.
-pub fn backward(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    d_out: &Tensor,
-) -> candle_core::Result<[Tensor; 5]> {
-    let inputs = Inputs::gather(q, k, v, g, beta, None)?;
-    let Dims { batch, seq, heads, dk, dv } = inputs.dims;
-    let d_out = host(d_out)?;
-    let grads: Vec<HeadGrads> = inputs
-        .heads
-        .par_iter()
-        .enumerate()
-        .map(|(i, head)| {
-            let (b, h) = (i / heads, i % heads);
-            let d_o: Vec<f32> = (0..seq)
-                .flat_map(|t| d_out[((b * seq + t) * heads + h) * dv..][..dv].iter().copied())
-                .collect();
-            backward_head(head, &d_o, dk, dv)
-        })
-        .collect();
-    let scatter = |width: usize, part: fn(&HeadGrads) -> &[f32]| -> candle_core::Result<Tensor> {
-        let mut out = vec![0f32; batch * seq * heads * width];
-        for (i, g) in grads.iter().enumerate() {
-            let (b, h) = (i / heads, i % heads);
-            for t in 0..seq {
-                out[((b * seq + t) * heads + h) * width..][..width]
-                    .copy_from_slice(&part(g)[t * width..][..width]);
-            }
-        }
-        let shape: Vec<usize> =
-            if width == 1 { vec![batch, seq, heads] } else { vec![batch, seq, heads, width] };
-        Tensor::from_vec(out, shape, &inputs.device)
-    };
-    Ok([
-        scatter(dk, |g| &g.q)?,
-        scatter(dk, |g| &g.k)?,
-        scatter(dv, |g| &g.v)?,
-        scatter(1, |g| &g.g)?,
-        scatter(1, |g| &g.beta)?,
-    ])
-}
-
-/// One head's gradients, token-major like [`Head`].
-struct HeadGrads {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    g: Vec<f32>,
-    beta: Vec<f32>,
-}
-
-/// One token of the recurrence from `s` (the state before it) to the new state: returns `u = S̃ᵀk`
-/// and `δ`, and leaves the new state in `s`.
-fn step(s: &mut [f32], k: &[f32], v: &[f32], g: f32, beta: f32, dv: usize) -> (Vec<f32>, Vec<f32>) {
-    let decay = g.exp();
-    s.iter_mut().for_each(|x| *x *= decay);
-    let u: Vec<f32> = (0..dv).map(|j| k.iter().enumerate().map(|(i, ki)| s[i * dv + j] * ki).sum()).collect();
-    let delta: Vec<f32> = (0..dv).map(|j| beta * (v[j] - u[j])).collect();
-    for (i, ki) in k.iter().enumerate() {
-        for j in 0..dv {
-            s[i * dv + j] += ki * delta[j];
-        }
-    }
-    (u, delta)
-}
-
-fn backward_head(head: &Head, d_o: &[f32], dk: usize, dv: usize) -> HeadGrads {
-    let seq = head.g.len();
-    let mut grads = HeadGrads {
-        q: vec![0.0; seq * dk],
-        k: vec![0.0; seq * dk],
-        v: vec![0.0; seq * dv],
-        g: vec![0.0; seq],
-        beta: vec![0.0; seq],
-    };
-    // The state at each chunk's start, from one forward walk.
-    let mut starts = Vec::with_capacity(seq.div_ceil(CHUNK));
-    let mut s = vec![0f32; dk * dv];
-    for t in 0..seq {
-        if t % CHUNK == 0 {
-            starts.push(s.clone());
-        }
-        step(&mut s, row(&head.k, t, dk), row(&head.v, t, dv), head.g[t], head.beta[t], dv);
-    }
-    let mut ds = vec![0f32; dk * dv];
-    for (c, start) in starts.iter().enumerate().rev() {
-        let (from, to) = (c * CHUNK, ((c + 1) * CHUNK).min(seq));
-        // The states before each token of the chunk, recomputed.
-        let mut before = Vec::with_capacity(to - from);
-        let mut s = start.clone();
-        for t in from..to {
-            before.push(s.clone());
-            step(&mut s, row(&head.k, t, dk), row(&head.v, t, dv), head.g[t], head.beta[t], dv);
-        }
-        for t in (from..to).rev() {
-            let mut s = before[t - from].clone();
-            let (q, k, v, d_o) =
-                (row(&head.q, t, dk), row(&head.k, t, dk), row(&head.v, t, dv), row(d_o, t, dv));
-            let (u, delta) = step(&mut s, k, v, head.g[t], head.beta[t], dv);
-            let beta = head.beta[t];
-            for i in 0..dk {
-                for j in 0..dv {
-                    ds[i * dv + j] += q[i] * d_o[j];
-                }
-            }
-            for i in 0..dk {
-                grads.q[t * dk + i] = (0..dv).map(|j| s[i * dv + j] * d_o[j]).sum();
-            }
-            let d_delta: Vec<f32> = (0..dv).map(|j| (0..dk).map(|i| ds[i * dv + j] * k[i]).sum()).collect();
-            let du: Vec<f32> = d_delta.iter().map(|d| -beta * d).collect();
-            grads.beta[t] = (0..dv).map(|j| d_delta[j] * (v[j] - u[j])).sum();
-            for (dv_j, d) in grads.v[t * dv..][..dv].iter_mut().zip(&d_delta) {
-                *dv_j = beta * d;
-            }
-            // S̃ = S − kδᵀ; the decayed state's adjoint is dS + k duᵀ.
-            let decay = head.g[t].exp();
-            let mut dg = 0f32;
-            for i in 0..dk {
-                let mut dk_i = 0f32;
-                for j in 0..dv {
-                    let decayed = s[i * dv + j] - k[i] * delta[j];
-                    dk_i += ds[i * dv + j] * delta[j] + decayed * du[j];
-                    ds[i * dv + j] += k[i] * du[j];
-                    dg += decayed * ds[i * dv + j];
-                    ds[i * dv + j] *= decay;
-                }
-                grads.k[t * dk + i] = dk_i;
-            }
-            grads.g[t] = dg;
-        }
-    }
-    grads
 }
 
 /// `a (n, m) · b (m, p)` into a new `(n, p)`.

@@ -1,0 +1,133 @@
+//! The delta rule from a Gated DeltaNet layer's raw tensors: their preparation (q/k L2 norms, q's
+//! scale, the repeat of key heads to the value heads they serve, the decay and β) in elementary ops,
+//! then the CPU forms; or, on CUDA, the two kernels that do all of it.
+use candle_core::{DType, Tensor, D};
+
+use super::{chunked, recurrent};
+
+/// The head geometry of a linear-attention layer: key heads of `key_dim` (q and k), each serving
+/// `value_heads / key_heads` value heads of `value_dim`.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub key_heads: usize,
+    pub value_heads: usize,
+    pub key_dim: usize,
+    pub value_dim: usize,
+}
+
+/// A layer's raw inputs of the rule: `conv` `(batch, seq, 2·key_heads·key_dim + value_heads·value_dim)`
+/// is the convolution's output (q, k, v side by side), `a` and `b` `(batch, seq, value_heads)` the
+/// projections giving the decay and β, `neg_a` (`−exp(A_log)`) and `dt_bias` `(value_heads)` in f32.
+pub struct Projections<'a> {
+    pub conv: &'a Tensor,
+    pub a: &'a Tensor,
+    pub b: &'a Tensor,
+    pub neg_a: &'a Tensor,
+    pub dt_bias: &'a Tensor,
+}
+
+/// The rule from a layer's raw inputs, continuing from `state` `(batch, value_heads, key_dim,
+/// value_dim)` (f32) when given: the outputs `(batch, seq, value_heads, value_dim)` and the final
+/// state, both f32. A one-token step with a state takes the recurrent form, anything else the chunked
+/// one (on CUDA, the kernel).
+pub fn from_projections(
+    p: &Projections,
+    state: Option<&Tensor>,
+    heads: Heads,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    if !heads.value_heads.is_multiple_of(heads.key_heads) {
+        candle_core::bail!(
+            "gated delta rule: {} value heads cannot share {} key heads",
+            heads.value_heads,
+            heads.key_heads
+        );
+    }
+    #[cfg(feature = "cuda")]
+    if crate::forward_kernel(&[p.conv, p.a, p.b]) && [32, 64, 128].contains(&heads.key_dim) {
+        return on_device(p, state, heads);
+    }
+    let [q, k, v, g, beta] = prepare(p, heads)?;
+    if q.dim(1)? == 1 && state.is_some() {
+        recurrent(&q, &k, &v, &g, &beta, state)
+    } else {
+        chunked(&q, &k, &v, &g, &beta, state)
+    }
+}
+
+/// q, k (L2-normalised, q scaled by `1/√dk`, repeated to the value heads), v, g and β in f32, as the
+/// forms take them; elementary ops, so autograd differentiates them (the backward of
+/// [`from_projections`] goes through here).
+pub fn prepare(p: &Projections, h: Heads) -> candle_core::Result<[Tensor; 5]> {
+    let (b, s, _) = p.conv.dims3()?;
+    let kd = h.key_heads * h.key_dim;
+    let part = |from: usize, n: usize, d: usize| {
+        p.conv.narrow(2, from, n * d)?.reshape((b, s, n, d))?.to_dtype(DType::F32)
+    };
+    let (q, k) = (part(0, h.key_heads, h.key_dim)?, part(kd, h.key_heads, h.key_dim)?);
+    let v = part(2 * kd, h.value_heads, h.value_dim)?;
+    let serve = |t: &Tensor| -> candle_core::Result<Tensor> {
+        let r = h.value_heads / h.key_heads;
+        let t = l2_normalise(t)?;
+        if r == 1 {
+            return Ok(t);
+        }
+        t.unsqueeze(3)?.broadcast_as((b, s, h.key_heads, r, h.key_dim))?.reshape((
+            b,
+            s,
+            h.value_heads,
+            h.key_dim,
+        ))
+    };
+    let q = (serve(&q)? / (h.key_dim as f64).sqrt())?;
+    let k = serve(&k)?;
+    let beta = candle_nn::ops::sigmoid(&p.b.to_dtype(DType::F32)?)?;
+    let a = p.a.to_dtype(DType::F32)?.broadcast_add(p.dt_bias)?;
+    let g = softplus(&a)?.broadcast_mul(p.neg_a)?;
+    Ok([q, k, v, g, beta])
+}
+
+/// `x / sqrt(Σx² + 1e-6)` over the last dimension (flash-linear-attention's convention).
+fn l2_normalise(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.broadcast_mul(&(x.sqr()?.sum_keepdim(D::Minus1)? + 1e-6)?.sqrt()?.recip()?)
+}
+
+/// `log(1 + eˣ)`, as PyTorch computes it: x itself above 20.
+fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
+    let smooth = (x.exp()? + 1.0)?.log()?;
+    x.gt(20.0)?.where_cond(x, &smooth)
+}
+
+/// The CUDA kernels: one prepares q, k, g and β in parallel over tokens; the recurrence then writes
+/// the outputs, then the final state, into one f32 buffer.
+#[cfg(feature = "cuda")]
+fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::Result<(Tensor, Tensor)> {
+    use crate::launch::{launch_on_tensors, Grid, Scalar};
+    let (b, s, _) = p.conv.dims3()?;
+    let rows = b * s;
+    let prepared = launch_on_tensors::<f32>(
+        "gated_delta_prepare_bf16",
+        &[p.conv, p.a, p.b, p.neg_a, p.dt_bias],
+        2 * rows * h.key_heads * h.key_dim + 2 * rows * h.value_heads,
+        Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 },
+        &[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim].map(|v| Scalar::I32(v as i32)),
+    )?;
+    let state_shape = (b, h.value_heads, h.key_dim, h.value_dim);
+    let state = match state {
+        Some(state) => state.clone(),
+        None => Tensor::zeros(state_shape, DType::F32, p.conv.device())?,
+    };
+    let kernel = match h.key_dim {
+        32 => "gated_delta_rule_dk32",
+        64 => "gated_delta_rule_dk64",
+        _ => "gated_delta_rule_dk128",
+    };
+    // key_dim / 32 lanes share a state column, so a warp takes 1024 / key_dim columns (see the kernel).
+    let columns = 1024 / h.key_dim;
+    let (outputs, states) = (rows * h.value_heads * h.value_dim, b * h.value_heads * h.key_dim * h.value_dim);
+    let grid = Grid::PerRow { rows: b * h.value_heads * h.value_dim.div_ceil(columns), threads: 32 };
+    let scalars = [b, s, h.key_heads, h.value_heads, h.value_dim].map(|v| Scalar::I32(v as i32));
+    let flat =
+        launch_on_tensors::<f32>(kernel, &[&prepared, p.conv, &state], outputs + states, grid, &scalars)?;
+    let out = flat.narrow(0, 0, outputs)?.reshape((b, s, h.value_heads, h.value_dim))?;
+    Ok((out, flat.narrow(0, outputs, states)?.reshape(state_shape)?))
+}
