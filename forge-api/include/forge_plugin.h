@@ -158,7 +158,8 @@ typedef struct ForgeOptimizerMethods {
 /* Each adapted linear layer (weight out_dim x in_dim) owns one flat buffer of `count` parameters;
  * x is rows x in_dim, y and dy are rows x out_dim, row-major, f32, host memory. */
 typedef struct ForgeAdapterMethods {
-    /* Parameters put on linear `module` ("q_proj", "down_proj", ...); 0 leaves it alone. */
+    /* Parameters put on linear `module` ("q_proj", "down_proj", ...; Qwen3.5's linear-attention layers
+       also "in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj"); 0 leaves it alone. */
     size_t (*param_count)(void *instance, ForgeStr module, size_t in_dim, size_t out_dim);
     ForgeStatus (*init)(void *instance, ForgeStr module, size_t in_dim, size_t out_dim, uint64_t seed,
                         float *params, size_t count, const ForgeSink *error);

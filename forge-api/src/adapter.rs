@@ -17,8 +17,10 @@ pub struct LinearDims {
 /// needs no tensor library and can live in a plugin. Buffers are row-major: `x` is `rows × in_dim`,
 /// `y` and `dy` are `rows × out_dim`.
 pub trait AdapterKernel: Send + Sync {
-    /// How many trainable values the adapter puts on `module` (`q_proj`, `down_proj`, …) of a layer
-    /// with weight `(out_dim, in_dim)`; 0 leaves the module alone.
+    /// How many trainable values the adapter puts on `module` (`q_proj`, `down_proj`, …; in Qwen3.5's
+    /// linear-attention layers also `in_proj_qkv`, `in_proj_z`, `in_proj_b`, `in_proj_a`, `out_proj`)
+    /// of a layer with weight `(out_dim, in_dim)`; 0 leaves the module alone. A layer is asked only
+    /// about the modules it has.
     fn param_count(&self, module: &str, in_dim: usize, out_dim: usize) -> usize;
     /// Initial values of a module's parameters, from `seed` (different for every module).
     fn init(

@@ -41,7 +41,8 @@ pub fn generate(model: &CausalLm, prompt: &[u32], config: &SamplingConfig) -> Re
     let mut input = Tensor::from_slice(prompt, (1, prompt.len()), model.device())?;
     let mut out = Vec::with_capacity(config.max_new_tokens);
     for _ in 0..config.max_new_tokens {
-        let logits = model.logits(&input, Some(&mut cache))?;
+        // No graph: an adapter's parameters are read detached, and the fused kernels stay in use.
+        let logits = crate::autograd::no_grad(|| model.logits(&input, Some(&mut cache)))?;
         let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
         let next = if config.temperature == 0.0 {
             last.argmax(D::Minus1)?.to_scalar::<u32>()?

@@ -37,8 +37,12 @@ pub struct PerplexityReport {
 /// path: `forge eval`, `forge train --eval-data` and the `perplexity` evaluator of `forge run` (through
 /// [`ModelEvalContext`](crate::strategies::evaluators::ModelEvalContext)) all score windows here, in
 /// batches, so their numbers agree to the last digit.
+///
+/// It runs without a graph ([`no_grad`](crate::autograd::no_grad)): an adapter's parameters are read
+/// detached, so an evaluation keeps no activations and takes the same fused kernels as the base model.
 pub fn rows_nll(model: &CausalLm, ids: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(model.next_token_nll(ids)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+    let nll = crate::autograd::no_grad(|| model.next_token_nll(ids))?;
+    Ok(nll.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
 }
 
 /// Scores every window of `windows`, `batch_size` at a time. `warmup` extra passes over the first
