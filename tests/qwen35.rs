@@ -156,34 +156,6 @@ fn a_checkpoint_missing_a_linear_attention_tensor_is_refused_naming_it() {
 }
 
 #[test]
-fn work_that_does_not_reach_hybrid_layers_yet_is_refused_before_loading() {
-    let m = tiny_qwen35();
-    let m = m.to_str().unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let o = out.path().join("out");
-    for args in [
-        vec!["score", "--model", m, "--scorer", "l2"],
-        vec![
-            "prune",
-            "--model",
-            m,
-            "--pruner",
-            "global",
-            "--scorer",
-            "l2",
-            "--ratio",
-            "0.25",
-            "--out",
-            o.to_str().unwrap(),
-        ],
-    ] {
-        let err = forge_refuses(&args);
-        assert!(err.contains("does not run on Qwen3.5's hybrid layers yet"), "{args:?}: {err}");
-        assert!(!o.exists(), "{args:?} created its output");
-    }
-}
-
-#[test]
 fn inspect_shows_the_layer_mix_and_counts_the_vision_tower_apart() {
     let report = forge_json(&["inspect", "--json", "--model", tiny_qwen35().to_str().unwrap()]);
     assert_eq!(report["architecture"], "Qwen3_5ForCausalLM");
@@ -467,4 +439,157 @@ fn lora_trains_through_both_layer_kinds_with_or_without_checkpointing() {
         assert!(norm > 0.0, "{module}: no update");
     }
     assert!(!adapter.keys().any(|k| k.contains("layers.0.self_attn") || k.contains("layers.3.linear_attn")));
+}
+
+/// Every built-in scorer scores the full-attention query heads (layers 3 and 7 of 8) and nothing in
+/// the Gated DeltaNet layers.
+#[test]
+fn every_scorer_scores_the_full_attention_heads_alone() {
+    let (m, code) = (tiny_qwen35(), data("code-valid.jsonl"));
+    for scorer in ["l2", "random", "activation", "taylor"] {
+        let report = forge_json(&[
+            "score",
+            "-q",
+            "--json",
+            "--model",
+            m.to_str().unwrap(),
+            "--scorer",
+            scorer,
+            "--data",
+            code.to_str().unwrap(),
+            "--calib-windows",
+            "2",
+        ]);
+        let scores: Vec<Vec<f64>> = serde_json::from_value(report["scores"].clone()).unwrap();
+        let lens: Vec<usize> = scores.iter().map(Vec::len).collect();
+        assert_eq!(lens, [0, 0, 0, 8, 0, 0, 0, 8], "{scorer}");
+        assert!(scores.iter().flatten().all(|s| s.is_finite() && *s >= 0.0), "{scorer}: {scores:?}");
+    }
+}
+
+/// Whole KV groups of the gated attention pruned from the vision layout: the masked model, the
+/// compact one (`text_config` rewritten, each head's query and gate rows of `q_proj` removed) and the
+/// base under `--mask` evaluate alike, and both outputs keep the vision tower byte for byte.
+#[test]
+fn pruned_full_attention_heads_agree_across_mask_compact_and_the_vision_layout() {
+    let (vl, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_tiny_qwen35_vl(vl.path());
+    let m = vl.path().to_str().unwrap();
+    let prune = |mode: &str| -> (std::path::PathBuf, serde_json::Value) {
+        let dir = out.path().join(mode);
+        let report = forge_json(&[
+            "prune",
+            "-q",
+            "--json",
+            "--model",
+            m,
+            "--pruner",
+            "per-layer",
+            "--pruner-opt",
+            "whole-groups=true",
+            "--scorer",
+            "l2",
+            "--ratio",
+            "0.5",
+            "--save-mode",
+            mode,
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        (dir, report)
+    };
+    let ((masked, report), (compact, compact_report)) = (prune("mask"), prune("compact"));
+    assert_eq!(report["heads_before"], 16);
+    assert_eq!(report["heads_after"], 8);
+    let pruned = report["pruned"].as_object().unwrap();
+    assert_eq!(pruned.keys().collect::<Vec<_>>(), ["3", "7"]);
+    let before = raw_tensors(&vl.path().join("model.safetensors"));
+    for dir in [&masked, &compact] {
+        let after = raw_tensors(&dir.join("model.safetensors"));
+        for (name, tensor) in before.iter().filter(|(n, _)| n.starts_with("model.visual.")) {
+            assert_eq!(&after[name], tensor, "{}: {name} changed", dir.display());
+        }
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(compact.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "Qwen3_5ForConditionalGeneration");
+    assert_eq!(
+        (
+            config["text_config"]["num_attention_heads"].as_u64(),
+            config["text_config"]["num_key_value_heads"].as_u64()
+        ),
+        (Some(4), Some(1))
+    );
+    let inspect = forge_json(&["inspect", "--json", "--model", compact.to_str().unwrap()]);
+    assert_eq!(inspect["parameters"], compact_report["parameters_after"]);
+    let data = data("code-valid.jsonl");
+    let eval = |extra: &[&str]| -> f64 {
+        let mut args = vec![
+            "eval",
+            "-q",
+            "--json",
+            "--data",
+            data.to_str().unwrap(),
+            "--seq-len",
+            "128",
+            "--max-windows",
+            "4",
+        ];
+        args.extend_from_slice(extra);
+        forge_json(&args)["perplexity"].as_f64().unwrap()
+    };
+    let mask_file = masked.join("mask.json");
+    let runs = [
+        eval(&["--model", masked.to_str().unwrap()]),
+        eval(&["--model", compact.to_str().unwrap()]),
+        eval(&["--model", m, "--mask", mask_file.to_str().unwrap()]),
+    ];
+    assert!(runs.iter().all(|p| (p / runs[0] - 1.0).abs() < 1e-4), "{runs:?}");
+    assert!(runs[0] > eval(&["--model", m]), "removing half the heads cost nothing: {runs:?}");
+}
+
+/// `forge run` on the hybrid, shrunk to seconds: taylor scores over the full-attention heads, a KV
+/// group of gated attention removed, LoRA recovery through both layer kinds, and a final compact model
+/// that loads with the heads it should have.
+#[test]
+fn a_small_recipe_runs_on_the_hybrid_and_writes_a_smaller_model() {
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let (recipe, model) = (root().join("examples/code.toml"), tiny_qwen35());
+    let model_key = format!("model={}", model.display());
+    let report = forge_json(&[
+        "run",
+        "-q",
+        "--json",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        &model_key,
+        "--set",
+        "prune.ratio_per_cycle=0.25",
+        "--set",
+        "prune.cycles=1",
+        "--set",
+        r#"train.adapter_options={ rank = 8, targets = "all-linear" }"#,
+        "--set",
+        "train.steps=2",
+        "--set",
+        "data.eval_windows=2",
+        "--set",
+        "score.calib_windows=2",
+        "--set",
+        "train.seq_len=64",
+        "--set",
+        "guard.max_increase=10.0",
+        "--set",
+        "guard.max_increase_over_baseline=10.0",
+    ]);
+    assert!(report["parameters_after"].as_u64() < report["parameters_before"].as_u64(), "{report}");
+    let inspect = forge_json(&["inspect", "--json", "--model", run.join("model").to_str().unwrap()]);
+    let heads: Vec<usize> = serde_json::from_value(inspect["heads"].clone()).unwrap();
+    // One whole group (4 query heads) gone from layer 3 or 7; the linear layers carry 8, unused.
+    assert_eq!(heads[3] + heads[7], 12, "{heads:?}");
+    assert_eq!(inspect["layer_pattern"], "LLLFLLLF");
 }

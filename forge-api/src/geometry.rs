@@ -5,9 +5,10 @@ use serde::{Deserialize, Serialize};
 pub struct ModelGeometry {
     /// Number of decoder layers.
     pub layers: usize,
-    /// Query heads of each layer (equal in a standard model, different after per-layer pruning).
+    /// Query heads of each layer (equal in a standard model, different after per-layer pruning; 0 in
+    /// a layer without attention, such as Qwen3.5's linear-attention layers).
     pub heads: Vec<usize>,
-    /// Key/value heads of each layer; query heads share them in groups (GQA).
+    /// Key/value heads of each layer; query heads share them in groups (GQA). 0 where `heads` is.
     pub kv_heads: Vec<usize>,
     /// Width of one head.
     pub head_dim: usize,

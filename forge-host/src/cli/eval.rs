@@ -46,7 +46,7 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     if args.seq_len < 2 {
         return Err(bad_input!("--seq-len is {}; a window needs at least 2 tokens", args.seq_len));
     }
-    let folder = args.model.open(&[(args.seq_len, "--seq-len")], None)?;
+    let folder = args.model.open(&[(args.seq_len, "--seq-len")])?;
     let predicted = crate::pipeline::eval_estimate(
         &folder.config,
         folder.loaded_parameter_count(),

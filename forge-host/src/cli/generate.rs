@@ -45,7 +45,7 @@ struct GenerateReport {
 }
 
 pub fn run(args: GenerateArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
-    let folder = args.model.open(&[], None)?;
+    let folder = args.model.open(&[])?;
     let tokenizer = folder.tokenizer()?;
     let prompt_ids = tokenizer.encode(&args.prompt)?;
     let what =

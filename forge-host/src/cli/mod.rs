@@ -147,15 +147,12 @@ impl GlobalArgs {
 }
 
 impl ModelArgs {
-    /// Opens the folder and checks it before anything loads: the positions asked for against the
-    /// context, and, for `dense_for` (work named for the message), that the model is not a hybrid.
-    pub(super) fn open(&self, positions: &[(usize, &str)], dense_for: Option<&str>) -> Result<ModelFolder> {
+    /// Opens the folder and checks the positions asked for against the context, before anything
+    /// loads.
+    pub(super) fn open(&self, positions: &[(usize, &str)]) -> Result<ModelFolder> {
         let folder = ModelFolder::open(&self.model)?;
         for &(tokens, flag) in positions {
             folder.config.check_context(tokens, flag)?;
-        }
-        if let Some(work) = dense_for {
-            folder.config.require_dense(work)?;
         }
         Ok(folder)
     }
@@ -163,9 +160,6 @@ impl ModelArgs {
     /// Builds the decoder of an opened folder and applies the mask, if any.
     pub(super) fn build(&self, folder: &ModelFolder, rt: &Runtime) -> Result<CausalLm> {
         let started = std::time::Instant::now();
-        if self.mask.is_some() {
-            folder.config.require_dense("--mask")?;
-        }
         let mut model = CausalLm::load(folder, rt.dtype, &rt.device)?;
         if let Some(path) = &self.mask {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

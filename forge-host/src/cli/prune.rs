@@ -75,7 +75,7 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     }
     let positions = args.scoring.check()?;
     crate::outputs::check_out(&args.out, &[args.model.model.as_path()], "--out")?;
-    let folder = args.model.open(&[positions], Some("forge prune"))?;
+    let folder = args.model.open(&[positions])?;
     let mut model = args.model.build(&folder, rt)?;
     let geometry = folder.config.geometry();
     let scores = match (&args.scores, args.scoring.scorer()) {

@@ -130,7 +130,7 @@ pub fn run(args: ScoreArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         .ok_or_else(|| crate::bad_input!("give --scorer NAME (`forge list` shows them)"))?;
     registry.find(forge_api::StrategyKind::Scorer, name)?;
     let positions = args.scoring.check()?;
-    let folder = args.model.open(&[positions], Some("forge score"))?;
+    let folder = args.model.open(&[positions])?;
     let mut model = args.model.build(&folder, rt)?;
     let (scores, options) = args.scoring.score(name, registry, &folder, &mut model, rt)?;
     let report = ScoreReport { scorer: name, options: &options, scores: &scores.scores };

@@ -162,7 +162,7 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     };
     section.validate(&adapter_options, "--")?;
     let config = section.train_config(rt.seed);
-    let folder = args.model.open(&[], None)?;
+    let folder = args.model.open(&[])?;
     folder.config.check_context(args.seq_len, "--seq-len")?;
     if args.eval_data.is_some() {
         folder.config.check_context(args.eval_seq_len, "--eval-seq-len")?;

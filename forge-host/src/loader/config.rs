@@ -331,19 +331,6 @@ impl ModelConfig {
         }
     }
 
-    /// Refuses a hybrid (Qwen3.5) model for work forge does not do on its layers yet: scoring,
-    /// pruning and training reach only attention heads and dense layers so far.
-    pub fn require_dense(&self, work: &str) -> Result<()> {
-        if self.hybrid.is_some() {
-            return Err(bad_input!(
-                "{work} does not run on Qwen3.5's hybrid layers yet (Gated DeltaNet heads as prunable units come \
-                 next); `forge eval`, `forge generate`, `forge train` (LoRA), `forge merge` and `forge inspect` \
-                 run Qwen3.5 models"
-            ));
-        }
-        Ok(())
-    }
-
     /// `(in, out)` of linear layer `module` (one of the model's `LINEAR_MODULES`) of `layer`; None
     /// where the layer has no such module (Qwen3.5: attention modules in its linear layers, Gated
     /// DeltaNet's in its full-attention ones).
@@ -367,12 +354,17 @@ impl ModelConfig {
         })
     }
 
-    /// The attention geometry, as strategies see it.
+    /// The attention geometry, as strategies see it: in a hybrid, the linear-attention layers have
+    /// no query heads (0), so head scores and masks cover the full-attention layers alone.
     pub fn geometry(&self) -> forge_api::ModelGeometry {
+        let attends = |layer: usize| self.hybrid.as_ref().is_none_or(|h| h.kinds[layer] == LayerKind::Full);
+        let only_attention = |counts: &[usize]| {
+            counts.iter().enumerate().map(|(l, &n)| if attends(l) { n } else { 0 }).collect()
+        };
         forge_api::ModelGeometry {
             layers: self.layers,
-            heads: self.heads.clone(),
-            kv_heads: self.kv_heads.clone(),
+            heads: only_attention(&self.heads),
+            kv_heads: only_attention(&self.kv_heads),
             head_dim: self.head_dim,
             hidden: self.hidden,
         }

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use forge_api::HeadMask;
 
 use super::{write_atomic, write_json_atomic};
-use crate::loader::ModelFolder;
+use crate::loader::{ModelConfig, ModelFolder};
 use crate::{bad_input, Error, Result};
 
 /// How pruned heads are removed from the written checkpoint.
@@ -91,16 +91,20 @@ fn take_heads(t: &Tensor, dim: usize, blocks: &[usize], width: usize) -> Result<
 /// `mask.json`), each file atomically.
 pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &Path) -> Result<SavedModel> {
     let config = &folder.config;
-    mask.validate(&config.geometry()).map_err(|e| bad_input!("mask: {e}"))?;
+    let geometry = config.geometry();
+    mask.validate(&geometry).map_err(|e| bad_input!("mask: {e}"))?;
     let d = config.head_dim;
+    // Qwen3.5's gated attention: each head owns 2d rows of q_proj (its query, then its gate).
+    let q_rows = if config.hybrid.is_some() { 2 * d } else { d };
     let mut tensors = stored_tensors(folder)?;
     if mode == SaveMode::Mask {
-        zero_pruned_heads(&mut tensors, &config.heads, d, mask)?;
+        zero_pruned_heads(&mut tensors, config, mask)?;
     }
     let (mut heads, mut kv_heads) = (config.heads.clone(), config.kv_heads.clone());
-    for layer in 0..config.layers {
+    // A hybrid's linear-attention layers have no heads to remove.
+    for layer in (0..config.layers).filter(|&l| geometry.heads[l] > 0) {
         let pruned = mask.pruned_in(layer);
-        let key = |p: &str| format!("model.layers.{layer}.self_attn.{p}");
+        let key = |p: &str| format!("{}.layers.{layer}.self_attn.{p}", config.weight_prefix);
         let mut edit = |name: String, f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<()> {
             if let Some(t) = tensors.get(&name) {
                 let new = f(t)?;
@@ -113,7 +117,7 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
             SaveMode::Compact => {
                 let p = plan(layer, heads[layer], kv_heads[layer], pruned)?;
                 for name in ["q_proj.weight", "q_proj.bias"] {
-                    edit(key(name), &|t| take_heads(t, 0, &p.heads, d))?;
+                    edit(key(name), &|t| take_heads(t, 0, &p.heads, q_rows))?;
                 }
                 for name in ["k_proj.weight", "k_proj.bias", "v_proj.weight", "v_proj.bias"] {
                     edit(key(name), &|t| take_heads(t, 0, &p.kv_heads, d))?;
@@ -133,8 +137,9 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
         }
     }
 
-    let mut config = source_config(folder)?;
-    set_head_counts(&mut config, folder.config.head_dim, &heads, &kv_heads)?;
+    let mut json = source_config(folder)?;
+    set_head_counts(&mut json, config, &heads, &kv_heads)?;
+    let config = json;
     let parameters = write_model_folder(folder, &tensors, &config, out)?;
     write_json_atomic(&out.join("mask.json"), mask)?;
     Ok(SavedModel { parameters, heads, kv_heads })
@@ -144,12 +149,12 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
 /// nothing, exactly as if removed, and every shape stays as it was.
 pub fn zero_pruned_heads(
     tensors: &mut HashMap<String, Tensor>,
-    heads: &[usize],
-    head_dim: usize,
+    config: &ModelConfig,
     mask: &HeadMask,
 ) -> Result<()> {
+    let (heads, head_dim) = (&config.heads, config.head_dim);
     for (&layer, pruned) in &mask.pruned {
-        let name = format!("model.layers.{layer}.self_attn.o_proj.weight");
+        let name = format!("{}.layers.{layer}.self_attn.o_proj.weight", config.weight_prefix);
         if let Some(o) = tensors.get(&name) {
             let keep: Vec<f32> = (0..heads[layer] * head_dim)
                 .map(|i| if pruned.contains(&(i / head_dim)) { 0.0 } else { 1.0 })
@@ -164,12 +169,15 @@ pub fn zero_pruned_heads(
 /// Values a compact model of `folder` with `mask`'s heads removed would hold (nothing is written).
 pub fn compact_parameters(folder: &ModelFolder, mask: &HeadMask) -> Result<usize> {
     let c = &folder.config;
+    let geometry = c.geometry();
     let per_head = c.head_dim * c.hidden;
+    // q rows (two blocks of them in a gated attention: query and gate) and o columns per query head.
+    let per_query_head = if c.hybrid.is_some() { 3 } else { 2 } * per_head as isize;
     let mut removed: isize = 0;
-    for layer in 0..c.layers {
+    for layer in (0..c.layers).filter(|&l| geometry.heads[l] > 0) {
         let p = plan(layer, c.heads[layer], c.kv_heads[layer], mask.pruned_in(layer))?;
-        // q rows and o columns per query head; k and v rows per KV head (biases are negligible here).
-        removed += 2 * (c.heads[layer] as isize - p.heads.len() as isize) * per_head as isize;
+        // k and v rows per KV head (biases are negligible here).
+        removed += (c.heads[layer] as isize - p.heads.len() as isize) * per_query_head;
         removed += 2 * (c.kv_heads[layer] as isize - p.kv_heads.len() as isize) * per_head as isize;
     }
     Ok((folder.weights.parameter_count() as isize - removed) as usize)
@@ -221,22 +229,33 @@ pub fn write_model_folder(
     Ok(tensors.values().map(|t| t.elem_count()).sum())
 }
 
-/// Writes the new head counts into `config` (with an explicit `head_dim`, which no longer follows
-/// from `hidden_size / num_attention_heads`).
+/// Writes the new head counts into `json` (with an explicit `head_dim`, which no longer follows
+/// from `hidden_size / num_attention_heads`), under `text_config` where the checkpoint keeps the text
+/// model there. Uniform means uniform over the layers with attention: a hybrid's linear-attention
+/// layers carry the attention layers' count, unused.
 fn set_head_counts(
-    config: &mut serde_json::Value,
-    head_dim: usize,
+    json: &mut serde_json::Value,
+    model: &ModelConfig,
     heads: &[usize],
     kv_heads: &[usize],
 ) -> Result<()> {
-    let c = config.as_object_mut().ok_or_else(|| bad_input!("config.json is not a JSON object"))?;
-    c.insert("head_dim".into(), head_dim.into());
+    let root = json.as_object_mut().ok_or_else(|| bad_input!("config.json is not a JSON object"))?;
+    let c = match root.contains_key("text_config") {
+        true => root["text_config"]
+            .as_object_mut()
+            .ok_or_else(|| bad_input!("config.json: `text_config` is not a JSON object"))?,
+        false => root,
+    };
+    c.insert("head_dim".into(), model.head_dim.into());
     c.remove("forge_heads_per_layer");
     c.remove("forge_kv_heads_per_layer");
-    let uniform = heads.iter().all(|&h| h == heads[0]) && kv_heads.iter().all(|&k| k == kv_heads[0]);
+    let geometry = model.geometry();
+    let attending: Vec<usize> = (0..model.layers).filter(|&l| geometry.heads[l] > 0).collect();
+    let (first_heads, first_kv) = (heads[attending[0]], kv_heads[attending[0]]);
+    let uniform = attending.iter().all(|&l| heads[l] == first_heads && kv_heads[l] == first_kv);
     if uniform {
-        c.insert("num_attention_heads".into(), heads[0].into());
-        c.insert("num_key_value_heads".into(), kv_heads[0].into());
+        c.insert("num_attention_heads".into(), first_heads.into());
+        c.insert("num_key_value_heads".into(), first_kv.into());
     } else {
         c.insert("num_attention_heads".into(), heads.iter().max().copied().unwrap_or(0).into());
         c.insert("num_key_value_heads".into(), kv_heads.iter().max().copied().unwrap_or(0).into());

@@ -169,7 +169,7 @@ fn train_and_save(
     interrupt::check()?;
     let mut tensors = stored_tensors(folder)?;
     merge_into(&mut tensors, attached.as_ref())?;
-    zero_pruned_heads(&mut tensors, &folder.config.geometry().heads, folder.config.head_dim, mask)?;
+    zero_pruned_heads(&mut tensors, &folder.config, mask)?;
     drop(model);
     let model_dir = dir.join("model");
     write_model_folder(folder, &tensors, &source_config(folder)?, &model_dir)?;

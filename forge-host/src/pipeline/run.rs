@@ -22,7 +22,6 @@ use crate::{bad_input, Error, Result};
 /// Runs `recipe` and writes every output into `opts.out`.
 pub fn run(recipe: &Recipe, registry: &Registry, opts: &RunOptions) -> Result<RunReport> {
     let base = ModelFolder::open(&recipe.model).map_err(|e| bad_input!("recipe key `model`: {e}"))?;
-    base.config.require_dense("forge run")?;
     let state = recipe.validate(registry, &base.config)?;
     let fused = !opts.device.is_cpu() && opts.dtype == candle_core::DType::BF16;
     let estimates = estimate(recipe, &base.config, base.loaded_parameter_count(), (opts.dtype, fused), state);

@@ -114,10 +114,17 @@ impl AttentionObserver for MeanPerHead<'_> {
 /// The norm of what each head writes into the residual stream: its output through its own `o_proj`
 /// columns, `‖W_o[:, h] · out_h‖`. (The output before `o_proj` alone ignores how strongly `o_proj`
 /// passes it on.) `o_heads[layer]` is `W_o` as `(heads, head_dim, hidden)`.
-fn contribution_norm(o_heads: &[Tensor], layer: usize, heads_out: &Tensor) -> candle_core::Result<Tensor> {
+fn contribution_norm(
+    o_heads: &[Option<Tensor>],
+    layer: usize,
+    heads_out: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let o = o_heads[layer]
+        .as_ref()
+        .ok_or_else(|| candle_core::Error::Msg(format!("layer {layer} has no attention")))?;
     let (b, h, s, d) = heads_out.dims4()?;
     let per_head = heads_out.to_dtype(DType::F32)?.transpose(0, 1)?.reshape((h, b * s, d))?;
-    let written = per_head.matmul(&o_heads[layer])?; // (heads, b·s, hidden)
+    let written = per_head.matmul(o)?; // (heads, b·s, hidden)
     written.sqr()?.sum(D::Minus1)?.sqrt()?.reshape((h, b, s))?.transpose(0, 1)
 }
 
@@ -131,7 +138,16 @@ impl ScoringContext for ModelProbes<'_> {
         &self.geometry
     }
 
+    /// Names are the text model's as a `…ForCausalLM` checkpoint has them (`model.layers.…`); where
+    /// the checkpoint keeps them under another prefix (`model.language_model.…` beside a vision
+    /// tower), that is where they are read.
     fn tensor(&self, name: &str) -> Result<HostTensor, StrategyError> {
+        let prefix = &self.model.config().weight_prefix;
+        let stored = match name.strip_prefix("model.") {
+            Some(rest) if self.weights.shape(name).is_none() => format!("{prefix}.{rest}"),
+            _ => name.to_string(),
+        };
+        let name = stored.as_str();
         let shape = self
             .weights
             .shape(name)
@@ -152,17 +168,16 @@ impl ScoringContext for ModelProbes<'_> {
 
     fn head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
         let d = self.geometry.head_dim;
-        let o_heads: Vec<Tensor> = self
+        // None for a layer without attention (a hybrid's linear-attention layer): nothing observes it.
+        let o_heads: Vec<Option<Tensor>> = self
             .model
             .layers
             .iter()
             .map(|layer| {
-                let attn = layer.self_attn().ok_or_else(|| {
-                    candle_core::Error::Msg("head output norms need attention in every layer".into())
-                })?;
+                let Some(attn) = layer.self_attn() else { return Ok(None) };
                 let w = attn.o_proj.weight().to_dtype(DType::F32)?; // (hidden, heads·d)
                 let hidden = w.dim(0)?;
-                w.t()?.reshape((w.dim(1)? / d, d, hidden))?.contiguous()
+                Ok(Some(w.t()?.reshape((w.dim(1)? / d, d, hidden))?.contiguous()?))
             })
             .collect::<candle_core::Result<_>>()
             .map_err(tensor_error)?;
@@ -184,18 +199,22 @@ impl ScoringContext for ModelProbes<'_> {
         let saved: Vec<Option<Tensor>> =
             (0..self.geometry.layers).map(|l| self.model.head_mask(l).cloned()).collect();
         // Each layer's mask becomes a variable at its current value (1 for live heads, 0 for heads
-        // already removed), so the gradient is taken at the model as it is.
-        let vars: Vec<Var> = saved
+        // already removed), so the gradient is taken at the model as it is. A layer without heads
+        // (a hybrid's linear-attention layer) has none.
+        let vars: Vec<Option<Var>> = saved
             .iter()
             .zip(&self.geometry.heads)
             .map(|(mask, &heads)| match mask {
-                Some(m) => Var::from_tensor(m),
-                None => Var::ones(heads, dtype, self.model.device()),
+                _ if heads == 0 => Ok(None),
+                Some(m) => Var::from_tensor(m).map(Some),
+                None => Var::ones(heads, dtype, self.model.device()).map(Some),
             })
             .collect::<candle_core::Result<_>>()
             .map_err(tensor_error)?;
         for (layer, var) in vars.iter().enumerate() {
-            self.model.set_head_mask(layer, Some(var.as_tensor().clone()));
+            if let Some(var) = var {
+                self.model.set_head_mask(layer, Some(var.as_tensor().clone()));
+            }
         }
         let mut sums: Vec<Vec<f64>> = self.geometry.heads.iter().map(|&h| vec![0.0; h]).collect();
         let bar = progress::bar(batches.len() as u64, "batches", self.quiet);
@@ -205,6 +224,7 @@ impl ScoringContext for ModelProbes<'_> {
                 let loss = self.model.next_token_nll(ids)?.mean_all()?;
                 let grads = loss.backward()?;
                 for (layer, var) in vars.iter().enumerate() {
+                    let Some(var) = var else { continue };
                     let g = grads
                         .get(var.as_tensor())
                         .map(|g| g.to_dtype(DType::F64)?.abs()?.to_vec1::<f64>())

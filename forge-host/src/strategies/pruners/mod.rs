@@ -19,7 +19,7 @@ fn units(
     whole_groups: bool,
 ) -> Vec<Unit> {
     let mut out = Vec::new();
-    for layer in layers {
+    for layer in layers.filter(|&l| geometry.heads[l] > 0) {
         let size = if whole_groups { geometry.heads[layer] / geometry.kv_heads[layer] } else { 1 };
         for first in (0..geometry.heads[layer]).step_by(size) {
             let heads: Vec<usize> = (first..first + size).collect();

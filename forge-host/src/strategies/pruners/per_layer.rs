@@ -15,9 +15,13 @@ impl Pruner for PerLayer {
         target: PruneTarget,
     ) -> Result<HeadMask, StrategyError> {
         scores.validate(geometry)?;
-        let layers = geometry.layers;
+        // The layers with attention (all but a hybrid's linear-attention layers).
+        let attending: Vec<usize> = (0..geometry.layers).filter(|&l| geometry.heads[l] > 0).collect();
+        let layers = attending.len();
         let per_layer = match target {
-            PruneTarget::Ratio(r) => (r * geometry.heads.iter().copied().min().unwrap_or(0) as f64).round() as usize,
+            PruneTarget::Ratio(r) => {
+                (r * attending.iter().map(|&l| geometry.heads[l]).min().unwrap_or(0) as f64).round() as usize
+            }
             PruneTarget::Count(n) if n % layers == 0 => n / layers,
             PruneTarget::Count(n) => {
                 return Err(StrategyError::bad_input(format!(
@@ -26,7 +30,7 @@ impl Pruner for PerLayer {
             }
         };
         let mut mask = HeadMask::default();
-        for layer in 0..layers {
+        for layer in attending {
             let units = units(scores, geometry, layer..layer + 1, self.0.whole_groups);
             let one = select(units, &geometry.heads, per_layer, self.0.min_per_layer)?;
             mask.pruned.extend(one.pruned);

@@ -1,6 +1,8 @@
 //! `l2`: the norm of the weights a head owns. For query head h of a layer with group size G this is
 //! `sqrt(‖W_q[h]‖² + ‖W_o[:, h]‖² + (‖W_k[g]‖² + ‖W_v[g]‖²) / G)`: its query rows and output columns,
-//! plus its share of the key and value rows of its KV group g (shared by G heads). Data-free.
+//! plus its share of the key and value rows of its KV group g (shared by G heads). Data-free. A head
+//! of Qwen3.5's gated attention owns `2 · head_dim` rows of `q_proj` (its query and its gate); a layer
+//! without attention (a hybrid's linear-attention layer) has no heads to score.
 use forge_api::{HeadScores, ImportanceScorer, ScoringContext, StrategyError};
 
 use crate::strategies::{Builtin, Factory};
@@ -23,13 +25,18 @@ impl ImportanceScorer for L2 {
         let d = g.head_dim;
         let mut scores = Vec::with_capacity(g.layers);
         for layer in 0..g.layers {
+            if g.heads[layer] == 0 {
+                scores.push(Vec::new());
+                continue;
+            }
             let get = |p: &str| ctx.tensor(&format!("model.layers.{layer}.self_attn.{p}.weight"));
             let (q, k, v, o) = (get("q_proj")?, get("k_proj")?, get("v_proj")?, get("o_proj")?);
             let group = g.heads[layer] / g.kv_heads[layer];
+            let q_rows = q.shape[0] / g.heads[layer];
             let row: Vec<f32> = (0..g.heads[layer])
                 .map(|h| {
                     let kv = h / group;
-                    let own = rows_sq(&q.data, q.shape[1], h * d..(h + 1) * d)
+                    let own = rows_sq(&q.data, q.shape[1], h * q_rows..(h + 1) * q_rows)
                         + cols_sq(&o.data, o.shape[1], h * d..(h + 1) * d);
                     let shared = rows_sq(&k.data, k.shape[1], kv * d..(kv + 1) * d)
                         + rows_sq(&v.data, v.shape[1], kv * d..(kv + 1) * d);
