@@ -11,26 +11,9 @@ fn recipe() -> String {
     root().join("examples/code.toml").to_str().unwrap().to_string()
 }
 
-/// Overrides that shrink the example recipe to seconds (and keep the guard from stopping a run whose
-/// two training steps cannot recover much).
-const SMALL: [&str; 12] = [
-    "--set",
-    "train.steps=2",
-    "--set",
-    "data.eval_windows=2",
-    "--set",
-    "score.calib_windows=2",
-    "--set",
-    "train.seq_len=64",
-    "--set",
-    "guard.max_increase=10.0",
-    "--set",
-    "guard.max_increase_over_baseline=10.0",
-];
-
 fn run_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["run", "-q", "--json", "--recipe", recipe().leak(), "--out", out];
-    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(&SMALL_RUN);
     args.extend_from_slice(extra);
     args
 }

@@ -275,22 +275,7 @@ fn merging_into_the_vision_layout_keeps_its_tower_byte_for_byte_and_its_layout()
     assert!(rel < 4e-3, "{name} merged off by {rel}");
 
     // The merged model evaluates as the base with the adapter applied (up to the bf16 rounding).
-    let data = data("code-valid.jsonl");
-    let eval = |extra: &[&str]| -> f64 {
-        let mut args = vec![
-            "eval",
-            "-q",
-            "--json",
-            "--data",
-            data.to_str().unwrap(),
-            "--seq-len",
-            "128",
-            "--max-windows",
-            "4",
-        ];
-        args.extend_from_slice(extra);
-        forge_json(&args)["perplexity"].as_f64().unwrap()
-    };
+    let eval = quick_perplexity;
     let (merged_ppl, applied, plain) =
         (eval(&["--model", o]), eval(&["--model", m, "--adapter", a]), eval(&["--model", m]));
     assert!((merged_ppl / applied - 1.0).abs() < 5e-3, "merged {merged_ppl} vs adapter applied {applied}");
@@ -522,22 +507,7 @@ fn pruned_full_attention_heads_agree_across_mask_compact_and_the_vision_layout()
     );
     let inspect = forge_json(&["inspect", "--json", "--model", compact.to_str().unwrap()]);
     assert_eq!(inspect["parameters"], compact_report["parameters_after"]);
-    let data = data("code-valid.jsonl");
-    let eval = |extra: &[&str]| -> f64 {
-        let mut args = vec![
-            "eval",
-            "-q",
-            "--json",
-            "--data",
-            data.to_str().unwrap(),
-            "--seq-len",
-            "128",
-            "--max-windows",
-            "4",
-        ];
-        args.extend_from_slice(extra);
-        forge_json(&args)["perplexity"].as_f64().unwrap()
-    };
+    let eval = quick_perplexity;
     let mask_file = masked.join("mask.json");
     let runs = [
         eval(&["--model", masked.to_str().unwrap()]),
@@ -557,7 +527,7 @@ fn a_small_recipe_runs_on_the_hybrid_and_writes_a_smaller_model() {
     let run = out.path().join("run");
     let (recipe, model) = (root().join("examples/code.toml"), tiny_qwen35());
     let model_key = format!("model={}", model.display());
-    let report = forge_json(&[
+    let mut args = vec![
         "run",
         "-q",
         "--json",
@@ -573,19 +543,9 @@ fn a_small_recipe_runs_on_the_hybrid_and_writes_a_smaller_model() {
         "prune.cycles=1",
         "--set",
         r#"train.adapter_options={ rank = 8, targets = "all-linear" }"#,
-        "--set",
-        "train.steps=2",
-        "--set",
-        "data.eval_windows=2",
-        "--set",
-        "score.calib_windows=2",
-        "--set",
-        "train.seq_len=64",
-        "--set",
-        "guard.max_increase=10.0",
-        "--set",
-        "guard.max_increase_over_baseline=10.0",
-    ]);
+    ];
+    args.extend_from_slice(&SMALL_RUN);
+    let report = forge_json(&args);
     assert!(report["parameters_after"].as_u64() < report["parameters_before"].as_u64(), "{report}");
     let inspect = forge_json(&["inspect", "--json", "--model", run.join("model").to_str().unwrap()]);
     let heads: Vec<usize> = serde_json::from_value(inspect["heads"].clone()).unwrap();

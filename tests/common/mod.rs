@@ -127,3 +127,39 @@ pub fn eval_reference_protocol(model: &std::path::Path, domain: &str) -> serde_j
         "32",
     ])
 }
+
+/// Overrides that shrink the example recipe to seconds (and keep the guard from stopping a run whose
+/// two training steps cannot recover much).
+pub const SMALL_RUN: [&str; 12] = [
+    "--set",
+    "train.steps=2",
+    "--set",
+    "data.eval_windows=2",
+    "--set",
+    "score.calib_windows=2",
+    "--set",
+    "train.seq_len=64",
+    "--set",
+    "guard.max_increase=10.0",
+    "--set",
+    "guard.max_increase_over_baseline=10.0",
+];
+
+/// Perplexity of a quick `forge eval` (code-valid, 4 windows of 128 tokens) with `extra` arguments
+/// (the model, and `--mask` or `--adapter`), for tests that compare models with each other.
+pub fn quick_perplexity(extra: &[&str]) -> f64 {
+    let data = data("code-valid.jsonl");
+    let mut args = vec![
+        "eval",
+        "-q",
+        "--json",
+        "--data",
+        data.to_str().unwrap(),
+        "--seq-len",
+        "128",
+        "--max-windows",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    forge_json(&args)["perplexity"].as_f64().unwrap()
+}
