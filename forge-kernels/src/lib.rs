@@ -10,14 +10,15 @@
 //! | [`rms_norm`] | `rms_norm_bf16` (+ backward) | one pass; no f32 copy of the activations |
 //! | [`rope_heads_first`] | `rope_bf16` (+ backward) | rotation and the heads-first transpose in one pass |
 //! | [`swiglu`] | `swiglu_bf16` (+ backward) | one pass instead of three |
-//! | [`gated_delta_rule`] | `gated_delta_rule_dk{32,64,128}` | Gated DeltaNet's recurrence with its inputs prepared in place |
+//! | [`gated_delta_rule`] | `gated_delta_prepare_bf16`, `gated_delta_rule_dk{32,64,128}` | Gated DeltaNet's recurrence, its inputs prepared in parallel first |
 //! | [`causal_conv_silu`] | `causal_conv_silu_bf16` | one pass for prompt and one-token step |
 //! | [`gated_rms_norm`] | `gated_rms_norm_bf16` | one pass instead of about twelve |
 //! | [`sigmoid_gate`] | `sigmoid_gate_bf16` | reads the gate where `q_proj` wrote it |
 //!
-//! The last four serve Qwen3.5's hybrid layers and have no backward yet (training through them is the
-//! next issue): their kernels run only where no input takes a gradient ([`forward_kernel`]), so a
-//! gradient is never silently dropped on the GPU path.
+//! The last four serve Qwen3.5's hybrid layers and have no CUDA backward yet: their kernels run only
+//! where no input takes a gradient (`forward_kernel`), so a gradient is never silently dropped.
+//! Training takes their elementary ops, and the delta rule's host backward
+//! ([`gated_delta_rule::backward`]).
 mod causal_conv;
 mod causal_softmax;
 pub mod checks;
