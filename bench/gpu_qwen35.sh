@@ -9,8 +9,9 @@
 #
 # The peer needs fla-core and flash-linear-attention importable (PYTHONPATH). LOADS=0 skips the load
 # measurements (each reloads the checkpoint: minutes at 27B) and AGAIN=0 only the second, warm ones;
-# WINDOWS (default 120) sets forge's eval windows. 0.8b and 9b with every target took about 8 of a
-# device call's 10 minutes on an H200 (2026-12-02), 1.5 fewer with AGAIN=0. forge's eval also prints the memory budget's predicted peak (predicted_peak_bytes), which
+# WINDOWS (default 120) sets forge's eval windows. On 2026-12-02 (H200), run after `forge kernels` and
+# the tiny-model checks under a 480 s timeout, the 0.8b finished and the 9b stopped in its loads (the
+# peer's first load alone took 66 s at 0.8b): give this script a device call of its own. forge's eval also prints the memory budget's predicted peak (predicted_peak_bytes), which
 # the table sets beside the measured one.
 set -uo pipefail
 forge=$1 peer=$2 data=$3 out=$4
