@@ -518,32 +518,16 @@ fn pruned_full_attention_heads_agree_across_mask_compact_and_the_vision_layout()
     assert!(runs[0] > eval(&["--model", m]), "removing half the heads cost nothing: {runs:?}");
 }
 
-/// `forge run` on the hybrid, shrunk to seconds: taylor scores over the full-attention heads, a KV
-/// group of gated attention removed, LoRA recovery through both layer kinds, and a final compact model
+/// `forge run` of `examples/qwen35-code.toml`, shrunk to seconds: taylor scores over the
+/// full-attention heads, a KV group of gated attention removed, LoRA recovery through both layer kinds, and a final compact model
 /// that loads with the heads it should have.
 #[test]
 fn a_small_recipe_runs_on_the_hybrid_and_writes_a_smaller_model() {
     let out = tempfile::tempdir().unwrap();
     let run = out.path().join("run");
-    let (recipe, model) = (root().join("examples/code.toml"), tiny_qwen35());
-    let model_key = format!("model={}", model.display());
-    let mut args = vec![
-        "run",
-        "-q",
-        "--json",
-        "--recipe",
-        recipe.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--set",
-        &model_key,
-        "--set",
-        "prune.ratio_per_cycle=0.25",
-        "--set",
-        "prune.cycles=1",
-        "--set",
-        r#"train.adapter_options={ rank = 8, targets = "all-linear" }"#,
-    ];
+    let recipe = root().join("examples/qwen35-code.toml");
+    let mut args =
+        vec!["run", "-q", "--json", "--recipe", recipe.to_str().unwrap(), "--out", run.to_str().unwrap()];
     args.extend_from_slice(&SMALL_RUN);
     let report = forge_json(&args);
     assert!(report["parameters_after"].as_u64() < report["parameters_before"].as_u64(), "{report}");
