@@ -49,7 +49,8 @@ struct GlobalArgs {
     #[arg(long, global = true)]
     seed: Option<u64>,
     /// Refuse work estimated to need more memory than this (e.g. 12GiB), before allocating it;
-    /// enforced by `forge run` [default on CUDA: the device's free memory].
+    /// enforced by `forge run` [default on CUDA: the device's free memory] and `forge eval` (which
+    /// also prints its estimate as `predicted_peak_bytes`).
     #[arg(long, global = true, value_name = "SIZE")]
     memory_budget: Option<String>,
     /// Load strategies from a plugin library (repeatable); libraries in the folders of
