@@ -28,6 +28,11 @@ impl ModelGeometry {
         }
     }
 
+    /// The layers with query heads (all but a hybrid's linear-attention layers), in order.
+    pub fn attending_layers(&self) -> Vec<usize> {
+        (0..self.layers).filter(|&l| self.heads[l] > 0).collect()
+    }
+
     /// Query heads summed over layers.
     pub fn total_heads(&self) -> usize {
         self.heads.iter().sum()

@@ -331,17 +331,30 @@ impl ModelConfig {
         }
     }
 
+    /// What mixes tokens in `layer`: full attention in the dense families, `layer_types` in a hybrid.
+    pub fn layer_kind(&self, layer: usize) -> LayerKind {
+        self.hybrid.as_ref().map_or(LayerKind::Full, |h| h.kinds[layer])
+    }
+
+    /// Rows of `q_proj` one query head owns: `head_dim`, or twice that in Qwen3.5's gated attention
+    /// (its query, then its output gate).
+    pub fn query_rows_per_head(&self) -> usize {
+        if self.hybrid.is_some() {
+            2 * self.head_dim
+        } else {
+            self.head_dim
+        }
+    }
+
     /// `(in, out)` of linear layer `module` (one of the model's `LINEAR_MODULES`) of `layer`; None
     /// where the layer has no such module (Qwen3.5: attention modules in its linear layers, Gated
     /// DeltaNet's in its full-attention ones).
     pub fn linear_dims(&self, layer: usize, module: &str) -> Option<(usize, usize)> {
         let (h, i) = (self.hidden, self.intermediate);
         let (q, kv) = (self.heads[layer] * self.head_dim, self.kv_heads[layer] * self.head_dim);
-        let linear = self.hybrid.as_ref().filter(|g| g.kinds[layer] == LayerKind::Linear);
-        // Qwen3.5's gated attention: q_proj gives each head its query and its gate.
-        let query_out = if self.hybrid.is_some() { 2 * q } else { q };
+        let linear = self.hybrid.as_ref().filter(|_| self.layer_kind(layer) == LayerKind::Linear);
         Some(match (module, linear) {
-            ("q_proj", None) => (h, query_out),
+            ("q_proj", None) => (h, self.heads[layer] * self.query_rows_per_head()),
             ("k_proj" | "v_proj", None) => (h, kv),
             ("o_proj", None) => (q, h),
             ("in_proj_qkv", Some(g)) => (h, g.conv_channels()),
@@ -357,8 +370,8 @@ impl ModelConfig {
     /// The attention geometry, as strategies see it: in a hybrid, the linear-attention layers have
     /// no query heads (0), so head scores and masks cover the full-attention layers alone.
     pub fn geometry(&self) -> forge_api::ModelGeometry {
-        let attends = |layer: usize| self.hybrid.as_ref().is_none_or(|h| h.kinds[layer] == LayerKind::Full);
         let only_attention = |counts: &[usize]| {
+            let attends = |l| self.layer_kind(l) == LayerKind::Full;
             counts.iter().enumerate().map(|(l, &n)| if attends(l) { n } else { 0 }).collect()
         };
         forge_api::ModelGeometry {

@@ -61,7 +61,7 @@ pub fn attention(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<
     };
     let gated = hybrid.is_some();
     Ok(Attention {
-        q_proj: linear(h, heads * d * if gated { 2 } else { 1 }, config.qkv_bias, vb.pp("q_proj"))?,
+        q_proj: linear(h, heads * config.query_rows_per_head(), config.qkv_bias, vb.pp("q_proj"))?,
         k_proj: linear(h, kv_heads * d, config.qkv_bias, vb.pp("k_proj"))?,
         v_proj: linear(h, kv_heads * d, config.qkv_bias, vb.pp("v_proj"))?,
         o_proj: linear(heads * d, h, config.o_bias, vb.pp("o_proj"))?,

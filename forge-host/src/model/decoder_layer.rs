@@ -40,7 +40,7 @@ pub fn decoder_layer(config: &ModelConfig, layer: usize, vb: WeightScope) -> Res
     let norm = |name: &str| rms_norm(config.hidden, config.rms_norm_eps, offset, vb.pp(name));
     // Loaded in checkpoint order, so a truncated checkpoint names its first missing tensor.
     let input_layernorm = norm("input_layernorm")?;
-    let mixer = match config.hybrid.as_ref().map_or(LayerKind::Full, |h| h.kinds[layer]) {
+    let mixer = match config.layer_kind(layer) {
         LayerKind::Full => Mixer::Attention(attention(config, layer, vb.pp("self_attn"))?),
         LayerKind::Linear => Mixer::Linear(gated_deltanet(config, vb.pp("linear_attn"))?),
     };

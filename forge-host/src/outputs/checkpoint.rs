@@ -93,16 +93,14 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
     let config = &folder.config;
     let geometry = config.geometry();
     mask.validate(&geometry).map_err(|e| bad_input!("mask: {e}"))?;
-    let d = config.head_dim;
-    // Qwen3.5's gated attention: each head owns 2d rows of q_proj (its query, then its gate).
-    let q_rows = if config.hybrid.is_some() { 2 * d } else { d };
+    let (d, q_rows) = (config.head_dim, config.query_rows_per_head());
     let mut tensors = stored_tensors(folder)?;
     if mode == SaveMode::Mask {
         zero_pruned_heads(&mut tensors, config, mask)?;
     }
     let (mut heads, mut kv_heads) = (config.heads.clone(), config.kv_heads.clone());
     // A hybrid's linear-attention layers have no heads to remove.
-    for layer in (0..config.layers).filter(|&l| geometry.heads[l] > 0) {
+    for layer in geometry.attending_layers() {
         let pruned = mask.pruned_in(layer);
         let key = |p: &str| format!("{}.layers.{layer}.self_attn.{p}", config.weight_prefix);
         let mut edit = |name: String, f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<()> {
@@ -171,10 +169,10 @@ pub fn compact_parameters(folder: &ModelFolder, mask: &HeadMask) -> Result<usize
     let c = &folder.config;
     let geometry = c.geometry();
     let per_head = c.head_dim * c.hidden;
-    // q rows (two blocks of them in a gated attention: query and gate) and o columns per query head.
-    let per_query_head = if c.hybrid.is_some() { 3 } else { 2 } * per_head as isize;
+    // Its q_proj rows (a gated head's query and gate) and o_proj columns per query head.
+    let per_query_head = ((c.query_rows_per_head() + c.head_dim) * c.hidden) as isize;
     let mut removed: isize = 0;
-    for layer in (0..c.layers).filter(|&l| geometry.heads[l] > 0) {
+    for layer in geometry.attending_layers() {
         let p = plan(layer, c.heads[layer], c.kv_heads[layer], mask.pruned_in(layer))?;
         // k and v rows per KV head (biases are negligible here).
         removed += (c.heads[layer] as isize - p.heads.len() as isize) * per_query_head;
@@ -249,8 +247,7 @@ fn set_head_counts(
     c.insert("head_dim".into(), model.head_dim.into());
     c.remove("forge_heads_per_layer");
     c.remove("forge_kv_heads_per_layer");
-    let geometry = model.geometry();
-    let attending: Vec<usize> = (0..model.layers).filter(|&l| geometry.heads[l] > 0).collect();
+    let attending = model.geometry().attending_layers();
     let (first_heads, first_kv) = (heads[attending[0]], kv_heads[attending[0]]);
     let uniform = attending.iter().all(|&l| heads[l] == first_heads && kv_heads[l] == first_kv);
     if uniform {

@@ -172,7 +172,7 @@ fn fused_eval_activations(c: &ModelConfig, batch: usize, seq: usize, bytes: u64)
     let mlp = 3 * tokens * c.intermediate as u64 * bytes;
     let heads = *c.heads.iter().max().unwrap_or(&1) as u64;
     let kv_heads = *c.kv_heads.iter().max().unwrap_or(&1) as u64;
-    let query_width = if c.hybrid.is_some() { 2 } else { 1 } * heads * c.head_dim as u64;
+    let query_width = heads * c.query_rows_per_head() as u64;
     let projections = 2 * tokens * (query_width + 2 * kv_heads * c.head_dim as u64) * bytes;
     let attention = projections + 2 * batch as u64 * heads * (seq as u64).pow(2) * bytes;
     let linear = linear_attention_transient(c, batch, seq, bytes);

@@ -19,6 +19,7 @@ fn units(
     whole_groups: bool,
 ) -> Vec<Unit> {
     let mut out = Vec::new();
+    // A layer without heads (a hybrid's linear-attention layer) offers no units.
     for layer in layers.filter(|&l| geometry.heads[l] > 0) {
         let size = if whole_groups { geometry.heads[layer] / geometry.kv_heads[layer] } else { 1 };
         for first in (0..geometry.heads[layer]).step_by(size) {

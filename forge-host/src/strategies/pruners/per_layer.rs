@@ -15,8 +15,7 @@ impl Pruner for PerLayer {
         target: PruneTarget,
     ) -> Result<HeadMask, StrategyError> {
         scores.validate(geometry)?;
-        // The layers with attention (all but a hybrid's linear-attention layers).
-        let attending: Vec<usize> = (0..geometry.layers).filter(|&l| geometry.heads[l] > 0).collect();
+        let attending = geometry.attending_layers();
         let layers = attending.len();
         let per_layer = match target {
             PruneTarget::Ratio(r) => {
