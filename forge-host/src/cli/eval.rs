@@ -50,8 +50,7 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let predicted = crate::pipeline::eval_estimate(
         &folder.config,
         folder.loaded_parameter_count(),
-        rt.dtype,
-        !rt.device.is_cpu() && rt.dtype == candle_core::DType::BF16,
+        (rt.dtype, &rt.device),
         (args.batch_size.min(args.max_windows.unwrap_or(usize::MAX)), args.seq_len),
     );
     crate::pipeline::check_budget(std::slice::from_ref(&predicted), rt.memory_budget)?;

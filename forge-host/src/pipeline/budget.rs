@@ -10,7 +10,7 @@
 //! full-attention layers' scores grow with the square of the sequence, the linear-attention layers'
 //! recurrent state `(batch, value_heads, key_dim, value_dim)` in f32 is constant in it, beside their
 //! wider projections (the convolution's channels, the f32 outputs of the delta rule).
-use candle_core::DType;
+use candle_core::{DType, Device};
 
 use super::recipe::{Recipe, TrainState};
 use crate::autograd::rows_per_chunk;
@@ -63,7 +63,7 @@ fn linear_attention_transient(c: &ModelConfig, batch: usize, seq: usize, bytes: 
 
 /// Bytes of the recurrent state of one linear-attention layer for `batch` sequences (f32), what a
 /// generation cache keeps per layer whatever the length.
-pub fn recurrent_state(h: &crate::loader::Hybrid, batch: usize) -> u64 {
+fn recurrent_state(h: &crate::loader::Hybrid, batch: usize) -> u64 {
     (batch * h.value_heads * h.key_dim * h.value_dim * 4) as u64
 }
 
@@ -76,13 +76,12 @@ fn logits_chunk(c: &ModelConfig, rows: usize) -> u64 {
     (rows_per_chunk(c.vocab).min(rows) * c.vocab * 4 * 3) as u64
 }
 
-/// Estimates for every phase of `recipe` on a model of `config` run in `dtype` (`fused`: on forge's
-/// CUDA path, see [`eval_estimate`]).
+/// Estimates for every phase of `recipe` on a model of `config` run in `dtype` on `device`.
 pub fn estimate(
     recipe: &Recipe,
     config: &ModelConfig,
     parameters: u64,
-    (dtype, fused): (DType, bool),
+    (dtype, device): (DType, &Device),
     state: TrainState,
 ) -> Vec<Estimate> {
     let bytes = dtype.size_in_bytes() as u64;
@@ -113,7 +112,7 @@ pub fn estimate(
             parts: vec![("weights", weights), ("overhead", OVERHEAD)],
             knob: "a smaller model or --dtype bf16",
         },
-        eval_estimate(config, parameters, dtype, fused, (4, recipe.data.eval_seq_len)),
+        eval_estimate(config, parameters, (dtype, device), (4, recipe.data.eval_seq_len)),
         Estimate {
             phase: "score",
             parts: vec![("weights", weights), ("activations and gradients", score), ("overhead", OVERHEAD)],
@@ -133,8 +132,8 @@ pub fn estimate(
 }
 
 /// The eval phase's estimate, for `batch` windows of `seq` tokens a forward pass (what `forge eval
-/// --memory-budget` checks, and `forge run` with its eval batch of 4). `fused` is forge's CUDA path
-/// (bf16 on a GPU: the fused softmax, norm and NLL kernels), whose peak is counted tensor by tensor:
+/// --memory-budget` checks, and `forge run` with its eval batch of 4). On forge's CUDA path (bf16 on a
+/// GPU: the fused softmax, norm and NLL kernels) the peak is counted tensor by tensor:
 /// the residual stream plus the largest of one layer's parts and the lm_head chunk, since a layer's
 /// tensors are freed before the next. Elsewhere the conservative per-layer transient serves, and the
 /// process overhead (the CPU's peak is the whole process's resident set; a GPU pool's holds tensors
@@ -142,11 +141,11 @@ pub fn estimate(
 pub fn eval_estimate(
     config: &ModelConfig,
     parameters: u64,
-    dtype: DType,
-    fused: bool,
+    (dtype, device): (DType, &Device),
     (batch, seq): (usize, usize),
 ) -> Estimate {
     let bytes = dtype.size_in_bytes() as u64;
+    let fused = !device.is_cpu() && dtype == DType::BF16;
     let (activations, overhead) = if fused {
         (fused_eval_activations(config, batch, seq, bytes), GPU_OVERHEAD)
     } else {

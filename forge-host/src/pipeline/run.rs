@@ -23,8 +23,8 @@ use crate::{bad_input, Error, Result};
 pub fn run(recipe: &Recipe, registry: &Registry, opts: &RunOptions) -> Result<RunReport> {
     let base = ModelFolder::open(&recipe.model).map_err(|e| bad_input!("recipe key `model`: {e}"))?;
     let state = recipe.validate(registry, &base.config)?;
-    let fused = !opts.device.is_cpu() && opts.dtype == candle_core::DType::BF16;
-    let estimates = estimate(recipe, &base.config, base.loaded_parameter_count(), (opts.dtype, fused), state);
+    let estimates =
+        estimate(recipe, &base.config, base.loaded_parameter_count(), (opts.dtype, &opts.device), state);
     let budget = opts.budget.or_else(|| {
         if opts.device.is_cpu() {
             None
