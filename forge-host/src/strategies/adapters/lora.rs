@@ -57,31 +57,24 @@ impl LoraConfig {
                 "option `dropout` of adapter `lora` is {dropout}; it must be in [0, 1)"
             )));
         }
+        let (targets, named) = parse_targets(o.string("targets"))?;
         Ok(LoraConfig {
             rank,
             alpha: o.values()["alpha"].as_f64().unwrap_or(2.0 * rank as f64),
             dropout,
             rslora: o.bool("rslora"),
-            targets: parse_targets(o.string("targets"))?,
-            named: named_targets(o.string("targets")),
+            targets,
+            named,
         })
     }
 }
 
-/// `q_proj,v_proj`, `attention`, `mlp` or `all-linear` → module names, checked.
-/// The module names among `text`'s targets, apart from the groups.
-fn named_targets(text: &str) -> Vec<String> {
-    let groups = ["all-linear", "attention", "mlp"];
-    text.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && !groups.contains(t))
-        .map(String::from)
-        .collect()
-}
-
-fn parse_targets(text: &str) -> Result<Vec<String>, StrategyError> {
+/// `q_proj,v_proj`, `attention`, `mlp` or `all-linear` → module names, checked; and, apart, the
+/// modules named one by one (each must be in some layer, where a group's need not).
+fn parse_targets(text: &str) -> Result<(Vec<String>, Vec<String>), StrategyError> {
     let known: Vec<&str> = LINEAR_MODULES.iter().map(|m| m.0).collect();
     let mut out: Vec<String> = Vec::new();
+    let mut named: Vec<String> = Vec::new();
     for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let of_parents = |parents: &[&str]| -> Vec<&str> {
             LINEAR_MODULES.iter().filter(|m| parents.contains(&m.1)).map(|m| m.0).collect()
@@ -90,7 +83,10 @@ fn parse_targets(text: &str) -> Result<Vec<String>, StrategyError> {
             "all-linear" => known.clone(),
             "attention" => of_parents(&["self_attn", "linear_attn"]),
             "mlp" => of_parents(&["mlp"]),
-            name if known.contains(&name) => vec![name],
+            name if known.contains(&name) => {
+                named.push(name.to_string());
+                vec![name]
+            }
             other => {
                 return Err(StrategyError::bad_input(format!(
                     "LoRA target `{other}` is not a linear layer; use {}, attention, mlp or all-linear",
@@ -107,7 +103,7 @@ fn parse_targets(text: &str) -> Result<Vec<String>, StrategyError> {
     if out.is_empty() {
         return Err(StrategyError::bad_input("option `targets` of adapter `lora` names no layer"));
     }
-    Ok(out)
+    Ok((out, named))
 }
 
 /// One adapted layer.
@@ -217,11 +213,16 @@ fn wire(
             modules.push((path, lora));
         }
     }
-    check_targets_exist(&config.named, |t| modules.iter().any(|(path, _)| path.ends_with(&format!(".{t}"))))?;
+    check_targets_exist(&config.named, |t| adapts(&modules, t))?;
     if modules.is_empty() {
         return Err(bad_input!("no LoRA target ({}) is a layer of this model", config.targets.join(", ")));
     }
     Ok(AttachedLora { config, modules, training })
+}
+
+/// Whether `modules` (checkpoint paths and their adapters) include a module named `target`.
+fn adapts<T>(modules: &[(String, T)], target: &str) -> bool {
+    modules.iter().any(|(path, _)| path.rsplit('.').next() == Some(target))
 }
 
 /// Refuses a target module named one by one that no layer of the model has (`in_proj_qkv` in a
@@ -301,11 +302,7 @@ impl AttachedAdapter for AttachedLora {
         }
         let c = &self.config;
         // The modules adapted, as PEFT lists them: a group's names that this model lacks are left out.
-        let wired: Vec<&String> = c
-            .targets
-            .iter()
-            .filter(|t| self.modules.iter().any(|(p, _)| p.ends_with(&format!(".{t}"))))
-            .collect();
+        let wired: Vec<&String> = c.targets.iter().filter(|t| adapts(&self.modules, t)).collect();
         write_adapter_files(
             dir,
             &tensors,
@@ -348,20 +345,21 @@ pub(super) fn load(
     if config["fan_in_fan_out"].as_bool() == Some(true) {
         return Err(bad("`fan_in_fan_out: true` (Conv1D-style weights) is not supported"));
     }
-    let targets = match &config["target_modules"] {
+    let listed = match &config["target_modules"] {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Array(items) => {
             items.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(",")
         }
         _ => return Err(bad("`target_modules` must be a list of module names")),
     };
+    let (targets, named) = parse_targets(&listed).map_err(|e| bad(&e.to_string()))?;
     let lora = LoraConfig {
         rank,
         alpha: config["lora_alpha"].as_f64().ok_or_else(|| bad("`lora_alpha` is missing"))?,
         dropout: config["lora_dropout"].as_f64().unwrap_or(0.0),
         rslora: config["use_rslora"].as_bool().unwrap_or(false),
-        targets: parse_targets(&targets).map_err(|e| bad(&e.to_string()))?,
-        named: named_targets(&targets),
+        targets,
+        named,
     };
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
     let store = crate::loader::WeightStore::open_files(std::slice::from_ref(&weights_path))?;
@@ -406,7 +404,7 @@ mod tests {
     #[test]
     fn targets_expand_groups_and_refuse_unknown_layers() {
         assert_eq!(
-            parse_targets("attention").unwrap(),
+            parse_targets("attention").unwrap().0,
             [
                 "q_proj",
                 "k_proj",
@@ -419,9 +417,9 @@ mod tests {
                 "out_proj"
             ]
         );
-        assert_eq!(named_targets("q_proj, mlp,all-linear"), ["q_proj"]);
+        assert_eq!(parse_targets("q_proj, mlp,all-linear").unwrap().1, ["q_proj"]);
         assert_eq!(
-            parse_targets("q_proj, mlp,q_proj").unwrap(),
+            parse_targets("q_proj, mlp,q_proj").unwrap().0,
             ["q_proj", "gate_proj", "up_proj", "down_proj"]
         );
         let err = parse_targets("qkv").unwrap_err().to_string();
