@@ -103,18 +103,19 @@ fn backward_head(head: &Head, d_o: &[f32], dk: usize, dv: usize) -> HeadGrads {
     let mut ds = vec![0f32; dk * dv];
     for (c, start) in starts.iter().enumerate().rev() {
         let (from, to) = (c * CHUNK, ((c + 1) * CHUNK).min(seq));
-        // The states before each token of the chunk, recomputed.
-        let mut before = Vec::with_capacity(to - from);
+        // Each token's state after it, with its u and δ, recomputed from the chunk's start.
         let mut s = start.clone();
-        for t in from..to {
-            before.push(s.clone());
-            step(&mut s, row(&head.k, t, dk), row(&head.v, t, dv), head.g[t], head.beta[t], dv);
-        }
+        let steps: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (from..to)
+            .map(|t| {
+                let (u, delta) =
+                    step(&mut s, row(&head.k, t, dk), row(&head.v, t, dv), head.g[t], head.beta[t], dv);
+                (s.clone(), u, delta)
+            })
+            .collect();
         for t in (from..to).rev() {
-            let mut s = before[t - from].clone();
+            let (s, u, delta) = &steps[t - from];
             let (q, k, v, d_o) =
                 (row(&head.q, t, dk), row(&head.k, t, dk), row(&head.v, t, dv), row(d_o, t, dv));
-            let (u, delta) = step(&mut s, k, v, head.g[t], head.beta[t], dv);
             let beta = head.beta[t];
             for i in 0..dk {
                 for j in 0..dv {
