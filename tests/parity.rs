@@ -7,7 +7,6 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use forge_host::generate::{generate, SamplingConfig};
 use forge_host::loader::ModelFolder;
 use forge_host::model::CausalLm;
 
@@ -40,29 +39,7 @@ fn tiny_llama_logits_match_transformers() {
 
 #[test]
 fn greedy_continuations_match_transformers_token_for_token() {
-    let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("reference/tiny-qwen3.json")).unwrap()).unwrap();
-    let folder = ModelFolder::open(&tiny_qwen3()).unwrap();
-    let model = CausalLm::load(&folder, DType::F32, &Device::Cpu).unwrap();
-    let tokenizer = folder.tokenizer().unwrap();
-    for case in reference["greedy"].as_array().unwrap() {
-        let ids = |key: &str| -> Vec<u32> {
-            case[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
-        };
-        let prompt = tokenizer.encode(case["prompt"].as_str().unwrap()).unwrap();
-        assert_eq!(prompt, ids("prompt_ids"), "tokenization of {:?}", case["prompt"]);
-        let want = ids("greedy_ids");
-        let config = SamplingConfig {
-            max_new_tokens: want.len(),
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 0,
-            stop_token: None,
-        };
-        let got = generate(&model, &prompt, &config).unwrap();
-        assert_eq!(got, want, "greedy continuation of {:?}", case["prompt"]);
-        assert_eq!(tokenizer.decode(&got).unwrap(), case["greedy_text"].as_str().unwrap());
-    }
+    assert_greedy_matches(&tiny_qwen3(), "tiny-qwen3.json");
 }
 
 #[test]

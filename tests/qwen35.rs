@@ -6,7 +6,6 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use forge_host::generate::{generate, SamplingConfig};
 use forge_host::loader::ModelFolder;
 use forge_host::model::{CausalLm, KvCache};
 
@@ -42,29 +41,7 @@ fn logits_match_transformers_in_both_layouts() {
 
 #[test]
 fn greedy_continuations_match_transformers_through_the_recurrent_state() {
-    let (folder, model) = load(&tiny_qwen35());
-    let tokenizer = folder.tokenizer().unwrap();
-    for case in reference()["greedy"].as_array().unwrap() {
-        let ids = |key: &str| -> Vec<u32> {
-            case[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
-        };
-        let prompt = tokenizer.encode(case["prompt"].as_str().unwrap()).unwrap();
-        assert_eq!(prompt, ids("prompt_ids"), "tokenization of {:?}", case["prompt"]);
-        let want = ids("greedy_ids");
-        let config = SamplingConfig {
-            max_new_tokens: want.len(),
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 0,
-            stop_token: None,
-        };
-        assert_eq!(
-            generate(&model, &prompt, &config).unwrap(),
-            want,
-            "greedy continuation of {:?}",
-            case["prompt"]
-        );
-    }
+    assert_greedy_matches(&tiny_qwen35(), "tiny-qwen35.json");
 }
 
 #[test]

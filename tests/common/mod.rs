@@ -163,3 +163,34 @@ pub fn quick_perplexity(extra: &[&str]) -> f64 {
     args.extend_from_slice(extra);
     forge_json(&args)["perplexity"].as_f64().unwrap()
 }
+
+/// Greedy decoding of `model` (f32, CPU) against the reference file's `greedy` cases: the prompt's
+/// tokenization, the new tokens one for one, and their text.
+pub fn assert_greedy_matches(model: &std::path::Path, reference: &str) {
+    use forge_host::generate::{generate, SamplingConfig};
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(&format!("reference/{reference}"))).unwrap()).unwrap();
+    let folder = forge_host::loader::ModelFolder::open(model).unwrap();
+    let model =
+        forge_host::model::CausalLm::load(&folder, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
+    let tokenizer = folder.tokenizer().unwrap();
+    for case in reference["greedy"].as_array().unwrap() {
+        let ids = |key: &str| -> Vec<u32> {
+            case[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+        };
+        let prompt = tokenizer.encode(case["prompt"].as_str().unwrap()).unwrap();
+        assert_eq!(prompt, ids("prompt_ids"), "tokenization of {:?}", case["prompt"]);
+        let want = ids("greedy_ids");
+        let config = SamplingConfig {
+            max_new_tokens: want.len(),
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_token: None,
+        };
+        let got = generate(&model, &prompt, &config).unwrap();
+        assert_eq!(got, want, "greedy continuation of {:?}", case["prompt"]);
+        assert_eq!(tokenizer.decode(&got).unwrap(), case["greedy_text"].as_str().unwrap());
+    }
+}

@@ -6,7 +6,7 @@
 //!    they serve (key head i serves value heads `i·r … i·r + r − 1`, `r = value_heads / key_heads`);
 //! 3. `β = sigmoid(in_proj_b x)`, the decay `g = −exp(A_log) · softplus(in_proj_a x + dt_bias)`;
 //! 4. the gated delta rule (forge-kernels' `gated_delta_rule`, which also does steps 2 and 3: chunked
-//!    for a prompt, recurrent for one token with a state; one CUDA kernel for all of it);
+//!    for a prompt, recurrent for one token with a state; on CUDA, two kernels for all of it);
 //! 5. a gated RMS norm per value head, `w · norm(o) · silu(z)` with `z = in_proj_z x` (this norm scales
 //!    by `w`, not `1 + w`), then `out_proj`.
 //!
