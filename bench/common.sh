@@ -2,11 +2,12 @@
 # stdout line (a JSON object), tagged with TOOL and WHAT, to $results; a failure is recorded, not fatal.
 record() {
   local tool=$1 what=$2; shift 2
-  local line status
+  local line status start=$SECONDS
   # Callers set -o pipefail, so the status is the command's, not tail's.
   line=$("$@" 2>>"$out/stderr.log" | tail -1); status=$?
+  # wall_s (the whole command, loading included) is what a one-call plan has to fit into the device's limit.
   if [ "$status" -eq 0 ] && [ -n "$line" ]; then
-    python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d.pop("losses", None); d.update(tool=sys.argv[1], what=sys.argv[2]); print(json.dumps(d))' "$tool" "$what" "$line" >> "$results"
+    python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d.pop("losses", None); d.update(tool=sys.argv[1], what=sys.argv[2], wall_s=int(sys.argv[4])); print(json.dumps(d))' "$tool" "$what" "$line" $((SECONDS - start)) >> "$results"
   else
     echo "{\"tool\": \"$tool\", \"what\": \"$what\", \"error\": \"exit $status (see stderr.log)\"}" >> "$results"
   fi
