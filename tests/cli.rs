@@ -326,7 +326,7 @@ fn a_mask_naming_a_missing_head_is_refused() {
     let mask = dir.path().join("mask.json");
     std::fs::write(&mask, r#"{"pruned": {"3": [9]}}"#).unwrap();
     let err = eval_refuses(&data("code-valid.jsonl"), &["--mask", mask.to_str().unwrap()]);
-    assert!(err.contains("head 9 of layer 3 does not exist: that layer has heads 0..=7"), "{err}");
+    assert!(err.contains("head 9 of layer 3 does not exist: that layer has query heads 0..=7"), "{err}");
 }
 
 #[test]

@@ -327,7 +327,7 @@ fn a_failing_or_panicking_strategy_exits_2_and_writes_nothing() {
     for (scorer, says) in [
         ("fails", "scorer `fails` of plugin {}: the faulty scorer gives up"),
         ("panics", "scorer `panics` of plugin {}: panicked: the faulty scorer panics"),
-        ("short", "scorer `short` of plugin {}: scores of layer 0 cover 7 heads; the layer has 8"),
+        ("short", "scorer `short` of plugin {}: scores of layer 0 cover 7 query heads; the layer has 8"),
     ] {
         let out = dir.path().join(format!("{scorer}.json"));
         let args = [

@@ -403,10 +403,10 @@ fn lora_trains_through_both_layer_kinds_with_or_without_checkpointing() {
     assert!(!adapter.keys().any(|k| k.contains("layers.0.self_attn") || k.contains("layers.3.linear_attn")));
 }
 
-/// Every built-in scorer scores the full-attention query heads (layers 3 and 7 of 8) and nothing in
-/// the Gated DeltaNet layers.
+/// Every built-in scorer scores both kinds of heads: the full-attention query heads of layers 3 and 7
+/// (`scores`) and the Gated DeltaNet value heads of the others (`linear`).
 #[test]
-fn every_scorer_scores_the_full_attention_heads_alone() {
+fn every_scorer_scores_both_kinds_of_heads() {
     let (m, code) = (tiny_qwen35(), data("code-valid.jsonl"));
     for scorer in ["l2", "random", "activation", "taylor"] {
         let report = forge_json(&[
@@ -422,11 +422,83 @@ fn every_scorer_scores_the_full_attention_heads_alone() {
             "--calib-windows",
             "2",
         ]);
-        let scores: Vec<Vec<f64>> = serde_json::from_value(report["scores"].clone()).unwrap();
-        let lens: Vec<usize> = scores.iter().map(Vec::len).collect();
-        assert_eq!(lens, [0, 0, 0, 8, 0, 0, 0, 8], "{scorer}");
-        assert!(scores.iter().flatten().all(|s| s.is_finite() && *s >= 0.0), "{scorer}: {scores:?}");
+        for (key, lens) in [("scores", [0, 0, 0, 8, 0, 0, 0, 8]), ("linear", [8, 8, 8, 0, 8, 8, 8, 0])] {
+            let scores: Vec<Vec<f64>> = serde_json::from_value(report[key].clone()).unwrap();
+            assert_eq!(scores.iter().map(Vec::len).collect::<Vec<_>>(), lens, "{scorer} {key}");
+            assert!(scores.iter().flatten().all(|s| s.is_finite() && *s >= 0.0), "{scorer}: {scores:?}");
+            let distinct =
+                scores.iter().flatten().map(|s| s.to_bits()).collect::<std::collections::BTreeSet<_>>();
+            assert!(distinct.len() > 8, "{scorer} {key}: scores do not tell heads apart: {scores:?}");
+        }
     }
+}
+
+/// `forge prune` of `model` into `out/name` with l2 scores, `--ratio 0.5` and pruner options `opts`;
+/// returns the folder and the report.
+fn prune_half(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    (name, pruner, opts, mode): (&str, &str, &[&str], &str),
+) -> (std::path::PathBuf, serde_json::Value) {
+    let dir = out.join(name);
+    let mut args = vec!["prune", "-q", "--json", "--model", model.to_str().unwrap(), "--pruner", pruner];
+    args.extend(["--scorer", "l2", "--ratio", "0.5", "--save-mode", mode, "--out", dir.to_str().unwrap()]);
+    opts.iter().for_each(|o| args.extend(["--pruner-opt", o]));
+    let report = forge_json(&args);
+    (dir, report)
+}
+
+/// The logits of `dir` against `base` under `mask`, as a relative difference.
+fn compact_vs_masked(dir: &std::path::Path, base: &std::path::Path, mask: &std::path::Path) -> f64 {
+    let ids = Tensor::new(&[[17u32, 912, 4, 1880, 33, 7, 250, 6001, 45, 45, 2, 900]], &Device::Cpu).unwrap();
+    let (_, compact) = load(dir);
+    let (_, mut masked) = load(base);
+    let mask = forge_api::HeadMask::from_json(&std::fs::read_to_string(mask).unwrap()).unwrap();
+    masked.apply_head_mask(&mask).unwrap();
+    rel_diff(&compact.logits(&ids, None).unwrap(), &masked.logits(&ids, None).unwrap())
+}
+
+/// Both kinds pruned, written compact two ways. Per-layer with whole groups keeps every layer of a
+/// kind alike, so the config stays standard (`linear_num_value_heads` 6 over 3 key heads); global
+/// without groups leaves layers uneven, so forge writes its per-layer keys and reads them back. Both
+/// give the logits of the base model under the mask, and the masked file (out_proj columns zeroed)
+/// evaluates as the mask does.
+#[test]
+fn pruned_linear_heads_agree_across_mask_and_compact_uniform_or_per_layer() {
+    let (out, m) = (tempfile::tempdir().unwrap(), tiny_qwen35());
+    let prune = |name, pruner, opts, mode| prune_half(&m, out.path(), (name, pruner, opts, mode));
+    let (uniform, report) =
+        prune("uniform", "per-layer", &["whole-groups=true", "linear-ratio=0.25"], "compact");
+    assert_eq!((report["heads_after"].as_u64(), report["linear_heads_after"].as_u64()), (Some(8), Some(36)));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(uniform.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (config["linear_num_value_heads"].as_u64(), config["linear_num_key_heads"].as_u64()),
+        (Some(6), Some(3))
+    );
+    assert!(config.get("forge_linear_num_value_heads_per_layer").is_none(), "{config}");
+    let (uneven, report) = prune("uneven", "global", &["linear-ratio=0.3"], "compact");
+    let (masked, _) = prune("masked", "global", &["linear-ratio=0.3"], "mask");
+    let per_layer: Vec<usize> = serde_json::from_value(
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(uneven.join("config.json")).unwrap())
+            .unwrap()["forge_linear_num_value_heads_per_layer"]
+            .clone(),
+    )
+    .unwrap();
+    assert!(per_layer.iter().any(|&n| n != per_layer[0]), "{per_layer:?}");
+    let inspect = forge_json(&["inspect", "--json", "--model", uneven.to_str().unwrap()]);
+    assert_eq!(inspect["parameters"], report["parameters_after"]);
+    for dir in [&uniform, &uneven] {
+        let diff = compact_vs_masked(dir, &m, &dir.join("mask.json"));
+        assert!(diff < 1e-4, "{}: compact logits differ from masked ones by {diff}", dir.display());
+    }
+    let mask = masked.join("mask.json");
+    let (file, flag) = (
+        quick_perplexity(&["--model", masked.to_str().unwrap()]),
+        quick_perplexity(&["--model", m.to_str().unwrap(), "--mask", mask.to_str().unwrap()]),
+    );
+    assert!((file / flag - 1.0).abs() < 1e-4, "{file} vs {flag}");
+    assert!(flag > quick_perplexity(&["--model", m.to_str().unwrap()]), "removing heads cost nothing");
 }
 
 /// Whole KV groups of the gated attention pruned from the vision layout: the masked model, the
@@ -437,29 +509,7 @@ fn pruned_full_attention_heads_agree_across_mask_compact_and_the_vision_layout()
     let (vl, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     write_tiny_qwen35_vl(vl.path());
     let m = vl.path().to_str().unwrap();
-    let prune = |mode: &str| -> (std::path::PathBuf, serde_json::Value) {
-        let dir = out.path().join(mode);
-        let report = forge_json(&[
-            "prune",
-            "-q",
-            "--json",
-            "--model",
-            m,
-            "--pruner",
-            "per-layer",
-            "--pruner-opt",
-            "whole-groups=true",
-            "--scorer",
-            "l2",
-            "--ratio",
-            "0.5",
-            "--save-mode",
-            mode,
-            "--out",
-            dir.to_str().unwrap(),
-        ]);
-        (dir, report)
-    };
+    let prune = |mode| prune_half(vl.path(), out.path(), (mode, "per-layer", &["whole-groups=true"], mode));
     let ((masked, report), (compact, compact_report)) = (prune("mask"), prune("compact"));
     assert_eq!(report["heads_before"], 16);
     assert_eq!(report["heads_after"], 8);
@@ -495,8 +545,8 @@ fn pruned_full_attention_heads_agree_across_mask_compact_and_the_vision_layout()
     assert!(runs[0] > eval(&["--model", m]), "removing half the heads cost nothing: {runs:?}");
 }
 
-/// `forge run` of `examples/qwen35-code.toml`, shrunk to seconds: taylor scores over the
-/// full-attention heads, a KV group of gated attention removed, LoRA recovery through both layer kinds, and a final compact model
+/// `forge run` of `examples/qwen35-code.toml`, shrunk to seconds: taylor scores over both kinds of
+/// heads, a KV group of gated attention and six Gated DeltaNet key heads removed, LoRA recovery through both layer kinds, and a final compact model
 /// that loads with the heads it should have.
 #[test]
 fn a_small_recipe_runs_on_the_hybrid_and_writes_a_smaller_model() {
@@ -512,5 +562,10 @@ fn a_small_recipe_runs_on_the_hybrid_and_writes_a_smaller_model() {
     let heads: Vec<usize> = serde_json::from_value(inspect["heads"].clone()).unwrap();
     // One whole group (4 query heads) gone from layer 3 or 7; the linear layers carry 8, unused.
     assert_eq!(heads[3] + heads[7], 12, "{heads:?}");
+    // A quarter of the 48 value heads gone, in whole key heads (2 value heads each).
+    let value_heads: Vec<usize> = serde_json::from_value(inspect["linear_attention"]["value_heads"].clone())
+        .unwrap_or_else(|_| vec![8; 6]);
+    assert_eq!(value_heads.iter().sum::<usize>(), 36, "{inspect}");
+    assert!(value_heads.iter().all(|v| v % 2 == 0), "{value_heads:?}");
     assert_eq!(inspect["layer_pattern"], "LLLFLLLF");
 }

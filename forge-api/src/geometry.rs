@@ -1,6 +1,41 @@
 use serde::{Deserialize, Serialize};
 
-/// The shape of a decoder's attention, which is what head scores and head masks are laid out over.
+/// The two kinds of prunable heads. Each kind has its own counts, scores and mask entries, with the
+/// same shape of rule: a head serves through a shared group (a KV head of attention, a key head of
+/// Gated DeltaNet), and the group goes when all its heads go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HeadKind {
+    /// A full-attention query head (its query and gate rows of `q_proj`, its `o_proj` columns);
+    /// its group is a key/value head. Mask key `pruned`.
+    Attention,
+    /// A linear-attention (Gated DeltaNet) value head (its value slice of `in_proj_qkv` and
+    /// `conv1d`, its rows of `in_proj_z/b/a`, `dt_bias` and `A_log`, its `out_proj` columns); its
+    /// group is the key head that serves it. Mask key `pruned_linear_heads`.
+    Linear,
+}
+
+impl HeadKind {
+    /// Both kinds, attention first.
+    pub const ALL: [HeadKind; 2] = [HeadKind::Attention, HeadKind::Linear];
+
+    /// The mask file's key for heads of this kind.
+    pub fn mask_key(self) -> &'static str {
+        match self {
+            HeadKind::Attention => "pruned",
+            HeadKind::Linear => "pruned_linear_heads",
+        }
+    }
+
+    /// How messages name a head of this kind.
+    pub fn noun(self) -> &'static str {
+        match self {
+            HeadKind::Attention => "query head",
+            HeadKind::Linear => "linear-attention value head",
+        }
+    }
+}
+
+/// The shape of a decoder's heads, which is what head scores and head masks are laid out over.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelGeometry {
     /// Number of decoder layers.
@@ -14,6 +49,13 @@ pub struct ModelGeometry {
     pub head_dim: usize,
     /// Width of the residual stream.
     pub hidden: usize,
+    /// Linear-attention value heads of each layer (0 in a layer without linear attention; empty in a
+    /// model without any).
+    #[serde(default)]
+    pub linear_heads: Vec<usize>,
+    /// Linear-attention key heads of each layer; each serves a consecutive group of value heads.
+    #[serde(default)]
+    pub linear_key_heads: Vec<usize>,
 }
 
 impl ModelGeometry {
@@ -25,6 +67,18 @@ impl ModelGeometry {
             kv_heads: vec![kv_heads; layers],
             head_dim,
             hidden,
+            linear_heads: Vec::new(),
+            linear_key_heads: Vec::new(),
+        }
+    }
+
+    /// Heads of `kind` in each layer and their groups (KV heads, key heads); all 0 for a kind the
+    /// model lacks.
+    pub fn of(&self, kind: HeadKind) -> (Vec<usize>, Vec<usize>) {
+        let per_layer = |v: &[usize]| (0..self.layers).map(|l| v.get(l).copied().unwrap_or(0)).collect();
+        match kind {
+            HeadKind::Attention => (self.heads.clone(), self.kv_heads.clone()),
+            HeadKind::Linear => (per_layer(&self.linear_heads), per_layer(&self.linear_key_heads)),
         }
     }
 
@@ -36,5 +90,10 @@ impl ModelGeometry {
     /// Query heads summed over layers.
     pub fn total_heads(&self) -> usize {
         self.heads.iter().sum()
+    }
+
+    /// Linear-attention value heads summed over layers.
+    pub fn total_linear_heads(&self) -> usize {
+        self.linear_heads.iter().sum()
     }
 }

@@ -2,15 +2,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ModelGeometry;
+use crate::{HeadKind, ModelGeometry};
 
-/// Which query heads are removed, per layer: the content of a mask file,
-/// `{"pruned": {"<layer>": [<query head>, ...], ...}}`. Layers with nothing pruned may be absent.
+/// Which heads are removed, per layer: the content of a mask file,
+/// `{"pruned": {"<layer>": [<query head>, ...]}, "pruned_linear_heads": {"<layer>": [<value head>, ...]}}`.
+/// Layers with nothing pruned may be absent, and so may `pruned_linear_heads`. A pruned head's output
+/// never reaches `o_proj` (query heads) or `out_proj` (linear-attention value heads).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadMask {
     /// Layer index → pruned query heads of that layer, sorted and unique once validated.
     pub pruned: BTreeMap<usize, Vec<usize>>,
+    /// Layer index → pruned linear-attention value heads of that layer (Qwen3.5's Gated DeltaNet).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pruned_linear_heads: BTreeMap<usize, Vec<usize>>,
 }
 
 /// Why a mask does not fit a model.
@@ -18,7 +23,10 @@ pub struct HeadMask {
 #[non_exhaustive]
 pub enum HeadMaskError {
     /// The mask text is not a valid mask file.
-    #[error("not a mask file ({0}); expected {{\"pruned\": {{\"<layer>\": [<head>, ...]}}}}")]
+    #[error(
+        "not a mask file ({0}); expected {{\"pruned\": {{\"<layer>\": [<head>, ...]}}}}, optionally with \
+         \"pruned_linear_heads\" of the same form"
+    )]
     Parse(String),
     /// The mask names a layer the model does not have.
     #[error("layer {layer} does not exist: the model has layers 0..={last}")]
@@ -28,23 +36,35 @@ pub enum HeadMaskError {
         /// The model's last layer.
         last: usize,
     },
+    /// The mask names a layer without heads of that kind.
+    #[error("layer {layer} has no {}s, but `{}` names it", kind.noun(), kind.mask_key())]
+    NoHeadsOfKind {
+        /// The layer.
+        layer: usize,
+        /// The kind of head the mask names there.
+        kind: HeadKind,
+    },
     /// The mask names a head the layer does not have.
-    #[error("head {head} of layer {layer} does not exist: that layer has heads 0..={last}")]
+    #[error("{} {head} of layer {layer} does not exist: that layer has {}s 0..={last}", kind.noun(), kind.noun())]
     NoSuchHead {
         /// The layer.
         layer: usize,
         /// The head named by the mask.
         head: usize,
-        /// The layer's last head.
+        /// The layer's last head of that kind.
         last: usize,
+        /// The kind of head.
+        kind: HeadKind,
     },
     /// The mask names a head twice.
-    #[error("head {head} of layer {layer} is listed twice")]
+    #[error("{} {head} of layer {layer} is listed twice", kind.noun())]
     Duplicate {
         /// The layer.
         layer: usize,
         /// The repeated head.
         head: usize,
+        /// The kind of head.
+        kind: HeadKind,
     },
 }
 
@@ -59,34 +79,68 @@ impl HeadMask {
         serde_json::to_string_pretty(self).expect("a map of integers always serialises")
     }
 
-    /// Checks every layer and head against the model, so a mask never silently misses its target.
+    /// Checks every layer and head of both kinds against the model, so a mask never silently misses
+    /// its target.
     pub fn validate(&self, geometry: &ModelGeometry) -> Result<(), HeadMaskError> {
-        for (&layer, heads) in &self.pruned {
-            let Some(&count) = geometry.heads.get(layer) else {
-                return Err(HeadMaskError::NoSuchLayer { layer, last: geometry.layers.saturating_sub(1) });
-            };
-            let mut seen = vec![false; count];
-            for &head in heads {
-                match seen.get_mut(head) {
-                    None => {
-                        return Err(HeadMaskError::NoSuchHead { layer, head, last: count.saturating_sub(1) })
+        for kind in HeadKind::ALL {
+            let (counts, _) = geometry.of(kind);
+            for (&layer, heads) in self.of(kind) {
+                let Some(&count) = counts.get(layer) else {
+                    return Err(HeadMaskError::NoSuchLayer {
+                        layer,
+                        last: geometry.layers.saturating_sub(1),
+                    });
+                };
+                if count == 0 && !heads.is_empty() {
+                    return Err(HeadMaskError::NoHeadsOfKind { layer, kind });
+                }
+                let mut seen = vec![false; count];
+                for &head in heads {
+                    match seen.get_mut(head) {
+                        None => return Err(HeadMaskError::NoSuchHead { layer, head, last: count - 1, kind }),
+                        Some(true) => return Err(HeadMaskError::Duplicate { layer, head, kind }),
+                        Some(s) => *s = true,
                     }
-                    Some(true) => return Err(HeadMaskError::Duplicate { layer, head }),
-                    Some(s) => *s = true,
                 }
             }
         }
         Ok(())
     }
 
-    /// Pruned heads of one layer (empty when the layer is untouched).
-    pub fn pruned_in(&self, layer: usize) -> &[usize] {
-        self.pruned.get(&layer).map(Vec::as_slice).unwrap_or(&[])
+    /// The pruned heads of `kind`, by layer.
+    pub fn of(&self, kind: HeadKind) -> &BTreeMap<usize, Vec<usize>> {
+        match kind {
+            HeadKind::Attention => &self.pruned,
+            HeadKind::Linear => &self.pruned_linear_heads,
+        }
     }
 
-    /// Number of pruned heads over all layers.
+    /// The pruned heads of `kind`, by layer, to change.
+    pub fn of_mut(&mut self, kind: HeadKind) -> &mut BTreeMap<usize, Vec<usize>> {
+        match kind {
+            HeadKind::Attention => &mut self.pruned,
+            HeadKind::Linear => &mut self.pruned_linear_heads,
+        }
+    }
+
+    /// Pruned query heads of one layer (empty when the layer is untouched).
+    pub fn pruned_in(&self, layer: usize) -> &[usize] {
+        self.pruned_of(HeadKind::Attention, layer)
+    }
+
+    /// Pruned heads of `kind` in one layer (empty when none).
+    pub fn pruned_of(&self, kind: HeadKind, layer: usize) -> &[usize] {
+        self.of(kind).get(&layer).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Number of pruned query heads over all layers.
     pub fn count(&self) -> usize {
-        self.pruned.values().map(Vec::len).sum()
+        self.count_of(HeadKind::Attention)
+    }
+
+    /// Number of pruned heads of `kind` over all layers.
+    pub fn count_of(&self, kind: HeadKind) -> usize {
+        self.of(kind).values().map(Vec::len).sum()
     }
 }
 
@@ -98,29 +152,62 @@ mod tests {
         ModelGeometry::uniform(2, 4, 2, 8, 32)
     }
 
+    /// Layer 0 attends (4 query heads), layer 1 is Gated DeltaNet (6 value heads, 3 key heads).
+    fn hybrid() -> ModelGeometry {
+        ModelGeometry {
+            heads: vec![4, 0],
+            kv_heads: vec![2, 0],
+            linear_heads: vec![0, 6],
+            linear_key_heads: vec![0, 3],
+            ..geometry()
+        }
+    }
+
     #[test]
     fn round_trips_through_json() {
         let mask = HeadMask::from_json(r#"{"pruned": {"0": [1, 3], "1": [0]}}"#).unwrap();
         assert_eq!(mask.pruned_in(0), &[1, 3]);
         assert_eq!(mask.count(), 3);
         assert_eq!(HeadMask::from_json(&mask.to_json()).unwrap(), mask);
+        assert!(!mask.to_json().contains("pruned_linear_heads"), "an attention-only mask keeps its old form");
         mask.validate(&geometry()).unwrap();
     }
 
     #[test]
+    fn carries_linear_heads_beside_query_heads() {
+        let mask =
+            HeadMask::from_json(r#"{"pruned": {"0": [2]}, "pruned_linear_heads": {"1": [0, 5]}}"#).unwrap();
+        mask.validate(&hybrid()).unwrap();
+        assert_eq!(mask.pruned_of(HeadKind::Linear, 1), &[0, 5]);
+        assert_eq!((mask.count(), mask.count_of(HeadKind::Linear)), (1, 2));
+        assert_eq!(HeadMask::from_json(&mask.to_json()).unwrap(), mask);
+    }
+
+    #[test]
     fn names_the_layer_or_head_that_does_not_exist() {
-        let bad_layer = HeadMask::from_json(r#"{"pruned": {"2": [0]}}"#).unwrap();
+        let err = |text: &str, g: &ModelGeometry| HeadMask::from_json(text).unwrap().validate(g).unwrap_err();
         assert_eq!(
-            bad_layer.validate(&geometry()).unwrap_err().to_string(),
+            err(r#"{"pruned": {"2": [0]}}"#, &geometry()).to_string(),
             "layer 2 does not exist: the model has layers 0..=1"
         );
-        let bad_head = HeadMask::from_json(r#"{"pruned": {"1": [4]}}"#).unwrap();
         assert_eq!(
-            bad_head.validate(&geometry()).unwrap_err().to_string(),
-            "head 4 of layer 1 does not exist: that layer has heads 0..=3"
+            err(r#"{"pruned": {"1": [4]}}"#, &geometry()).to_string(),
+            "query head 4 of layer 1 does not exist: that layer has query heads 0..=3"
         );
-        let twice = HeadMask::from_json(r#"{"pruned": {"1": [2, 2]}}"#).unwrap();
-        assert!(matches!(twice.validate(&geometry()), Err(HeadMaskError::Duplicate { layer: 1, head: 2 })));
+        let twice = err(r#"{"pruned": {"1": [2, 2]}}"#, &geometry());
+        assert!(matches!(twice, HeadMaskError::Duplicate { layer: 1, head: 2, kind: HeadKind::Attention }));
+        assert_eq!(
+            err(r#"{"pruned": {}, "pruned_linear_heads": {"0": [1]}}"#, &hybrid()).to_string(),
+            "layer 0 has no linear-attention value heads, but `pruned_linear_heads` names it"
+        );
+        assert_eq!(
+            err(r#"{"pruned": {}, "pruned_linear_heads": {"1": [6]}}"#, &hybrid()).to_string(),
+            "linear-attention value head 6 of layer 1 does not exist: that layer has linear-attention value heads 0..=5"
+        );
+        assert_eq!(
+            err(r#"{"pruned": {"1": [0]}}"#, &hybrid()).to_string(),
+            "layer 1 has no query heads, but `pruned` names it"
+        );
     }
 
     #[test]

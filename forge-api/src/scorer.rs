@@ -25,6 +25,16 @@ pub trait ScoringContext {
     fn head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError>;
     /// Mean entropy (nats) of each head's attention distribution, `[layer][head]`.
     fn attention_entropy(&mut self) -> Result<Vec<Vec<f32>>, StrategyError>;
+    /// [`ScoringContext::head_output_norms`] for a hybrid's linear-attention value heads (their
+    /// output through their own `out_proj` columns), `[layer][value head]`, empty rows elsewhere.
+    fn linear_head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Err(StrategyError::bad_input("this host offers no linear-attention probes"))
+    }
+    /// [`ScoringContext::head_mask_gradients`] for a hybrid's linear-attention value heads,
+    /// `[layer][value head]`, empty rows elsewhere.
+    fn linear_head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Err(StrategyError::bad_input("this host offers no linear-attention probes"))
+    }
 }
 
 /// Scores each (layer, query head) by how much it matters.

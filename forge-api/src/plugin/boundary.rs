@@ -145,6 +145,9 @@ impl ForgeGeometry {
             kv_heads: read(self.kv_heads),
             head_dim: self.head_dim as usize,
             hidden: self.hidden as usize,
+            // ABI 1.0 carries query heads only: a plugin sees no linear-attention heads.
+            linear_heads: Vec::new(),
+            linear_key_heads: Vec::new(),
         }
     }
 }

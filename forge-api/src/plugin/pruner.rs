@@ -28,7 +28,7 @@ unsafe extern "C" fn prune<T: Pruner>(
         if len != geometry.total_heads() {
             return Err(StrategyError::failed(format!("{len} scores for {} heads", geometry.total_heads())));
         }
-        let scores = HeadScores { scores: unflatten(slice(scores, len), &geometry.heads) };
+        let scores = HeadScores::attention(unflatten(slice(scores, len), &geometry.heads));
         let target = match target_kind {
             FORGE_TARGET_RATIO => PruneTarget::Ratio(target),
             FORGE_TARGET_COUNT => PruneTarget::Count(target as usize),

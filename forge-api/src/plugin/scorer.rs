@@ -204,7 +204,7 @@ impl ImportanceScorer for PluginScorer {
         self.0.call(|error| unsafe {
             (methods.score)(self.0.ptr, &host, flat.as_mut_ptr(), flat.len(), error)
         })?;
-        let scores = HeadScores { scores: unflatten(&flat, &geometry.heads) };
+        let scores = HeadScores::attention(unflatten(&flat, &geometry.heads));
         scores.validate(&geometry).map_err(|e| self.0.blame(e))?;
         Ok(scores)
     }

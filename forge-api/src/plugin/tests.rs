@@ -26,7 +26,7 @@ impl ImportanceScorer for Scaled {
             let q = ctx.tensor(&format!("q{layer}"))?;
             scores.push(row.iter().map(|e| e * self.0 + q.data[1] + ctx.seed() as f32).collect());
         }
-        Ok(HeadScores { scores })
+        Ok(HeadScores::attention(scores))
     }
 }
 
@@ -233,7 +233,7 @@ impl ScoringContext for MockScoring {
 }
 
 fn geometry() -> ModelGeometry {
-    ModelGeometry { layers: 2, heads: vec![2, 3], kv_heads: vec![1, 1], head_dim: 4, hidden: 8 }
+    ModelGeometry { heads: vec![2, 3], kv_heads: vec![1, 1], ..ModelGeometry::uniform(2, 0, 0, 4, 8) }
 }
 
 #[test]
@@ -303,7 +303,7 @@ fn a_panic_in_a_plugin_comes_back_as_an_error() {
 #[test]
 fn a_pruner_answers_with_a_mask() {
     let (lowest, options) = find(&plugin(), "lowest");
-    let scores = HeadScores { scores: vec![vec![5.0, 1.0], vec![0.5, 9.0, 2.0]] };
+    let scores = HeadScores::attention(vec![vec![5.0, 1.0], vec![0.5, 9.0, 2.0]]);
     let mask = lowest.pruner(&options).unwrap().prune(&scores, &geometry(), PruneTarget::Count(3)).unwrap();
     assert_eq!(mask.pruned, BTreeMap::from([(0, vec![1]), (1, vec![0, 2])]));
 }

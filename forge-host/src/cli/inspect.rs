@@ -70,6 +70,14 @@ fn uniform_or_list(values: &[usize]) -> serde_json::Value {
     }
 }
 
+/// The per-layer `counts` of a hybrid's linear-attention layers (the others have none).
+fn linear_only(c: &crate::loader::ModelConfig, counts: &[usize]) -> Vec<usize> {
+    (0..c.layers)
+        .filter(|&l| c.layer_kind(l) == crate::loader::LayerKind::Linear)
+        .map(|l| counts[l])
+        .collect()
+}
+
 pub fn run(args: InspectArgs) -> Result<()> {
     let folder = ModelFolder::open(&args.model)?;
     let c = &folder.config;
@@ -97,7 +105,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
         }),
         linear_attention: hybrid.map(|h| {
             serde_json::json!({
-                "key_heads": h.key_heads, "value_heads": h.value_heads, "key_dim": h.key_dim,
+                "key_heads": uniform_or_list(&linear_only(c, &h.key_heads)),
+                "value_heads": uniform_or_list(&linear_only(c, &h.value_heads)), "key_dim": h.key_dim,
                 "value_dim": h.value_dim, "conv_kernel": h.conv_kernel, "rotary_dim": h.rotary_dim,
             })
         }),
@@ -118,7 +127,13 @@ pub fn run(args: InspectArgs) -> Result<()> {
         if let (Some(pattern), Some(h)) = (&r.layer_pattern, hybrid) {
             text += &format!(
                 "\nlayers {pattern} (L: Gated DeltaNet, {} key × {} value heads of {}/{}, conv {}; F: gated attention, RoPE on {} of {} dims)",
-                h.key_heads, h.value_heads, h.key_dim, h.value_dim, h.conv_kernel, h.rotary_dim, r.head_dim
+                uniform_or_list(&linear_only(c, &h.key_heads)),
+                uniform_or_list(&linear_only(c, &h.value_heads)),
+                h.key_dim,
+                h.value_dim,
+                h.conv_kernel,
+                h.rotary_dim,
+                r.head_dim
             );
         }
         let kinds: Vec<String> =

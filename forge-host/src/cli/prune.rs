@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use forge_api::{HeadScores, Options, PruneTarget};
+use forge_api::{HeadKind, HeadScores, Options, PruneTarget};
 use serde::Serialize;
 
 use super::score::ScoringArgs;
 use super::{ModelArgs, Runtime};
+use crate::loader::ModelFolder;
+use crate::model::CausalLm;
 use crate::outputs::{heatmap_svg, save_pruned, write_atomic, SaveMode};
 use crate::strategies::Registry;
 use crate::{bad_input, Error, Result};
@@ -46,10 +48,16 @@ pub struct PruneArgs {
 
 #[derive(Serialize)]
 struct PruneReport {
-    /// The mask file's `pruned` map: layer → removed heads.
-    pruned: std::collections::BTreeMap<usize, Vec<usize>>,
+    /// The mask file's maps: `pruned` (layer → removed query heads) and, in a hybrid,
+    /// `pruned_linear_heads` (layer → removed linear-attention value heads).
+    #[serde(flatten)]
+    mask: forge_api::HeadMask,
     heads_before: usize,
     heads_after: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linear_heads_before: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linear_heads_after: Option<usize>,
     parameters_before: usize,
     parameters_after: usize,
     save_mode: SaveMode,
@@ -78,7 +86,69 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let folder = args.model.open(&[positions])?;
     let mut model = args.model.build(&folder, rt)?;
     let geometry = folder.config.geometry();
-    let scores = match (&args.scores, args.scoring.scorer()) {
+    let scores = scores_for(&args, registry, &folder, &mut model, rt)?;
+    let total = geometry.total_heads();
+    if let PruneTarget::Count(n) = target {
+        if n == 0 || n >= total {
+            return Err(bad_input!("--count is {n}; the model has {total} heads, so give 1..={}", total - 1));
+        }
+    }
+    let mask = pruner.prune(&scores, &geometry, target)?;
+    mask.validate(&geometry).map_err(|e| bad_input!("pruner `{}` returned a bad mask: {e}", args.pruner))?;
+    let saved = save_pruned(&folder, &mask, args.save_mode, &args.out)?;
+    let svg = heatmap_svg(
+        &scores,
+        Some(&mask),
+        &format!("{} query heads removed by {}", mask.count(), args.pruner),
+    );
+    let svg_path = args.out.join("scores.svg");
+    write_atomic(&svg_path, |tmp| std::fs::write(tmp, &svg).map_err(|e| Error::io(tmp, e)))?;
+    let linear_total = geometry.total_linear_heads();
+    let linear_left = (linear_total > 0).then(|| linear_total - mask.count_of(HeadKind::Linear));
+    let report = PruneReport {
+        heads_before: total,
+        heads_after: total - mask.count(),
+        linear_heads_before: (linear_total > 0).then_some(linear_total),
+        linear_heads_after: linear_left,
+        parameters_before: folder.weights.parameter_count(),
+        parameters_after: saved.parameters,
+        mask,
+        save_mode: args.save_mode,
+        scorer: args.scoring.scorer().map(String::from),
+        pruner: args.pruner.clone(),
+        pruner_options,
+        out: args.out.clone(),
+    };
+    super::emit(&report, args.json, |r| {
+        format!(
+            "removed {} of {} heads{} ({:?}); parameters {} → {}; wrote {}",
+            r.heads_before - r.heads_after,
+            r.heads_before,
+            match (r.linear_heads_before, r.linear_heads_after) {
+                (Some(before), Some(after)) => {
+                    format!(" and {} of {before} linear-attention value heads", before - after)
+                }
+                _ => String::new(),
+            },
+            r.save_mode,
+            r.parameters_before,
+            r.parameters_after,
+            r.out.display()
+        )
+    });
+    Ok(())
+}
+
+/// The scores to prune by: a scores file (`--scores`), else the scorer's on the model.
+fn scores_for(
+    args: &PruneArgs,
+    registry: &Registry,
+    folder: &ModelFolder,
+    model: &mut CausalLm,
+    rt: &Runtime,
+) -> Result<HeadScores> {
+    let geometry = folder.config.geometry();
+    Ok(match (&args.scores, args.scoring.scorer()) {
         (Some(path), _) => {
             let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             let scores: HeadScores = serde_json::from_slice(&text).map_err(|e| {
@@ -90,46 +160,9 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
             scores.validate(&geometry).map_err(|e| bad_input!("{}: {e}", path.display()))?;
             scores
         }
-        (None, Some(name)) => args.scoring.score(name, registry, &folder, &mut model, rt)?.0,
+        (None, Some(name)) => args.scoring.score(name, registry, folder, model, rt)?.0,
         (None, None) => {
             return Err(bad_input!("give --scorer NAME or --scores FILE to say which heads matter"))
         }
-    };
-    let total = geometry.total_heads();
-    if let PruneTarget::Count(n) = target {
-        if n == 0 || n >= total {
-            return Err(bad_input!("--count is {n}; the model has {total} heads, so give 1..={}", total - 1));
-        }
-    }
-    let mask = pruner.prune(&scores, &geometry, target)?;
-    mask.validate(&geometry).map_err(|e| bad_input!("pruner `{}` returned a bad mask: {e}", args.pruner))?;
-    let saved = save_pruned(&folder, &mask, args.save_mode, &args.out)?;
-    let svg =
-        heatmap_svg(&scores, Some(&mask), &format!("{} heads removed by {}", mask.count(), args.pruner));
-    let svg_path = args.out.join("scores.svg");
-    write_atomic(&svg_path, |tmp| std::fs::write(tmp, &svg).map_err(|e| Error::io(tmp, e)))?;
-    let report = PruneReport {
-        heads_before: total,
-        heads_after: total - mask.count(),
-        parameters_before: folder.weights.parameter_count(),
-        parameters_after: saved.parameters,
-        pruned: mask.pruned,
-        save_mode: args.save_mode,
-        scorer: args.scoring.scorer().map(String::from),
-        pruner: args.pruner.clone(),
-        pruner_options,
-        out: args.out.clone(),
-    };
-    super::emit(&report, args.json, |r| {
-        format!(
-            "removed {} of {} heads ({:?}); parameters {} → {}; wrote {}",
-            r.heads_before - r.heads_after,
-            r.heads_before,
-            r.save_mode,
-            r.parameters_before,
-            r.parameters_after,
-            r.out.display()
-        )
-    });
-    Ok(())
+    })
 }

@@ -120,7 +120,10 @@ pub struct ScoreArgs {
 struct ScoreReport<'a> {
     scorer: &'a str,
     options: &'a Options,
-    scores: &'a [Vec<f32>],
+    /// `scores` per query head and, in a hybrid, `linear` per linear-attention value head: the
+    /// scores file `forge prune --scores` reads back.
+    #[serde(flatten)]
+    scores: &'a HeadScores,
 }
 
 pub fn run(args: ScoreArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
@@ -133,7 +136,7 @@ pub fn run(args: ScoreArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let folder = args.model.open(&[positions])?;
     let mut model = args.model.build(&folder, rt)?;
     let (scores, options) = args.scoring.score(name, registry, &folder, &mut model, rt)?;
-    let report = ScoreReport { scorer: name, options: &options, scores: &scores.scores };
+    let report = ScoreReport { scorer: name, options: &options, scores: &scores };
     if let Some(path) = &args.out {
         write_json_atomic(path, &report)?;
     }
@@ -142,11 +145,16 @@ pub fn run(args: ScoreArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         write_atomic(path, |tmp| std::fs::write(tmp, &svg).map_err(|e| Error::io(tmp, e)))?;
     }
     super::emit(&report, args.json, |r| {
-        r.scores
-            .iter()
-            .enumerate()
-            .map(|(l, row)| {
-                format!("layer {l:>2}: {}", row.iter().map(|s| format!("{s:9.4}")).collect::<String>())
+        // A hybrid's layer shows the scores of its own mixer's heads.
+        let rows =
+            r.scores.scores.iter().zip(r.scores.linear.iter().map(Some).chain(std::iter::repeat(None)));
+        rows.enumerate()
+            .map(|(l, (row, linear))| {
+                let (row, tag) = match linear {
+                    Some(linear) if row.is_empty() => (linear, " (linear)"),
+                    _ => (row, ""),
+                };
+                format!("layer {l:>2}{tag}: {}", row.iter().map(|s| format!("{s:9.4}")).collect::<String>())
             })
             .collect::<Vec<_>>()
             .join("\n")

@@ -149,16 +149,27 @@ pub enum LayerKind {
     Linear,
 }
 
+impl LayerKind {
+    /// The kind of prunable head this layer's mixer has.
+    pub fn head_kind(self) -> forge_api::HeadKind {
+        match self {
+            LayerKind::Full => forge_api::HeadKind::Attention,
+            LayerKind::Linear => forge_api::HeadKind::Linear,
+        }
+    }
+}
+
 /// The hybrid geometry of a Qwen3.5 model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hybrid {
     /// Each layer's kind (`layer_types`).
     pub kinds: Vec<LayerKind>,
-    /// Key heads of the linear attention (`linear_num_key_heads`); each serves
-    /// `value_heads / key_heads` value heads.
-    pub key_heads: usize,
-    /// Value heads (`linear_num_value_heads`).
-    pub value_heads: usize,
+    /// Key heads of each layer's linear attention (`linear_num_key_heads`, or forge's
+    /// `forge_linear_num_key_heads_per_layer` after uneven pruning); each serves
+    /// `value_heads / key_heads` consecutive value heads. Read in linear-attention layers only.
+    pub key_heads: Vec<usize>,
+    /// Value heads of each layer (`linear_num_value_heads`, or `forge_linear_num_value_heads_per_layer`).
+    pub value_heads: Vec<usize>,
     /// Width of a key (and query) head (`linear_key_head_dim`).
     pub key_dim: usize,
     /// Width of a value head (`linear_value_head_dim`).
@@ -170,9 +181,14 @@ pub struct Hybrid {
 }
 
 impl Hybrid {
-    /// Channels of the causal convolution: queries, keys and values side by side.
-    pub fn conv_channels(&self) -> usize {
-        2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim
+    /// Channels of layer `layer`'s causal convolution: queries, keys and values side by side.
+    pub fn conv_channels(&self, layer: usize) -> usize {
+        2 * self.key_heads[layer] * self.key_dim + self.value_width(layer)
+    }
+
+    /// Width of layer `layer`'s values, all heads side by side.
+    pub fn value_width(&self, layer: usize) -> usize {
+        self.value_heads[layer] * self.value_dim
     }
 }
 
@@ -211,6 +227,9 @@ struct RawConfig {
     /// forge's extension for compact models pruned unevenly: query and key/value heads per layer.
     forge_heads_per_layer: Option<Vec<usize>>,
     forge_kv_heads_per_layer: Option<Vec<usize>>,
+    /// The same for a hybrid's linear-attention key and value heads.
+    forge_linear_num_key_heads_per_layer: Option<Vec<usize>>,
+    forge_linear_num_value_heads_per_layer: Option<Vec<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -357,29 +376,35 @@ impl ModelConfig {
             ("q_proj", None) => (h, self.heads[layer] * self.query_rows_per_head()),
             ("k_proj" | "v_proj", None) => (h, kv),
             ("o_proj", None) => (q, h),
-            ("in_proj_qkv", Some(g)) => (h, g.conv_channels()),
-            ("in_proj_z", Some(g)) => (h, g.value_heads * g.value_dim),
-            ("in_proj_b" | "in_proj_a", Some(g)) => (h, g.value_heads),
-            ("out_proj", Some(g)) => (g.value_heads * g.value_dim, h),
+            ("in_proj_qkv", Some(g)) => (h, g.conv_channels(layer)),
+            ("in_proj_z", Some(g)) => (h, g.value_width(layer)),
+            ("in_proj_b" | "in_proj_a", Some(g)) => (h, g.value_heads[layer]),
+            ("out_proj", Some(g)) => (g.value_width(layer), h),
             ("gate_proj" | "up_proj", _) => (h, i),
             ("down_proj", _) => (i, h),
             _ => return None,
         })
     }
 
-    /// The attention geometry, as strategies see it: in a hybrid, the linear-attention layers have
-    /// no query heads (0), so head scores and masks cover the full-attention layers alone.
+    /// The head geometry, as strategies see it: in a hybrid, the linear-attention layers have no
+    /// query heads (0) and the full-attention layers no linear-attention heads, so each kind's scores
+    /// and masks cover its own layers.
     pub fn geometry(&self) -> forge_api::ModelGeometry {
-        let only_attention = |counts: &[usize]| {
-            let attends = |l| self.layer_kind(l) == LayerKind::Full;
-            counts.iter().enumerate().map(|(l, &n)| if attends(l) { n } else { 0 }).collect()
+        let only = |kind: LayerKind, counts: &[usize]| -> Vec<usize> {
+            counts.iter().enumerate().map(|(l, &n)| if self.layer_kind(l) == kind { n } else { 0 }).collect()
+        };
+        let (linear_heads, linear_key_heads) = match &self.hybrid {
+            Some(h) => (only(LayerKind::Linear, &h.value_heads), only(LayerKind::Linear, &h.key_heads)),
+            None => (Vec::new(), Vec::new()),
         };
         forge_api::ModelGeometry {
             layers: self.layers,
-            heads: only_attention(&self.heads),
-            kv_heads: only_attention(&self.kv_heads),
+            heads: only(LayerKind::Full, &self.heads),
+            kv_heads: only(LayerKind::Full, &self.kv_heads),
             head_dim: self.head_dim,
             hidden: self.hidden,
+            linear_heads,
+            linear_key_heads,
         }
     }
 }
@@ -463,12 +488,7 @@ fn hybrid_config(raw: &RawConfig, layers: usize, head_dim: usize) -> Result<Hybr
     };
     let key_heads = need(raw.linear_num_key_heads, "linear_num_key_heads")?;
     let value_heads = need(raw.linear_num_value_heads, "linear_num_value_heads")?;
-    if value_heads % key_heads != 0 {
-        return Err(bad_input!(
-            "`linear_num_value_heads` ({value_heads}) is not a multiple of `linear_num_key_heads` ({key_heads}); \
-             each key head serves a whole group of value heads"
-        ));
-    }
+    let (key_heads, value_heads) = per_layer_linear_heads(raw, layers, key_heads, value_heads)?;
     let factor = raw
         .rope_parameters
         .as_ref()
@@ -490,6 +510,35 @@ fn hybrid_config(raw: &RawConfig, layers: usize, head_dim: usize) -> Result<Hybr
         conv_kernel: need(raw.linear_conv_kernel_dim, "linear_conv_kernel_dim")?,
         rotary_dim,
     })
+}
+
+/// Linear-attention key and value heads per layer: the config's counts, or forge's per-layer
+/// extension after uneven pruning; value heads a non-zero multiple of key heads in every layer.
+fn per_layer_linear_heads(
+    raw: &RawConfig,
+    layers: usize,
+    key_heads: usize,
+    value_heads: usize,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let k = raw.forge_linear_num_key_heads_per_layer.clone().unwrap_or_else(|| vec![key_heads; layers]);
+    let v = raw.forge_linear_num_value_heads_per_layer.clone().unwrap_or_else(|| vec![value_heads; layers]);
+    if k.len() != layers || v.len() != layers {
+        return Err(bad_input!(
+            "`forge_linear_num_key_heads_per_layer`/`forge_linear_num_value_heads_per_layer` must list {layers} \
+             layers (found {} and {})",
+            k.len(),
+            v.len()
+        ));
+    }
+    for (layer, (&k, &v)) in k.iter().zip(&v).enumerate() {
+        if k == 0 || v > MAX_DIM || v % k != 0 || v == 0 {
+            return Err(bad_input!(
+                "`linear_num_value_heads` ({v}) is not a multiple of `linear_num_key_heads` ({k}) (layer \
+                 {layer}); each key head serves a whole group of value heads"
+            ));
+        }
+    }
+    Ok((k, v))
 }
 
 fn per_layer_heads(

@@ -24,6 +24,13 @@ use forge_kernels::profile::section;
 pub trait AttentionObserver {
     /// Called once per layer per forward pass.
     fn observe(&mut self, layer: usize, probs: &Tensor, heads_out: &Tensor) -> candle_core::Result<()>;
+
+    /// Called once per linear-attention layer per forward pass with its value heads' outputs
+    /// `(batch, value heads, seq, value_dim)` after the gated norm and the head mask, as they enter
+    /// `out_proj`. Observers of attention probabilities alone need not look.
+    fn observe_linear(&mut self, _layer: usize, _heads_out: &Tensor) -> candle_core::Result<()> {
+        Ok(())
+    }
 }
 
 /// The attention block of one decoder layer.

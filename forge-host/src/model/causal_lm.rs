@@ -84,8 +84,9 @@ impl CausalLm {
         self.dtype
     }
 
-    /// Sets layer `layer`'s query-head mask: `(heads)`, 1 keeps a head, 0 removes it; fractional or
-    /// trainable values are allowed (scorers differentiate through it). None clears it.
+    /// Sets layer `layer`'s head mask: `(heads)` over its query heads, or over its value heads in a
+    /// linear-attention layer; 1 keeps a head, 0 removes it; fractional or trainable values are
+    /// allowed (scorers differentiate through it). None clears it.
     pub fn set_head_mask(&mut self, layer: usize, mask: Option<Tensor>) {
         self.head_masks[layer] = mask;
     }
@@ -95,15 +96,18 @@ impl CausalLm {
         self.head_masks[layer].as_ref()
     }
 
-    /// Applies a mask file's pruned heads as 0/1 masks on every layer.
+    /// Applies a mask file's pruned heads (query heads and linear-attention value heads) as 0/1
+    /// masks on every layer.
     pub fn apply_head_mask(&mut self, mask: &forge_api::HeadMask) -> Result<()> {
-        mask.validate(&self.config.geometry()).map_err(|e| bad_input!("mask: {e}"))?;
+        let geometry = self.config.geometry();
+        mask.validate(&geometry).map_err(|e| bad_input!("mask: {e}"))?;
         for layer in 0..self.config.layers {
-            let pruned = mask.pruned_in(layer);
+            let kind = self.config.layer_kind(layer).head_kind();
+            let pruned = mask.pruned_of(kind, layer);
             let keep = if pruned.is_empty() {
                 None
             } else {
-                let values: Vec<f32> = (0..self.config.heads[layer])
+                let values: Vec<f32> = (0..geometry.of(kind).0[layer])
                     .map(|h| if pruned.contains(&h) { 0.0 } else { 1.0 })
                     .collect();
                 Some(Tensor::new(values, &self.device)?.to_dtype(self.dtype)?)

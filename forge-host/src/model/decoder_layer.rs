@@ -42,7 +42,7 @@ pub fn decoder_layer(config: &ModelConfig, layer: usize, vb: WeightScope) -> Res
     let input_layernorm = norm("input_layernorm")?;
     let mixer = match config.layer_kind(layer) {
         LayerKind::Full => Mixer::Attention(attention(config, layer, vb.pp("self_attn"))?),
-        LayerKind::Linear => Mixer::Linear(gated_deltanet(config, vb.pp("linear_attn"))?),
+        LayerKind::Linear => Mixer::Linear(gated_deltanet(config, layer, vb.pp("linear_attn"))?),
     };
     Ok(DecoderLayer {
         input_layernorm,
@@ -101,6 +101,7 @@ impl DecoderLayer {
     }
 
     /// Runs the layer on `x` `(batch, seq, hidden)`; see [`Attention::forward`] for the other inputs.
+    /// `head_mask` covers the layer's mixer: query heads, or in a linear-attention layer value heads.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -113,7 +114,9 @@ impl DecoderLayer {
         let normed = self.input_layernorm.forward(x)?;
         let attended = match &self.mixer {
             Mixer::Attention(a) => a.forward(&normed, rope, past, head_mask, cache, observer)?,
-            Mixer::Linear(l) => section("linear attention", x.device(), || l.forward(&normed, cache))?,
+            Mixer::Linear(l) => {
+                section("linear attention", x.device(), || l.forward(&normed, head_mask, cache, observer))?
+            }
         };
         let x = (x + attended)?;
         let fed = section("mlp + norm", x.device(), || {

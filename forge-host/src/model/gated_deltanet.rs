@@ -8,7 +8,9 @@
 //! 4. the gated delta rule (forge-kernels' `gated_delta_rule`, which also does steps 2 and 3: chunked
 //!    for a prompt, recurrent for one token with a state; on CUDA, two kernels for all of it);
 //! 5. a gated RMS norm per value head, `w · norm(o) · silu(z)` with `z = in_proj_z x` (this norm scales
-//!    by `w`, not `1 + w`), then `out_proj`.
+//!    by `w`, not `1 + w`), then `out_proj`. A value head's mask (a pruned head, or a trainable mask
+//!    scorers differentiate through) multiplies its output here, so a pruned head never reaches
+//!    `out_proj`: the meaning of `pruned_linear_heads`.
 //!
 //! A layer cache holds the last `conv_kernel − 1` convolution inputs and the recurrent state (f32), so
 //! generation never recomputes the prompt.
@@ -17,6 +19,7 @@ use forge_kernels::gated_delta_rule::{Heads, Projections};
 use forge_kernels::profile::section;
 use forge_kernels::{causal_conv_silu, gated_rms_norm};
 
+use super::attention::AttentionObserver;
 use super::kv_cache::LayerCache;
 use super::linear::{linear, Linear};
 use crate::loader::{ModelConfig, WeightScope};
@@ -37,29 +40,31 @@ pub struct GatedDeltaNet {
     dt_bias: Tensor,
     norm_weight: Tensor,
     eps: f64,
+    layer: usize,
     heads: Heads,
 }
 
-/// Loads layer `linear_attn` weights from `vb` (`model.layers.N.linear_attn`).
-pub fn gated_deltanet(config: &ModelConfig, vb: WeightScope) -> Result<GatedDeltaNet> {
+/// Loads layer `layer`'s `linear_attn` weights from `vb` (`model.layers.N.linear_attn`).
+pub fn gated_deltanet(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<GatedDeltaNet> {
     let g = config.hybrid.clone().expect("linear attention layers belong to hybrid models");
-    let (h, kd, vd) = (config.hidden, g.key_heads * g.key_dim, g.value_heads * g.value_dim);
+    let (h, value_heads, vd) = (config.hidden, g.value_heads[layer], g.value_width(layer));
     let f32_param =
-        |name: &str| -> Result<Tensor> { Ok(vb.get(name, &[g.value_heads])?.to_dtype(DType::F32)?) };
+        |name: &str| -> Result<Tensor> { Ok(vb.get(name, &[value_heads])?.to_dtype(DType::F32)?) };
     Ok(GatedDeltaNet {
-        in_proj_qkv: linear(h, 2 * kd + vd, false, vb.pp("in_proj_qkv"))?,
+        in_proj_qkv: linear(h, g.conv_channels(layer), false, vb.pp("in_proj_qkv"))?,
         in_proj_z: linear(h, vd, false, vb.pp("in_proj_z"))?,
-        in_proj_b: linear(h, g.value_heads, false, vb.pp("in_proj_b"))?,
-        in_proj_a: linear(h, g.value_heads, false, vb.pp("in_proj_a"))?,
+        in_proj_b: linear(h, value_heads, false, vb.pp("in_proj_b"))?,
+        in_proj_a: linear(h, value_heads, false, vb.pp("in_proj_a"))?,
         out_proj: linear(vd, h, false, vb.pp("out_proj"))?,
-        conv: vb.get("conv1d.weight", &[g.conv_channels(), 1, g.conv_kernel])?.squeeze(1)?,
+        conv: vb.get("conv1d.weight", &[g.conv_channels(layer), 1, g.conv_kernel])?.squeeze(1)?,
         neg_a: f32_param("A_log")?.exp()?.neg()?,
         dt_bias: f32_param("dt_bias")?,
         norm_weight: vb.get("norm.weight", &[g.value_dim])?,
         eps: config.rms_norm_eps,
+        layer,
         heads: Heads {
-            key_heads: g.key_heads,
-            value_heads: g.value_heads,
+            key_heads: g.key_heads[layer],
+            value_heads,
             key_dim: g.key_dim,
             value_dim: g.value_dim,
         },
@@ -67,8 +72,15 @@ pub fn gated_deltanet(config: &ModelConfig, vb: WeightScope) -> Result<GatedDelt
 }
 
 impl GatedDeltaNet {
-    /// Mixes `x` `(batch, seq, hidden)`; with a cache, `x` continues the cached tokens.
-    pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> candle_core::Result<Tensor> {
+    /// Mixes `x` `(batch, seq, hidden)`; with a cache, `x` continues the cached tokens. `head_mask` is
+    /// `(value heads)`, 1 to keep a head and 0 to remove it; `observer` sees the heads' outputs.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        head_mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+        observer: Option<&mut dyn AttentionObserver>,
+    ) -> candle_core::Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (conv_state, delta_state) = match &cache {
             Some(c) => (c.conv.clone(), c.delta.clone()),
@@ -96,7 +108,13 @@ impl GatedDeltaNet {
         let Heads { value_heads, value_dim, .. } = self.heads;
         section("linear attention: gated norm + out_proj", device, || {
             let z = self.in_proj_z.forward(x)?.reshape((b, s, value_heads, value_dim))?;
-            let normed = gated_rms_norm(&out, &z, &self.norm_weight, self.eps)?;
+            let mut normed = gated_rms_norm(&out, &z, &self.norm_weight, self.eps)?;
+            if let Some(mask) = head_mask {
+                normed = normed.broadcast_mul(&mask.reshape((1, 1, value_heads, 1))?)?;
+            }
+            if let Some(observer) = observer {
+                observer.observe_linear(self.layer, &normed.transpose(1, 2)?)?;
+            }
             self.out_proj.forward(&normed.reshape((b, s, value_heads * value_dim))?)
         })
     }

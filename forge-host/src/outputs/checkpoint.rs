@@ -1,21 +1,26 @@
 //! Writing a pruned model two ways.
 //!
-//! *mask*: every tensor keeps its shape; the pruned heads' `o_proj` columns are zeroed, which removes
-//! their contribution exactly. *compact*: the heads are physically removed — their `q_proj` rows (and
-//! bias) and `o_proj` columns — and so are KV groups all of whose query heads are gone. When the kept
-//! heads of a layer are spread unevenly over its KV groups, standard GQA (each KV head serving the
-//! same number of consecutive query heads) cannot express it, so that layer gets one KV head per kept
-//! query head, copied from its group. A model with the same head counts in every layer gets a
-//! standard `config.json`; otherwise forge adds `forge_heads_per_layer` / `forge_kv_heads_per_layer`
-//! (see docs/pruned-models.md), which forge loads and transformers does not.
+//! *mask*: every tensor keeps its shape; the pruned heads' output columns (`o_proj`, or `out_proj` for
+//! a linear-attention value head) are zeroed, which removes their contribution exactly. *compact*: the
+//! heads are physically removed, and so are the groups all of whose heads are gone. For attention:
+//! a query head's `q_proj` rows (and bias) and `o_proj` columns, a KV group's `k_proj`/`v_proj` rows.
+//! For Gated DeltaNet: a value head's v slice of `in_proj_qkv` and `conv1d`, its rows of
+//! `in_proj_z/b/a`, its `dt_bias` and `A_log` entries and its `out_proj` columns; a key head's q and k
+//! slices. When the kept heads of a layer are spread unevenly over its groups, the standard layout
+//! (each group serving the same number of consecutive heads) cannot express it, so the layer gets
+//! zeroed padding heads or copies of the group, whichever is smaller. A model with the same counts in
+//! every layer of a kind gets a standard `config.json`; otherwise forge adds its per-layer keys
+//! (`forge_heads_per_layer`, `forge_kv_heads_per_layer`, `forge_linear_num_value_heads_per_layer`,
+//! `forge_linear_num_key_heads_per_layer`; see docs/pruned-models.md), which forge loads and
+//! transformers does not.
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use forge_api::HeadMask;
+use forge_api::{HeadKind, HeadMask};
 
 use super::{write_atomic, write_json_atomic};
-use crate::loader::{ModelConfig, ModelFolder};
+use crate::loader::{LayerKind, ModelConfig, ModelFolder};
 use crate::{bad_input, Error, Result};
 
 /// How pruned heads are removed from the written checkpoint.
@@ -87,78 +92,122 @@ fn take_heads(t: &Tensor, dim: usize, blocks: &[usize], width: usize) -> Result<
     Ok(t.index_select(&Tensor::new(index, t.device())?, dim)?)
 }
 
-/// Writes `folder`'s model with `mask`'s heads removed into `out` (config, weights, tokenizer files,
-/// `mask.json`), each file atomically.
+/// The checkpoint's tensors by name, edited in place.
+type Tensors = HashMap<String, Tensor>;
+
+/// Replaces tensor `name` (when the checkpoint has it) by `f` of it.
+fn edit(tensors: &mut Tensors, name: String, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<()> {
+    if let Some(t) = tensors.get(&name) {
+        let new = f(t)?;
+        tensors.insert(name, new);
+    }
+    Ok(())
+}
+
+/// Columns of whole heads `p.heads`, each `width` wide, with the padding heads' columns zeroed: they
+/// stay in place but write nothing.
+fn take_live_columns(t: &Tensor, p: &LayerPlan, width: usize) -> Result<Tensor> {
+    let live: Vec<f32> = p
+        .heads
+        .iter()
+        .flat_map(|h| std::iter::repeat_n(if p.padding.contains(h) { 0.0 } else { 1.0 }, width))
+        .collect();
+    let kept = take_heads(t, 1, &p.heads, width)?;
+    Ok(kept.broadcast_mul(&Tensor::new(live.as_slice(), t.device())?.to_dtype(t.dtype())?)?)
+}
+
+/// Removes attention layer `layer`'s planned-away query heads and KV groups.
+fn compact_attention(tensors: &mut Tensors, config: &ModelConfig, layer: usize, p: &LayerPlan) -> Result<()> {
+    let (d, q_rows) = (config.head_dim, config.query_rows_per_head());
+    let key = |n: &str| format!("{}.layers.{layer}.self_attn.{n}", config.weight_prefix);
+    for name in ["q_proj.weight", "q_proj.bias"] {
+        edit(tensors, key(name), &|t| take_heads(t, 0, &p.heads, q_rows))?;
+    }
+    for name in ["k_proj.weight", "k_proj.bias", "v_proj.weight", "v_proj.bias"] {
+        edit(tensors, key(name), &|t| take_heads(t, 0, &p.kv_heads, d))?;
+    }
+    edit(tensors, key("o_proj.weight"), &|t| take_live_columns(t, p, d))
+}
+
+/// Removes Gated DeltaNet layer `layer`'s planned-away value heads and key heads: `p.heads` are the
+/// value heads kept, `p.kv_heads` the key heads (a key head's q and k slices come first in
+/// `in_proj_qkv` and `conv1d`, the value slices after them).
+fn compact_linear(tensors: &mut Tensors, config: &ModelConfig, layer: usize, p: &LayerPlan) -> Result<()> {
+    let h = config.hybrid.as_ref().expect("a linear-attention layer belongs to a hybrid");
+    let (dk, dv, key_heads) = (h.key_dim, h.value_dim, h.key_heads[layer]);
+    let key = |n: &str| format!("{}.layers.{layer}.linear_attn.{n}", config.weight_prefix);
+    // Channel indices of the kept q, k and v slices, for in_proj_qkv's rows and conv1d's channels.
+    let channels: Vec<u32> = [0, key_heads * dk]
+        .iter()
+        .flat_map(|&start| p.kv_heads.iter().flat_map(move |&g| start + g * dk..start + (g + 1) * dk))
+        .chain(p.heads.iter().flat_map(|&v| 2 * key_heads * dk + v * dv..2 * key_heads * dk + (v + 1) * dv))
+        .map(|i| i as u32)
+        .collect();
+    for name in ["in_proj_qkv.weight", "conv1d.weight"] {
+        edit(
+            tensors,
+            key(name),
+            &|t| Ok(t.index_select(&Tensor::new(channels.as_slice(), t.device())?, 0)?),
+        )?;
+    }
+    edit(tensors, key("in_proj_z.weight"), &|t| take_heads(t, 0, &p.heads, dv))?;
+    for name in ["in_proj_b.weight", "in_proj_a.weight", "dt_bias", "A_log"] {
+        edit(tensors, key(name), &|t| take_heads(t, 0, &p.heads, 1))?;
+    }
+    edit(tensors, key("out_proj.weight"), &|t| take_live_columns(t, p, dv))
+}
+
+/// Writes `folder`'s model with `mask`'s heads (query heads and linear-attention value heads)
+/// removed into `out` (config, weights, tokenizer files, `mask.json`), each file atomically.
 pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &Path) -> Result<SavedModel> {
     let config = &folder.config;
     let geometry = config.geometry();
     mask.validate(&geometry).map_err(|e| bad_input!("mask: {e}"))?;
-    let (d, q_rows) = (config.head_dim, config.query_rows_per_head());
     let mut tensors = stored_tensors(folder)?;
-    if mode == SaveMode::Mask {
-        zero_pruned_heads(&mut tensors, config, mask)?;
-    }
-    let (mut heads, mut kv_heads) = (config.heads.clone(), config.kv_heads.clone());
-    // A hybrid's linear-attention layers have no heads to remove.
-    for layer in geometry.attending_layers() {
-        let pruned = mask.pruned_in(layer);
-        let key = |p: &str| format!("{}.layers.{layer}.self_attn.{p}", config.weight_prefix);
-        let mut edit = |name: String, f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<()> {
-            if let Some(t) = tensors.get(&name) {
-                let new = f(t)?;
-                tensors.insert(name, new);
-            }
-            Ok(())
-        };
-        match mode {
-            SaveMode::Mask => {}
-            SaveMode::Compact => {
-                let p = plan(layer, heads[layer], kv_heads[layer], pruned)?;
-                for name in ["q_proj.weight", "q_proj.bias"] {
-                    edit(key(name), &|t| take_heads(t, 0, &p.heads, q_rows))?;
+    let mut counts = HeadCounts::of(config);
+    match mode {
+        SaveMode::Mask => zero_pruned_heads(&mut tensors, config, mask)?,
+        SaveMode::Compact => {
+            for layer in 0..config.layers {
+                let kind = config.layer_kind(layer).head_kind();
+                let (heads, groups) = geometry.of(kind);
+                if heads[layer] == 0 {
+                    continue;
                 }
-                for name in ["k_proj.weight", "k_proj.bias", "v_proj.weight", "v_proj.bias"] {
-                    edit(key(name), &|t| take_heads(t, 0, &p.kv_heads, d))?;
+                let p = plan(layer, heads[layer], groups[layer], mask.pruned_of(kind, layer))?;
+                match kind {
+                    HeadKind::Attention => compact_attention(&mut tensors, config, layer, &p)?,
+                    HeadKind::Linear => compact_linear(&mut tensors, config, layer, &p)?,
                 }
-                // Padding heads stay in place but write nothing: their o_proj columns become zero.
-                let live: Vec<f32> = p
-                    .heads
-                    .iter()
-                    .flat_map(|h| std::iter::repeat_n(if p.padding.contains(h) { 0.0 } else { 1.0 }, d))
-                    .collect();
-                edit(key("o_proj.weight"), &|t| {
-                    let kept = take_heads(t, 1, &p.heads, d)?;
-                    Ok(kept.broadcast_mul(&Tensor::new(live.as_slice(), t.device())?.to_dtype(t.dtype())?)?)
-                })?;
-                (heads[layer], kv_heads[layer]) = (p.heads.len(), p.kv_heads.len());
+                counts.set(kind, layer, p.heads.len(), p.kv_heads.len());
             }
         }
     }
-
     let mut json = source_config(folder)?;
-    set_head_counts(&mut json, config, &heads, &kv_heads)?;
-    let config = json;
-    let parameters = write_model_folder(folder, &tensors, &config, out)?;
+    counts.write(&mut json, config)?;
+    let parameters = write_model_folder(folder, &tensors, &json, out)?;
     write_json_atomic(&out.join("mask.json"), mask)?;
-    Ok(SavedModel { parameters, heads, kv_heads })
+    Ok(SavedModel { parameters, heads: counts.heads, kv_heads: counts.kv_heads })
 }
 
-/// Zeroes the `o_proj` columns of `mask`'s heads in a checkpoint's tensors: the heads then reach
-/// nothing, exactly as if removed, and every shape stays as it was.
-pub fn zero_pruned_heads(
-    tensors: &mut HashMap<String, Tensor>,
-    config: &ModelConfig,
-    mask: &HeadMask,
-) -> Result<()> {
-    let (heads, head_dim) = (&config.heads, config.head_dim);
-    for (&layer, pruned) in &mask.pruned {
-        let name = format!("{}.layers.{layer}.self_attn.o_proj.weight", config.weight_prefix);
-        if let Some(o) = tensors.get(&name) {
-            let keep: Vec<f32> = (0..heads[layer] * head_dim)
-                .map(|i| if pruned.contains(&(i / head_dim)) { 0.0 } else { 1.0 })
+/// Zeroes the output columns (`o_proj`, `out_proj`) of `mask`'s heads in a checkpoint's tensors: the
+/// heads then reach nothing, exactly as if removed, and every shape stays as it was.
+pub fn zero_pruned_heads(tensors: &mut Tensors, config: &ModelConfig, mask: &HeadMask) -> Result<()> {
+    let geometry = config.geometry();
+    let value_dim = config.hybrid.as_ref().map_or(0, |h| h.value_dim);
+    for kind in HeadKind::ALL {
+        let (module, width) = match kind {
+            HeadKind::Attention => ("self_attn.o_proj", config.head_dim),
+            HeadKind::Linear => ("linear_attn.out_proj", value_dim),
+        };
+        for (&layer, pruned) in mask.of(kind) {
+            let keep: Vec<f32> = (0..geometry.of(kind).0[layer] * width)
+                .map(|i| if pruned.contains(&(i / width)) { 0.0 } else { 1.0 })
                 .collect();
-            let zeroed = o.broadcast_mul(&Tensor::new(keep.as_slice(), o.device())?.to_dtype(o.dtype())?)?;
-            tensors.insert(name, zeroed);
+            let name = format!("{}.layers.{layer}.{module}.weight", config.weight_prefix);
+            edit(tensors, name, &|o| {
+                Ok(o.broadcast_mul(&Tensor::new(keep.as_slice(), o.device())?.to_dtype(o.dtype())?)?)
+            })?;
         }
     }
     Ok(())
@@ -168,17 +217,40 @@ pub fn zero_pruned_heads(
 pub fn compact_parameters(folder: &ModelFolder, mask: &HeadMask) -> Result<usize> {
     let c = &folder.config;
     let geometry = c.geometry();
-    let per_head = c.head_dim * c.hidden;
-    // Its q_proj rows (a gated head's query and gate) and o_proj columns per query head.
-    let per_query_head = ((c.query_rows_per_head() + c.head_dim) * c.hidden) as isize;
-    let mut removed: isize = 0;
-    for layer in geometry.attending_layers() {
-        let p = plan(layer, c.heads[layer], c.kv_heads[layer], mask.pruned_in(layer))?;
-        // k and v rows per KV head (biases are negligible here).
-        removed += (c.heads[layer] as isize - p.heads.len() as isize) * per_query_head;
-        removed += 2 * (c.kv_heads[layer] as isize - p.kv_heads.len() as isize) * per_head as isize;
+    let mut removed = 0;
+    for layer in 0..c.layers {
+        let kind = c.layer_kind(layer).head_kind();
+        let (heads, groups) = geometry.of(kind);
+        if heads[layer] == 0 {
+            continue;
+        }
+        let p = plan(layer, heads[layer], groups[layer], mask.pruned_of(kind, layer))?;
+        let (per_head, per_group) = unit_sizes(c, kind);
+        // Copied key/value heads (uneven groups) add rather than remove, hence signed arithmetic.
+        removed += (heads[layer] as isize - p.heads.len() as isize) * per_head;
+        removed += (groups[layer] as isize - p.kv_heads.len() as isize) * per_group;
     }
     Ok((folder.weights.parameter_count() as isize - removed) as usize)
+}
+
+/// Values one head of `kind` and one of its groups own (biases, a few values, are left out).
+fn unit_sizes(c: &ModelConfig, kind: HeadKind) -> (isize, isize) {
+    let hidden = c.hidden as isize;
+    match (kind, &c.hybrid) {
+        (HeadKind::Linear, Some(h)) => {
+            let (dk, dv, taps) = (h.key_dim as isize, h.value_dim as isize, h.conv_kernel as isize);
+            // A value head: its rows of in_proj_qkv (v), in_proj_z, in_proj_b and in_proj_a, its conv
+            // channels, its out_proj columns, dt_bias and A_log. A key head: its q and k rows and
+            // conv channels.
+            (dv * (3 * hidden + taps) + 2 * hidden + 2, 2 * dk * (hidden + taps))
+        }
+        // A query head's q_proj rows (a gated head's query and gate) and o_proj columns; a KV
+        // group's k and v rows.
+        _ => {
+            let d = c.head_dim as isize;
+            ((c.query_rows_per_head() as isize + d) * hidden, 2 * d * hidden)
+        }
+    }
 }
 
 /// Every tensor of `folder`'s checkpoint in its stored dtype, on the CPU.
@@ -227,39 +299,87 @@ pub fn write_model_folder(
     Ok(tensors.values().map(|t| t.elem_count()).sum())
 }
 
-/// Writes the new head counts into `json` (with an explicit `head_dim`, which no longer follows
-/// from `hidden_size / num_attention_heads`), under `text_config` where the checkpoint keeps the text
-/// model there. Uniform means uniform over the layers with attention: a hybrid's linear-attention
-/// layers carry the attention layers' count, unused.
-fn set_head_counts(
-    json: &mut serde_json::Value,
-    model: &ModelConfig,
-    heads: &[usize],
-    kv_heads: &[usize],
-) -> Result<()> {
-    let root = json.as_object_mut().ok_or_else(|| bad_input!("config.json is not a JSON object"))?;
-    let c = match root.contains_key("text_config") {
-        true => root["text_config"]
-            .as_object_mut()
-            .ok_or_else(|| bad_input!("config.json: `text_config` is not a JSON object"))?,
-        false => root,
-    };
-    c.insert("head_dim".into(), model.head_dim.into());
-    c.remove("forge_heads_per_layer");
-    c.remove("forge_kv_heads_per_layer");
-    let attending = model.geometry().attending_layers();
-    let (first_heads, first_kv) = (heads[attending[0]], kv_heads[attending[0]]);
-    let uniform = attending.iter().all(|&l| heads[l] == first_heads && kv_heads[l] == first_kv);
-    if uniform {
-        c.insert("num_attention_heads".into(), first_heads.into());
-        c.insert("num_key_value_heads".into(), first_kv.into());
-    } else {
-        c.insert("num_attention_heads".into(), heads.iter().max().copied().unwrap_or(0).into());
-        c.insert("num_key_value_heads".into(), kv_heads.iter().max().copied().unwrap_or(0).into());
-        c.insert("forge_heads_per_layer".into(), heads.into());
-        c.insert("forge_kv_heads_per_layer".into(), kv_heads.into());
+/// Head counts per layer of the model being written, of both kinds.
+struct HeadCounts {
+    heads: Vec<usize>,
+    kv_heads: Vec<usize>,
+    linear: Option<(Vec<usize>, Vec<usize>)>,
+}
+
+impl HeadCounts {
+    fn of(c: &ModelConfig) -> Self {
+        HeadCounts {
+            heads: c.heads.clone(),
+            kv_heads: c.kv_heads.clone(),
+            linear: c.hybrid.as_ref().map(|h| (h.value_heads.clone(), h.key_heads.clone())),
+        }
     }
-    Ok(())
+
+    fn set(&mut self, kind: HeadKind, layer: usize, heads: usize, groups: usize) {
+        let (h, g) = match (kind, &mut self.linear) {
+            (HeadKind::Linear, Some((v, k))) => (v, k),
+            _ => (&mut self.heads, &mut self.kv_heads),
+        };
+        (h[layer], g[layer]) = (heads, groups);
+    }
+
+    /// Writes the counts into `json` (with an explicit `head_dim`, which no longer follows from
+    /// `hidden_size / num_attention_heads`), under `text_config` where the checkpoint keeps the text
+    /// model there: the standard keys when every layer of a kind has the same counts, else forge's
+    /// per-layer extension beside them.
+    fn write(&self, json: &mut serde_json::Value, model: &ModelConfig) -> Result<()> {
+        let root = json.as_object_mut().ok_or_else(|| bad_input!("config.json is not a JSON object"))?;
+        let c = match root.contains_key("text_config") {
+            true => root["text_config"]
+                .as_object_mut()
+                .ok_or_else(|| bad_input!("config.json: `text_config` is not a JSON object"))?,
+            false => root,
+        };
+        c.insert("head_dim".into(), model.head_dim.into());
+        let layers_of = |kind: LayerKind| -> Vec<usize> {
+            (0..model.layers).filter(|&l| model.layer_kind(l) == kind).collect()
+        };
+        let keys = [
+            "num_attention_heads",
+            "num_key_value_heads",
+            "forge_heads_per_layer",
+            "forge_kv_heads_per_layer",
+        ];
+        set_counts(c, &layers_of(LayerKind::Full), (&self.heads, &self.kv_heads), keys);
+        if let Some((values, keys_heads)) = &self.linear {
+            let keys = [
+                "linear_num_value_heads",
+                "linear_num_key_heads",
+                "forge_linear_num_value_heads_per_layer",
+                "forge_linear_num_key_heads_per_layer",
+            ];
+            set_counts(c, &layers_of(LayerKind::Linear), (values, keys_heads), keys);
+        }
+        Ok(())
+    }
+}
+
+/// Writes one kind's `(heads, groups)` per layer into config object `c` under `keys` (standard head
+/// key, standard group key, per-layer head key, per-layer group key). Uniform means uniform over
+/// `layers`, the layers of that kind: the other layers carry the counts unused.
+fn set_counts(
+    c: &mut serde_json::Map<String, serde_json::Value>,
+    layers: &[usize],
+    (heads, groups): (&[usize], &[usize]),
+    [head_key, group_key, heads_per_layer, groups_per_layer]: [&str; 4],
+) {
+    c.remove(heads_per_layer);
+    c.remove(groups_per_layer);
+    let Some(&first) = layers.first() else { return };
+    if layers.iter().all(|&l| heads[l] == heads[first] && groups[l] == groups[first]) {
+        c.insert(head_key.into(), heads[first].into());
+        c.insert(group_key.into(), groups[first].into());
+    } else {
+        c.insert(head_key.into(), layers.iter().map(|&l| heads[l]).max().unwrap_or(0).into());
+        c.insert(group_key.into(), layers.iter().map(|&l| groups[l]).max().unwrap_or(0).into());
+        c.insert(heads_per_layer.into(), heads.into());
+        c.insert(groups_per_layer.into(), groups.into());
+    }
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn draws_a_cell_per_head_and_crosses_out_pruned_ones() {
-        let scores = HeadScores { scores: vec![vec![0.0, 1.0], vec![0.5, 0.25]] };
+        let scores = HeadScores::attention(vec![vec![0.0, 1.0], vec![0.5, 0.25]]);
         let mask = HeadMask::from_json(r#"{"pruned": {"1": [1]}}"#).unwrap();
         let svg = heatmap_svg(&scores, Some(&mask), "a < b");
         assert_eq!(svg.matches("<rect x=").count(), 4);

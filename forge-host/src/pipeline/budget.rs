@@ -14,7 +14,7 @@ use candle_core::{DType, Device};
 
 use super::recipe::{Recipe, TrainState};
 use crate::autograd::rows_per_chunk;
-use crate::loader::ModelConfig;
+use crate::loader::{LayerKind, ModelConfig};
 
 /// A phase's estimated peak, with its parts.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -50,21 +50,24 @@ fn layer_transient(c: &ModelConfig, batch: usize, seq: usize, bytes: u64) -> u64
     scores.max(linear_attention_transient(c, batch, seq, bytes)) + mlp_and_residual
 }
 
-/// A Gated DeltaNet layer's own tensors (0 in a dense model): the projections, the convolution's
-/// input and output, the delta rule's f32 outputs and the recurrent state before and after (f32,
-/// constant in the sequence length).
+/// The largest Gated DeltaNet layer's own tensors (0 in a dense model): the projections, the
+/// convolution's input and output, the delta rule's f32 outputs and the recurrent state before and
+/// after (f32, constant in the sequence length). Layers differ after uneven pruning.
 fn linear_attention_transient(c: &ModelConfig, batch: usize, seq: usize, bytes: u64) -> u64 {
     let Some(h) = &c.hybrid else { return 0 };
     let tokens = (batch * seq) as u64;
-    let values = (h.value_heads * h.value_dim) as u64;
-    let projections = tokens * (2 * h.conv_channels() as u64 + 3 * values) * bytes + tokens * values * 4;
-    projections + recurrent_state(h, batch) * 2
+    let layer = |l: usize| {
+        let values = h.value_width(l) as u64;
+        let projections = tokens * (2 * h.conv_channels(l) as u64 + 3 * values) * bytes + tokens * values * 4;
+        projections + recurrent_state(h, l, batch) * 2
+    };
+    (0..c.layers).filter(|&l| c.layer_kind(l) == LayerKind::Linear).map(layer).max().unwrap_or(0)
 }
 
-/// Bytes of the recurrent state of one linear-attention layer for `batch` sequences (f32), what a
-/// generation cache keeps per layer whatever the length.
-fn recurrent_state(h: &crate::loader::Hybrid, batch: usize) -> u64 {
-    (batch * h.value_heads * h.key_dim * h.value_dim * 4) as u64
+/// Bytes of the recurrent state of linear-attention layer `layer` for `batch` sequences (f32), what
+/// a generation cache keeps per layer whatever the length.
+fn recurrent_state(h: &crate::loader::Hybrid, layer: usize, batch: usize) -> u64 {
+    (batch * h.value_heads[layer] * h.key_dim * h.value_dim * 4) as u64
 }
 
 /// Bytes one layer keeps for its backward pass (everything its graph holds).
@@ -223,12 +226,12 @@ mod tests {
         let c = config("tiny-qwen35");
         let h = c.hybrid.clone().unwrap();
         // 8 value heads × 32 × 32 f32 values per sequence.
-        assert_eq!(recurrent_state(&h, 3), 3 * 8 * 32 * 32 * 4);
+        assert_eq!(recurrent_state(&h, 0, 3), 3 * 8 * 32 * 32 * 4);
         let at = |seq| linear_attention_transient(&c, 2, seq, 2);
-        assert!(at(1) > 2 * recurrent_state(&h, 2));
+        assert!(at(1) > 2 * recurrent_state(&h, 0, 2));
         // The state's part does not grow with the sequence; the projections' grows linearly.
         assert_eq!(at(3) - at(2), at(2) - at(1));
-        assert_eq!(at(1) - (at(2) - at(1)), 2 * recurrent_state(&h, 2));
+        assert_eq!(at(1) - (at(2) - at(1)), 2 * recurrent_state(&h, 0, 2));
         assert_eq!(linear_attention_transient(&config("tiny-qwen3"), 2, 8, 2), 0);
     }
 

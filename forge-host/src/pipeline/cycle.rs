@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use forge_api::{HeadMask, HeadScores, PruneTarget};
+use forge_api::{HeadKind, HeadMask, HeadScores, PruneTarget};
 
 use super::context::{PeakLog, RunContext};
 use super::record::CycleRecord;
@@ -61,6 +61,7 @@ pub fn run_cycle(ctx: &RunContext, start: &CycleStart, dir: &Path) -> Result<Cyc
         cycle: start.cycle,
         heads_removed: mask.count(),
         heads_left: ctx.total_heads - mask.count(),
+        linear_heads_removed: mask.count_of(HeadKind::Linear),
         parameters_compact: compact_parameters(&folder, &mask)?,
         mask,
         scores: scores
@@ -105,20 +106,24 @@ fn score(
         .validate(&folder.config.geometry())
         .map_err(|e| bad_input!("scorer `{}` returned bad scores: {e}", s.scorer))?;
     for (&layer, heads) in &removed.pruned {
-        for &h in heads {
-            scores.scores[layer][h] = REMOVED;
+        heads.iter().for_each(|&h| scores.scores[layer][h] = REMOVED);
+    }
+    // A scorer that leaves linear-attention heads unscored leaves nothing to mark.
+    if !scores.linear.is_empty() {
+        for (&layer, heads) in &removed.pruned_linear_heads {
+            heads.iter().for_each(|&h| scores.linear[layer][h] = REMOVED);
         }
     }
     Ok(scores)
 }
 
-/// The recipe's pruner, to the cumulative target of `cycle`.
+/// The recipe's pruner, to the cumulative target of `cycle`: a share of each kind's heads (the
+/// pruner's `linear-ratio`, when given, sets the linear-attention share instead).
 fn prune(ctx: &RunContext, folder: &ModelFolder, scores: &HeadScores, cycle: usize) -> Result<HeadMask> {
     let p = &ctx.recipe.prune;
     let geometry = folder.config.geometry();
     let (pruner, _) = ctx.registry.pruner(&p.pruner, &p.options)?;
-    let target = (p.ratio_per_cycle * cycle as f64 * ctx.total_heads as f64).round() as usize;
-    let mask = pruner.prune(scores, &geometry, PruneTarget::Count(target))?;
+    let mask = pruner.prune(scores, &geometry, PruneTarget::Ratio(p.ratio_per_cycle * cycle as f64))?;
     mask.validate(&geometry).map_err(|e| bad_input!("pruner `{}` returned a bad mask: {e}", p.pruner))?;
     Ok(mask)
 }

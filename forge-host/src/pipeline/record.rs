@@ -15,6 +15,9 @@ pub struct CycleRecord {
     pub cycle: usize,
     pub heads_removed: usize,
     pub heads_left: usize,
+    /// Linear-attention value heads removed so far (a hybrid's; 0 elsewhere).
+    #[serde(default)]
+    pub linear_heads_removed: usize,
     pub parameters_compact: usize,
     pub mask: HeadMask,
     pub scores: Vec<Vec<f32>>,

@@ -25,7 +25,7 @@ fn number(metrics: &Metrics, key: &str) -> String {
 
 /// Writes every report file into `out` and returns the report with its output hashes.
 pub fn write_report(mut report: RunReport, out: &Path) -> Result<RunReport> {
-    let last_scores = report.cycles.last().map(|c| HeadScores { scores: c.scores.clone() });
+    let last_scores = report.cycles.last().map(|c| HeadScores::attention(c.scores.clone()));
     if let Some(scores) = &last_scores {
         write_text(
             &out.join("heatmap.svg"),

@@ -1,12 +1,15 @@
 //! The host side of [`ScoringContext`]: weights by name, and the probes scorers build on, computed
 //! on the calibration windows with forge's own decoder (an [`AttentionObserver`] for activations and
-//! entropies; trainable head masks for gradients).
+//! entropies; trainable head masks for gradients). In a hybrid, one pass measures both kinds of
+//! heads (each layer's mask and output cover its own mixer's heads); the linear-attention half is
+//! kept for the `linear_*` probe that follows, so a scorer asking for both pays one pass.
 use candle_core::{DType, Tensor, Var, D};
 use forge_api::{HostTensor, ModelGeometry, ScoringContext, StrategyError};
 
 use crate::data::TokenWindows;
 use crate::loader::WeightStore;
 use crate::model::attention::AttentionObserver;
+use crate::model::decoder_layer::Mixer;
 use crate::model::CausalLm;
 use crate::progress;
 
@@ -19,6 +22,9 @@ pub struct ModelProbes<'a> {
     seed: u64,
     geometry: ModelGeometry,
     quiet: bool,
+    /// Linear-attention rows of the last pass of each probe, for its `linear_*` twin.
+    linear_norms: Option<Vec<Vec<f32>>>,
+    linear_gradients: Option<Vec<Vec<f32>>>,
 }
 
 impl<'a> ModelProbes<'a> {
@@ -33,7 +39,17 @@ impl<'a> ModelProbes<'a> {
         quiet: bool,
     ) -> Self {
         let geometry = model.config().geometry();
-        ModelProbes { model, weights, calibration, batch_size: batch_size.max(1), seed, geometry, quiet }
+        ModelProbes {
+            model,
+            weights,
+            calibration,
+            batch_size: batch_size.max(1),
+            seed,
+            geometry,
+            quiet,
+            linear_norms: None,
+            linear_gradients: None,
+        }
     }
 
     /// The calibration batches, or an error saying how to provide them.
@@ -71,24 +87,53 @@ fn tensor_error(e: candle_core::Error) -> StrategyError {
     StrategyError::failed(format!("probe failed: {e}"))
 }
 
+/// Heads of each layer's own mixer: its query heads, or its value heads in a linear-attention layer.
+fn mixer_heads(g: &ModelGeometry) -> Vec<usize> {
+    let (linear, _) = g.of(forge_api::HeadKind::Linear);
+    g.heads.iter().zip(linear).map(|(&q, v)| q + v).collect()
+}
+
+/// Per-layer rows over each layer's mixer heads, split into (query heads, linear-attention value
+/// heads), each with empty rows in the other kind's layers.
+fn split(g: &ModelGeometry, rows: Vec<Vec<f32>>) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    rows.into_iter()
+        .enumerate()
+        .map(|(l, row)| if g.heads[l] > 0 { (row, Vec::new()) } else { (Vec::new(), row) })
+        .unzip()
+}
+
 /// A per-token statistic of each head, `(batch, heads, seq)`, from a layer's attention probabilities
 /// and per-head outputs.
 type Statistic<'s> = Box<dyn Fn(usize, &Tensor, &Tensor) -> candle_core::Result<Tensor> + 's>;
 
-/// Accumulates a per-head statistic over batches, averaged per token.
+/// A per-token statistic of each linear-attention value head, `(batch, heads, seq)`, from its output.
+type LinearStatistic<'s> = Box<dyn Fn(usize, &Tensor) -> candle_core::Result<Tensor> + 's>;
+
+/// Accumulates a per-head statistic over batches, averaged per token: of attention heads, and of
+/// linear-attention value heads where the probe has a statistic for them.
 struct MeanPerHead<'s> {
     statistic: Statistic<'s>,
+    linear: Option<LinearStatistic<'s>>,
     sums: Vec<Vec<f64>>,
     tokens: Vec<usize>,
 }
 
 impl<'s> MeanPerHead<'s> {
-    fn new(geometry: &ModelGeometry, statistic: Statistic<'s>) -> Self {
+    fn new(geometry: &ModelGeometry, statistic: Statistic<'s>, linear: Option<LinearStatistic<'s>>) -> Self {
         MeanPerHead {
             statistic,
-            sums: geometry.heads.iter().map(|&h| vec![0.0; h]).collect(),
+            linear,
+            sums: mixer_heads(geometry).iter().map(|&h| vec![0.0; h]).collect(),
             tokens: vec![0; geometry.layers],
         }
+    }
+
+    fn add(&mut self, layer: usize, per_token: Tensor) -> candle_core::Result<()> {
+        let (b, _, s) = per_token.dims3()?;
+        let sums = per_token.sum(2)?.sum(0)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        self.sums[layer].iter_mut().zip(sums).for_each(|(acc, v)| *acc += v);
+        self.tokens[layer] += b * s;
+        Ok(())
     }
 
     fn means(self) -> Vec<Vec<f32>> {
@@ -103,17 +148,23 @@ impl<'s> MeanPerHead<'s> {
 impl AttentionObserver for MeanPerHead<'_> {
     fn observe(&mut self, layer: usize, probs: &Tensor, heads_out: &Tensor) -> candle_core::Result<()> {
         let per_token = (self.statistic)(layer, probs, heads_out)?; // (batch, heads, seq)
-        let (b, _, s) = per_token.dims3()?;
-        let sums = per_token.sum(2)?.sum(0)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        self.sums[layer].iter_mut().zip(sums).for_each(|(acc, v)| *acc += v);
-        self.tokens[layer] += b * s;
-        Ok(())
+        self.add(layer, per_token)
+    }
+
+    fn observe_linear(&mut self, layer: usize, heads_out: &Tensor) -> candle_core::Result<()> {
+        match &self.linear {
+            Some(statistic) => {
+                let per_token = statistic(layer, heads_out)?;
+                self.add(layer, per_token)
+            }
+            None => Ok(()),
+        }
     }
 }
 
 /// The norm of what each head writes into the residual stream: its output through its own `o_proj`
-/// columns, `‖W_o[:, h] · out_h‖`. (The output before `o_proj` alone ignores how strongly `o_proj`
-/// passes it on.) `o_heads[layer]` is `W_o` as `(heads, head_dim, hidden)`.
+/// (or `out_proj`) columns, `‖W_o[:, h] · out_h‖`. (The output before `o_proj` alone ignores how
+/// strongly `o_proj` passes it on.) `o_heads[layer]` is `W_o` as `(heads, head_dim, hidden)`.
 fn contribution_norm(
     o_heads: &[Option<Tensor>],
     layer: usize,
@@ -121,7 +172,7 @@ fn contribution_norm(
 ) -> candle_core::Result<Tensor> {
     let o = o_heads[layer]
         .as_ref()
-        .ok_or_else(|| candle_core::Error::Msg(format!("layer {layer} has no attention")))?;
+        .ok_or_else(|| candle_core::Error::Msg(format!("layer {layer} has no such heads")))?;
     let (b, h, s, d) = heads_out.dims4()?;
     let per_head = heads_out.to_dtype(DType::F32)?.transpose(0, 1)?.reshape((h, b * s, d))?;
     let written = per_head.matmul(o)?; // (heads, b·s, hidden)
@@ -167,30 +218,48 @@ impl ScoringContext for ModelProbes<'_> {
     }
 
     fn head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        let d = self.geometry.head_dim;
-        // None for a layer without attention (a hybrid's linear-attention layer): nothing observes it.
+        // Each layer's output weights as `(heads, width, hidden)`: o_proj per query head, or out_proj
+        // per linear-attention value head.
+        let per_head = |w: &Tensor, heads: usize| -> candle_core::Result<Option<Tensor>> {
+            let w = w.to_dtype(DType::F32)?; // (hidden, heads·width)
+            let (hidden, width) = (w.dim(0)?, w.dim(1)? / heads);
+            Ok(Some(w.t()?.reshape((heads, width, hidden))?.contiguous()?))
+        };
+        let heads = mixer_heads(&self.geometry);
         let o_heads: Vec<Option<Tensor>> = self
             .model
             .layers
             .iter()
-            .map(|layer| {
-                let Some(attn) = layer.self_attn() else { return Ok(None) };
-                let w = attn.o_proj.weight().to_dtype(DType::F32)?; // (hidden, heads·d)
-                let hidden = w.dim(0)?;
-                Ok(Some(w.t()?.reshape((w.dim(1)? / d, d, hidden))?.contiguous()?))
+            .zip(&heads)
+            .map(|(layer, &n)| match &layer.mixer {
+                Mixer::Attention(a) => per_head(a.o_proj.weight(), n),
+                Mixer::Linear(l) => per_head(l.out_proj.weight(), n),
             })
             .collect::<candle_core::Result<_>>()
             .map_err(tensor_error)?;
+        let o_heads = &o_heads;
         let observer = MeanPerHead::new(
             &self.geometry,
-            Box::new(move |layer, _, out| contribution_norm(&o_heads, layer, out)),
+            Box::new(move |layer, _, out| contribution_norm(o_heads, layer, out)),
+            Some(Box::new(move |layer, out| contribution_norm(o_heads, layer, out))),
         );
-        self.observe("head output norms", observer)
+        let rows = self.observe("head output norms", observer)?;
+        let (attention, linear) = split(&self.geometry, rows);
+        self.linear_norms = Some(linear);
+        Ok(attention)
+    }
+
+    fn linear_head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        if self.linear_norms.is_none() {
+            self.head_output_norms()?;
+        }
+        Ok(self.linear_norms.take().unwrap_or_default())
     }
 
     fn attention_entropy(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        let observer = MeanPerHead::new(&self.geometry, Box::new(|_, probs, _| entropy(probs)));
-        self.observe("attention entropy", observer)
+        let observer = MeanPerHead::new(&self.geometry, Box::new(|_, probs, _| entropy(probs)), None);
+        let rows = self.observe("attention entropy", observer)?;
+        Ok(split(&self.geometry, rows).0)
     }
 
     fn head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
@@ -199,11 +268,12 @@ impl ScoringContext for ModelProbes<'_> {
         let saved: Vec<Option<Tensor>> =
             (0..self.geometry.layers).map(|l| self.model.head_mask(l).cloned()).collect();
         // Each layer's mask becomes a variable at its current value (1 for live heads, 0 for heads
-        // already removed), so the gradient is taken at the model as it is. A layer without heads
-        // (a hybrid's linear-attention layer) has none.
+        // already removed), so the gradient is taken at the model as it is: over query heads, or
+        // over value heads in a linear-attention layer.
+        let heads = mixer_heads(&self.geometry);
         let vars: Vec<Option<Var>> = saved
             .iter()
-            .zip(&self.geometry.heads)
+            .zip(&heads)
             .map(|(mask, &heads)| match mask {
                 _ if heads == 0 => Ok(None),
                 Some(m) => Var::from_tensor(m).map(Some),
@@ -216,7 +286,7 @@ impl ScoringContext for ModelProbes<'_> {
                 self.model.set_head_mask(layer, Some(var.as_tensor().clone()));
             }
         }
-        let mut sums: Vec<Vec<f64>> = self.geometry.heads.iter().map(|&h| vec![0.0; h]).collect();
+        let mut sums: Vec<Vec<f64>> = heads.iter().map(|&h| vec![0.0; h]).collect();
         let bar = progress::bar(batches.len() as u64, "batches", self.quiet);
         bar.set_message("head-mask gradients");
         let result = (|| -> candle_core::Result<()> {
@@ -244,7 +314,17 @@ impl ScoringContext for ModelProbes<'_> {
         }
         result.map_err(tensor_error)?;
         let n = batches.len() as f64;
-        Ok(sums.into_iter().map(|row| row.into_iter().map(|s| (s / n) as f32).collect()).collect())
+        let rows = sums.into_iter().map(|row| row.into_iter().map(|s| (s / n) as f32).collect()).collect();
+        let (attention, linear) = split(&self.geometry, rows);
+        self.linear_gradients = Some(linear);
+        Ok(attention)
+    }
+
+    fn linear_head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        if self.linear_gradients.is_none() {
+            self.head_mask_gradients()?;
+        }
+        Ok(self.linear_gradients.take().unwrap_or_default())
     }
 }
 

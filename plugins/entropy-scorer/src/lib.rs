@@ -54,7 +54,7 @@ impl ImportanceScorer for Entropy {
                 row.iter().map(|e| sign * (e - mean)).collect()
             })
             .collect();
-        Ok(HeadScores { scores })
+        Ok(HeadScores::attention(scores))
     }
 }
 

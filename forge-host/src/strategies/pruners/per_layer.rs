@@ -1,8 +1,8 @@
-//! `per-layer`: the same number of heads from every layer (its lowest-scored ones), so the pruned
-//! model keeps a uniform shape and a standard `config.json`.
-use forge_api::{HeadMask, HeadScores, ModelGeometry, PruneTarget, Pruner, StrategyError};
+//! `per-layer`: the same number of heads of a kind from every layer of that kind (its lowest-scored
+//! ones), so the pruned model keeps a uniform shape and a standard `config.json`.
+use forge_api::{HeadKind, HeadMask, HeadScores, ModelGeometry, PruneTarget, Pruner, StrategyError};
 
-use super::{constraint_options, select, units, Constraints};
+use super::{constraint_options, select, Constraints, KindView};
 use crate::strategies::{Builtin, Factory};
 
 struct PerLayer(Constraints);
@@ -15,24 +15,28 @@ impl Pruner for PerLayer {
         target: PruneTarget,
     ) -> Result<HeadMask, StrategyError> {
         scores.validate(geometry)?;
-        let attending = geometry.attending_layers();
-        let layers = attending.len();
-        let per_layer = match target {
-            PruneTarget::Ratio(r) => {
-                (r * attending.iter().map(|&l| geometry.heads[l]).min().unwrap_or(0) as f64).round() as usize
-            }
-            PruneTarget::Count(n) if n % layers == 0 => n / layers,
-            PruneTarget::Count(n) => {
-                return Err(StrategyError::bad_input(format!(
-                    "per-layer pruning removes the same number from each of the {layers} layers; --count {n} is not a multiple of {layers}"
-                )))
-            }
-        };
         let mut mask = HeadMask::default();
-        for layer in attending {
-            let units = units(scores, geometry, layer..layer + 1, self.0.whole_groups);
-            let one = select(units, &geometry.heads, per_layer, self.0.min_per_layer)?;
-            mask.pruned.extend(one.pruned);
+        for kind in HeadKind::ALL {
+            let Some(target) = self.0.target(kind, target, geometry) else { continue };
+            let view = KindView::of(kind, scores, geometry)?;
+            let layers = view.layers();
+            let per_layer = match target {
+                PruneTarget::Ratio(r) => {
+                    (r * layers.iter().map(|&l| view.heads[l]).min().unwrap_or(0) as f64).round() as usize
+                }
+                PruneTarget::Count(n) if n % layers.len() == 0 => n / layers.len(),
+                PruneTarget::Count(n) => {
+                    return Err(StrategyError::bad_input(format!(
+                        "per-layer pruning removes the same number from each of the {} layers; --count {n} is not a multiple of {}",
+                        layers.len(),
+                        layers.len()
+                    )))
+                }
+            };
+            for layer in layers {
+                let units = view.units(layer..layer + 1, self.0.whole_groups);
+                mask.of_mut(kind).extend(select(&view, units, per_layer, self.0.min_per_layer)?);
+            }
         }
         Ok(mask)
     }
@@ -41,9 +45,9 @@ impl Pruner for PerLayer {
 inventory::submit! {
     Builtin {
         name: "per-layer",
-        description: "remove the same number of lowest-scored heads from every layer (keeps a uniform shape)",
+        description: "remove the same number of lowest-scored heads of a kind from every layer (keeps a uniform shape)",
         options: constraint_options,
-        factory: Factory::Pruner(|o| Ok(Box::new(PerLayer(Constraints::from_options(o))))),
+        factory: Factory::Pruner(|o| Ok(Box::new(PerLayer(Constraints::from_options(o)?)))),
     }
 }
 
@@ -54,12 +58,31 @@ mod tests {
     #[test]
     fn removes_the_same_count_from_each_layer() {
         let geometry = ModelGeometry::uniform(2, 4, 2, 4, 16);
-        let scores = HeadScores { scores: vec![vec![0.1, 0.2, 0.3, 0.4], vec![9.0, 0.5, 7.0, 8.0]] };
-        let per_layer = PerLayer(Constraints { min_per_layer: 1, whole_groups: false });
+        let scores = HeadScores::attention(vec![vec![0.1, 0.2, 0.3, 0.4], vec![9.0, 0.5, 7.0, 8.0]]);
+        let per_layer = PerLayer(Constraints { min_per_layer: 1, whole_groups: false, linear_ratio: -1.0 });
         let mask = per_layer.prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
         assert_eq!(mask.pruned_in(0), &[0, 1]);
         assert_eq!(mask.pruned_in(1), &[1, 2]);
         let err = per_layer.prune(&scores, &geometry, PruneTarget::Count(3)).unwrap_err();
         assert!(err.to_string().contains("--count 3 is not a multiple of 2"));
+    }
+
+    #[test]
+    fn linear_heads_go_evenly_from_every_linear_layer() {
+        let geometry = ModelGeometry {
+            heads: vec![0, 2],
+            kv_heads: vec![0, 1],
+            linear_heads: vec![4, 0],
+            linear_key_heads: vec![2, 0],
+            ..ModelGeometry::uniform(2, 0, 0, 4, 16)
+        };
+        let scores = HeadScores {
+            scores: vec![vec![], vec![1.0, 2.0]],
+            linear: vec![vec![3.0, 1.0, 2.0, 4.0], vec![]],
+        };
+        let per_layer = PerLayer(Constraints { min_per_layer: 1, whole_groups: false, linear_ratio: 0.5 });
+        let mask = per_layer.prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
+        assert_eq!(mask.pruned_in(1), &[0]);
+        assert_eq!(mask.pruned_of(HeadKind::Linear, 0), &[1, 2]);
     }
 }

@@ -1,8 +1,11 @@
 //! `l2`: the norm of the weights a head owns. For query head h of a layer with group size G this is
 //! `sqrt(‖W_q[h]‖² + ‖W_o[:, h]‖² + (‖W_k[g]‖² + ‖W_v[g]‖²) / G)`: its query rows and output columns,
 //! plus its share of the key and value rows of its KV group g (shared by G heads). Data-free. A head
-//! of Qwen3.5's gated attention owns `2 · head_dim` rows of `q_proj` (its query and its gate); a layer
-//! without attention (a hybrid's linear-attention layer) has no heads to score.
+//! of Qwen3.5's gated attention owns `2 · head_dim` rows of `q_proj` (its query and its gate).
+//!
+//! A linear-attention value head v, served by key head g with r value heads per key head, scores the
+//! same way: `sqrt(‖its in_proj_qkv v rows, in_proj_z/b/a rows‖² + ‖W_out[:, v]‖² + (‖its key head's
+//! q and k rows‖²) / r)`.
 use forge_api::{HeadScores, ImportanceScorer, ScoringContext, StrategyError};
 
 use crate::strategies::{Builtin, Factory};
@@ -19,10 +22,49 @@ fn cols_sq(data: &[f32], width: usize, cols: std::ops::Range<usize>) -> f64 {
     data.chunks(width).map(|row| row[cols.clone()].iter().map(|&v| (v as f64).powi(2)).sum::<f64>()).sum()
 }
 
+/// Scores of layer `layer`'s linear-attention value heads (`heads` of them over `key_heads`).
+fn linear_row(
+    ctx: &dyn ScoringContext,
+    layer: usize,
+    heads: usize,
+    key_heads: usize,
+) -> Result<Vec<f32>, StrategyError> {
+    let get = |p: &str| ctx.tensor(&format!("model.layers.{layer}.linear_attn.{p}.weight"));
+    let (qkv, z, b, a, out) =
+        (get("in_proj_qkv")?, get("in_proj_z")?, get("in_proj_b")?, get("in_proj_a")?, get("out_proj")?);
+    let (dv, r) = (z.shape[0] / heads, heads / key_heads);
+    let dk = (qkv.shape[0] - heads * dv) / (2 * key_heads);
+    let cols = qkv.shape[1];
+    Ok((0..heads)
+        .map(|v| {
+            let key = v / r;
+            let values = 2 * key_heads * dk;
+            let own = rows_sq(&qkv.data, cols, values + v * dv..values + (v + 1) * dv)
+                + rows_sq(&z.data, cols, v * dv..(v + 1) * dv)
+                + rows_sq(&b.data, cols, v..v + 1)
+                + rows_sq(&a.data, cols, v..v + 1)
+                + cols_sq(&out.data, out.shape[1], v * dv..(v + 1) * dv);
+            let shared = rows_sq(&qkv.data, cols, key * dk..(key + 1) * dk)
+                + rows_sq(&qkv.data, cols, (key_heads + key) * dk..(key_heads + key + 1) * dk);
+            (own + shared / r as f64).sqrt() as f32
+        })
+        .collect())
+}
+
 impl ImportanceScorer for L2 {
     fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError> {
         let g = ctx.geometry().clone();
         let d = g.head_dim;
+        let (linear_heads, linear_keys) = g.of(forge_api::HeadKind::Linear);
+        let linear = match g.total_linear_heads() {
+            0 => Vec::new(),
+            _ => (0..g.layers)
+                .map(|l| match linear_heads[l] {
+                    0 => Ok(Vec::new()),
+                    n => linear_row(ctx, l, n, linear_keys[l]),
+                })
+                .collect::<Result<_, _>>()?,
+        };
         let mut scores = Vec::with_capacity(g.layers);
         for layer in 0..g.layers {
             if g.heads[layer] == 0 {
@@ -45,14 +87,14 @@ impl ImportanceScorer for L2 {
                 .collect();
             scores.push(row);
         }
-        Ok(HeadScores { scores })
+        Ok(HeadScores { scores, linear })
     }
 }
 
 inventory::submit! {
     Builtin {
         name: "l2",
-        description: "norm of each head's q rows, o_proj columns and share of its KV group's k/v rows (no data needed)",
+        description: "norm of the weights each head owns and its share of its group's (no data needed)",
         options: Vec::new,
         factory: Factory::Scorer(|_| Ok(Box::new(L2))),
     }

@@ -11,9 +11,13 @@ struct Random {
 impl ImportanceScorer for Random {
     fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError> {
         let mut rng = SplitMix64::new(self.seed.unwrap_or(ctx.seed()));
-        let scores =
-            ctx.geometry().heads.iter().map(|&h| (0..h).map(|_| rng.next_f64() as f32).collect()).collect();
-        Ok(HeadScores { scores })
+        let mut draw = |counts: &[usize]| -> Vec<Vec<f32>> {
+            counts.iter().map(|&h| (0..h).map(|_| rng.next_f64() as f32).collect()).collect()
+        };
+        let g = ctx.geometry();
+        let scores = draw(&g.heads);
+        let linear = if g.total_linear_heads() > 0 { draw(&g.linear_heads) } else { Vec::new() };
+        Ok(HeadScores { scores, linear })
     }
 }
 

@@ -1,7 +1,8 @@
 //! `taylor`: the first-order estimate of how much the loss changes when a head is removed,
 //! |∂L/∂m_h| for a head mask m (Michel et al., 2019, "Are Sixteen Heads Really Better than One?"),
 //! averaged over calibration batches. The gradient flows through forge's own differentiable decoder;
-//! `strategies::probes` tests it against finite differences.
+//! `strategies::probes` tests it against finite differences. A linear-attention value head's mask
+//! multiplies its output before `out_proj`, so the same estimate scores it.
 use forge_api::{HeadScores, ImportanceScorer, ScoringContext, StrategyError};
 
 use crate::strategies::{Builtin, Factory};
@@ -10,7 +11,8 @@ struct Taylor;
 
 impl ImportanceScorer for Taylor {
     fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError> {
-        Ok(HeadScores { scores: ctx.head_mask_gradients()? })
+        let attention = ctx.head_mask_gradients()?;
+        super::both_kinds(ctx, attention, |ctx| ctx.linear_head_mask_gradients())
     }
 }
 

@@ -43,7 +43,7 @@ impl ImportanceScorer for Short {
     fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError> {
         let mut scores: Vec<Vec<f32>> = ctx.geometry().heads.iter().map(|&h| vec![1.0; h]).collect();
         scores[0].pop();
-        Ok(HeadScores { scores })
+        Ok(HeadScores::attention(scores))
     }
 }
 
