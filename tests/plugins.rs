@@ -177,7 +177,9 @@ int main(void) {
     S(ForgeStr) S(ForgeSink) S(ForgeTensorView) S(ForgeGeometry) S(ForgeScoringHost) S(ForgeEvalHost)
     S(ForgeStateSink) S(ForgeStateEntry) S(ForgeScorerMethods) S(ForgePrunerMethods)
     S(ForgeEvaluatorMethods) S(ForgeOptimizerMethods) S(ForgeAdapterMethods) S(ForgeStrategy) S(ForgePlugin)
-    F(ForgeTensorView, stream) F(ForgeScoringHost, probe) F(ForgeEvalHost, generate)
+    S(ForgeUnits)
+    F(ForgeTensorView, stream) F(ForgeScoringHost, probe) F(ForgeScoringHost, extra_unit_count)
+    F(ForgeScoringHost, probe_units) F(ForgePrunerMethods, prune_units) F(ForgeUnits, groups) F(ForgeEvalHost, generate)
     F(ForgeStateEntry, count) F(ForgeOptimizerMethods, load_state) F(ForgeStrategy, options_json)
     F(ForgeAdapterMethods, delta_weight) F(ForgeStrategy, adapter) F(ForgePlugin, count)
     return 0;
@@ -211,8 +213,13 @@ int main(void) {
         size!(ForgeAdapterMethods),
         size!(ForgeStrategy),
         size!(ForgePlugin),
+        size!(ForgeUnits),
         field!(ForgeTensorView, stream),
         field!(ForgeScoringHost, probe),
+        field!(ForgeScoringHost, extra_unit_count),
+        field!(ForgeScoringHost, probe_units),
+        field!(ForgePrunerMethods, prune_units),
+        field!(ForgeUnits, groups),
         field!(ForgeEvalHost, generate),
         field!(ForgeStateEntry, count),
         field!(ForgeOptimizerMethods, load_state),
@@ -306,7 +313,7 @@ fn broken_libraries_are_refused_with_exit_2_and_a_message_that_names_them() {
     );
     let (_d, lib) = compile_c(s(&source), "libfuture.so", true);
     let err = forge_refuses(&["list", "--plugin", s(&lib)]);
-    assert!(err.contains("built for forge plugin ABI 2.3, and this forge speaks ABI 1.0"), "{err}");
+    assert!(err.contains("built for forge plugin ABI 2.3, and this forge speaks ABI 1.1"), "{err}");
 
     let entropy = rust_plugin("forge-entropy-scorer");
     let twin_dir = tempfile::tempdir().unwrap();
@@ -438,4 +445,39 @@ fn a_plugin_adapter_trains_reloads_with_its_plugin_and_merges() {
     std::fs::copy(model.path().join("tokenizer.json"), merged.join("tokenizer.json")).ok();
     let folded = eval(s(&merged), &[]);
     assert!((folded - adapted).abs() < 1e-4 * adapted, "merged {folded} vs adapted {adapted}");
+}
+
+/// A plugin scorer that scores query heads only, on the Qwen3.5 hybrid: its scores cross with the
+/// linear-attention heads unscored, the built-in pruner refuses to prune those naming the fix, and
+/// with `linear-ratio=0` prunes the query heads alone.
+#[test]
+fn a_plugin_scoring_query_heads_only_prunes_a_hybrid_with_linear_ratio_0() {
+    let entropy = rust_plugin("forge-entropy-scorer");
+    let (dir, model, data) = (tempfile::tempdir().unwrap(), tiny_qwen35(), data("code-valid.jsonl"));
+    let out = dir.path().join("pruned");
+    let args = [
+        "prune",
+        "-q",
+        "--json",
+        "--plugin",
+        s(&entropy),
+        "--model",
+        s(&model),
+        "--scorer",
+        "entropy",
+        "--data",
+        s(&data),
+        "--calib-windows",
+        "2",
+        "--pruner",
+        "global",
+        "--ratio",
+        "0.25",
+        "--out",
+        s(&out),
+    ];
+    assert!(forge_refuses(&args).contains("--pruner-opt linear-ratio=0"));
+    let report = forge_json(&[&args[..], &["--pruner-opt", "linear-ratio=0"]].concat());
+    assert_eq!((report["heads_after"].as_u64(), report["linear_heads_after"].as_u64()), (Some(12), Some(48)));
+    assert!(report.get("pruned_linear_heads").is_none(), "{report}");
 }

@@ -23,7 +23,7 @@ extern "C" {
 #endif
 
 #define FORGE_ABI_MAJOR 1
-#define FORGE_ABI_MINOR 0
+#define FORGE_ABI_MINOR 1 /* 1.1: units beyond query heads (ForgeUnits) */
 
 typedef int32_t ForgeStatus;
 #define FORGE_OK 0
@@ -49,6 +49,9 @@ typedef int32_t ForgeStatus;
 #define FORGE_PROBE_HEAD_OUTPUT_NORMS 0   /* mean L2 norm of each head's output through o_proj */
 #define FORGE_PROBE_HEAD_MASK_GRADIENTS 1 /* mean |d loss / d head mask| */
 #define FORGE_PROBE_ATTENTION_ENTROPY 2   /* mean entropy of each head's attention, nats */
+
+#define FORGE_UNIT_QUERY_HEAD 0  /* 1.1: a full-attention query head */
+#define FORGE_UNIT_LINEAR_HEAD 1 /* 1.1: a Gated DeltaNet value head; its group is its key head */
 
 #define FORGE_TARGET_RATIO 0 /* share of all query heads, in (0, 1) */
 #define FORGE_TARGET_COUNT 1 /* number of heads */
@@ -87,6 +90,13 @@ typedef struct ForgeGeometry {
 
 /* Per-head arrays (scores, probes, prune flags) are layer-major: layer 0's heads, then layer 1's. */
 
+/* 1.1: one kind of unit beyond query heads, `layers` counts and group counts each. */
+typedef struct ForgeUnits {
+    uint32_t kind;           /* FORGE_UNIT_* */
+    const uint64_t *counts;  /* units per layer (0 where a layer has none) */
+    const uint64_t *groups;  /* groups per layer; units share groups in consecutive runs */
+} ForgeUnits;
+
 typedef struct ForgeScoringHost {
     void *ctx; /* pass back to every callback */
     ForgeGeometry geometry;
@@ -95,6 +105,14 @@ typedef struct ForgeScoringHost {
     ForgeStatus (*tensor)(void *ctx, ForgeStr name, ForgeTensorView *out, const ForgeSink *error);
     /* Fills `len` (= total query heads) floats with FORGE_PROBE_*. */
     ForgeStatus (*probe)(void *ctx, uint32_t probe, float *out, size_t len, const ForgeSink *error);
+    /* 1.1: the model's kinds of units beyond query heads (none for a plugin of minor 0). A 1.1
+     * scorer's buffer holds the query heads, then each of these kinds in order, layer-major, filled
+     * with NaN: a kind left all NaN is unscored. */
+    const ForgeUnits *extra_units;
+    size_t extra_unit_count;
+    /* 1.1: probe FORGE_PROBE_* over units of kind `unit` (FORGE_UNIT_*), `len` floats. */
+    ForgeStatus (*probe_units)(void *ctx, uint32_t probe, uint32_t unit, float *out, size_t len,
+                               const ForgeSink *error);
 } ForgeScoringHost;
 
 typedef struct ForgeEvalHost {
@@ -129,7 +147,8 @@ typedef struct ForgeStateEntry {
 } ForgeStateEntry;
 
 typedef struct ForgeScorerMethods {
-    /* Writes one score per query head (higher = more important) into scores[len]. */
+    /* Writes one score per query head (higher = more important) into scores[len]; from 1.1, then
+     * one per unit of each of host->extra_units. */
     ForgeStatus (*score)(void *instance, const ForgeScoringHost *host, float *scores, size_t len,
                          const ForgeSink *error);
 } ForgeScorerMethods;
@@ -138,6 +157,12 @@ typedef struct ForgePrunerMethods {
     /* Sets pruned[i] = 1 for each head to remove. */
     ForgeStatus (*prune)(void *instance, const ForgeGeometry *geometry, const float *scores, size_t len,
                          uint32_t target_kind, double target, uint8_t *pruned, const ForgeSink *error);
+    /* 1.1, may be NULL: prune over query heads then extra_unit_count more kinds; scores and pruned
+     * hold them all, kind after kind (a kind scored all NaN is unscored). Called in place of prune
+     * when present. */
+    ForgeStatus (*prune_units)(void *instance, const ForgeGeometry *geometry, const ForgeUnits *extra_units,
+                               size_t extra_unit_count, const float *scores, size_t len, uint32_t target_kind,
+                               double target, uint8_t *pruned, const ForgeSink *error);
 } ForgePrunerMethods;
 
 typedef struct ForgeEvaluatorMethods {

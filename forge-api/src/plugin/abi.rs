@@ -12,8 +12,10 @@ use std::ffi::c_void;
 /// The ABI's major version. A host refuses a plugin of another major.
 pub const ABI_MAJOR: u32 = 1;
 /// The ABI's minor version. Minors only append fields and functions; a host accepts a plugin whose
-/// minor is at most its own.
-pub const ABI_MINOR: u32 = 0;
+/// minor is at most its own, and reads what a minor appended only from plugins of that minor or later.
+/// 1.1 appended unit kinds beyond query heads (`ForgeUnits`; `ForgeScoringHost::extra_units` and
+/// `probe_units`; `ForgePrunerMethods::prune_units`).
+pub const ABI_MINOR: u32 = 1;
 /// The one symbol a plugin exports: `const ForgePlugin *forge_plugin_entry(void)`.
 pub const ENTRY_SYMBOL: &str = "forge_plugin_entry";
 
@@ -61,6 +63,11 @@ pub const FORGE_PROBE_HEAD_OUTPUT_NORMS: u32 = 0;
 pub const FORGE_PROBE_HEAD_MASK_GRADIENTS: u32 = 1;
 /// Mean entropy of each head's attention distribution, in nats.
 pub const FORGE_PROBE_ATTENTION_ENTROPY: u32 = 2;
+
+/// Unit kind (1.1): a full-attention query head.
+pub const FORGE_UNIT_QUERY_HEAD: u32 = 0;
+/// Unit kind (1.1): a linear-attention (Gated DeltaNet) value head; its group is its key head.
+pub const FORGE_UNIT_LINEAR_HEAD: u32 = 1;
 
 /// Prune target: a share of all query heads, in (0, 1).
 pub const FORGE_TARGET_RATIO: u32 = 0;
@@ -126,6 +133,18 @@ pub struct ForgeGeometry {
     pub kv_heads: *const u64,
 }
 
+/// (1.1) One kind of prunable unit beyond query heads, per layer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForgeUnits {
+    /// `FORGE_UNIT_*`.
+    pub kind: u32,
+    /// `layers` unit counts (0 in a layer without units of this kind).
+    pub counts: *const u64,
+    /// `layers` group counts: units share a group in consecutive runs (as query heads share KV heads).
+    pub groups: *const u64,
+}
+
 /// What a scorer may ask the host for, during one `score` call.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -147,6 +166,22 @@ pub struct ForgeScoringHost {
     pub probe: unsafe extern "C" fn(
         ctx: *mut c_void,
         probe: u32,
+        out: *mut f32,
+        len: usize,
+        error: *const ForgeSink,
+    ) -> ForgeStatus,
+    /// (1.1) The model's kinds of units beyond query heads, `extra_unit_count` of them (none for a
+    /// plugin of minor 0). A 1.1 scorer's `score` buffer holds the query heads and then each of these
+    /// kinds in order, layer-major, filled with NaN: a kind left all NaN is unscored.
+    pub extra_units: *const ForgeUnits,
+    /// (1.1) Number of `extra_units`.
+    pub extra_unit_count: usize,
+    /// (1.1) Fills `out` (`len` values, layer-major) with probe `FORGE_PROBE_*` over units of kind
+    /// `unit` (`FORGE_UNIT_*`); entropy exists for query heads only.
+    pub probe_units: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        probe: u32,
+        unit: u32,
         out: *mut f32,
         len: usize,
         error: *const ForgeSink,
@@ -232,7 +267,8 @@ pub struct ForgeStateEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ForgeScorerMethods {
-    /// Writes one score per query head (`len` = total heads, layer-major) into `scores`.
+    /// Writes one score per query head (`len` = total heads, layer-major) into `scores`; from 1.1,
+    /// then one per unit of each of `host.extra_units` (see there).
     pub score: unsafe extern "C" fn(
         instance: *mut c_void,
         host: *const ForgeScoringHost,
@@ -257,6 +293,23 @@ pub struct ForgePrunerMethods {
         pruned: *mut u8,
         error: *const ForgeSink,
     ) -> ForgeStatus,
+    /// (1.1, may be null) `prune` over query heads and then `extra_unit_count` more kinds:
+    /// `scores` and `pruned` hold them all, kind after kind, each layer-major (a kind whose scores
+    /// are all NaN is unscored). A host calls it, when present, in place of `prune`.
+    pub prune_units: Option<
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            geometry: *const ForgeGeometry,
+            extra_units: *const ForgeUnits,
+            extra_unit_count: usize,
+            scores: *const f32,
+            len: usize,
+            target_kind: u32,
+            target: f64,
+            pruned: *mut u8,
+            error: *const ForgeSink,
+        ) -> ForgeStatus,
+    >,
 }
 
 /// Methods of an evaluator.

@@ -4,7 +4,7 @@ use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::abi::*;
-use crate::{ModelGeometry, StrategyError};
+use crate::{HeadKind, HeadMask, HeadScores, ModelGeometry, StrategyError};
 
 impl ForgeStr {
     /// Borrows `text`; the view is valid while `text` is.
@@ -93,24 +93,40 @@ pub(crate) fn request(call: impl FnOnce(*const ForgeSink) -> ForgeStatus) -> Res
     }
 }
 
-/// A geometry in its C form, with the arrays it points into.
+/// A geometry laid out for the boundary; the views borrow its arrays. Units beyond query heads (the
+/// 1.1 `extra_units`) are described only where the model has them.
 pub(crate) struct GeometryFfi {
     heads: Vec<u64>,
     kv_heads: Vec<u64>,
     layers: u64,
     head_dim: u64,
     hidden: u64,
+    linear: (Vec<u64>, Vec<u64>),
+    units: Vec<ForgeUnits>,
 }
 
 impl GeometryFfi {
     pub(crate) fn new(g: &ModelGeometry) -> Self {
-        GeometryFfi {
-            heads: g.heads.iter().map(|&h| h as u64).collect(),
-            kv_heads: g.kv_heads.iter().map(|&h| h as u64).collect(),
+        let wide = |v: &[usize]| -> Vec<u64> { v.iter().map(|&h| h as u64).collect() };
+        let (counts, groups) = g.of(HeadKind::Linear);
+        let mut ffi = GeometryFfi {
+            heads: wide(&g.heads),
+            kv_heads: wide(&g.kv_heads),
             layers: g.layers as u64,
             head_dim: g.head_dim as u64,
             hidden: g.hidden as u64,
+            linear: (wide(&counts), wide(&groups)),
+            units: Vec::new(),
+        };
+        if g.total_linear_heads() > 0 {
+            // The arrays live on the heap: their pointers stay valid when `ffi` moves.
+            ffi.units.push(ForgeUnits {
+                kind: FORGE_UNIT_LINEAR_HEAD,
+                counts: ffi.linear.0.as_ptr(),
+                groups: ffi.linear.1.as_ptr(),
+            });
         }
+        ffi
     }
 
     /// The view; valid while `self` is.
@@ -123,6 +139,11 @@ impl GeometryFfi {
             kv_heads: self.kv_heads.as_ptr(),
         }
     }
+
+    /// The 1.1 `extra_units` and their count; valid while `self` is.
+    pub(crate) fn extra_units(&self) -> (*const ForgeUnits, usize) {
+        (self.units.as_ptr(), self.units.len())
+    }
 }
 
 impl ForgeGeometry {
@@ -132,24 +153,85 @@ impl ForgeGeometry {
     /// `heads` and `kv_heads` must point to `layers` values each.
     pub unsafe fn to_geometry(&self) -> ModelGeometry {
         let layers = self.layers as usize;
-        let read = |p: *const u64| -> Vec<usize> {
-            if layers == 0 {
-                Vec::new()
-            } else {
-                std::slice::from_raw_parts(p, layers).iter().map(|&v| v as usize).collect()
-            }
-        };
         ModelGeometry {
-            layers,
-            heads: read(self.heads),
-            kv_heads: read(self.kv_heads),
-            head_dim: self.head_dim as usize,
-            hidden: self.hidden as usize,
-            // ABI 1.0 carries query heads only: a plugin sees no linear-attention heads.
-            linear_heads: Vec::new(),
-            linear_key_heads: Vec::new(),
+            heads: read_layers(self.heads, layers),
+            kv_heads: read_layers(self.kv_heads, layers),
+            ..ModelGeometry::uniform(layers, 0, 0, self.head_dim as usize, self.hidden as usize)
         }
     }
+
+    /// [`ForgeGeometry::to_geometry`] with the 1.1 `extra_units` read in; kinds this build does not
+    /// know are left out (their scores stay NaN, their flags 0).
+    ///
+    /// # Safety
+    /// As `to_geometry`, and `units` must point to `count` descriptions of `layers` values each.
+    pub unsafe fn to_geometry_with(&self, units: *const ForgeUnits, count: usize) -> ModelGeometry {
+        let mut g = self.to_geometry();
+        for u in slice(units, count).iter().filter(|u| u.kind == FORGE_UNIT_LINEAR_HEAD) {
+            g.linear_heads = read_layers(u.counts, g.layers);
+            g.linear_key_heads = read_layers(u.groups, g.layers);
+        }
+        g
+    }
+}
+
+/// `layers` counts from the other side.
+unsafe fn read_layers(p: *const u64, layers: usize) -> Vec<usize> {
+    slice(p, layers).iter().map(|&v| v as usize).collect()
+}
+
+/// Scores of every kind as the 1.1 buffer lays them out: query heads, then linear-attention heads
+/// (NaN where unscored).
+pub(crate) fn flatten_kinds(scores: &HeadScores, g: &ModelGeometry) -> Vec<f32> {
+    let mut flat = flatten(&scores.scores);
+    match scores.of(HeadKind::Linear) {
+        Some(rows) => flat.extend(flatten(rows)),
+        None => flat.extend(std::iter::repeat_n(f32::NAN, g.total_linear_heads())),
+    }
+    flat
+}
+
+/// The inverse of [`flatten_kinds`]: an all-NaN kind is unscored. `flat` holds every unit of `g`.
+pub(crate) fn unflatten_kinds(flat: &[f32], g: &ModelGeometry) -> HeadScores {
+    let (attention, linear) = flat.split_at(g.total_heads());
+    let linear = match linear.iter().all(|v| v.is_nan()) {
+        true => Vec::new(),
+        false => unflatten(linear, &g.of(HeadKind::Linear).0),
+    };
+    HeadScores { scores: unflatten(attention, &g.heads), linear }
+}
+
+/// Units of every kind `g` has: the length of a 1.1 buffer.
+pub(crate) fn total_units(g: &ModelGeometry) -> usize {
+    g.total_heads() + g.total_linear_heads()
+}
+
+/// A mask as one flag per unit (1 = pruned), kinds in `kinds` order, each layer-major.
+pub(crate) fn mask_flags(mask: &HeadMask, g: &ModelGeometry, kinds: &[HeadKind]) -> Vec<u8> {
+    let mut flags = Vec::new();
+    for &kind in kinds {
+        for (layer, &n) in g.of(kind).0.iter().enumerate() {
+            let pruned = mask.pruned_of(kind, layer);
+            flags.extend((0..n).map(|u| u8::from(pruned.contains(&u))));
+        }
+    }
+    flags
+}
+
+/// The inverse of [`mask_flags`].
+pub(crate) fn flags_mask(flags: &[u8], g: &ModelGeometry, kinds: &[HeadKind]) -> HeadMask {
+    let mut mask = HeadMask::default();
+    let mut first = 0;
+    for &kind in kinds {
+        for (layer, &n) in g.of(kind).0.iter().enumerate() {
+            let removed: Vec<usize> = (0..n).filter(|&u| flags[first + u] != 0).collect();
+            if !removed.is_empty() {
+                mask.of_mut(kind).insert(layer, removed);
+            }
+            first += n;
+        }
+    }
+    mask
 }
 
 /// Per-layer rows as one layer-major array.

@@ -1,14 +1,19 @@
-//! Pruners across the boundary: scores and geometry in, one keep/remove flag per head out.
+//! Pruners across the boundary: scores and geometry in, one keep/remove flag per head out; from ABI
+//! 1.1 (`prune_units`) over every kind of unit, query heads first.
 use std::ffi::c_void;
 
 use super::abi::*;
-use super::boundary::{flatten, serve, slice, slice_mut, unflatten, GeometryFfi};
+use super::boundary::{
+    flags_mask, flatten, flatten_kinds, mask_flags, serve, slice, slice_mut, total_units, unflatten,
+    unflatten_kinds, GeometryFfi,
+};
 use super::strategy::{describe, Export, Instance, PluginStrategy};
-use crate::{HeadMask, HeadScores, ModelGeometry, Options, PruneTarget, Pruner, StrategyError};
+use crate::{HeadKind, HeadMask, HeadScores, ModelGeometry, Options, PruneTarget, Pruner, StrategyError};
 
 /// The table entry of pruner `T`.
 pub fn export<T: Export + Pruner>() -> ForgeStrategy {
-    let methods: &'static ForgePrunerMethods = Box::leak(Box::new(ForgePrunerMethods { prune: prune::<T> }));
+    let methods: &'static ForgePrunerMethods =
+        Box::leak(Box::new(ForgePrunerMethods { prune: prune::<T>, prune_units: Some(prune_units::<T>) }));
     ForgeStrategy { pruner: methods, ..describe::<T>(FORGE_KIND_PRUNER) }
 }
 
@@ -29,66 +34,80 @@ unsafe extern "C" fn prune<T: Pruner>(
             return Err(StrategyError::failed(format!("{len} scores for {} heads", geometry.total_heads())));
         }
         let scores = HeadScores::attention(unflatten(slice(scores, len), &geometry.heads));
-        let target = match target_kind {
-            FORGE_TARGET_RATIO => PruneTarget::Ratio(target),
-            FORGE_TARGET_COUNT => PruneTarget::Count(target as usize),
-            other => return Err(StrategyError::failed(format!("unknown prune target kind {other}"))),
-        };
-        let mask = (*(instance as *const T)).prune(&scores, &geometry, target)?;
+        let mask = (*(instance as *const T)).prune(&scores, &geometry, target_of(target_kind, target)?)?;
         mask.validate(&geometry).map_err(|e| StrategyError::failed(e.to_string()))?;
-        let flags = slice_mut(pruned, len);
-        flags.fill(0);
-        let mut first = 0;
-        for (layer, &heads) in geometry.heads.iter().enumerate() {
-            for &head in mask.pruned_in(layer) {
-                flags[first + head] = 1;
-            }
-            first += heads;
-        }
+        let flags = mask_flags(&mask, &geometry, &[HeadKind::Attention]);
+        slice_mut(pruned, len).copy_from_slice(&flags);
         Ok(())
     })
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn prune_units<T: Pruner>(
+    instance: *mut c_void,
+    geometry: *const ForgeGeometry,
+    extra_units: *const ForgeUnits,
+    extra_unit_count: usize,
+    scores: *const f32,
+    len: usize,
+    target_kind: u32,
+    target: f64,
+    pruned: *mut u8,
+    error: *const ForgeSink,
+) -> ForgeStatus {
+    serve(error, || {
+        let geometry = (*geometry).to_geometry_with(extra_units, extra_unit_count);
+        if len != total_units(&geometry) {
+            return Err(StrategyError::failed(format!("{len} scores for {} units", total_units(&geometry))));
+        }
+        let scores = unflatten_kinds(slice(scores, len), &geometry);
+        let mask = (*(instance as *const T)).prune(&scores, &geometry, target_of(target_kind, target)?)?;
+        mask.validate(&geometry).map_err(|e| StrategyError::failed(e.to_string()))?;
+        slice_mut(pruned, len).copy_from_slice(&mask_flags(&mask, &geometry, &HeadKind::ALL));
+        Ok(())
+    })
+}
+
+fn target_of(kind: u32, value: f64) -> Result<PruneTarget, StrategyError> {
+    match kind {
+        FORGE_TARGET_RATIO => Ok(PruneTarget::Ratio(value)),
+        FORGE_TARGET_COUNT => Ok(PruneTarget::Count(value as usize)),
+        other => Err(StrategyError::failed(format!("unknown prune target kind {other}"))),
+    }
 }
 
 struct PluginPruner(Instance);
 
 impl Pruner for PluginPruner {
+    /// A plugin of ABI 1.1 with `prune_units` decides every kind of unit; an older one the query
+    /// heads alone.
     fn prune(
         &self,
         scores: &HeadScores,
         geometry: &ModelGeometry,
         target: PruneTarget,
     ) -> Result<HeadMask, StrategyError> {
-        let flat = flatten(&scores.scores);
+        let methods = unsafe { &*self.0.raw.pruner };
+        let units = if self.0.knows_units() { methods.prune_units } else { None };
+        let kinds: &[HeadKind] = if units.is_some() { &HeadKind::ALL } else { &[HeadKind::Attention] };
+        let flat = if units.is_some() { flatten_kinds(scores, geometry) } else { flatten(&scores.scores) };
         let geometry_ffi = GeometryFfi::new(geometry);
+        let (extra, extra_count) = geometry_ffi.extra_units();
         let (kind, value) = match target {
             PruneTarget::Ratio(r) => (FORGE_TARGET_RATIO, r),
             PruneTarget::Count(n) => (FORGE_TARGET_COUNT, n as f64),
         };
         let mut flags = vec![0u8; flat.len()];
-        let methods = unsafe { &*self.0.raw.pruner };
+        let view = geometry_ffi.view();
+        let (ptr, scores_ptr, len, out) = (self.0.ptr, flat.as_ptr(), flat.len(), flags.as_mut_ptr());
         // SAFETY: every buffer outlives the call and has the length it is told.
         self.0.call(|error| unsafe {
-            (methods.prune)(
-                self.0.ptr,
-                &geometry_ffi.view(),
-                flat.as_ptr(),
-                flat.len(),
-                kind,
-                value,
-                flags.as_mut_ptr(),
-                error,
-            )
-        })?;
-        let mut mask = HeadMask::default();
-        let mut first = 0;
-        for (layer, &heads) in geometry.heads.iter().enumerate() {
-            let removed: Vec<usize> = (0..heads).filter(|&h| flags[first + h] != 0).collect();
-            if !removed.is_empty() {
-                mask.pruned.insert(layer, removed);
+            match units {
+                Some(f) => f(ptr, &view, extra, extra_count, scores_ptr, len, kind, value, out, error),
+                None => (methods.prune)(ptr, &view, scores_ptr, len, kind, value, out, error),
             }
-            first += heads;
-        }
-        Ok(mask)
+        })?;
+        Ok(flags_mask(&flags, geometry, kinds))
     }
 }
 

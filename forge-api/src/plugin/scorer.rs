@@ -4,10 +4,13 @@
 use std::ffi::c_void;
 
 use super::abi::*;
-use super::boundary::{flatten, request, serve, slice, slice_mut, unflatten, GeometryFfi};
+use super::boundary::{
+    flatten, flatten_kinds, request, serve, slice, slice_mut, total_units, unflatten, unflatten_kinds,
+    GeometryFfi,
+};
 use super::strategy::{describe, Export, Instance, PluginStrategy};
 use crate::{
-    HeadScores, HostTensor, ImportanceScorer, ModelGeometry, Options, ScoringContext, StrategyError,
+    HeadKind, HeadScores, HostTensor, ImportanceScorer, ModelGeometry, Options, ScoringContext, StrategyError,
 };
 
 /// The table entry of scorer `T`.
@@ -25,12 +28,14 @@ unsafe extern "C" fn score<T: ImportanceScorer>(
 ) -> ForgeStatus {
     serve(error, || {
         let host = &*host;
-        let mut ctx = HostScoring { geometry: host.geometry.to_geometry(), host };
+        // This plugin speaks 1.1, so its host does too and describes its other units.
+        let geometry = host.geometry.to_geometry_with(host.extra_units, host.extra_unit_count);
+        let mut ctx = HostScoring { geometry, host };
         let scores = (*(instance as *const T)).score(&mut ctx)?;
         scores.validate(&ctx.geometry)?;
-        let flat = flatten(&scores.scores);
+        let flat = flatten_kinds(&scores, &ctx.geometry);
         if flat.len() != len {
-            return Err(StrategyError::failed(format!("{} scores for {len} heads", flat.len())));
+            return Err(StrategyError::failed(format!("{} scores for {len} units", flat.len())));
         }
         slice_mut(out, len).copy_from_slice(&flat);
         Ok(())
@@ -51,6 +56,23 @@ impl HostScoring<'_> {
             (self.host.probe)(self.host.ctx, probe, out.as_mut_ptr(), out.len(), error)
         })?;
         Ok(unflatten(&out, &self.geometry.heads))
+    }
+
+    fn probe_linear(&mut self, probe: u32) -> Result<Vec<Vec<f32>>, StrategyError> {
+        let counts = self.geometry.of(HeadKind::Linear).0;
+        let mut out = vec![0f32; counts.iter().sum()];
+        // SAFETY: `out` has the length the call is told.
+        request(|error| unsafe {
+            (self.host.probe_units)(
+                self.host.ctx,
+                probe,
+                FORGE_UNIT_LINEAR_HEAD,
+                out.as_mut_ptr(),
+                out.len(),
+                error,
+            )
+        })?;
+        Ok(unflatten(&out, &counts))
     }
 }
 
@@ -83,6 +105,14 @@ impl ScoringContext for HostScoring<'_> {
 
     fn attention_entropy(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
         self.probe(FORGE_PROBE_ATTENTION_ENTROPY)
+    }
+
+    fn linear_head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        self.probe_linear(FORGE_PROBE_HEAD_OUTPUT_NORMS)
+    }
+
+    fn linear_head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        self.probe_linear(FORGE_PROBE_HEAD_MASK_GRADIENTS)
     }
 }
 
@@ -163,18 +193,39 @@ unsafe extern "C" fn host_probe(
     len: usize,
     error: *const ForgeSink,
 ) -> ForgeStatus {
+    host_probe_units(ctx, probe, FORGE_UNIT_QUERY_HEAD, out, len, error)
+}
+
+unsafe extern "C" fn host_probe_units(
+    ctx: *mut c_void,
+    probe: u32,
+    unit: u32,
+    out: *mut f32,
+    len: usize,
+    error: *const ForgeSink,
+) -> ForgeStatus {
     serve(error, || {
         let state = &mut *(ctx as *mut ScoringState);
-        let rows = match probe {
-            FORGE_PROBE_HEAD_OUTPUT_NORMS => state.ctx.head_output_norms()?,
-            FORGE_PROBE_HEAD_MASK_GRADIENTS => state.ctx.head_mask_gradients()?,
-            FORGE_PROBE_ATTENTION_ENTROPY => state.ctx.attention_entropy()?,
-            other => return Err(StrategyError::bad_input(format!("unknown probe {other}"))),
+        let rows = match (probe, unit) {
+            (FORGE_PROBE_HEAD_OUTPUT_NORMS, FORGE_UNIT_QUERY_HEAD) => state.ctx.head_output_norms()?,
+            (FORGE_PROBE_HEAD_MASK_GRADIENTS, FORGE_UNIT_QUERY_HEAD) => state.ctx.head_mask_gradients()?,
+            (FORGE_PROBE_ATTENTION_ENTROPY, FORGE_UNIT_QUERY_HEAD) => state.ctx.attention_entropy()?,
+            (FORGE_PROBE_HEAD_OUTPUT_NORMS, FORGE_UNIT_LINEAR_HEAD) => {
+                state.ctx.linear_head_output_norms()?
+            }
+            (FORGE_PROBE_HEAD_MASK_GRADIENTS, FORGE_UNIT_LINEAR_HEAD) => {
+                state.ctx.linear_head_mask_gradients()?
+            }
+            (probe, unit) => {
+                return Err(StrategyError::bad_input(format!(
+                    "there is no probe {probe} over units of kind {unit}"
+                )))
+            }
         };
         let flat = flatten(&rows);
         if flat.len() != len {
             return Err(StrategyError::bad_input(format!(
-                "the probe has {} values (one per query head); the plugin passed room for {len}",
+                "the probe has {} values (one per unit of kind {unit}); the plugin passed room for {len}",
                 flat.len()
             )));
         }
@@ -189,6 +240,9 @@ impl ImportanceScorer for PluginScorer {
     fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError> {
         let geometry = ctx.geometry().clone();
         let geometry_ffi = GeometryFfi::new(&geometry);
+        // A plugin older than 1.1 is told of query heads alone, and scores them alone.
+        let units = self.0.knows_units();
+        let (extra, extra_count) = if units { geometry_ffi.extra_units() } else { (std::ptr::null(), 0) };
         let seed = ctx.seed();
         let mut state = ScoringState { ctx, lent: Vec::new() };
         let host = ForgeScoringHost {
@@ -197,14 +251,20 @@ impl ImportanceScorer for PluginScorer {
             seed,
             tensor: host_tensor,
             probe: host_probe,
+            extra_units: extra,
+            extra_unit_count: extra_count,
+            probe_units: host_probe_units,
         };
-        let mut flat = vec![f32::NAN; geometry.total_heads()];
+        let mut flat = vec![f32::NAN; if units { total_units(&geometry) } else { geometry.total_heads() }];
         let methods = unsafe { &*self.0.raw.scorer };
         // SAFETY: `host`, `state` and `flat` outlive the call; the instance is live.
         self.0.call(|error| unsafe {
             (methods.score)(self.0.ptr, &host, flat.as_mut_ptr(), flat.len(), error)
         })?;
-        let scores = HeadScores::attention(unflatten(&flat, &geometry.heads));
+        let scores = match units {
+            true => unflatten_kinds(&flat, &geometry),
+            false => HeadScores::attention(unflatten(&flat, &geometry.heads)),
+        };
         scores.validate(&geometry).map_err(|e| self.0.blame(e))?;
         Ok(scores)
     }

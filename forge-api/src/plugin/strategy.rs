@@ -134,6 +134,8 @@ macro_rules! export_plugin {
 pub struct PluginStrategy {
     /// Kind, name, description and options.
     pub info: StrategyInfo,
+    /// The ABI minor its plugin was built for: what it may be given and read.
+    pub(crate) abi_minor: u32,
     origin: &'static str,
     raw: &'static ForgeStrategy,
 }
@@ -238,6 +240,7 @@ pub unsafe fn read_plugin(table: *const ForgePlugin, origin: &str) -> Result<Plu
         let description = text(raw.description, "strategy description")?;
         strategies.push(PluginStrategy {
             info: StrategyInfo { kind, name, description, options },
+            abi_minor: table.abi_minor,
             origin,
             raw,
         });
@@ -269,6 +272,11 @@ impl Instance {
     /// Names the strategy and its library in an error.
     pub(crate) fn blame(&self, e: StrategyError) -> StrategyError {
         self.strategy.blame(e)
+    }
+
+    /// Whether its plugin speaks ABI 1.1 or later: units beyond query heads.
+    pub(crate) fn knows_units(&self) -> bool {
+        self.strategy.abi_minor >= 1
     }
 }
 

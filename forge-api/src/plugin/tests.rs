@@ -66,7 +66,35 @@ impl Pruner for Lowest {
             mask.pruned.entry(l).or_default().push(h);
         }
         mask.pruned.values_mut().for_each(|v| v.sort());
+        // Where linear-attention heads are scored, the single lowest of them goes too.
+        let lowest_linear = s
+            .linear
+            .iter()
+            .enumerate()
+            .flat_map(|(l, row)| row.iter().enumerate().map(move |(h, &v)| (v, l, h)));
+        if let Some((_, l, h)) = lowest_linear.min_by(|a, b| a.0.total_cmp(&b.0)) {
+            mask.pruned_linear_heads.insert(l, vec![h]);
+        }
         Ok(mask)
+    }
+}
+
+struct Both;
+impl Export for Both {
+    const NAME: &'static str = "both";
+    const DESCRIPTION: &'static str = "entropy for query heads, output norms for linear-attention heads";
+    fn new(_: &Options) -> Result<Self, StrategyError> {
+        Ok(Both)
+    }
+}
+impl ImportanceScorer for Both {
+    fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError> {
+        let scores = ctx.attention_entropy()?;
+        let linear = match ctx.geometry().total_linear_heads() {
+            0 => Vec::new(),
+            _ => ctx.linear_head_output_norms()?,
+        };
+        Ok(HeadScores { scores, linear })
     }
 }
 
@@ -188,6 +216,7 @@ fn strategies() -> Vec<ForgeStrategy> {
     vec![
         export::scorer::<Scaled>(),
         export::scorer::<Panics>(),
+        export::scorer::<Both>(),
         export::pruner::<Lowest>(),
         export::evaluator::<Probe>(),
         export::optimizer::<Sgd>(),
@@ -246,6 +275,7 @@ fn the_table_describes_every_strategy_with_its_options() {
         [
             (StrategyKind::Scorer, "scaled"),
             (StrategyKind::Scorer, "panics"),
+            (StrategyKind::Scorer, "both"),
             (StrategyKind::Pruner, "lowest"),
             (StrategyKind::Evaluator, "probe"),
             (StrategyKind::Optimizer, "sgd"),
@@ -308,6 +338,66 @@ fn a_pruner_answers_with_a_mask() {
     assert_eq!(mask.pruned, BTreeMap::from([(0, vec![1]), (1, vec![0, 2])]));
 }
 
+/// Layer 0 attends (2 query heads), layer 1 is Gated DeltaNet (4 value heads over 2 key heads).
+struct MockHybrid;
+impl ScoringContext for MockHybrid {
+    fn geometry(&self) -> &ModelGeometry {
+        static G: OnceLock<ModelGeometry> = OnceLock::new();
+        G.get_or_init(|| ModelGeometry {
+            heads: vec![2, 0],
+            kv_heads: vec![1, 0],
+            linear_heads: vec![0, 4],
+            linear_key_heads: vec![0, 2],
+            ..ModelGeometry::uniform(2, 0, 0, 4, 8)
+        })
+    }
+    fn tensor(&self, name: &str) -> Result<HostTensor, StrategyError> {
+        Err(StrategyError::bad_input(format!("no tensor `{name}`")))
+    }
+    fn seed(&self) -> u64 {
+        0
+    }
+    fn head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Err(StrategyError::failed("not used"))
+    }
+    fn head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Err(StrategyError::failed("not used"))
+    }
+    fn attention_entropy(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Ok(vec![vec![1.0, 2.0], vec![]])
+    }
+    fn linear_head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Ok(vec![vec![], vec![0.4, 0.1, 0.3, 0.2]])
+    }
+}
+
+#[test]
+fn linear_attention_heads_cross_the_boundary_both_ways_from_abi_1_1() {
+    let (both, options) = find(&plugin(), "both");
+    let scores = both.scorer(&options).unwrap().score(&mut MockHybrid).unwrap();
+    assert_eq!(scores.linear, vec![vec![], vec![0.4, 0.1, 0.3, 0.2]]);
+    let (lowest, options) = find(&plugin(), "lowest");
+    let mask = lowest
+        .pruner(&options)
+        .unwrap()
+        .prune(&scores, MockHybrid.geometry(), PruneTarget::Count(1))
+        .unwrap();
+    assert_eq!(mask.pruned, BTreeMap::from([(0, vec![0])]));
+    assert_eq!(mask.pruned_linear_heads, BTreeMap::from([(1, vec![1])]));
+}
+
+#[test]
+fn a_plugin_of_abi_1_0_is_told_of_query_heads_alone() {
+    let ((mut both, options), (mut lowest, _)) = (find(&plugin(), "both"), find(&plugin(), "lowest"));
+    (both.abi_minor, lowest.abi_minor) = (0, 0);
+    let scores = both.scorer(&options).unwrap().score(&mut MockHybrid).unwrap();
+    assert_eq!((scores.scores.clone(), scores.linear.len()), (vec![vec![1.0, 2.0], vec![]], 0));
+    let all = HeadScores { linear: vec![vec![], vec![0.4, 0.1, 0.3, 0.2]], ..scores };
+    let mask =
+        lowest.pruner(&options).unwrap().prune(&all, MockHybrid.geometry(), PruneTarget::Count(1)).unwrap();
+    assert_eq!((mask.count(), mask.pruned_linear_heads.len()), (1, 0));
+}
+
 #[test]
 fn an_evaluator_uses_every_callback() {
     struct MockEval;
@@ -365,7 +455,7 @@ fn a_plugin_of_another_major_is_refused_naming_both_versions() {
     };
     let err = unsafe { read_plugin(&table, "future.so") }.err().unwrap();
     assert!(
-        err.to_string().contains("built for forge plugin ABI 2.0, and this forge speaks ABI 1.0"),
+        err.to_string().contains("built for forge plugin ABI 2.0, and this forge speaks ABI 1.1"),
         "{err}"
     );
 }
