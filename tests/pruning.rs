@@ -81,6 +81,42 @@ fn a_per_layer_compact_model_equals_the_masked_one() {
     compact_matches_masked(r#"{"pruned": {"0":[0,1,2,3],"1":[1],"3":[0,2,4,6],"6":[0,1,2,3,4,5,6]}}"#, false);
 }
 
+/// MLP channels beside heads: a mask naming channels (as `down_proj` never sees them) compacts to a
+/// model whose widths follow (`intermediate_size` when every layer keeps the same number, else
+/// `forge_intermediate_size_per_layer`), with the masked model's logits.
+#[test]
+fn mlp_channels_compact_to_the_masked_model_uniform_or_per_layer() {
+    let channels = |layers: &[(usize, Vec<usize>)]| {
+        let map: serde_json::Map<String, serde_json::Value> =
+            layers.iter().map(|(l, c)| (l.to_string(), serde_json::json!(c))).collect();
+        serde_json::json!({"pruned": {"2": [1]}, "pruned_mlp_channels": map}).to_string()
+    };
+    let uniform: Vec<(usize, Vec<usize>)> = (0..8).map(|l| (l, (l % 3..768).step_by(3).collect())).collect();
+    let uneven = vec![(0, (0..700).collect()), (5, vec![3, 9, 767])];
+    for (mask, widths) in
+        [(channels(&uniform), None), (channels(&uneven), Some(vec![68, 768, 768, 768, 768, 765, 768, 768]))]
+    {
+        let mask = HeadMask::from_json(&mask).unwrap();
+        let folder = ModelFolder::open(&tiny_qwen3()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_pruned(&folder, &mask, SaveMode::Compact, dir.path()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+        match &widths {
+            None => {
+                assert_eq!(config["intermediate_size"], 768 - 256, "{config}");
+                assert!(config.get("forge_intermediate_size_per_layer").is_none());
+            }
+            Some(w) => assert_eq!(config["forge_intermediate_size_per_layer"], serde_json::json!(w)),
+        }
+        let diff = rel_diff(&logits(dir.path(), None), &logits(&tiny_qwen3(), Some(&mask)));
+        assert!(diff < 1e-4, "compact vs masked logits differ by {diff:e}");
+        let inspect = forge_json(&["inspect", "--json", "--model", dir.path().to_str().unwrap()]);
+        let expected = widths.map_or(serde_json::json!(512), |w| serde_json::json!(w));
+        assert_eq!(inspect["intermediate"], expected);
+    }
+}
+
 #[test]
 fn prune_by_name_writes_a_model_mask_and_heat_map() {
     let out = tempfile::tempdir().unwrap();

@@ -1,36 +1,41 @@
 use serde::{Deserialize, Serialize};
 
-/// The two kinds of prunable heads. Each kind has its own counts, scores and mask entries, with the
-/// same shape of rule: a head serves through a shared group (a KV head of attention, a key head of
-/// Gated DeltaNet), and the group goes when all its heads go.
+/// The kinds of prunable units (the plugin ABI's `FORGE_UNIT_*`). Each kind has its own counts,
+/// scores and mask entries, with the same shape of rule: a unit serves through a shared group (a KV
+/// head of attention, a key head of Gated DeltaNet), and the group goes when all its units go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HeadKind {
+pub enum UnitKind {
     /// A full-attention query head (its query and gate rows of `q_proj`, its `o_proj` columns);
     /// its group is a key/value head. Mask key `pruned`.
-    Attention,
+    QueryHead,
     /// A linear-attention (Gated DeltaNet) value head (its value slice of `in_proj_qkv` and
     /// `conv1d`, its rows of `in_proj_z/b/a`, `dt_bias` and `A_log`, its `out_proj` columns); its
     /// group is the key head that serves it. Mask key `pruned_linear_heads`.
-    Linear,
+    LinearHead,
+    /// An MLP channel (its `gate_proj` and `up_proj` rows and its `down_proj` column); each is its
+    /// own group. Mask key `pruned_mlp_channels`.
+    MlpChannel,
 }
 
-impl HeadKind {
-    /// Both kinds, attention first.
-    pub const ALL: [HeadKind; 2] = [HeadKind::Attention, HeadKind::Linear];
+impl UnitKind {
+    /// Every kind, query heads first (the order of the plugin ABI's buffers).
+    pub const ALL: [UnitKind; 3] = [UnitKind::QueryHead, UnitKind::LinearHead, UnitKind::MlpChannel];
 
     /// The mask file's key for heads of this kind.
     pub fn mask_key(self) -> &'static str {
         match self {
-            HeadKind::Attention => "pruned",
-            HeadKind::Linear => "pruned_linear_heads",
+            UnitKind::QueryHead => "pruned",
+            UnitKind::LinearHead => "pruned_linear_heads",
+            UnitKind::MlpChannel => "pruned_mlp_channels",
         }
     }
 
     /// How messages name a head of this kind.
     pub fn noun(self) -> &'static str {
         match self {
-            HeadKind::Attention => "query head",
-            HeadKind::Linear => "linear-attention value head",
+            UnitKind::QueryHead => "query head",
+            UnitKind::LinearHead => "linear-attention value head",
+            UnitKind::MlpChannel => "MLP channel",
         }
     }
 }
@@ -56,6 +61,9 @@ pub struct ModelGeometry {
     /// Linear-attention key heads of each layer; each serves a consecutive group of value heads.
     #[serde(default)]
     pub linear_key_heads: Vec<usize>,
+    /// MLP channels (intermediate width) of each layer; empty when not described.
+    #[serde(default)]
+    pub mlp_channels: Vec<usize>,
 }
 
 impl ModelGeometry {
@@ -69,16 +77,18 @@ impl ModelGeometry {
             hidden,
             linear_heads: Vec::new(),
             linear_key_heads: Vec::new(),
+            mlp_channels: Vec::new(),
         }
     }
 
-    /// Heads of `kind` in each layer and their groups (KV heads, key heads); all 0 for a kind the
-    /// model lacks.
-    pub fn of(&self, kind: HeadKind) -> (Vec<usize>, Vec<usize>) {
+    /// Units of `kind` in each layer and their groups (KV heads, key heads; an MLP channel is its own
+    /// group); all 0 for a kind the model lacks.
+    pub fn of(&self, kind: UnitKind) -> (Vec<usize>, Vec<usize>) {
         let per_layer = |v: &[usize]| (0..self.layers).map(|l| v.get(l).copied().unwrap_or(0)).collect();
         match kind {
-            HeadKind::Attention => (self.heads.clone(), self.kv_heads.clone()),
-            HeadKind::Linear => (per_layer(&self.linear_heads), per_layer(&self.linear_key_heads)),
+            UnitKind::QueryHead => (self.heads.clone(), self.kv_heads.clone()),
+            UnitKind::LinearHead => (per_layer(&self.linear_heads), per_layer(&self.linear_key_heads)),
+            UnitKind::MlpChannel => (per_layer(&self.mlp_channels), per_layer(&self.mlp_channels)),
         }
     }
 
@@ -95,5 +105,10 @@ impl ModelGeometry {
     /// Linear-attention value heads summed over layers.
     pub fn total_linear_heads(&self) -> usize {
         self.linear_heads.iter().sum()
+    }
+
+    /// Units of `kind` summed over layers.
+    pub fn total(&self, kind: UnitKind) -> usize {
+        self.of(kind).0.iter().sum()
     }
 }

@@ -2,12 +2,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{HeadKind, ModelGeometry};
+use crate::{ModelGeometry, UnitKind};
 
-/// Which heads are removed, per layer: the content of a mask file,
-/// `{"pruned": {"<layer>": [<query head>, ...]}, "pruned_linear_heads": {"<layer>": [<value head>, ...]}}`.
-/// Layers with nothing pruned may be absent, and so may `pruned_linear_heads`. A pruned head's output
-/// never reaches `o_proj` (query heads) or `out_proj` (linear-attention value heads).
+/// Which units are removed, per layer: the content of a mask file,
+/// `{"pruned": {"<layer>": [<query head>, ...]}, "pruned_linear_heads": {"<layer>": [<value head>, ...]},
+/// "pruned_mlp_channels": {"<layer>": [<channel>, ...]}}`. Layers with nothing pruned may be absent, and
+/// so may the keys beside `pruned`. A pruned unit's output never reaches `o_proj` (query heads),
+/// `out_proj` (linear-attention value heads) or `down_proj` (MLP channels).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadMask {
@@ -16,6 +17,9 @@ pub struct HeadMask {
     /// Layer index → pruned linear-attention value heads of that layer (Qwen3.5's Gated DeltaNet).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pruned_linear_heads: BTreeMap<usize, Vec<usize>>,
+    /// Layer index → pruned MLP channels of that layer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pruned_mlp_channels: BTreeMap<usize, Vec<usize>>,
 }
 
 /// Why a mask does not fit a model.
@@ -42,7 +46,7 @@ pub enum HeadMaskError {
         /// The layer.
         layer: usize,
         /// The kind of head the mask names there.
-        kind: HeadKind,
+        kind: UnitKind,
     },
     /// The mask names a head the layer does not have.
     #[error("{} {head} of layer {layer} does not exist: that layer has {}s 0..={last}", kind.noun(), kind.noun())]
@@ -54,7 +58,7 @@ pub enum HeadMaskError {
         /// The layer's last head of that kind.
         last: usize,
         /// The kind of head.
-        kind: HeadKind,
+        kind: UnitKind,
     },
     /// The mask names a head twice.
     #[error("{} {head} of layer {layer} is listed twice", kind.noun())]
@@ -64,7 +68,7 @@ pub enum HeadMaskError {
         /// The repeated head.
         head: usize,
         /// The kind of head.
-        kind: HeadKind,
+        kind: UnitKind,
     },
 }
 
@@ -82,7 +86,7 @@ impl HeadMask {
     /// Checks every layer and head of both kinds against the model, so a mask never silently misses
     /// its target.
     pub fn validate(&self, geometry: &ModelGeometry) -> Result<(), HeadMaskError> {
-        for kind in HeadKind::ALL {
+        for kind in UnitKind::ALL {
             let (counts, _) = geometry.of(kind);
             for (&layer, heads) in self.of(kind) {
                 let Some(&count) = counts.get(layer) else {
@@ -108,38 +112,40 @@ impl HeadMask {
     }
 
     /// The pruned heads of `kind`, by layer.
-    pub fn of(&self, kind: HeadKind) -> &BTreeMap<usize, Vec<usize>> {
+    pub fn of(&self, kind: UnitKind) -> &BTreeMap<usize, Vec<usize>> {
         match kind {
-            HeadKind::Attention => &self.pruned,
-            HeadKind::Linear => &self.pruned_linear_heads,
+            UnitKind::QueryHead => &self.pruned,
+            UnitKind::LinearHead => &self.pruned_linear_heads,
+            UnitKind::MlpChannel => &self.pruned_mlp_channels,
         }
     }
 
     /// The pruned heads of `kind`, by layer, to change.
-    pub fn of_mut(&mut self, kind: HeadKind) -> &mut BTreeMap<usize, Vec<usize>> {
+    pub fn of_mut(&mut self, kind: UnitKind) -> &mut BTreeMap<usize, Vec<usize>> {
         match kind {
-            HeadKind::Attention => &mut self.pruned,
-            HeadKind::Linear => &mut self.pruned_linear_heads,
+            UnitKind::QueryHead => &mut self.pruned,
+            UnitKind::LinearHead => &mut self.pruned_linear_heads,
+            UnitKind::MlpChannel => &mut self.pruned_mlp_channels,
         }
     }
 
     /// Pruned query heads of one layer (empty when the layer is untouched).
     pub fn pruned_in(&self, layer: usize) -> &[usize] {
-        self.pruned_of(HeadKind::Attention, layer)
+        self.pruned_of(UnitKind::QueryHead, layer)
     }
 
     /// Pruned heads of `kind` in one layer (empty when none).
-    pub fn pruned_of(&self, kind: HeadKind, layer: usize) -> &[usize] {
+    pub fn pruned_of(&self, kind: UnitKind, layer: usize) -> &[usize] {
         self.of(kind).get(&layer).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Number of pruned query heads over all layers.
     pub fn count(&self) -> usize {
-        self.count_of(HeadKind::Attention)
+        self.count_of(UnitKind::QueryHead)
     }
 
     /// Number of pruned heads of `kind` over all layers.
-    pub fn count_of(&self, kind: HeadKind) -> usize {
+    pub fn count_of(&self, kind: UnitKind) -> usize {
         self.of(kind).values().map(Vec::len).sum()
     }
 }
@@ -178,8 +184,8 @@ mod tests {
         let mask =
             HeadMask::from_json(r#"{"pruned": {"0": [2]}, "pruned_linear_heads": {"1": [0, 5]}}"#).unwrap();
         mask.validate(&hybrid()).unwrap();
-        assert_eq!(mask.pruned_of(HeadKind::Linear, 1), &[0, 5]);
-        assert_eq!((mask.count(), mask.count_of(HeadKind::Linear)), (1, 2));
+        assert_eq!(mask.pruned_of(UnitKind::LinearHead, 1), &[0, 5]);
+        assert_eq!((mask.count(), mask.count_of(UnitKind::LinearHead)), (1, 2));
         assert_eq!(HeadMask::from_json(&mask.to_json()).unwrap(), mask);
     }
 
@@ -195,7 +201,7 @@ mod tests {
             "query head 4 of layer 1 does not exist: that layer has query heads 0..=3"
         );
         let twice = err(r#"{"pruned": {"1": [2, 2]}}"#, &geometry());
-        assert!(matches!(twice, HeadMaskError::Duplicate { layer: 1, head: 2, kind: HeadKind::Attention }));
+        assert!(matches!(twice, HeadMaskError::Duplicate { layer: 1, head: 2, kind: UnitKind::QueryHead }));
         assert_eq!(
             err(r#"{"pruned": {}, "pruned_linear_heads": {"0": [1]}}"#, &hybrid()).to_string(),
             "layer 0 has no linear-attention value heads, but `pruned_linear_heads` names it"

@@ -25,7 +25,7 @@ mod strategy;
 pub use adapter::{AdapterKernel, LinearDims};
 pub use error::StrategyError;
 pub use evaluator::{EvalContext, Evaluator, Metrics};
-pub use geometry::{HeadKind, ModelGeometry};
+pub use geometry::{ModelGeometry, UnitKind};
 pub use head_mask::{HeadMask, HeadMaskError};
 pub use optimizer::{Optimizer, StateData, StateTensor};
 pub use options::{OptionKind, OptionSpec, Options};

@@ -35,6 +35,16 @@ pub trait ScoringContext {
     fn linear_head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
         Err(StrategyError::bad_input("this host offers no linear-attention probes"))
     }
+    /// The mean norm per token of what each MLP channel writes into the residual stream (its
+    /// activation times its `down_proj` column), `[layer][channel]`.
+    fn mlp_channel_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Err(StrategyError::bad_input("this host offers no MLP-channel probes"))
+    }
+    /// Mean absolute gradient of the calibration loss with respect to each MLP channel's mask,
+    /// `[layer][channel]`.
+    fn mlp_channel_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Err(StrategyError::bad_input("this host offers no MLP-channel probes"))
+    }
 }
 
 /// Scores each (layer, query head) by how much it matters.

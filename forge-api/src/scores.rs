@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{HeadKind, ModelGeometry, StrategyError};
+use crate::{ModelGeometry, StrategyError, UnitKind};
 
 /// One importance score per head of each kind; higher means more important.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -11,27 +11,41 @@ pub struct HeadScores {
     /// not score them (a model without them, or a plugin built before they existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub linear: Vec<Vec<f32>>,
+    /// `mlp[layer][channel]` for MLP channels; empty when the scorer does not score them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mlp: Vec<Vec<f32>>,
 }
 
 impl HeadScores {
     /// Scores of query heads only.
     pub fn attention(scores: Vec<Vec<f32>>) -> Self {
-        HeadScores { scores, linear: Vec::new() }
+        HeadScores { scores, ..HeadScores::default() }
+    }
+
+    /// The rows of `kind`, to set.
+    pub fn of_mut(&mut self, kind: UnitKind) -> &mut Vec<Vec<f32>> {
+        match kind {
+            UnitKind::QueryHead => &mut self.scores,
+            UnitKind::LinearHead => &mut self.linear,
+            UnitKind::MlpChannel => &mut self.mlp,
+        }
     }
 
     /// The rows of `kind`; None when the scorer left that kind unscored.
-    pub fn of(&self, kind: HeadKind) -> Option<&[Vec<f32>]> {
+    pub fn of(&self, kind: UnitKind) -> Option<&[Vec<f32>]> {
         match kind {
-            HeadKind::Attention => Some(&self.scores),
-            HeadKind::Linear if self.linear.is_empty() => None,
-            HeadKind::Linear => Some(&self.linear),
+            UnitKind::QueryHead => Some(&self.scores),
+            UnitKind::LinearHead if self.linear.is_empty() => None,
+            UnitKind::LinearHead => Some(&self.linear),
+            UnitKind::MlpChannel if self.mlp.is_empty() => None,
+            UnitKind::MlpChannel => Some(&self.mlp),
         }
     }
 
     /// Checks that there is a finite score for every head of `geometry` (of the linear-attention
     /// heads too, when they are scored).
     pub fn validate(&self, geometry: &ModelGeometry) -> Result<(), StrategyError> {
-        for kind in HeadKind::ALL {
+        for kind in UnitKind::ALL {
             let Some(rows) = self.of(kind) else { continue };
             let (counts, _) = geometry.of(kind);
             check_rows(rows, &counts, kind)?;
@@ -40,7 +54,7 @@ impl HeadScores {
     }
 }
 
-fn check_rows(rows: &[Vec<f32>], counts: &[usize], kind: HeadKind) -> Result<(), StrategyError> {
+fn check_rows(rows: &[Vec<f32>], counts: &[usize], kind: UnitKind) -> Result<(), StrategyError> {
     let noun = kind.noun();
     if rows.len() != counts.len() {
         return Err(StrategyError::bad_input(format!(

@@ -68,6 +68,8 @@ pub const FORGE_PROBE_ATTENTION_ENTROPY: u32 = 2;
 pub const FORGE_UNIT_QUERY_HEAD: u32 = 0;
 /// Unit kind (1.1): a linear-attention (Gated DeltaNet) value head; its group is its key head.
 pub const FORGE_UNIT_LINEAR_HEAD: u32 = 1;
+/// Unit kind (1.1): an MLP channel (`gate_proj`/`up_proj` row, `down_proj` column); its own group.
+pub const FORGE_UNIT_MLP_CHANNEL: u32 = 2;
 
 /// Prune target: a share of all query heads, in (0, 1).
 pub const FORGE_TARGET_RATIO: u32 = 0;

@@ -4,7 +4,7 @@ use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::abi::*;
-use crate::{HeadKind, HeadMask, HeadScores, ModelGeometry, StrategyError};
+use crate::{HeadMask, HeadScores, ModelGeometry, StrategyError, UnitKind};
 
 impl ForgeStr {
     /// Borrows `text`; the view is valid while `text` is.
@@ -93,40 +93,58 @@ pub(crate) fn request(call: impl FnOnce(*const ForgeSink) -> ForgeStatus) -> Res
     }
 }
 
+/// The ABI's code of a unit kind.
+pub(crate) fn unit_code(kind: UnitKind) -> u32 {
+    match kind {
+        UnitKind::QueryHead => FORGE_UNIT_QUERY_HEAD,
+        UnitKind::LinearHead => FORGE_UNIT_LINEAR_HEAD,
+        UnitKind::MlpChannel => FORGE_UNIT_MLP_CHANNEL,
+    }
+}
+
+/// The kinds beyond query heads, in buffer order.
+fn extra_kinds() -> impl Iterator<Item = UnitKind> {
+    UnitKind::ALL.into_iter().skip(1)
+}
+
 /// A geometry laid out for the boundary; the views borrow its arrays. Units beyond query heads (the
-/// 1.1 `extra_units`) are described only where the model has them.
+/// 1.1 `extra_units`) are described only for the kinds the model has.
 pub(crate) struct GeometryFfi {
     heads: Vec<u64>,
     kv_heads: Vec<u64>,
     layers: u64,
     head_dim: u64,
     hidden: u64,
-    linear: (Vec<u64>, Vec<u64>),
+    extra: Vec<(Vec<u64>, Vec<u64>)>,
     units: Vec<ForgeUnits>,
 }
 
 impl GeometryFfi {
     pub(crate) fn new(g: &ModelGeometry) -> Self {
         let wide = |v: &[usize]| -> Vec<u64> { v.iter().map(|&h| h as u64).collect() };
-        let (counts, groups) = g.of(HeadKind::Linear);
-        let mut ffi = GeometryFfi {
+        let present: Vec<UnitKind> = extra_kinds().filter(|&k| g.total(k) > 0).collect();
+        let extra: Vec<(Vec<u64>, Vec<u64>)> = present
+            .iter()
+            .map(|&k| {
+                let (counts, groups) = g.of(k);
+                (wide(&counts), wide(&groups))
+            })
+            .collect();
+        // The arrays live on the heap: their pointers stay valid when the struct moves.
+        let units = present
+            .iter()
+            .zip(&extra)
+            .map(|(&k, (c, gr))| ForgeUnits { kind: unit_code(k), counts: c.as_ptr(), groups: gr.as_ptr() })
+            .collect();
+        GeometryFfi {
             heads: wide(&g.heads),
             kv_heads: wide(&g.kv_heads),
             layers: g.layers as u64,
             head_dim: g.head_dim as u64,
             hidden: g.hidden as u64,
-            linear: (wide(&counts), wide(&groups)),
-            units: Vec::new(),
-        };
-        if g.total_linear_heads() > 0 {
-            // The arrays live on the heap: their pointers stay valid when `ffi` moves.
-            ffi.units.push(ForgeUnits {
-                kind: FORGE_UNIT_LINEAR_HEAD,
-                counts: ffi.linear.0.as_ptr(),
-                groups: ffi.linear.1.as_ptr(),
-            });
+            extra,
+            units,
         }
-        ffi
     }
 
     /// The view; valid while `self` is.
@@ -142,6 +160,7 @@ impl GeometryFfi {
 
     /// The 1.1 `extra_units` and their count; valid while `self` is.
     pub(crate) fn extra_units(&self) -> (*const ForgeUnits, usize) {
+        debug_assert_eq!(self.extra.len(), self.units.len());
         (self.units.as_ptr(), self.units.len())
     }
 }
@@ -167,9 +186,13 @@ impl ForgeGeometry {
     /// As `to_geometry`, and `units` must point to `count` descriptions of `layers` values each.
     pub unsafe fn to_geometry_with(&self, units: *const ForgeUnits, count: usize) -> ModelGeometry {
         let mut g = self.to_geometry();
-        for u in slice(units, count).iter().filter(|u| u.kind == FORGE_UNIT_LINEAR_HEAD) {
-            g.linear_heads = read_layers(u.counts, g.layers);
-            g.linear_key_heads = read_layers(u.groups, g.layers);
+        for u in slice(units, count) {
+            let (counts, groups) = (read_layers(u.counts, g.layers), read_layers(u.groups, g.layers));
+            match u.kind {
+                FORGE_UNIT_LINEAR_HEAD => (g.linear_heads, g.linear_key_heads) = (counts, groups),
+                FORGE_UNIT_MLP_CHANNEL => g.mlp_channels = counts,
+                _ => {}
+            }
         }
         g
     }
@@ -180,34 +203,40 @@ unsafe fn read_layers(p: *const u64, layers: usize) -> Vec<usize> {
     slice(p, layers).iter().map(|&v| v as usize).collect()
 }
 
-/// Scores of every kind as the 1.1 buffer lays them out: query heads, then linear-attention heads
-/// (NaN where unscored).
+/// Scores of every kind as the 1.1 buffer lays them out: query heads, then each other kind the model
+/// has (NaN where unscored).
 pub(crate) fn flatten_kinds(scores: &HeadScores, g: &ModelGeometry) -> Vec<f32> {
     let mut flat = flatten(&scores.scores);
-    match scores.of(HeadKind::Linear) {
-        Some(rows) => flat.extend(flatten(rows)),
-        None => flat.extend(std::iter::repeat_n(f32::NAN, g.total_linear_heads())),
+    for kind in extra_kinds() {
+        match scores.of(kind) {
+            Some(rows) => flat.extend(flatten(rows)),
+            None => flat.extend(std::iter::repeat_n(f32::NAN, g.total(kind))),
+        }
     }
     flat
 }
 
 /// The inverse of [`flatten_kinds`]: an all-NaN kind is unscored. `flat` holds every unit of `g`.
 pub(crate) fn unflatten_kinds(flat: &[f32], g: &ModelGeometry) -> HeadScores {
-    let (attention, linear) = flat.split_at(g.total_heads());
-    let linear = match linear.iter().all(|v| v.is_nan()) {
-        true => Vec::new(),
-        false => unflatten(linear, &g.of(HeadKind::Linear).0),
-    };
-    HeadScores { scores: unflatten(attention, &g.heads), linear }
+    let (attention, mut rest) = flat.split_at(g.total_heads());
+    let mut scores = HeadScores::attention(unflatten(attention, &g.heads));
+    for kind in extra_kinds() {
+        let (these, after) = rest.split_at(g.total(kind));
+        if !these.iter().all(|v| v.is_nan()) {
+            *scores.of_mut(kind) = unflatten(these, &g.of(kind).0);
+        }
+        rest = after;
+    }
+    scores
 }
 
 /// Units of every kind `g` has: the length of a 1.1 buffer.
 pub(crate) fn total_units(g: &ModelGeometry) -> usize {
-    g.total_heads() + g.total_linear_heads()
+    UnitKind::ALL.iter().map(|&k| g.total(k)).sum()
 }
 
 /// A mask as one flag per unit (1 = pruned), kinds in `kinds` order, each layer-major.
-pub(crate) fn mask_flags(mask: &HeadMask, g: &ModelGeometry, kinds: &[HeadKind]) -> Vec<u8> {
+pub(crate) fn mask_flags(mask: &HeadMask, g: &ModelGeometry, kinds: &[UnitKind]) -> Vec<u8> {
     let mut flags = Vec::new();
     for &kind in kinds {
         for (layer, &n) in g.of(kind).0.iter().enumerate() {
@@ -219,7 +248,7 @@ pub(crate) fn mask_flags(mask: &HeadMask, g: &ModelGeometry, kinds: &[HeadKind])
 }
 
 /// The inverse of [`mask_flags`].
-pub(crate) fn flags_mask(flags: &[u8], g: &ModelGeometry, kinds: &[HeadKind]) -> HeadMask {
+pub(crate) fn flags_mask(flags: &[u8], g: &ModelGeometry, kinds: &[UnitKind]) -> HeadMask {
     let mut mask = HeadMask::default();
     let mut first = 0;
     for &kind in kinds {

@@ -8,7 +8,7 @@ use super::boundary::{
     unflatten_kinds, GeometryFfi,
 };
 use super::strategy::{describe, Export, Instance, PluginStrategy};
-use crate::{HeadKind, HeadMask, HeadScores, ModelGeometry, Options, PruneTarget, Pruner, StrategyError};
+use crate::{HeadMask, HeadScores, ModelGeometry, Options, PruneTarget, Pruner, StrategyError, UnitKind};
 
 /// The table entry of pruner `T`.
 pub fn export<T: Export + Pruner>() -> ForgeStrategy {
@@ -36,7 +36,7 @@ unsafe extern "C" fn prune<T: Pruner>(
         let scores = HeadScores::attention(unflatten(slice(scores, len), &geometry.heads));
         let mask = (*(instance as *const T)).prune(&scores, &geometry, target_of(target_kind, target)?)?;
         mask.validate(&geometry).map_err(|e| StrategyError::failed(e.to_string()))?;
-        let flags = mask_flags(&mask, &geometry, &[HeadKind::Attention]);
+        let flags = mask_flags(&mask, &geometry, &[UnitKind::QueryHead]);
         slice_mut(pruned, len).copy_from_slice(&flags);
         Ok(())
     })
@@ -63,7 +63,7 @@ unsafe extern "C" fn prune_units<T: Pruner>(
         let scores = unflatten_kinds(slice(scores, len), &geometry);
         let mask = (*(instance as *const T)).prune(&scores, &geometry, target_of(target_kind, target)?)?;
         mask.validate(&geometry).map_err(|e| StrategyError::failed(e.to_string()))?;
-        slice_mut(pruned, len).copy_from_slice(&mask_flags(&mask, &geometry, &HeadKind::ALL));
+        slice_mut(pruned, len).copy_from_slice(&mask_flags(&mask, &geometry, &UnitKind::ALL));
         Ok(())
     })
 }
@@ -89,7 +89,7 @@ impl Pruner for PluginPruner {
     ) -> Result<HeadMask, StrategyError> {
         let methods = unsafe { &*self.0.raw.pruner };
         let units = if self.0.knows_units() { methods.prune_units } else { None };
-        let kinds: &[HeadKind] = if units.is_some() { &HeadKind::ALL } else { &[HeadKind::Attention] };
+        let kinds: &[UnitKind] = if units.is_some() { &UnitKind::ALL } else { &[UnitKind::QueryHead] };
         let flat = if units.is_some() { flatten_kinds(scores, geometry) } else { flatten(&scores.scores) };
         let geometry_ffi = GeometryFfi::new(geometry);
         let (extra, extra_count) = geometry_ffi.extra_units();

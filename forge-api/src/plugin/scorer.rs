@@ -6,11 +6,11 @@ use std::ffi::c_void;
 use super::abi::*;
 use super::boundary::{
     flatten, flatten_kinds, request, serve, slice, slice_mut, total_units, unflatten, unflatten_kinds,
-    GeometryFfi,
+    unit_code, GeometryFfi,
 };
 use super::strategy::{describe, Export, Instance, PluginStrategy};
 use crate::{
-    HeadKind, HeadScores, HostTensor, ImportanceScorer, ModelGeometry, Options, ScoringContext, StrategyError,
+    HeadScores, HostTensor, ImportanceScorer, ModelGeometry, Options, ScoringContext, StrategyError, UnitKind,
 };
 
 /// The table entry of scorer `T`.
@@ -58,19 +58,13 @@ impl HostScoring<'_> {
         Ok(unflatten(&out, &self.geometry.heads))
     }
 
-    fn probe_linear(&mut self, probe: u32) -> Result<Vec<Vec<f32>>, StrategyError> {
-        let counts = self.geometry.of(HeadKind::Linear).0;
+    fn probe_units(&mut self, probe: u32, kind: UnitKind) -> Result<Vec<Vec<f32>>, StrategyError> {
+        let counts = self.geometry.of(kind).0;
         let mut out = vec![0f32; counts.iter().sum()];
+        let (ctx, unit) = (self.host.ctx, unit_code(kind));
         // SAFETY: `out` has the length the call is told.
         request(|error| unsafe {
-            (self.host.probe_units)(
-                self.host.ctx,
-                probe,
-                FORGE_UNIT_LINEAR_HEAD,
-                out.as_mut_ptr(),
-                out.len(),
-                error,
-            )
+            (self.host.probe_units)(ctx, probe, unit, out.as_mut_ptr(), out.len(), error)
         })?;
         Ok(unflatten(&out, &counts))
     }
@@ -108,11 +102,19 @@ impl ScoringContext for HostScoring<'_> {
     }
 
     fn linear_head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        self.probe_linear(FORGE_PROBE_HEAD_OUTPUT_NORMS)
+        self.probe_units(FORGE_PROBE_HEAD_OUTPUT_NORMS, UnitKind::LinearHead)
     }
 
     fn linear_head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        self.probe_linear(FORGE_PROBE_HEAD_MASK_GRADIENTS)
+        self.probe_units(FORGE_PROBE_HEAD_MASK_GRADIENTS, UnitKind::LinearHead)
+    }
+
+    fn mlp_channel_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        self.probe_units(FORGE_PROBE_HEAD_OUTPUT_NORMS, UnitKind::MlpChannel)
+    }
+
+    fn mlp_channel_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        self.probe_units(FORGE_PROBE_HEAD_MASK_GRADIENTS, UnitKind::MlpChannel)
     }
 }
 

@@ -94,7 +94,7 @@ impl ImportanceScorer for Both {
             0 => Vec::new(),
             _ => ctx.linear_head_output_norms()?,
         };
-        Ok(HeadScores { scores, linear })
+        Ok(HeadScores { scores, linear, ..HeadScores::default() })
     }
 }
 

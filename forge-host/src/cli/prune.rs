@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use forge_api::{HeadKind, HeadScores, Options, PruneTarget};
+use forge_api::{HeadScores, Options, PruneTarget, UnitKind};
 use serde::Serialize;
 
 use super::score::ScoringArgs;
@@ -58,6 +58,8 @@ struct PruneReport {
     linear_heads_before: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     linear_heads_after: Option<usize>,
+    mlp_channels_before: usize,
+    mlp_channels_after: usize,
     parameters_before: usize,
     parameters_after: usize,
     save_mode: SaveMode,
@@ -104,12 +106,14 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let svg_path = args.out.join("scores.svg");
     write_atomic(&svg_path, |tmp| std::fs::write(tmp, &svg).map_err(|e| Error::io(tmp, e)))?;
     let linear_total = geometry.total_linear_heads();
-    let linear_left = (linear_total > 0).then(|| linear_total - mask.count_of(HeadKind::Linear));
+    let linear_left = (linear_total > 0).then(|| linear_total - mask.count_of(UnitKind::LinearHead));
     let report = PruneReport {
         heads_before: total,
         heads_after: total - mask.count(),
         linear_heads_before: (linear_total > 0).then_some(linear_total),
         linear_heads_after: linear_left,
+        mlp_channels_before: geometry.total(UnitKind::MlpChannel),
+        mlp_channels_after: geometry.total(UnitKind::MlpChannel) - mask.count_of(UnitKind::MlpChannel),
         parameters_before: folder.weights.parameter_count(),
         parameters_after: saved.parameters,
         mask,
@@ -129,6 +133,9 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
                     format!(" and {} of {before} linear-attention value heads", before - after)
                 }
                 _ => String::new(),
+            } + &match r.mlp_channels_before - r.mlp_channels_after {
+                0 => String::new(),
+                n => format!(" and {n} of {} MLP channels", r.mlp_channels_before),
             },
             r.save_mode,
             r.parameters_before,

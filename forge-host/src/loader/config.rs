@@ -103,6 +103,10 @@ pub struct ModelConfig {
     pub hidden: usize,
     /// Width of the MLP.
     pub intermediate: usize,
+    /// MLP channels of each layer: `intermediate` everywhere, or forge's
+    /// `forge_intermediate_size_per_layer` after uneven channel pruning (`intermediate` is then
+    /// their maximum).
+    pub intermediates: Vec<usize>,
     /// Number of decoder layers.
     pub layers: usize,
     /// Query heads per layer (all equal in a standard checkpoint; forge's compact format may vary them).
@@ -151,10 +155,10 @@ pub enum LayerKind {
 
 impl LayerKind {
     /// The kind of prunable head this layer's mixer has.
-    pub fn head_kind(self) -> forge_api::HeadKind {
+    pub fn head_kind(self) -> forge_api::UnitKind {
         match self {
-            LayerKind::Full => forge_api::HeadKind::Attention,
-            LayerKind::Linear => forge_api::HeadKind::Linear,
+            LayerKind::Full => forge_api::UnitKind::QueryHead,
+            LayerKind::Linear => forge_api::UnitKind::LinearHead,
         }
     }
 }
@@ -230,6 +234,8 @@ struct RawConfig {
     /// The same for a hybrid's linear-attention key and value heads.
     forge_linear_num_key_heads_per_layer: Option<Vec<usize>>,
     forge_linear_num_value_heads_per_layer: Option<Vec<usize>>,
+    /// The same for MLP channels.
+    forge_intermediate_size_per_layer: Option<Vec<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -286,6 +292,7 @@ impl ModelConfig {
         let hidden = need(raw.hidden_size, "hidden_size", MAX_DIM)?;
         let intermediate = need(raw.intermediate_size, "intermediate_size", MAX_DIM)?;
         let layers = need(raw.num_hidden_layers, "num_hidden_layers", 4096)?;
+        let intermediates = per_layer_intermediates(&raw, layers, intermediate)?;
         let heads = need(raw.num_attention_heads, "num_attention_heads", MAX_DIM)?;
         let kv_heads = need(raw.num_key_value_heads.or(Some(heads)), "num_key_value_heads", MAX_DIM)?;
         let vocab = need(raw.vocab_size, "vocab_size", MAX_VOCAB)?;
@@ -313,7 +320,8 @@ impl ModelConfig {
             architecture,
             class_name,
             hidden,
-            intermediate,
+            intermediate: intermediates.iter().copied().max().unwrap_or(intermediate),
+            intermediates,
             layers,
             heads,
             kv_heads,
@@ -369,7 +377,7 @@ impl ModelConfig {
     /// where the layer has no such module (Qwen3.5: attention modules in its linear layers, Gated
     /// DeltaNet's in its full-attention ones).
     pub fn linear_dims(&self, layer: usize, module: &str) -> Option<(usize, usize)> {
-        let (h, i) = (self.hidden, self.intermediate);
+        let (h, i) = (self.hidden, self.intermediates[layer]);
         let (q, kv) = (self.heads[layer] * self.head_dim, self.kv_heads[layer] * self.head_dim);
         let linear = self.hybrid.as_ref().filter(|_| self.layer_kind(layer) == LayerKind::Linear);
         Some(match (module, linear) {
@@ -405,6 +413,7 @@ impl ModelConfig {
             hidden: self.hidden,
             linear_heads,
             linear_key_heads,
+            mlp_channels: self.intermediates.clone(),
         }
     }
 }
@@ -510,6 +519,17 @@ fn hybrid_config(raw: &RawConfig, layers: usize, head_dim: usize) -> Result<Hybr
         conv_kernel: need(raw.linear_conv_kernel_dim, "linear_conv_kernel_dim")?,
         rotary_dim,
     })
+}
+
+/// MLP channels per layer: `intermediate_size`, or forge's per-layer extension after uneven pruning.
+fn per_layer_intermediates(raw: &RawConfig, layers: usize, intermediate: usize) -> Result<Vec<usize>> {
+    let widths = raw.forge_intermediate_size_per_layer.clone().unwrap_or_else(|| vec![intermediate; layers]);
+    if widths.len() != layers || widths.iter().any(|&w| w == 0 || w > MAX_DIM) {
+        return Err(bad_input!(
+            "`forge_intermediate_size_per_layer` must list {layers} positive widths (found {widths:?})"
+        ));
+    }
+    Ok(widths)
 }
 
 /// Linear-attention key and value heads per layer: the config's counts, or forge's per-layer

@@ -31,6 +31,12 @@ pub trait AttentionObserver {
     fn observe_linear(&mut self, _layer: usize, _heads_out: &Tensor) -> candle_core::Result<()> {
         Ok(())
     }
+
+    /// Called once per layer per forward pass with its MLP channels' activations `(batch, seq,
+    /// channels)` after the channel mask, as they enter `down_proj`.
+    fn observe_mlp(&mut self, _layer: usize, _activations: &Tensor) -> candle_core::Result<()> {
+        Ok(())
+    }
 }
 
 /// The attention block of one decoder layer.

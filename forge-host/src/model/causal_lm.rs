@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::attention::AttentionObserver;
-use super::decoder_layer::{decoder_layer, DecoderLayer};
+use super::decoder_layer::{decoder_layer, DecoderLayer, LayerMasks};
 use super::kv_cache::KvCache;
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::{RopeTables, RotaryEmbedding};
@@ -12,6 +12,7 @@ use crate::autograd::frozen_matmul;
 use crate::loader::ModelConfig;
 use crate::loader::{ModelFolder, WeightScope};
 use crate::{bad_input, Result};
+use forge_api::UnitKind;
 use forge_kernels::profile::section;
 
 /// A causal language model of any supported architecture.
@@ -24,6 +25,7 @@ pub struct CausalLm {
     lm_head: Tensor,
     rotary: RotaryEmbedding,
     head_masks: Vec<Option<Tensor>>,
+    channel_masks: Vec<Option<Tensor>>,
     device: Device,
     dtype: DType,
 }
@@ -56,6 +58,7 @@ pub fn causal_lm(config: &ModelConfig, vb: WeightScope) -> Result<CausalLm> {
             config.hybrid.as_ref().map_or(config.head_dim, |h| h.rotary_dim),
         ),
         head_masks: vec![None; config.layers],
+        channel_masks: vec![None; config.layers],
         device: vb.device().clone(),
         dtype: vb.dtype(),
     })
@@ -96,25 +99,52 @@ impl CausalLm {
         self.head_masks[layer].as_ref()
     }
 
-    /// Applies a mask file's pruned heads (query heads and linear-attention value heads) as 0/1
-    /// masks on every layer.
+    /// Sets layer `layer`'s MLP channel mask: `(channels)`, 1 keeps a channel, 0 removes it (its
+    /// activation never reaches `down_proj`); trainable values are allowed. None clears it.
+    pub fn set_channel_mask(&mut self, layer: usize, mask: Option<Tensor>) {
+        self.channel_masks[layer] = mask;
+    }
+
+    /// Layer `layer`'s current MLP channel mask.
+    pub fn channel_mask(&self, layer: usize) -> Option<&Tensor> {
+        self.channel_masks[layer].as_ref()
+    }
+
+    /// The masks layer `i` runs under.
+    fn masks(&self, i: usize) -> LayerMasks<'_> {
+        LayerMasks { heads: self.head_masks[i].as_ref(), channels: self.channel_masks[i].as_ref() }
+    }
+
+    /// Applies a mask file's pruned units (query heads, linear-attention value heads, MLP channels)
+    /// as 0/1 masks on every layer.
     pub fn apply_head_mask(&mut self, mask: &forge_api::HeadMask) -> Result<()> {
         let geometry = self.config.geometry();
         mask.validate(&geometry).map_err(|e| bad_input!("mask: {e}"))?;
         for layer in 0..self.config.layers {
             let kind = self.config.layer_kind(layer).head_kind();
-            let pruned = mask.pruned_of(kind, layer);
-            let keep = if pruned.is_empty() {
-                None
-            } else {
-                let values: Vec<f32> = (0..geometry.of(kind).0[layer])
-                    .map(|h| if pruned.contains(&h) { 0.0 } else { 1.0 })
-                    .collect();
-                Some(Tensor::new(values, &self.device)?.to_dtype(self.dtype)?)
-            };
-            self.set_head_mask(layer, keep);
+            let heads = self.keep_mask(&geometry, kind, layer, mask)?;
+            self.set_head_mask(layer, heads);
+            let channels = self.keep_mask(&geometry, UnitKind::MlpChannel, layer, mask)?;
+            self.set_channel_mask(layer, channels);
         }
         Ok(())
+    }
+
+    /// The 0/1 mask of layer `layer`'s units of `kind` under `mask`; None when none is pruned.
+    fn keep_mask(
+        &self,
+        geometry: &forge_api::ModelGeometry,
+        kind: UnitKind,
+        layer: usize,
+        mask: &forge_api::HeadMask,
+    ) -> Result<Option<Tensor>> {
+        let pruned = mask.pruned_of(kind, layer);
+        if pruned.is_empty() {
+            return Ok(None);
+        }
+        let values: Vec<f32> =
+            (0..geometry.of(kind).0[layer]).map(|u| if pruned.contains(&u) { 0.0 } else { 1.0 }).collect();
+        Ok(Some(Tensor::new(values, &self.device)?.to_dtype(self.dtype)?))
     }
 
     /// Final hidden states `(batch, seq, hidden)` for `ids` `(batch, seq)`, after the final norm.
@@ -147,7 +177,7 @@ impl CausalLm {
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
             let observer = observer.as_mut().map(|o| &mut **o as &mut dyn AttentionObserver);
-            x = layer.forward(&x, &rope, past, self.head_masks[i].as_ref(), layer_cache, observer)?;
+            x = layer.forward(&x, &rope, past, self.masks(i), layer_cache, observer)?;
         }
         if let Some(cache) = cache {
             cache.advance(seq);
@@ -168,7 +198,7 @@ impl CausalLm {
 
     /// Runs decoder layer `i` alone on `x` (no cache): the unit gradient checkpointing recomputes.
     pub fn layer_forward(&self, i: usize, x: &Tensor, rope: &RopeTables) -> candle_core::Result<Tensor> {
-        self.layers[i].forward(x, rope, 0, self.head_masks[i].as_ref(), None, None)
+        self.layers[i].forward(x, rope, 0, self.masks(i), None, None)
     }
 
     /// Next-token NLL `(batch, seq - 1)` from the last layer's output `x` (before the final norm).

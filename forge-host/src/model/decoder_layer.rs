@@ -23,6 +23,14 @@ pub enum Mixer {
     Linear(GatedDeltaNet),
 }
 
+/// The masks a layer runs under: over its mixer's heads (query heads, or value heads in a
+/// linear-attention layer) and over its MLP channels; 1 keeps a unit, 0 removes it.
+#[derive(Clone, Copy, Default)]
+pub struct LayerMasks<'a> {
+    pub heads: Option<&'a Tensor>,
+    pub channels: Option<&'a Tensor>,
+}
+
 /// A decoder layer.
 #[derive(Clone)]
 pub struct DecoderLayer {
@@ -32,6 +40,7 @@ pub struct DecoderLayer {
     post_attention_layernorm: RmsNorm,
     /// The feed-forward block.
     pub mlp: Mlp,
+    layer: usize,
 }
 
 /// Loads layer `layer` from `vb` (`model.layers.N`).
@@ -48,7 +57,8 @@ pub fn decoder_layer(config: &ModelConfig, layer: usize, vb: WeightScope) -> Res
         input_layernorm,
         mixer,
         post_attention_layernorm: norm("post_attention_layernorm")?,
-        mlp: mlp(config, vb.pp("mlp"))?,
+        mlp: mlp(config, layer, vb.pp("mlp"))?,
+        layer,
     })
 }
 
@@ -100,27 +110,34 @@ impl DecoderLayer {
         }
     }
 
-    /// Runs the layer on `x` `(batch, seq, hidden)`; see [`Attention::forward`] for the other inputs.
-    /// `head_mask` covers the layer's mixer: query heads, or in a linear-attention layer value heads.
+    /// Runs the layer on `x` `(batch, seq, hidden)` under `masks`; see [`Attention::forward`] for the
+    /// other inputs.
     pub fn forward(
         &self,
         x: &Tensor,
         rope: &RopeTables,
         past: usize,
-        head_mask: Option<&Tensor>,
+        masks: LayerMasks<'_>,
         cache: Option<&mut LayerCache>,
-        observer: Option<&mut dyn AttentionObserver>,
+        mut observer: Option<&mut dyn AttentionObserver>,
     ) -> candle_core::Result<Tensor> {
         let normed = self.input_layernorm.forward(x)?;
+        let head_mask = masks.heads;
+        let mixer_observer = observer.as_mut().map(|o| &mut **o as &mut dyn AttentionObserver);
         let attended = match &self.mixer {
-            Mixer::Attention(a) => a.forward(&normed, rope, past, head_mask, cache, observer)?,
-            Mixer::Linear(l) => {
-                section("linear attention", x.device(), || l.forward(&normed, head_mask, cache, observer))?
-            }
+            Mixer::Attention(a) => a.forward(&normed, rope, past, head_mask, cache, mixer_observer)?,
+            Mixer::Linear(l) => section("linear attention", x.device(), || {
+                l.forward(&normed, head_mask, cache, mixer_observer)
+            })?,
         };
         let x = (x + attended)?;
         let fed = section("mlp + norm", x.device(), || {
-            self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)
+            self.mlp.forward_masked(
+                &self.post_attention_layernorm.forward(&x)?,
+                masks.channels,
+                self.layer,
+                observer,
+            )
         })?;
         x + fed
     }

@@ -2,6 +2,7 @@
 use candle_core::{Module, Tensor};
 use forge_kernels::{swiglu, swiglu_backward};
 
+use super::attention::AttentionObserver;
 use super::linear::{linear, Linear};
 use crate::autograd::with_gradient;
 use crate::loader::{ModelConfig, WeightScope};
@@ -18,9 +19,9 @@ pub struct Mlp {
     pub down_proj: Linear,
 }
 
-/// Loads an MLP from `vb` (`model.layers.N.mlp`).
-pub fn mlp(config: &ModelConfig, vb: WeightScope) -> Result<Mlp> {
-    let (h, i, bias) = (config.hidden, config.intermediate, config.mlp_bias);
+/// Loads layer `layer`'s MLP from `vb` (`model.layers.N.mlp`).
+pub fn mlp(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<Mlp> {
+    let (h, i, bias) = (config.hidden, config.intermediates[layer], config.mlp_bias);
     Ok(Mlp {
         gate_proj: linear(h, i, bias, vb.pp("gate_proj"))?,
         up_proj: linear(h, i, bias, vb.pp("up_proj"))?,
@@ -30,30 +31,53 @@ pub fn mlp(config: &ModelConfig, vb: WeightScope) -> Result<Mlp> {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let frozen = [&self.gate_proj, &self.up_proj, &self.down_proj].iter().all(|l| !l.has_adapter());
-        if frozen && x.track_op() {
-            return self.frozen_forward(x);
-        }
-        let gated = swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
-        self.down_proj.forward(&gated)
+        self.forward_masked(x, None, 0, None)
     }
 }
 
 impl Mlp {
+    /// The block on `x` with `mask` `(channels)` on its activations (a removed channel never reaches
+    /// `down_proj`), shown to `observer` as layer `layer`'s.
+    pub fn forward_masked(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        layer: usize,
+        observer: Option<&mut dyn AttentionObserver>,
+    ) -> candle_core::Result<Tensor> {
+        let frozen = [&self.gate_proj, &self.up_proj, &self.down_proj].iter().all(|l| !l.has_adapter());
+        // A trainable mask (scorers differentiate through it) needs the graph's own backward.
+        let mask_trains = mask.is_some_and(|m| m.track_op());
+        if frozen && x.track_op() && !mask_trains && observer.is_none() {
+            return self.frozen_forward(x, mask);
+        }
+        let mut gated = swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        if let Some(mask) = mask {
+            gated = gated.broadcast_mul(mask)?;
+        }
+        if let Some(observer) = observer {
+            observer.observe_mlp(layer, &gated)?;
+        }
+        self.down_proj.forward(&gated)
+    }
+
     /// The forward of an MLP with no trainable part, for training through it: through candle's
     /// autograd, the gate and up outputs and their product (three `rows × intermediate` tensors, most
     /// of a layer's activations) would be kept for the backward. Here the block runs outside the graph
     /// and the backward recomputes gate and up from the input, which is kept anyway, at the cost of
     /// two matmuls.
-    fn frozen_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn frozen_forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let x0 = x.detach();
-        let out = self.forward(&x0)?;
-        let mlp = self.clone();
+        let out = self.forward_masked(&x0, mask, 0, None)?;
+        let (mlp, mask) = (self.clone(), mask.cloned());
         with_gradient("mlp backward", x, out, move |grad, _| {
             let (gate, up) = (mlp.gate_proj.forward(&x0)?, mlp.up_proj.forward(&x0)?);
             let hidden = grad.dim(candle_core::D::Minus1)?;
             let grad = grad.to_dtype(x0.dtype())?.reshape(((), hidden))?;
-            let d_gated = grad.matmul(mlp.down_proj.weight())?.reshape(gate.shape())?;
+            let mut d_gated = grad.matmul(mlp.down_proj.weight())?.reshape(gate.shape())?;
+            if let Some(mask) = &mask {
+                d_gated = d_gated.broadcast_mul(mask)?;
+            }
             let (d_gate, d_up) = swiglu_backward(&gate, &up, &d_gated)?;
             let flat = |t: Tensor| t.reshape(((), t.dim(candle_core::D::Minus1)?));
             let dx = (flat(d_gate)?.matmul(mlp.gate_proj.weight())?
@@ -94,15 +118,22 @@ mod tests {
             let store = (y * &weights)?.sum_all()?.backward()?;
             store.get(x.as_tensor()).expect("x gets a gradient").flatten_all()?.to_vec1::<f32>()
         };
-        let joined = mlp.forward(x.as_tensor())?;
-        let through_ops = mlp.down_proj.forward(&swiglu(
-            &mlp.gate_proj.forward(x.as_tensor())?,
-            &mlp.up_proj.forward(x.as_tensor())?,
-        )?)?;
-        assert_eq!(joined.to_vec3::<f32>()?, through_ops.to_vec3::<f32>()?);
-        let (a, b) = (gradient(joined)?, gradient(through_ops)?);
-        for (a, b) in a.iter().zip(&b) {
-            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "gradient {a} vs {b}");
+        // With and without a channel mask (a pruned model trains through its masked MLPs).
+        let channel_mask =
+            Tensor::from_vec((0..inter).map(|c| (c % 3 != 1) as u8 as f32).collect(), inter, &dev)?;
+        for mask in [None, Some(&channel_mask)] {
+            let joined = mlp.forward_masked(x.as_tensor(), mask, 0, None)?;
+            let mut gated =
+                swiglu(&mlp.gate_proj.forward(x.as_tensor())?, &mlp.up_proj.forward(x.as_tensor())?)?;
+            if let Some(mask) = mask {
+                gated = gated.broadcast_mul(mask)?;
+            }
+            let through_ops = mlp.down_proj.forward(&gated)?;
+            assert_eq!(joined.to_vec3::<f32>()?, through_ops.to_vec3::<f32>()?);
+            let (a, b) = (gradient(joined)?, gradient(through_ops)?);
+            for (a, b) in a.iter().zip(&b) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "gradient {a} vs {b}");
+            }
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use forge_api::{HeadKind, HeadMask};
+use forge_api::{HeadMask, UnitKind};
 
 use super::{write_atomic, write_json_atomic};
 use crate::loader::{LayerKind, ModelConfig, ModelFolder};
@@ -157,8 +157,23 @@ fn compact_linear(tensors: &mut Tensors, config: &ModelConfig, layer: usize, p: 
     edit(tensors, key("out_proj.weight"), &|t| take_live_columns(t, p, dv))
 }
 
-/// Writes `folder`'s model with `mask`'s heads (query heads and linear-attention value heads)
-/// removed into `out` (config, weights, tokenizer files, `mask.json`), each file atomically.
+/// The kinds of units layer `layer` has: its mixer's heads, and its MLP channels.
+fn layer_kinds(config: &ModelConfig, layer: usize) -> [UnitKind; 2] {
+    [config.layer_kind(layer).head_kind(), UnitKind::MlpChannel]
+}
+
+/// Removes layer `layer`'s planned-away MLP channels: their `gate_proj`/`up_proj` rows (and biases)
+/// and `down_proj` columns (each channel is its own group, so the plan keeps no padding).
+fn compact_mlp(tensors: &mut Tensors, config: &ModelConfig, layer: usize, p: &LayerPlan) -> Result<()> {
+    let key = |n: &str| format!("{}.layers.{layer}.mlp.{n}", config.weight_prefix);
+    for name in ["gate_proj.weight", "gate_proj.bias", "up_proj.weight", "up_proj.bias"] {
+        edit(tensors, key(name), &|t| take_heads(t, 0, &p.heads, 1))?;
+    }
+    edit(tensors, key("down_proj.weight"), &|t| take_heads(t, 1, &p.heads, 1))
+}
+
+/// Writes `folder`'s model with `mask`'s units (query heads, linear-attention value heads, MLP
+/// channels) removed into `out` (config, weights, tokenizer files, `mask.json`), each file atomically.
 pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &Path) -> Result<SavedModel> {
     let config = &folder.config;
     let geometry = config.geometry();
@@ -169,17 +184,19 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
         SaveMode::Mask => zero_pruned_heads(&mut tensors, config, mask)?,
         SaveMode::Compact => {
             for layer in 0..config.layers {
-                let kind = config.layer_kind(layer).head_kind();
-                let (heads, groups) = geometry.of(kind);
-                if heads[layer] == 0 {
-                    continue;
+                // A kind with nothing pruned in the layer stays as it is.
+                for kind in
+                    layer_kinds(config, layer).into_iter().filter(|&k| !mask.pruned_of(k, layer).is_empty())
+                {
+                    let (units, groups) = geometry.of(kind);
+                    let p = plan(layer, units[layer], groups[layer], mask.pruned_of(kind, layer))?;
+                    match kind {
+                        UnitKind::QueryHead => compact_attention(&mut tensors, config, layer, &p)?,
+                        UnitKind::LinearHead => compact_linear(&mut tensors, config, layer, &p)?,
+                        UnitKind::MlpChannel => compact_mlp(&mut tensors, config, layer, &p)?,
+                    }
+                    counts.set(kind, layer, p.heads.len(), p.kv_heads.len());
                 }
-                let p = plan(layer, heads[layer], groups[layer], mask.pruned_of(kind, layer))?;
-                match kind {
-                    HeadKind::Attention => compact_attention(&mut tensors, config, layer, &p)?,
-                    HeadKind::Linear => compact_linear(&mut tensors, config, layer, &p)?,
-                }
-                counts.set(kind, layer, p.heads.len(), p.kv_heads.len());
             }
         }
     }
@@ -190,15 +207,16 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
     Ok(SavedModel { parameters, heads: counts.heads, kv_heads: counts.kv_heads })
 }
 
-/// Zeroes the output columns (`o_proj`, `out_proj`) of `mask`'s heads in a checkpoint's tensors: the
-/// heads then reach nothing, exactly as if removed, and every shape stays as it was.
+/// Zeroes the output columns (`o_proj`, `out_proj`, `down_proj`) of `mask`'s units in a checkpoint's
+/// tensors: the units then reach nothing, exactly as if removed, and every shape stays as it was.
 pub fn zero_pruned_heads(tensors: &mut Tensors, config: &ModelConfig, mask: &HeadMask) -> Result<()> {
     let geometry = config.geometry();
     let value_dim = config.hybrid.as_ref().map_or(0, |h| h.value_dim);
-    for kind in HeadKind::ALL {
+    for kind in UnitKind::ALL {
         let (module, width) = match kind {
-            HeadKind::Attention => ("self_attn.o_proj", config.head_dim),
-            HeadKind::Linear => ("linear_attn.out_proj", value_dim),
+            UnitKind::QueryHead => ("self_attn.o_proj", config.head_dim),
+            UnitKind::LinearHead => ("linear_attn.out_proj", value_dim),
+            UnitKind::MlpChannel => ("mlp.down_proj", 1),
         };
         for (&layer, pruned) in mask.of(kind) {
             let keep: Vec<f32> = (0..geometry.of(kind).0[layer] * width)
@@ -219,25 +237,25 @@ pub fn compact_parameters(folder: &ModelFolder, mask: &HeadMask) -> Result<usize
     let geometry = c.geometry();
     let mut removed = 0;
     for layer in 0..c.layers {
-        let kind = c.layer_kind(layer).head_kind();
-        let (heads, groups) = geometry.of(kind);
-        if heads[layer] == 0 {
-            continue;
+        for kind in layer_kinds(c, layer) {
+            let (units, groups) = geometry.of(kind);
+            let p = plan(layer, units[layer], groups[layer], mask.pruned_of(kind, layer))?;
+            let (per_unit, per_group) = unit_sizes(c, kind);
+            // Copied key/value heads (uneven groups) add rather than remove, hence signed arithmetic.
+            removed += (units[layer] as isize - p.heads.len() as isize) * per_unit;
+            removed += (groups[layer] as isize - p.kv_heads.len() as isize) * per_group;
         }
-        let p = plan(layer, heads[layer], groups[layer], mask.pruned_of(kind, layer))?;
-        let (per_head, per_group) = unit_sizes(c, kind);
-        // Copied key/value heads (uneven groups) add rather than remove, hence signed arithmetic.
-        removed += (heads[layer] as isize - p.heads.len() as isize) * per_head;
-        removed += (groups[layer] as isize - p.kv_heads.len() as isize) * per_group;
     }
     Ok((folder.weights.parameter_count() as isize - removed) as usize)
 }
 
 /// Values one head of `kind` and one of its groups own (biases, a few values, are left out).
-fn unit_sizes(c: &ModelConfig, kind: HeadKind) -> (isize, isize) {
+fn unit_sizes(c: &ModelConfig, kind: UnitKind) -> (isize, isize) {
     let hidden = c.hidden as isize;
     match (kind, &c.hybrid) {
-        (HeadKind::Linear, Some(h)) => {
+        // A channel's gate and up rows and down column; it is its own group, counted once.
+        (UnitKind::MlpChannel, _) => (3 * hidden, 0),
+        (UnitKind::LinearHead, Some(h)) => {
             let (dk, dv, taps) = (h.key_dim as isize, h.value_dim as isize, h.conv_kernel as isize);
             // A value head: its rows of in_proj_qkv (v), in_proj_z, in_proj_b and in_proj_a, its conv
             // channels, its out_proj columns, dt_bias and A_log. A key head: its q and k rows and
@@ -304,6 +322,7 @@ struct HeadCounts {
     heads: Vec<usize>,
     kv_heads: Vec<usize>,
     linear: Option<(Vec<usize>, Vec<usize>)>,
+    intermediates: Vec<usize>,
 }
 
 impl HeadCounts {
@@ -312,12 +331,17 @@ impl HeadCounts {
             heads: c.heads.clone(),
             kv_heads: c.kv_heads.clone(),
             linear: c.hybrid.as_ref().map(|h| (h.value_heads.clone(), h.key_heads.clone())),
+            intermediates: c.intermediates.clone(),
         }
     }
 
-    fn set(&mut self, kind: HeadKind, layer: usize, heads: usize, groups: usize) {
+    fn set(&mut self, kind: UnitKind, layer: usize, heads: usize, groups: usize) {
+        if kind == UnitKind::MlpChannel {
+            self.intermediates[layer] = heads;
+            return;
+        }
         let (h, g) = match (kind, &mut self.linear) {
-            (HeadKind::Linear, Some((v, k))) => (v, k),
+            (UnitKind::LinearHead, Some((v, k))) => (v, k),
             _ => (&mut self.heads, &mut self.kv_heads),
         };
         (h[layer], g[layer]) = (heads, groups);
@@ -326,7 +350,7 @@ impl HeadCounts {
     /// Writes the counts into `json` (with an explicit `head_dim`, which no longer follows from
     /// `hidden_size / num_attention_heads`), under `text_config` where the checkpoint keeps the text
     /// model there: the standard keys when every layer of a kind has the same counts, else forge's
-    /// per-layer extension beside them.
+    /// per-layer extension beside them (MLP widths: `forge_intermediate_size_per_layer`).
     fn write(&self, json: &mut serde_json::Value, model: &ModelConfig) -> Result<()> {
         let root = json.as_object_mut().ok_or_else(|| bad_input!("config.json is not a JSON object"))?;
         let c = match root.contains_key("text_config") {
@@ -354,6 +378,12 @@ impl HeadCounts {
                 "forge_linear_num_key_heads_per_layer",
             ];
             set_counts(c, &layers_of(LayerKind::Linear), (values, keys_heads), keys);
+        }
+        let widths = &self.intermediates;
+        c.remove("forge_intermediate_size_per_layer");
+        c.insert("intermediate_size".into(), widths.iter().max().copied().unwrap_or(0).into());
+        if widths.iter().any(|&w| w != widths[0]) {
+            c.insert("forge_intermediate_size_per_layer".into(), widths.clone().into());
         }
         Ok(())
     }

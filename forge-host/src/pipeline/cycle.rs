@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use forge_api::{HeadKind, HeadMask, HeadScores, PruneTarget};
+use forge_api::{HeadMask, HeadScores, PruneTarget, UnitKind};
 
 use super::context::{PeakLog, RunContext};
 use super::record::CycleRecord;
@@ -61,7 +61,7 @@ pub fn run_cycle(ctx: &RunContext, start: &CycleStart, dir: &Path) -> Result<Cyc
         cycle: start.cycle,
         heads_removed: mask.count(),
         heads_left: ctx.total_heads - mask.count(),
-        linear_heads_removed: mask.count_of(HeadKind::Linear),
+        linear_heads_removed: mask.count_of(UnitKind::LinearHead),
         parameters_compact: compact_parameters(&folder, &mask)?,
         mask,
         scores: scores
@@ -105,13 +105,14 @@ fn score(
     scores
         .validate(&folder.config.geometry())
         .map_err(|e| bad_input!("scorer `{}` returned bad scores: {e}", s.scorer))?;
-    for (&layer, heads) in &removed.pruned {
-        heads.iter().for_each(|&h| scores.scores[layer][h] = REMOVED);
-    }
-    // A scorer that leaves linear-attention heads unscored leaves nothing to mark.
-    if !scores.linear.is_empty() {
-        for (&layer, heads) in &removed.pruned_linear_heads {
-            heads.iter().for_each(|&h| scores.linear[layer][h] = REMOVED);
+    for kind in UnitKind::ALL {
+        // A kind the scorer left unscored has nothing to mark.
+        if scores.of(kind).is_none() {
+            continue;
+        }
+        let rows = scores.of_mut(kind);
+        for (&layer, units) in removed.of(kind) {
+            units.iter().for_each(|&u| rows[layer][u] = REMOVED);
         }
     }
     Ok(scores)

@@ -4,7 +4,7 @@
 //! heads (each layer's mask and output cover its own mixer's heads); the linear-attention half is
 //! kept for the `linear_*` probe that follows, so a scorer asking for both pays one pass.
 use candle_core::{DType, Tensor, Var, D};
-use forge_api::{HostTensor, ModelGeometry, ScoringContext, StrategyError};
+use forge_api::{HostTensor, ModelGeometry, ScoringContext, StrategyError, UnitKind};
 
 use crate::data::TokenWindows;
 use crate::loader::WeightStore;
@@ -25,6 +25,9 @@ pub struct ModelProbes<'a> {
     /// Linear-attention rows of the last pass of each probe, for its `linear_*` twin.
     linear_norms: Option<Vec<Vec<f32>>>,
     linear_gradients: Option<Vec<Vec<f32>>>,
+    /// MLP-channel rows of the same passes.
+    mlp_norms: Option<Vec<Vec<f32>>>,
+    mlp_gradients: Option<Vec<Vec<f32>>>,
 }
 
 impl<'a> ModelProbes<'a> {
@@ -49,6 +52,8 @@ impl<'a> ModelProbes<'a> {
             quiet,
             linear_norms: None,
             linear_gradients: None,
+            mlp_norms: None,
+            mlp_gradients: None,
         }
     }
 
@@ -70,7 +75,11 @@ impl<'a> ModelProbes<'a> {
     }
 
     /// Runs every calibration batch with `observer` watching, and returns its per-layer means.
-    fn observe(&mut self, probe: &str, mut observer: MeanPerHead) -> Result<Vec<Vec<f32>>, StrategyError> {
+    fn observe<'s>(
+        &mut self,
+        probe: &str,
+        mut observer: MeanPerHead<'s>,
+    ) -> Result<MeanPerHead<'s>, StrategyError> {
         let batches = self.batches(probe)?;
         let bar = progress::bar(batches.len() as u64, "batches", self.quiet);
         bar.set_message(probe.to_string());
@@ -79,7 +88,7 @@ impl<'a> ModelProbes<'a> {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        Ok(observer.means())
+        Ok(observer)
     }
 }
 
@@ -89,7 +98,7 @@ fn tensor_error(e: candle_core::Error) -> StrategyError {
 
 /// Heads of each layer's own mixer: its query heads, or its value heads in a linear-attention layer.
 fn mixer_heads(g: &ModelGeometry) -> Vec<usize> {
-    let (linear, _) = g.of(forge_api::HeadKind::Linear);
+    let (linear, _) = g.of(forge_api::UnitKind::LinearHead);
     g.heads.iter().zip(linear).map(|(&q, v)| q + v).collect()
 }
 
@@ -106,6 +115,14 @@ fn split(g: &ModelGeometry, rows: Vec<Vec<f32>>) -> (Vec<Vec<f32>>, Vec<Vec<f32>
 /// and per-head outputs.
 type Statistic<'s> = Box<dyn Fn(usize, &Tensor, &Tensor) -> candle_core::Result<Tensor> + 's>;
 
+/// Per-layer sums over `tokens` per-layer counts, as means.
+fn means(sums: &[Vec<f64>], tokens: &[usize]) -> Vec<Vec<f32>> {
+    sums.iter()
+        .zip(tokens)
+        .map(|(row, &n)| row.iter().map(|s| (s / n.max(1) as f64) as f32).collect())
+        .collect()
+}
+
 /// A per-token statistic of each linear-attention value head, `(batch, heads, seq)`, from its output.
 type LinearStatistic<'s> = Box<dyn Fn(usize, &Tensor) -> candle_core::Result<Tensor> + 's>;
 
@@ -116,6 +133,11 @@ struct MeanPerHead<'s> {
     linear: Option<LinearStatistic<'s>>,
     sums: Vec<Vec<f64>>,
     tokens: Vec<usize>,
+    /// Each layer's `down_proj` column norms `(channels)`, when MLP channels are measured too: a
+    /// channel writes `|a_c| · ‖W_down[:, c]‖` per token.
+    down_norms: Option<Vec<Tensor>>,
+    mlp_sums: Vec<Vec<f64>>,
+    mlp_tokens: Vec<usize>,
 }
 
 impl<'s> MeanPerHead<'s> {
@@ -125,7 +147,14 @@ impl<'s> MeanPerHead<'s> {
             linear,
             sums: mixer_heads(geometry).iter().map(|&h| vec![0.0; h]).collect(),
             tokens: vec![0; geometry.layers],
+            down_norms: None,
+            mlp_sums: geometry.of(UnitKind::MlpChannel).0.iter().map(|&c| vec![0.0; c]).collect(),
+            mlp_tokens: vec![0; geometry.layers],
         }
+    }
+
+    fn mlp_means(&self) -> Vec<Vec<f32>> {
+        means(&self.mlp_sums, &self.mlp_tokens)
     }
 
     fn add(&mut self, layer: usize, per_token: Tensor) -> candle_core::Result<()> {
@@ -136,12 +165,8 @@ impl<'s> MeanPerHead<'s> {
         Ok(())
     }
 
-    fn means(self) -> Vec<Vec<f32>> {
-        self.sums
-            .iter()
-            .zip(&self.tokens)
-            .map(|(row, &n)| row.iter().map(|s| (s / n.max(1) as f64) as f32).collect())
-            .collect()
+    fn means(&self) -> Vec<Vec<f32>> {
+        means(&self.sums, &self.tokens)
     }
 }
 
@@ -159,6 +184,20 @@ impl AttentionObserver for MeanPerHead<'_> {
             }
             None => Ok(()),
         }
+    }
+
+    fn observe_mlp(&mut self, layer: usize, activations: &Tensor) -> candle_core::Result<()> {
+        let Some(norms) = &self.down_norms else { return Ok(()) };
+        let (b, s, channels) = activations.dims3()?;
+        let written = activations
+            .to_dtype(DType::F32)?
+            .abs()?
+            .reshape((b * s, channels))?
+            .broadcast_mul(&norms[layer])?;
+        let sums = written.sum(0)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        self.mlp_sums[layer].iter_mut().zip(sums).for_each(|(acc, v)| *acc += v);
+        self.mlp_tokens[layer] += b * s;
+        Ok(())
     }
 }
 
@@ -182,6 +221,93 @@ fn contribution_norm(
 fn entropy(probs: &Tensor) -> candle_core::Result<Tensor> {
     // Masked positions have p = 0 exactly; the tiny offset makes their 0 · log 0 term 0, not NaN.
     (probs * (probs + 1e-30)?.log()?)?.sum(D::Minus1)?.neg()
+}
+
+/// Which of a layer's masks a variable stands for.
+#[derive(Clone, Copy)]
+enum Slot {
+    Heads,
+    Channels,
+}
+
+impl Slot {
+    fn get(self, model: &CausalLm, layer: usize) -> Option<Tensor> {
+        match self {
+            Slot::Heads => model.head_mask(layer).cloned(),
+            Slot::Channels => model.channel_mask(layer).cloned(),
+        }
+    }
+
+    fn set(self, model: &mut CausalLm, layer: usize, mask: Option<Tensor>) {
+        match self {
+            Slot::Heads => model.set_head_mask(layer, mask),
+            Slot::Channels => model.set_channel_mask(layer, mask),
+        }
+    }
+}
+
+/// One slot's masks made variables for a gradient pass, with what they replaced and the running sums
+/// of |gradient|.
+struct MaskVars {
+    slot: Slot,
+    vars: Vec<Option<Var>>,
+    saved: Vec<Option<Tensor>>,
+    sums: Vec<Vec<f64>>,
+    error: Option<candle_core::Error>,
+}
+
+impl MaskVars {
+    /// Each layer's mask becomes a variable at its current value (1 for live units, 0 for units
+    /// already removed), so the gradient is taken at the model as it is; a layer with no units of
+    /// the slot (`counts` 0) has none. A failure is kept for [`MaskVars::restore`] to report, after
+    /// the model has its masks back.
+    fn install(model: &mut CausalLm, slot: Slot, counts: &[usize]) -> Self {
+        let saved: Vec<Option<Tensor>> = (0..counts.len()).map(|l| slot.get(model, l)).collect();
+        let (dtype, device) = (model.dtype(), model.device().clone());
+        let vars: candle_core::Result<Vec<Option<Var>>> = saved
+            .iter()
+            .zip(counts)
+            .map(|(mask, &n)| match mask {
+                _ if n == 0 => Ok(None),
+                Some(m) => Var::from_tensor(m).map(Some),
+                None => Var::ones(n, dtype, &device).map(Some),
+            })
+            .collect();
+        let (vars, error) = match vars {
+            Ok(vars) => (vars, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        for (layer, var) in vars.iter().enumerate() {
+            if let Some(var) = var {
+                slot.set(model, layer, Some(var.as_tensor().clone()));
+            }
+        }
+        MaskVars { slot, vars, saved, sums: counts.iter().map(|&n| vec![0.0; n]).collect(), error }
+    }
+
+    fn add(&mut self, grads: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
+        for (layer, var) in self.vars.iter().enumerate() {
+            let Some(var) = var else { continue };
+            let g = grads.get(var.as_tensor()).ok_or_else(|| {
+                candle_core::Error::Msg(format!("no gradient reached the mask of layer {layer}"))
+            })?;
+            let g = g.to_dtype(DType::F64)?.abs()?.to_vec1::<f64>()?;
+            self.sums[layer].iter_mut().zip(g).for_each(|(acc, v)| *acc += v);
+        }
+        Ok(())
+    }
+
+    /// Puts the replaced masks back; the mean |gradient| over `batches`.
+    fn restore(self, model: &mut CausalLm, batches: usize) -> candle_core::Result<Vec<Vec<f32>>> {
+        for (layer, mask) in self.saved.into_iter().enumerate() {
+            self.slot.set(model, layer, mask);
+        }
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let n = batches.max(1) as f64;
+        Ok(self.sums.into_iter().map(|row| row.into_iter().map(|s| (s / n) as f32).collect()).collect())
+    }
 }
 
 impl ScoringContext for ModelProbes<'_> {
@@ -237,16 +363,31 @@ impl ScoringContext for ModelProbes<'_> {
             })
             .collect::<candle_core::Result<_>>()
             .map_err(tensor_error)?;
+        let down_norms: Vec<Tensor> = self
+            .model
+            .layers
+            .iter()
+            .map(|layer| layer.mlp.down_proj.weight().to_dtype(DType::F32)?.sqr()?.sum(0)?.sqrt())
+            .collect::<candle_core::Result<_>>()
+            .map_err(tensor_error)?;
         let o_heads = &o_heads;
-        let observer = MeanPerHead::new(
+        let mut observer = MeanPerHead::new(
             &self.geometry,
             Box::new(move |layer, _, out| contribution_norm(o_heads, layer, out)),
             Some(Box::new(move |layer, out| contribution_norm(o_heads, layer, out))),
         );
-        let rows = self.observe("head output norms", observer)?;
-        let (attention, linear) = split(&self.geometry, rows);
-        self.linear_norms = Some(linear);
+        observer.down_norms = Some(down_norms);
+        let observer = self.observe("output norms", observer)?;
+        let (attention, linear) = split(&self.geometry, observer.means());
+        (self.linear_norms, self.mlp_norms) = (Some(linear), Some(observer.mlp_means()));
         Ok(attention)
+    }
+
+    fn mlp_channel_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        if self.mlp_norms.is_none() {
+            self.head_output_norms()?;
+        }
+        Ok(self.mlp_norms.take().unwrap_or_default())
     }
 
     fn linear_head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
@@ -258,66 +399,40 @@ impl ScoringContext for ModelProbes<'_> {
 
     fn attention_entropy(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
         let observer = MeanPerHead::new(&self.geometry, Box::new(|_, probs, _| entropy(probs)), None);
-        let rows = self.observe("attention entropy", observer)?;
-        Ok(split(&self.geometry, rows).0)
+        let observer = self.observe("attention entropy", observer)?;
+        Ok(split(&self.geometry, observer.means()).0)
     }
 
     fn head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        let batches = self.batches("head-mask gradients")?;
-        let dtype = self.model.dtype();
-        let saved: Vec<Option<Tensor>> =
-            (0..self.geometry.layers).map(|l| self.model.head_mask(l).cloned()).collect();
-        // Each layer's mask becomes a variable at its current value (1 for live heads, 0 for heads
-        // already removed), so the gradient is taken at the model as it is: over query heads, or
-        // over value heads in a linear-attention layer.
-        let heads = mixer_heads(&self.geometry);
-        let vars: Vec<Option<Var>> = saved
-            .iter()
-            .zip(&heads)
-            .map(|(mask, &heads)| match mask {
-                _ if heads == 0 => Ok(None),
-                Some(m) => Var::from_tensor(m).map(Some),
-                None => Var::ones(heads, dtype, self.model.device()).map(Some),
-            })
-            .collect::<candle_core::Result<_>>()
-            .map_err(tensor_error)?;
-        for (layer, var) in vars.iter().enumerate() {
-            if let Some(var) = var {
-                self.model.set_head_mask(layer, Some(var.as_tensor().clone()));
-            }
-        }
-        let mut sums: Vec<Vec<f64>> = heads.iter().map(|&h| vec![0.0; h]).collect();
+        let batches = self.batches("mask gradients")?;
+        let channels = self.geometry.of(UnitKind::MlpChannel).0;
+        let mut masks = [
+            MaskVars::install(self.model, Slot::Heads, &mixer_heads(&self.geometry)),
+            MaskVars::install(self.model, Slot::Channels, &channels),
+        ];
         let bar = progress::bar(batches.len() as u64, "batches", self.quiet);
-        bar.set_message("head-mask gradients");
+        bar.set_message("mask gradients");
         let result = (|| -> candle_core::Result<()> {
             for ids in &batches {
-                let loss = self.model.next_token_nll(ids)?.mean_all()?;
-                let grads = loss.backward()?;
-                for (layer, var) in vars.iter().enumerate() {
-                    let Some(var) = var else { continue };
-                    let g = grads
-                        .get(var.as_tensor())
-                        .map(|g| g.to_dtype(DType::F64)?.abs()?.to_vec1::<f64>())
-                        .transpose()?;
-                    let g = g.ok_or_else(|| {
-                        candle_core::Error::Msg(format!("no gradient reached the head mask of layer {layer}"))
-                    })?;
-                    sums[layer].iter_mut().zip(g).for_each(|(acc, v)| *acc += v);
-                }
+                let grads = self.model.next_token_nll(ids)?.mean_all()?.backward()?;
+                masks.iter_mut().try_for_each(|m| m.add(&grads))?;
                 bar.inc(1);
             }
             Ok(())
         })();
         bar.finish_and_clear();
-        for (layer, mask) in saved.into_iter().enumerate() {
-            self.model.set_head_mask(layer, mask);
-        }
+        let [heads, channels] = masks.map(|m| m.restore(self.model, batches.len()));
         result.map_err(tensor_error)?;
-        let n = batches.len() as f64;
-        let rows = sums.into_iter().map(|row| row.into_iter().map(|s| (s / n) as f32).collect()).collect();
-        let (attention, linear) = split(&self.geometry, rows);
-        self.linear_gradients = Some(linear);
+        let (attention, linear) = split(&self.geometry, heads.map_err(tensor_error)?);
+        (self.linear_gradients, self.mlp_gradients) = (Some(linear), Some(channels.map_err(tensor_error)?));
         Ok(attention)
+    }
+
+    fn mlp_channel_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        if self.mlp_gradients.is_none() {
+            self.head_mask_gradients()?;
+        }
+        Ok(self.mlp_gradients.take().unwrap_or_default())
     }
 
     fn linear_head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
@@ -333,37 +448,45 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The analytic head-mask gradient against central finite differences of the loss, on the bundled
-    /// model in f32: the gradient must really flow through attention, softmax, norms and loss.
+    /// The analytic mask gradients against central finite differences of the loss, on the bundled
+    /// model in f32: the gradient must really flow through attention, softmax, norms and loss (head
+    /// masks) and through SwiGLU and `down_proj` (MLP channel masks).
     #[test]
-    fn head_mask_gradients_match_finite_differences() {
+    fn mask_gradients_match_finite_differences() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tiny-qwen3");
         let folder = crate::loader::ModelFolder::open(&root).unwrap();
         let mut model = CausalLm::load(&folder, DType::F32, &Device::Cpu).unwrap();
         let ids: Vec<u32> = (0..48).map(|i| (i * 733 + 11) % 8192).collect();
         let windows = TokenWindows::from_tokens(ids.clone(), 48);
-        let grads = {
+        let (heads, channels) = {
             let mut probes = ModelProbes::new(&mut model, &folder.weights, Some(&windows), 1, 0, true);
-            probes.head_mask_gradients().unwrap()
+            (probes.head_mask_gradients().unwrap(), probes.mlp_channel_mask_gradients().unwrap())
         };
         let batch = Tensor::from_slice(&ids, (1, 48), &Device::Cpu).unwrap();
-        let loss_with = |model: &mut CausalLm, layer: usize, head: usize, delta: f32| -> f64 {
-            let mut mask = vec![1f32; 8];
-            mask[head] += delta;
-            model.set_head_mask(layer, Some(Tensor::new(mask, &Device::Cpu).unwrap()));
-            let loss = model.next_token_nll(&batch).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-            model.set_head_mask(layer, None);
-            loss as f64
-        };
+        let loss_with =
+            |model: &mut CausalLm, slot: Slot, (layer, unit): (usize, usize), delta: f32| -> f64 {
+                let mut mask = vec![1f32; if matches!(slot, Slot::Heads) { 8 } else { 768 }];
+                mask[unit] += delta;
+                slot.set(model, layer, Some(Tensor::new(mask, &Device::Cpu).unwrap()));
+                let loss =
+                    model.next_token_nll(&batch).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+                slot.set(model, layer, None);
+                loss as f64
+            };
         let eps = 1e-2;
-        for (layer, head) in [(0, 0), (2, 5), (7, 3), (4, 7)] {
-            let numeric = (loss_with(&mut model, layer, head, eps)
-                - loss_with(&mut model, layer, head, -eps))
+        let checks =
+            [(Slot::Heads, (0, 0)), (Slot::Heads, (2, 5)), (Slot::Heads, (7, 3)), (Slot::Heads, (4, 7))]
+                .into_iter()
+                .chain([(0, 5), (3, 400), (7, 767)].map(|at| (Slot::Channels, at)));
+        for (slot, (layer, unit)) in checks {
+            let numeric = (loss_with(&mut model, slot, (layer, unit), eps)
+                - loss_with(&mut model, slot, (layer, unit), -eps))
                 / (2.0 * eps as f64);
-            let analytic = grads[layer][head] as f64;
+            let rows = if matches!(slot, Slot::Heads) { &heads } else { &channels };
+            let analytic = rows[layer][unit] as f64;
             assert!(
-                (numeric.abs() - analytic).abs() < 1e-3 + 0.02 * analytic,
-                "layer {layer} head {head}: |finite difference| {} vs analytic {analytic}",
+                (numeric.abs() - analytic).abs() < 1e-4 + 0.02 * analytic,
+                "layer {layer} unit {unit}: |finite difference| {} vs analytic {analytic}",
                 numeric.abs()
             );
         }

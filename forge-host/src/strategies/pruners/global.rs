@@ -1,6 +1,6 @@
 //! `global`: the lowest-scored heads of each kind across the whole model, so layers that matter less
 //! lose more.
-use forge_api::{HeadKind, HeadMask, HeadScores, ModelGeometry, PruneTarget, Pruner, StrategyError};
+use forge_api::{HeadMask, HeadScores, ModelGeometry, PruneTarget, Pruner, StrategyError, UnitKind};
 
 use super::{constraint_options, select, Constraints, KindView};
 use crate::strategies::{Builtin, Factory};
@@ -16,7 +16,7 @@ impl Pruner for Global {
     ) -> Result<HeadMask, StrategyError> {
         scores.validate(geometry)?;
         let mut mask = HeadMask::default();
-        for kind in HeadKind::ALL {
+        for kind in UnitKind::ALL {
             let Some(target) = self.0.target(kind, target, geometry) else { continue };
             let view = KindView::of(kind, scores, geometry)?;
             let count = target.heads(view.heads.iter().sum());
@@ -41,7 +41,7 @@ mod tests {
     use super::*;
 
     fn global(min_per_layer: usize, whole_groups: bool, linear_ratio: f64) -> Global {
-        Global(Constraints { min_per_layer, whole_groups, linear_ratio })
+        Global(Constraints { min_per_layer, whole_groups, linear_ratio, mlp_ratio: 0.0 })
     }
 
     #[test]
@@ -83,6 +83,7 @@ mod tests {
         let scores = HeadScores {
             scores: vec![vec![], vec![5.0, 9.0], vec![]],
             linear: vec![vec![0.4, 0.3, 0.2, 0.1], vec![], vec![0.01, 0.02, 0.5, 0.6]],
+            ..HeadScores::default()
         };
         (geometry, scores)
     }
@@ -92,17 +93,17 @@ mod tests {
         let (geometry, scores) = hybrid();
         let mask = global(1, false, -1.0).prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
         assert_eq!(mask.pruned_in(1), &[0]);
-        assert_eq!(mask.pruned_of(HeadKind::Linear, 0), &[2, 3]);
-        assert_eq!(mask.pruned_of(HeadKind::Linear, 2), &[0, 1]);
+        assert_eq!(mask.pruned_of(UnitKind::LinearHead, 0), &[2, 3]);
+        assert_eq!(mask.pruned_of(UnitKind::LinearHead, 2), &[0, 1]);
         // linear-ratio sets the linear share apart; with --count only query heads go.
         let mask = global(1, false, 0.25).prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
-        assert_eq!((mask.count(), mask.count_of(HeadKind::Linear)), (1, 2));
+        assert_eq!((mask.count(), mask.count_of(UnitKind::LinearHead)), (1, 2));
         let mask = global(1, false, -1.0).prune(&scores, &geometry, PruneTarget::Count(1)).unwrap();
-        assert_eq!((mask.count(), mask.count_of(HeadKind::Linear)), (1, 0));
+        assert_eq!((mask.count(), mask.count_of(UnitKind::LinearHead)), (1, 0));
         // Whole key heads: the pair (0, 1) of layer 2 scores lowest.
         let mask = global(1, true, 0.25).prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
-        assert_eq!(mask.pruned_of(HeadKind::Linear, 2), &[0, 1]);
-        assert!(mask.pruned_of(HeadKind::Linear, 0).is_empty());
+        assert_eq!(mask.pruned_of(UnitKind::LinearHead, 2), &[0, 1]);
+        assert!(mask.pruned_of(UnitKind::LinearHead, 0).is_empty());
     }
 
     #[test]
@@ -112,6 +113,6 @@ mod tests {
         let err = global(1, false, -1.0).prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap_err();
         assert!(err.to_string().contains("linear-ratio=0"), "{err}");
         let mask = global(1, false, 0.0).prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
-        assert_eq!((mask.count(), mask.count_of(HeadKind::Linear)), (1, 0));
+        assert_eq!((mask.count(), mask.count_of(UnitKind::LinearHead)), (1, 0));
     }
 }

@@ -1,13 +1,13 @@
-//! Built-in pruners, one per file, sharing the selection rule in [`select`]. Each kind of head (query
-//! heads, and a hybrid's linear-attention value heads) is ranked within its own kind, with its own
-//! share: scores of different kinds measure different things, so one global ranking would compare
-//! them on no common scale.
+//! Built-in pruners, one per file, sharing the selection rule in [`select`]. Each kind of unit (query
+//! heads, a hybrid's linear-attention value heads, MLP channels) is ranked within its own kind, with
+//! its own share: scores of different kinds measure different things, so one global ranking would
+//! compare them on no common scale.
 mod global;
 mod per_layer;
 
 use std::collections::BTreeMap;
 
-use forge_api::{HeadKind, HeadScores, ModelGeometry, OptionKind, OptionSpec, PruneTarget, StrategyError};
+use forge_api::{HeadScores, ModelGeometry, OptionKind, OptionSpec, PruneTarget, StrategyError, UnitKind};
 
 /// A set of heads removed together: one head, or a whole group (KV head, or linear-attention key
 /// head) when `whole-groups` is on.
@@ -19,7 +19,7 @@ struct Unit {
 
 /// One kind's view of a model: its heads and groups per layer and their scores.
 struct KindView<'a> {
-    kind: HeadKind,
+    kind: UnitKind,
     heads: Vec<usize>,
     groups: Vec<usize>,
     rows: &'a [Vec<f32>],
@@ -27,7 +27,7 @@ struct KindView<'a> {
 
 impl<'a> KindView<'a> {
     /// The view of `kind`, or an error when the scorer left that kind unscored.
-    fn of(kind: HeadKind, scores: &'a HeadScores, geometry: &ModelGeometry) -> Result<Self, StrategyError> {
+    fn of(kind: UnitKind, scores: &'a HeadScores, geometry: &ModelGeometry) -> Result<Self, StrategyError> {
         let rows = scores.of(kind).ok_or_else(|| {
             StrategyError::bad_input(format!(
                 "the scorer gave no scores for {}s (a plugin built for ABI 1.0 scores query heads only); \
@@ -103,6 +103,12 @@ fn constraint_options() -> Vec<OptionSpec> {
              so compact models really shrink",
         ),
         OptionSpec::new(
+            "mlp-ratio",
+            OptionKind::Float,
+            0.0,
+            "share of MLP channels to remove, in [0, 1) (--ratio and --count name heads alone)",
+        ),
+        OptionSpec::new(
             "linear-ratio",
             OptionKind::Float,
             -1.0,
@@ -118,31 +124,37 @@ struct Constraints {
     whole_groups: bool,
     /// Negative: follow the run's ratio.
     linear_ratio: f64,
+    mlp_ratio: f64,
 }
 
 impl Constraints {
     fn from_options(o: &forge_api::Options) -> Result<Self, StrategyError> {
-        let linear_ratio = o.float("linear-ratio");
-        if linear_ratio >= 1.0 {
-            return Err(StrategyError::bad_input(format!(
-                "option `linear-ratio` is {linear_ratio}; give a share in [0, 1) (every layer keeps a head)"
-            )));
+        let (linear_ratio, mlp_ratio) = (o.float("linear-ratio"), o.float("mlp-ratio"));
+        for (key, share) in [("linear-ratio", linear_ratio), ("mlp-ratio", mlp_ratio)] {
+            if share >= 1.0 || (key == "mlp-ratio" && share < 0.0) {
+                return Err(StrategyError::bad_input(format!(
+                    "option `{key}` is {share}; give a share in [0, 1) (every layer keeps a unit of each kind)"
+                )));
+            }
         }
         Ok(Constraints {
             min_per_layer: o.int("min-heads-per-layer") as usize,
             whole_groups: o.bool("whole-groups"),
             linear_ratio,
+            mlp_ratio,
         })
     }
 
     /// What to remove of `kind`, None for nothing: the run's target for query heads; for
-    /// linear-attention value heads `linear-ratio`, else the run's ratio (a count names query heads).
-    fn target(&self, kind: HeadKind, target: PruneTarget, geometry: &ModelGeometry) -> Option<PruneTarget> {
+    /// linear-attention value heads `linear-ratio`, else the run's ratio (a count names query heads);
+    /// for MLP channels `mlp-ratio`.
+    fn target(&self, kind: UnitKind, target: PruneTarget, geometry: &ModelGeometry) -> Option<PruneTarget> {
         let chosen = match (kind, target) {
-            (HeadKind::Attention, t) => t,
-            (HeadKind::Linear, _) if self.linear_ratio >= 0.0 => PruneTarget::Ratio(self.linear_ratio),
-            (HeadKind::Linear, PruneTarget::Ratio(r)) => PruneTarget::Ratio(r),
-            (HeadKind::Linear, PruneTarget::Count(_)) => return None,
+            (UnitKind::QueryHead, t) => t,
+            (UnitKind::LinearHead, _) if self.linear_ratio >= 0.0 => PruneTarget::Ratio(self.linear_ratio),
+            (UnitKind::LinearHead, PruneTarget::Ratio(r)) => PruneTarget::Ratio(r),
+            (UnitKind::LinearHead, PruneTarget::Count(_)) => return None,
+            (UnitKind::MlpChannel, _) => PruneTarget::Ratio(self.mlp_ratio),
         };
         let total: usize = geometry.of(kind).0.iter().sum();
         (total > 0 && chosen.heads(total) > 0).then_some(chosen)

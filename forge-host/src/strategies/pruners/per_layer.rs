@@ -1,6 +1,6 @@
 //! `per-layer`: the same number of heads of a kind from every layer of that kind (its lowest-scored
 //! ones), so the pruned model keeps a uniform shape and a standard `config.json`.
-use forge_api::{HeadKind, HeadMask, HeadScores, ModelGeometry, PruneTarget, Pruner, StrategyError};
+use forge_api::{HeadMask, HeadScores, ModelGeometry, PruneTarget, Pruner, StrategyError, UnitKind};
 
 use super::{constraint_options, select, Constraints, KindView};
 use crate::strategies::{Builtin, Factory};
@@ -16,7 +16,7 @@ impl Pruner for PerLayer {
     ) -> Result<HeadMask, StrategyError> {
         scores.validate(geometry)?;
         let mut mask = HeadMask::default();
-        for kind in HeadKind::ALL {
+        for kind in UnitKind::ALL {
             let Some(target) = self.0.target(kind, target, geometry) else { continue };
             let view = KindView::of(kind, scores, geometry)?;
             let layers = view.layers();
@@ -59,7 +59,12 @@ mod tests {
     fn removes_the_same_count_from_each_layer() {
         let geometry = ModelGeometry::uniform(2, 4, 2, 4, 16);
         let scores = HeadScores::attention(vec![vec![0.1, 0.2, 0.3, 0.4], vec![9.0, 0.5, 7.0, 8.0]]);
-        let per_layer = PerLayer(Constraints { min_per_layer: 1, whole_groups: false, linear_ratio: -1.0 });
+        let per_layer = PerLayer(Constraints {
+            min_per_layer: 1,
+            whole_groups: false,
+            linear_ratio: -1.0,
+            mlp_ratio: 0.0,
+        });
         let mask = per_layer.prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
         assert_eq!(mask.pruned_in(0), &[0, 1]);
         assert_eq!(mask.pruned_in(1), &[1, 2]);
@@ -74,15 +79,23 @@ mod tests {
             kv_heads: vec![0, 1],
             linear_heads: vec![4, 0],
             linear_key_heads: vec![2, 0],
+            mlp_channels: vec![4, 4],
             ..ModelGeometry::uniform(2, 0, 0, 4, 16)
         };
         let scores = HeadScores {
             scores: vec![vec![], vec![1.0, 2.0]],
             linear: vec![vec![3.0, 1.0, 2.0, 4.0], vec![]],
+            mlp: vec![vec![0.5, 0.1, 0.9, 0.2], vec![7.0, 8.0, 6.0, 9.0]],
         };
-        let per_layer = PerLayer(Constraints { min_per_layer: 1, whole_groups: false, linear_ratio: 0.5 });
-        let mask = per_layer.prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
+        let constraints =
+            |mlp_ratio| Constraints { min_per_layer: 1, whole_groups: false, linear_ratio: 0.5, mlp_ratio };
+        let mask = PerLayer(constraints(0.0)).prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
         assert_eq!(mask.pruned_in(1), &[0]);
-        assert_eq!(mask.pruned_of(HeadKind::Linear, 0), &[1, 2]);
+        assert_eq!(mask.pruned_of(UnitKind::LinearHead, 0), &[1, 2]);
+        assert!(mask.pruned_mlp_channels.is_empty(), "MLP channels go only when mlp-ratio asks");
+        // Half of each layer's channels, its own lowest: scale differs between layers, counts do not.
+        let mask = PerLayer(constraints(0.5)).prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
+        assert_eq!(mask.pruned_of(UnitKind::MlpChannel, 0), &[1, 3]);
+        assert_eq!(mask.pruned_of(UnitKind::MlpChannel, 1), &[0, 2]);
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! A linear-attention value head v, served by key head g with r value heads per key head, scores the
 //! same way: `sqrt(‖its in_proj_qkv v rows, in_proj_z/b/a rows‖² + ‖W_out[:, v]‖² + (‖its key head's
-//! q and k rows‖²) / r)`.
+//! q and k rows‖²) / r)`. An MLP channel: its `gate_proj` and `up_proj` rows and `down_proj` column.
 use forge_api::{HeadScores, ImportanceScorer, ScoringContext, StrategyError};
 
 use crate::strategies::{Builtin, Factory};
@@ -51,11 +51,26 @@ fn linear_row(
         .collect())
 }
 
+/// Scores of layer `layer`'s MLP channels: `sqrt(‖W_gate[c]‖² + ‖W_up[c]‖² + ‖W_down[:, c]‖²)`.
+fn mlp_row(ctx: &dyn ScoringContext, layer: usize) -> Result<Vec<f32>, StrategyError> {
+    let get = |p: &str| ctx.tensor(&format!("model.layers.{layer}.mlp.{p}.weight"));
+    let (gate, up, down) = (get("gate_proj")?, get("up_proj")?, get("down_proj")?);
+    let (channels, cols) = (gate.shape[0], gate.shape[1]);
+    Ok((0..channels)
+        .map(|c| {
+            let sq = rows_sq(&gate.data, cols, c..c + 1)
+                + rows_sq(&up.data, cols, c..c + 1)
+                + cols_sq(&down.data, down.shape[1], c..c + 1);
+            sq.sqrt() as f32
+        })
+        .collect())
+}
+
 impl ImportanceScorer for L2 {
     fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError> {
         let g = ctx.geometry().clone();
         let d = g.head_dim;
-        let (linear_heads, linear_keys) = g.of(forge_api::HeadKind::Linear);
+        let (linear_heads, linear_keys) = g.of(forge_api::UnitKind::LinearHead);
         let linear = match g.total_linear_heads() {
             0 => Vec::new(),
             _ => (0..g.layers)
@@ -87,7 +102,8 @@ impl ImportanceScorer for L2 {
                 .collect();
             scores.push(row);
         }
-        Ok(HeadScores { scores, linear })
+        let mlp = (0..g.layers).map(|l| mlp_row(ctx, l)).collect::<Result<_, _>>()?;
+        Ok(HeadScores { scores, linear, mlp })
     }
 }
 

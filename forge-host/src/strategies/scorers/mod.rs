@@ -4,15 +4,20 @@ mod l2;
 mod random;
 mod taylor;
 
-use forge_api::{HeadScores, ScoringContext, StrategyError};
+use forge_api::{HeadScores, ScoringContext, StrategyError, UnitKind};
 
-/// Scores of both kinds: `attention` rows, beside the linear-attention rows `linear` gives when the
-/// model has linear-attention heads (asked after `attention`, so probes can share a pass).
-fn both_kinds(
+/// Scores of every kind the model has: `attention` rows, then each other kind from `score` (asked
+/// after `attention`, so probes can share a pass).
+fn all_kinds(
     ctx: &mut dyn ScoringContext,
     attention: Vec<Vec<f32>>,
-    linear: impl FnOnce(&mut dyn ScoringContext) -> Result<Vec<Vec<f32>>, StrategyError>,
+    mut score: impl FnMut(&mut dyn ScoringContext, UnitKind) -> Result<Vec<Vec<f32>>, StrategyError>,
 ) -> Result<HeadScores, StrategyError> {
-    let linear = if ctx.geometry().total_linear_heads() > 0 { linear(ctx)? } else { Vec::new() };
-    Ok(HeadScores { scores: attention, linear })
+    let mut scores = HeadScores::attention(attention);
+    for kind in [UnitKind::LinearHead, UnitKind::MlpChannel] {
+        if ctx.geometry().total(kind) > 0 {
+            *scores.of_mut(kind) = score(ctx, kind)?;
+        }
+    }
+    Ok(scores)
 }

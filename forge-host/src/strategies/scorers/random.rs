@@ -1,5 +1,7 @@
 //! `random`: uniform scores from a seed — the baseline every informed scorer must beat.
-use forge_api::{HeadScores, ImportanceScorer, OptionKind, OptionSpec, ScoringContext, StrategyError};
+use forge_api::{
+    HeadScores, ImportanceScorer, OptionKind, OptionSpec, ScoringContext, StrategyError, UnitKind,
+};
 
 use crate::strategies::{Builtin, Factory};
 use forge_kernels::SplitMix64;
@@ -15,9 +17,13 @@ impl ImportanceScorer for Random {
             counts.iter().map(|&h| (0..h).map(|_| rng.next_f64() as f32).collect()).collect()
         };
         let g = ctx.geometry();
-        let scores = draw(&g.heads);
-        let linear = if g.total_linear_heads() > 0 { draw(&g.linear_heads) } else { Vec::new() };
-        Ok(HeadScores { scores, linear })
+        let mut scores = HeadScores::attention(draw(&g.heads));
+        for kind in [UnitKind::LinearHead, UnitKind::MlpChannel] {
+            if g.total(kind) > 0 {
+                *scores.of_mut(kind) = draw(&g.of(kind).0);
+            }
+        }
+        Ok(scores)
     }
 }
 

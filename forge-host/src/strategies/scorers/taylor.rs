@@ -2,8 +2,9 @@
 //! |∂L/∂m_h| for a head mask m (Michel et al., 2019, "Are Sixteen Heads Really Better than One?"),
 //! averaged over calibration batches. The gradient flows through forge's own differentiable decoder;
 //! `strategies::probes` tests it against finite differences. A linear-attention value head's mask
-//! multiplies its output before `out_proj`, so the same estimate scores it.
-use forge_api::{HeadScores, ImportanceScorer, ScoringContext, StrategyError};
+//! multiplies its output before `out_proj`, and an MLP channel's its activation before `down_proj`,
+//! so the same estimate scores both.
+use forge_api::{HeadScores, ImportanceScorer, ScoringContext, StrategyError, UnitKind};
 
 use crate::strategies::{Builtin, Factory};
 
@@ -12,7 +13,10 @@ struct Taylor;
 impl ImportanceScorer for Taylor {
     fn score(&self, ctx: &mut dyn ScoringContext) -> Result<HeadScores, StrategyError> {
         let attention = ctx.head_mask_gradients()?;
-        super::both_kinds(ctx, attention, |ctx| ctx.linear_head_mask_gradients())
+        super::all_kinds(ctx, attention, |ctx, kind| match kind {
+            UnitKind::LinearHead => ctx.linear_head_mask_gradients(),
+            _ => ctx.mlp_channel_mask_gradients(),
+        })
     }
 }
 
