@@ -222,7 +222,7 @@ fn bad_recipes_fail_before_any_work_naming_the_key() {
     let cases: [(&[&str], &str); 15] = [
         (&["--set", "train.stepz=3"], "unknown field `stepz`"),
         (&["--set", "train.steps=\"many\""], "invalid type"),
-        (&["--set", "score.scorer=\"magnitude\""], "recipe key `score.scorer`: unknown scorer `magnitude`; known scorers: activation, l2, random, taylor"),
+        (&["--set", "score.scorer=\"magnitude\""], "recipe key `score.scorer`: unknown scorer `magnitude`; known scorers: activation, angular, block-influence, l2, random, taylor"),
         (&["--set", "prune.options={ min-heads = 2 }"], "pruner `global` has no option `min-heads`"),
         (&["--set", "prune.cycles=8"], "would remove every head"),
         (&["--set", "train.steps=0"], "train.steps is 0; give at least 1"),

@@ -117,6 +117,70 @@ fn mlp_channels_compact_to_the_masked_model_uniform_or_per_layer() {
     }
 }
 
+/// Whole layers beside heads and channels: removed layers pass the residual stream through; compact
+/// drops their tensors, renumbers the rest and shortens every per-layer list, with the masked
+/// model's logits.
+#[test]
+fn removed_layers_compact_to_the_masked_model() {
+    let mask = HeadMask::from_json(
+        r#"{"pruned": {"0": [0, 1, 2], "6": [5]}, "pruned_mlp_channels": {"7": [1, 2, 3]}, "pruned_layers": [2, 5]}"#,
+    )
+    .unwrap();
+    let folder = ModelFolder::open(&tiny_qwen3()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_pruned(&folder, &mask, SaveMode::Compact, dir.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_hidden_layers"], 6);
+    assert_eq!(config["layer_types"].as_array().unwrap().len(), 6);
+    // Layer 0 keeps 6 heads (one zeroed as padding for its uneven groups); old layer 6 pads back to 8.
+    assert_eq!(config["forge_heads_per_layer"], serde_json::json!([6, 8, 8, 8, 8, 8]), "{config}");
+    assert_eq!(
+        config["forge_intermediate_size_per_layer"],
+        serde_json::json!([768, 768, 768, 768, 768, 765])
+    );
+    let diff = rel_diff(&logits(dir.path(), None), &logits(&tiny_qwen3(), Some(&mask)));
+    assert!(diff < 1e-4, "compact vs masked logits differ by {diff:e}");
+    let masked = tempfile::tempdir().unwrap();
+    save_pruned(&folder, &mask, SaveMode::Mask, masked.path()).unwrap();
+    assert!(rel_diff(&logits(masked.path(), None), &logits(&tiny_qwen3(), Some(&mask))) < 1e-6);
+}
+
+/// `forge prune` with a layer-only scorer and no head target removes whole layers, and says so when
+/// asked to remove nothing.
+#[test]
+fn prune_removes_whole_layers_by_block_influence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (tiny_qwen3(), data("code-valid.jsonl"));
+    let out = dir.path().join("pruned");
+    let args = [
+        "prune",
+        "-q",
+        "--json",
+        "--model",
+        model.to_str().unwrap(),
+        "--pruner",
+        "per-layer",
+        "--scorer",
+        "block-influence",
+        "--data",
+        data.to_str().unwrap(),
+        "--calib-windows",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    assert!(forge_refuses(&args).contains("removed nothing"));
+    let report = forge_json(&[&args[..], &["--pruner-opt", "layer-ratio=0.25"]].concat());
+    assert_eq!((report["layers_before"].as_u64(), report["layers_after"].as_u64()), (Some(8), Some(6)));
+    assert_eq!(report["pruned_layers"].as_array().unwrap().len(), 2);
+    let inspect = forge_json(&["inspect", "--json", "--model", out.to_str().unwrap()]);
+    assert_eq!((inspect["layers"].as_u64(), &inspect["parameters"]), (Some(6), &report["parameters_after"]));
+    // Asking for heads from a scorer that scores layers only names the problem.
+    let err = forge_refuses(&[&args[..], &["--ratio", "0.25"]].concat());
+    assert!(err.contains("no scores for query heads"), "{err}");
+}
+
 #[test]
 fn prune_by_name_writes_a_model_mask_and_heat_map() {
     let out = tempfile::tempdir().unwrap();
@@ -191,7 +255,7 @@ fn list_shows_every_builtin_with_its_origin() {
     let names = |kind: &str| -> Vec<String> {
         list[kind].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
     };
-    assert_eq!(names("scorers"), ["activation", "l2", "random", "taylor"]);
+    assert_eq!(names("scorers"), ["activation", "angular", "block-influence", "l2", "random", "taylor"]);
     assert_eq!(names("pruners"), ["global", "per-layer"]);
     assert_eq!(names("evaluators"), ["perplexity", "samples"]);
     assert!(list["adapters"].is_array() && list["optimizers"].is_array());
@@ -210,7 +274,7 @@ fn unknown_names_and_bad_targets_exit_2_listing_what_is_valid() {
     let out = out.path().to_str().unwrap();
     let err = forge_refuses(&["score", "--model", model, "--scorer", "magnitude"]);
     assert!(
-        err.contains("unknown scorer `magnitude`; known scorers: activation, l2, random, taylor"),
+        err.contains("unknown scorer `magnitude`; known scorers: activation, angular, block-influence, l2, random, taylor"),
         "{err}"
     );
     let err = forge_refuses(&[

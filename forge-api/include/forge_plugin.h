@@ -49,9 +49,12 @@ typedef int32_t ForgeStatus;
 #define FORGE_PROBE_HEAD_OUTPUT_NORMS 0   /* mean L2 norm of each head's output through o_proj */
 #define FORGE_PROBE_HEAD_MASK_GRADIENTS 1 /* mean |d loss / d head mask| */
 #define FORGE_PROBE_ATTENTION_ENTROPY 2   /* mean entropy of each head's attention, nats */
+#define FORGE_PROBE_LAYER_COSINE 3        /* 1.1, over FORGE_UNIT_LAYER: mean cos(layer input, output) */
 
 #define FORGE_UNIT_QUERY_HEAD 0  /* 1.1: a full-attention query head */
 #define FORGE_UNIT_LINEAR_HEAD 1 /* 1.1: a Gated DeltaNet value head; its group is its key head */
+#define FORGE_UNIT_MLP_CHANNEL 2 /* 1.1: an MLP channel (gate/up row, down column); its own group */
+#define FORGE_UNIT_LAYER 3       /* 1.1: a whole decoder layer, one unit per layer */
 
 #define FORGE_TARGET_RATIO 0 /* share of all query heads, in (0, 1) */
 #define FORGE_TARGET_COUNT 1 /* number of heads */

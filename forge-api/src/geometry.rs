@@ -15,11 +15,15 @@ pub enum UnitKind {
     /// An MLP channel (its `gate_proj` and `up_proj` rows and its `down_proj` column); each is its
     /// own group. Mask key `pruned_mlp_channels`.
     MlpChannel,
+    /// A whole decoder layer (one unit per layer): removed, the residual stream passes it unchanged.
+    /// Mask key `pruned_layers`, a list of layers.
+    Layer,
 }
 
 impl UnitKind {
     /// Every kind, query heads first (the order of the plugin ABI's buffers).
-    pub const ALL: [UnitKind; 3] = [UnitKind::QueryHead, UnitKind::LinearHead, UnitKind::MlpChannel];
+    pub const ALL: [UnitKind; 4] =
+        [UnitKind::QueryHead, UnitKind::LinearHead, UnitKind::MlpChannel, UnitKind::Layer];
 
     /// The mask file's key for heads of this kind.
     pub fn mask_key(self) -> &'static str {
@@ -27,6 +31,7 @@ impl UnitKind {
             UnitKind::QueryHead => "pruned",
             UnitKind::LinearHead => "pruned_linear_heads",
             UnitKind::MlpChannel => "pruned_mlp_channels",
+            UnitKind::Layer => "pruned_layers",
         }
     }
 
@@ -36,6 +41,7 @@ impl UnitKind {
             UnitKind::QueryHead => "query head",
             UnitKind::LinearHead => "linear-attention value head",
             UnitKind::MlpChannel => "MLP channel",
+            UnitKind::Layer => "layer",
         }
     }
 }
@@ -89,6 +95,7 @@ impl ModelGeometry {
             UnitKind::QueryHead => (self.heads.clone(), self.kv_heads.clone()),
             UnitKind::LinearHead => (per_layer(&self.linear_heads), per_layer(&self.linear_key_heads)),
             UnitKind::MlpChannel => (per_layer(&self.mlp_channels), per_layer(&self.mlp_channels)),
+            UnitKind::Layer => (vec![1; self.layers], vec![1; self.layers]),
         }
     }
 

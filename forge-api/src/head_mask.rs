@@ -6,9 +6,10 @@ use crate::{ModelGeometry, UnitKind};
 
 /// Which units are removed, per layer: the content of a mask file,
 /// `{"pruned": {"<layer>": [<query head>, ...]}, "pruned_linear_heads": {"<layer>": [<value head>, ...]},
-/// "pruned_mlp_channels": {"<layer>": [<channel>, ...]}}`. Layers with nothing pruned may be absent, and
-/// so may the keys beside `pruned`. A pruned unit's output never reaches `o_proj` (query heads),
-/// `out_proj` (linear-attention value heads) or `down_proj` (MLP channels).
+/// "pruned_mlp_channels": {"<layer>": [<channel>, ...]}, "pruned_layers": [<layer>, ...]}`. Layers with
+/// nothing pruned may be absent, and so may the keys beside `pruned`. A pruned unit's output never
+/// reaches `o_proj` (query heads), `out_proj` (linear-attention value heads), `down_proj` (MLP
+/// channels) or the residual stream (layers).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadMask {
@@ -20,6 +21,34 @@ pub struct HeadMask {
     /// Layer index → pruned MLP channels of that layer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pruned_mlp_channels: BTreeMap<usize, Vec<usize>>,
+    /// Whole layers removed, written as a list (`"pruned_layers": [3, 5]`); held as layer → `[0]`,
+    /// the one unit of a layer, so every kind reads alike.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "layer_list")]
+    pub pruned_layers: BTreeMap<usize, Vec<usize>>,
+}
+
+/// `pruned_layers` as the mask file writes it: a list of layers.
+mod layer_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(layers: &BTreeMap<usize, Vec<usize>>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(layers.keys())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<usize, Vec<usize>>, D::Error> {
+        let list = Vec::<usize>::deserialize(d)?;
+        let mut layers = BTreeMap::new();
+        for layer in list {
+            if layers.insert(layer, vec![0]).is_some() {
+                return Err(serde::de::Error::custom(format!(
+                    "layer {layer} is listed twice in `pruned_layers`"
+                )));
+            }
+        }
+        Ok(layers)
+    }
 }
 
 /// Why a mask does not fit a model.
@@ -117,6 +146,7 @@ impl HeadMask {
             UnitKind::QueryHead => &self.pruned,
             UnitKind::LinearHead => &self.pruned_linear_heads,
             UnitKind::MlpChannel => &self.pruned_mlp_channels,
+            UnitKind::Layer => &self.pruned_layers,
         }
     }
 
@@ -126,6 +156,7 @@ impl HeadMask {
             UnitKind::QueryHead => &mut self.pruned,
             UnitKind::LinearHead => &mut self.pruned_linear_heads,
             UnitKind::MlpChannel => &mut self.pruned_mlp_channels,
+            UnitKind::Layer => &mut self.pruned_layers,
         }
     }
 
@@ -214,6 +245,19 @@ mod tests {
             err(r#"{"pruned": {"1": [0]}}"#, &hybrid()).to_string(),
             "layer 1 has no query heads, but `pruned` names it"
         );
+    }
+
+    #[test]
+    fn writes_removed_layers_as_a_list() {
+        let mask = HeadMask::from_json(r#"{"pruned": {}, "pruned_layers": [1, 0]}"#).unwrap();
+        mask.validate(&geometry()).unwrap();
+        assert_eq!(mask.pruned_of(UnitKind::Layer, 1), &[0]);
+        assert!(mask.to_json().contains("\"pruned_layers\": [\n    0,\n    1\n  ]"), "{}", mask.to_json());
+        assert_eq!(HeadMask::from_json(&mask.to_json()).unwrap(), mask);
+        let err =
+            HeadMask::from_json(r#"{"pruned": {}, "pruned_layers": [2]}"#).unwrap().validate(&geometry());
+        assert_eq!(err.unwrap_err().to_string(), "layer 2 does not exist: the model has layers 0..=1");
+        assert!(HeadMask::from_json(r#"{"pruned": {}, "pruned_layers": [1, 1]}"#).is_err());
     }
 
     #[test]

@@ -45,6 +45,20 @@ pub trait ScoringContext {
     fn mlp_channel_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
         Err(StrategyError::bad_input("this host offers no MLP-channel probes"))
     }
+    /// Per layer, the mean norm per token of what the layer adds to the residual stream (its output
+    /// minus its input), `[layer][0]`.
+    fn layer_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Err(StrategyError::bad_input("this host offers no layer probes"))
+    }
+    /// Per layer, the mean |∂ loss / ∂ g| for a gate g scaling both its residual updates, `[layer][0]`.
+    fn layer_gate_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Err(StrategyError::bad_input("this host offers no layer probes"))
+    }
+    /// Per layer, the mean cosine per token between its input and output hidden states, `[layer][0]`
+    /// (ShortGPT's Block Influence is one minus it).
+    fn layer_cosines(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        Err(StrategyError::bad_input("this host offers no layer probes"))
+    }
 }
 
 /// Scores each (layer, query head) by how much it matters.

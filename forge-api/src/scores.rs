@@ -5,7 +5,8 @@ use crate::{ModelGeometry, StrategyError, UnitKind};
 /// One importance score per head of each kind; higher means more important.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HeadScores {
-    /// `scores[layer][query head]` (an empty row in a layer without attention).
+    /// `scores[layer][query head]` (an empty row in a layer without attention; no rows at all when
+    /// the scorer scores no query heads, as a layer-only scorer does).
     pub scores: Vec<Vec<f32>>,
     /// `linear[layer][value head]` for a hybrid's linear-attention heads; empty when the scorer does
     /// not score them (a model without them, or a plugin built before they existed).
@@ -14,6 +15,9 @@ pub struct HeadScores {
     /// `mlp[layer][channel]` for MLP channels; empty when the scorer does not score them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mlp: Vec<Vec<f32>>,
+    /// `layers[layer][0]` for whole layers; empty when the scorer does not score them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<Vec<f32>>,
 }
 
 impl HeadScores {
@@ -28,17 +32,21 @@ impl HeadScores {
             UnitKind::QueryHead => &mut self.scores,
             UnitKind::LinearHead => &mut self.linear,
             UnitKind::MlpChannel => &mut self.mlp,
+            UnitKind::Layer => &mut self.layers,
         }
     }
 
     /// The rows of `kind`; None when the scorer left that kind unscored.
     pub fn of(&self, kind: UnitKind) -> Option<&[Vec<f32>]> {
         match kind {
+            UnitKind::QueryHead if self.scores.is_empty() => None,
             UnitKind::QueryHead => Some(&self.scores),
             UnitKind::LinearHead if self.linear.is_empty() => None,
             UnitKind::LinearHead => Some(&self.linear),
             UnitKind::MlpChannel if self.mlp.is_empty() => None,
             UnitKind::MlpChannel => Some(&self.mlp),
+            UnitKind::Layer if self.layers.is_empty() => None,
+            UnitKind::Layer => Some(&self.layers),
         }
     }
 

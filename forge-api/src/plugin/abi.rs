@@ -63,6 +63,8 @@ pub const FORGE_PROBE_HEAD_OUTPUT_NORMS: u32 = 0;
 pub const FORGE_PROBE_HEAD_MASK_GRADIENTS: u32 = 1;
 /// Mean entropy of each head's attention distribution, in nats.
 pub const FORGE_PROBE_ATTENTION_ENTROPY: u32 = 2;
+/// (1.1, over `FORGE_UNIT_LAYER`) Mean cosine between each layer's input and output hidden states.
+pub const FORGE_PROBE_LAYER_COSINE: u32 = 3;
 
 /// Unit kind (1.1): a full-attention query head.
 pub const FORGE_UNIT_QUERY_HEAD: u32 = 0;
@@ -70,6 +72,8 @@ pub const FORGE_UNIT_QUERY_HEAD: u32 = 0;
 pub const FORGE_UNIT_LINEAR_HEAD: u32 = 1;
 /// Unit kind (1.1): an MLP channel (`gate_proj`/`up_proj` row, `down_proj` column); its own group.
 pub const FORGE_UNIT_MLP_CHANNEL: u32 = 2;
+/// Unit kind (1.1): a whole decoder layer (one per layer).
+pub const FORGE_UNIT_LAYER: u32 = 3;
 
 /// Prune target: a share of all query heads, in (0, 1).
 pub const FORGE_TARGET_RATIO: u32 = 0;

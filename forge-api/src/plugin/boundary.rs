@@ -99,6 +99,7 @@ pub(crate) fn unit_code(kind: UnitKind) -> u32 {
         UnitKind::QueryHead => FORGE_UNIT_QUERY_HEAD,
         UnitKind::LinearHead => FORGE_UNIT_LINEAR_HEAD,
         UnitKind::MlpChannel => FORGE_UNIT_MLP_CHANNEL,
+        UnitKind::Layer => FORGE_UNIT_LAYER,
     }
 }
 
@@ -117,6 +118,7 @@ pub(crate) struct GeometryFfi {
     hidden: u64,
     extra: Vec<(Vec<u64>, Vec<u64>)>,
     units: Vec<ForgeUnits>,
+    kinds: Vec<UnitKind>,
 }
 
 impl GeometryFfi {
@@ -131,7 +133,7 @@ impl GeometryFfi {
             })
             .collect();
         // The arrays live on the heap: their pointers stay valid when the struct moves.
-        let units = present
+        let units: Vec<ForgeUnits> = present
             .iter()
             .zip(&extra)
             .map(|(&k, (c, gr))| ForgeUnits { kind: unit_code(k), counts: c.as_ptr(), groups: gr.as_ptr() })
@@ -144,6 +146,7 @@ impl GeometryFfi {
             hidden: g.hidden as u64,
             extra,
             units,
+            kinds: std::iter::once(UnitKind::QueryHead).chain(present).collect(),
         }
     }
 
@@ -156,6 +159,11 @@ impl GeometryFfi {
             heads: self.heads.as_ptr(),
             kv_heads: self.kv_heads.as_ptr(),
         }
+    }
+
+    /// The kinds a 1.1 buffer holds, in order: query heads, then those of `extra_units`.
+    pub(crate) fn kinds(&self) -> &[UnitKind] {
+        &self.kinds
     }
 
     /// The 1.1 `extra_units` and their count; valid while `self` is.
@@ -179,22 +187,30 @@ impl ForgeGeometry {
         }
     }
 
-    /// [`ForgeGeometry::to_geometry`] with the 1.1 `extra_units` read in; kinds this build does not
-    /// know are left out (their scores stay NaN, their flags 0).
+    /// [`ForgeGeometry::to_geometry`] with the 1.1 `extra_units` read in, and the kinds a buffer
+    /// then holds (query heads first). Kinds this build does not know come after those it knows
+    /// (codes only grow) and are left out: their scores stay NaN, their flags 0.
     ///
     /// # Safety
     /// As `to_geometry`, and `units` must point to `count` descriptions of `layers` values each.
-    pub unsafe fn to_geometry_with(&self, units: *const ForgeUnits, count: usize) -> ModelGeometry {
+    pub(crate) unsafe fn geometry_with_units(
+        &self,
+        units: *const ForgeUnits,
+        count: usize,
+    ) -> (ModelGeometry, Vec<UnitKind>) {
         let mut g = self.to_geometry();
+        let mut kinds = vec![UnitKind::QueryHead];
         for u in slice(units, count) {
             let (counts, groups) = (read_layers(u.counts, g.layers), read_layers(u.groups, g.layers));
             match u.kind {
                 FORGE_UNIT_LINEAR_HEAD => (g.linear_heads, g.linear_key_heads) = (counts, groups),
                 FORGE_UNIT_MLP_CHANNEL => g.mlp_channels = counts,
-                _ => {}
+                FORGE_UNIT_LAYER => {}
+                _ => continue,
             }
+            kinds.push(UnitKind::ALL.into_iter().find(|&k| unit_code(k) == u.kind).expect("a known code"));
         }
-        g
+        (g, kinds)
     }
 }
 
@@ -203,11 +219,10 @@ unsafe fn read_layers(p: *const u64, layers: usize) -> Vec<usize> {
     slice(p, layers).iter().map(|&v| v as usize).collect()
 }
 
-/// Scores of every kind as the 1.1 buffer lays them out: query heads, then each other kind the model
-/// has (NaN where unscored).
-pub(crate) fn flatten_kinds(scores: &HeadScores, g: &ModelGeometry) -> Vec<f32> {
-    let mut flat = flatten(&scores.scores);
-    for kind in extra_kinds() {
+/// Scores of `kinds` as a 1.1 buffer lays them out, kind after kind (NaN where unscored).
+pub(crate) fn flatten_kinds(scores: &HeadScores, g: &ModelGeometry, kinds: &[UnitKind]) -> Vec<f32> {
+    let mut flat = Vec::new();
+    for &kind in kinds {
         match scores.of(kind) {
             Some(rows) => flat.extend(flatten(rows)),
             None => flat.extend(std::iter::repeat_n(f32::NAN, g.total(kind))),
@@ -216,11 +231,11 @@ pub(crate) fn flatten_kinds(scores: &HeadScores, g: &ModelGeometry) -> Vec<f32> 
     flat
 }
 
-/// The inverse of [`flatten_kinds`]: an all-NaN kind is unscored. `flat` holds every unit of `g`.
-pub(crate) fn unflatten_kinds(flat: &[f32], g: &ModelGeometry) -> HeadScores {
-    let (attention, mut rest) = flat.split_at(g.total_heads());
-    let mut scores = HeadScores::attention(unflatten(attention, &g.heads));
-    for kind in extra_kinds() {
+/// The inverse of [`flatten_kinds`]: an all-NaN kind is unscored. `flat` holds every unit of `kinds`.
+pub(crate) fn unflatten_kinds(flat: &[f32], g: &ModelGeometry, kinds: &[UnitKind]) -> HeadScores {
+    let mut scores = HeadScores::default();
+    let mut rest = flat;
+    for &kind in kinds {
         let (these, after) = rest.split_at(g.total(kind));
         if !these.iter().all(|v| v.is_nan()) {
             *scores.of_mut(kind) = unflatten(these, &g.of(kind).0);
@@ -230,9 +245,9 @@ pub(crate) fn unflatten_kinds(flat: &[f32], g: &ModelGeometry) -> HeadScores {
     scores
 }
 
-/// Units of every kind `g` has: the length of a 1.1 buffer.
-pub(crate) fn total_units(g: &ModelGeometry) -> usize {
-    UnitKind::ALL.iter().map(|&k| g.total(k)).sum()
+/// Units of `kinds` in `g`: the length of a 1.1 buffer.
+pub(crate) fn total_units(g: &ModelGeometry, kinds: &[UnitKind]) -> usize {
+    kinds.iter().map(|&k| g.total(k)).sum()
 }
 
 /// A mask as one flag per unit (1 = pruned), kinds in `kinds` order, each layer-major.

@@ -4,8 +4,8 @@ use std::ffi::c_void;
 
 use super::abi::*;
 use super::boundary::{
-    flags_mask, flatten, flatten_kinds, mask_flags, serve, slice, slice_mut, total_units, unflatten,
-    unflatten_kinds, GeometryFfi,
+    flags_mask, flatten_kinds, mask_flags, serve, slice, slice_mut, total_units, unflatten, unflatten_kinds,
+    GeometryFfi,
 };
 use super::strategy::{describe, Export, Instance, PluginStrategy};
 use crate::{HeadMask, HeadScores, ModelGeometry, Options, PruneTarget, Pruner, StrategyError, UnitKind};
@@ -56,14 +56,18 @@ unsafe extern "C" fn prune_units<T: Pruner>(
     error: *const ForgeSink,
 ) -> ForgeStatus {
     serve(error, || {
-        let geometry = (*geometry).to_geometry_with(extra_units, extra_unit_count);
-        if len != total_units(&geometry) {
-            return Err(StrategyError::failed(format!("{len} scores for {} units", total_units(&geometry))));
+        let (geometry, kinds) = (*geometry).geometry_with_units(extra_units, extra_unit_count);
+        let known = total_units(&geometry, &kinds);
+        if len < known {
+            return Err(StrategyError::failed(format!("{len} scores for {known} units")));
         }
-        let scores = unflatten_kinds(slice(scores, len), &geometry);
+        let scores = unflatten_kinds(&slice(scores, len)[..known], &geometry, &kinds);
         let mask = (*(instance as *const T)).prune(&scores, &geometry, target_of(target_kind, target)?)?;
         mask.validate(&geometry).map_err(|e| StrategyError::failed(e.to_string()))?;
-        slice_mut(pruned, len).copy_from_slice(&mask_flags(&mask, &geometry, &UnitKind::ALL));
+        // Units of kinds this build does not know stay (flag 0).
+        let flags = slice_mut(pruned, len);
+        flags.fill(0);
+        flags[..known].copy_from_slice(&mask_flags(&mask, &geometry, &kinds));
         Ok(())
     })
 }
@@ -89,9 +93,9 @@ impl Pruner for PluginPruner {
     ) -> Result<HeadMask, StrategyError> {
         let methods = unsafe { &*self.0.raw.pruner };
         let units = if self.0.knows_units() { methods.prune_units } else { None };
-        let kinds: &[UnitKind] = if units.is_some() { &UnitKind::ALL } else { &[UnitKind::QueryHead] };
-        let flat = if units.is_some() { flatten_kinds(scores, geometry) } else { flatten(&scores.scores) };
         let geometry_ffi = GeometryFfi::new(geometry);
+        let kinds: &[UnitKind] = if units.is_some() { geometry_ffi.kinds() } else { &[UnitKind::QueryHead] };
+        let flat = flatten_kinds(scores, geometry, kinds);
         let (extra, extra_count) = geometry_ffi.extra_units();
         let (kind, value) = match target {
             PruneTarget::Ratio(r) => (FORGE_TARGET_RATIO, r),

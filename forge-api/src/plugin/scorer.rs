@@ -29,15 +29,16 @@ unsafe extern "C" fn score<T: ImportanceScorer>(
     serve(error, || {
         let host = &*host;
         // This plugin speaks 1.1, so its host does too and describes its other units.
-        let geometry = host.geometry.to_geometry_with(host.extra_units, host.extra_unit_count);
+        let (geometry, kinds) = host.geometry.geometry_with_units(host.extra_units, host.extra_unit_count);
         let mut ctx = HostScoring { geometry, host };
         let scores = (*(instance as *const T)).score(&mut ctx)?;
         scores.validate(&ctx.geometry)?;
-        let flat = flatten_kinds(&scores, &ctx.geometry);
-        if flat.len() != len {
+        // Kinds this build does not know lie after the known ones and stay NaN (unscored).
+        let flat = flatten_kinds(&scores, &ctx.geometry, &kinds);
+        if flat.len() > len {
             return Err(StrategyError::failed(format!("{} scores for {len} units", flat.len())));
         }
-        slice_mut(out, len).copy_from_slice(&flat);
+        slice_mut(out, len)[..flat.len()].copy_from_slice(&flat);
         Ok(())
     })
 }
@@ -115,6 +116,18 @@ impl ScoringContext for HostScoring<'_> {
 
     fn mlp_channel_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
         self.probe_units(FORGE_PROBE_HEAD_MASK_GRADIENTS, UnitKind::MlpChannel)
+    }
+
+    fn layer_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        self.probe_units(FORGE_PROBE_HEAD_OUTPUT_NORMS, UnitKind::Layer)
+    }
+
+    fn layer_gate_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        self.probe_units(FORGE_PROBE_HEAD_MASK_GRADIENTS, UnitKind::Layer)
+    }
+
+    fn layer_cosines(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        self.probe_units(FORGE_PROBE_LAYER_COSINE, UnitKind::Layer)
     }
 }
 
@@ -257,16 +270,14 @@ impl ImportanceScorer for PluginScorer {
             extra_unit_count: extra_count,
             probe_units: host_probe_units,
         };
-        let mut flat = vec![f32::NAN; if units { total_units(&geometry) } else { geometry.total_heads() }];
+        let kinds: &[UnitKind] = if units { geometry_ffi.kinds() } else { &[UnitKind::QueryHead] };
+        let mut flat = vec![f32::NAN; total_units(&geometry, kinds)];
         let methods = unsafe { &*self.0.raw.scorer };
         // SAFETY: `host`, `state` and `flat` outlive the call; the instance is live.
         self.0.call(|error| unsafe {
             (methods.score)(self.0.ptr, &host, flat.as_mut_ptr(), flat.len(), error)
         })?;
-        let scores = match units {
-            true => unflatten_kinds(&flat, &geometry),
-            false => HeadScores::attention(unflatten(&flat, &geometry.heads)),
-        };
+        let scores = unflatten_kinds(&flat, &geometry, kinds);
         scores.validate(&geometry).map_err(|e| self.0.blame(e))?;
         Ok(scores)
     }

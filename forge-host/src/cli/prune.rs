@@ -24,8 +24,10 @@ pub struct PruneArgs {
     /// An option of the pruner, KEY=VALUE (repeatable).
     #[arg(long = "pruner-opt", value_name = "KEY=VALUE")]
     pruner_opts: Vec<String>,
-    /// Share of all query heads to remove, in (0, 1).
-    #[arg(long, conflicts_with = "count", required_unless_present = "count")]
+    /// Share of all query heads to remove, in (0, 1) (and of a hybrid's linear-attention heads unless
+    /// `--pruner-opt linear-ratio` says otherwise). Other units go by pruner options: `mlp-ratio`,
+    /// `layer-ratio`; with only those, leave `--ratio` and `--count` out.
+    #[arg(long, conflicts_with = "count")]
     ratio: Option<f64>,
     /// Number of query heads to remove.
     #[arg(long)]
@@ -60,6 +62,8 @@ struct PruneReport {
     linear_heads_after: Option<usize>,
     mlp_channels_before: usize,
     mlp_channels_after: usize,
+    layers_before: usize,
+    layers_after: usize,
     parameters_before: usize,
     parameters_after: usize,
     save_mode: SaveMode,
@@ -76,7 +80,8 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         }
         (Some(r), _) => PruneTarget::Ratio(r),
         (None, Some(n)) => PruneTarget::Count(n),
-        (None, None) => unreachable!("clap requires --ratio or --count"),
+        // No query heads: the pruner's options name the units to remove.
+        (None, None) => PruneTarget::Count(0),
     };
     let (pruner, pruner_options) =
         registry.pruner(&args.pruner, &Options::parse_pairs(&args.pruner_opts)?)?;
@@ -90,12 +95,19 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let geometry = folder.config.geometry();
     let scores = scores_for(&args, registry, &folder, &mut model, rt)?;
     let total = geometry.total_heads();
-    if let PruneTarget::Count(n) = target {
+    if let (PruneTarget::Count(n), Some(_)) = (target, args.count) {
         if n == 0 || n >= total {
             return Err(bad_input!("--count is {n}; the model has {total} heads, so give 1..={}", total - 1));
         }
     }
     let mask = pruner.prune(&scores, &geometry, target)?;
+    if UnitKind::ALL.iter().all(|&k| mask.count_of(k) == 0) {
+        return Err(bad_input!(
+            "pruner `{}` removed nothing: give --ratio or --count for heads, or --pruner-opt mlp-ratio=R or \
+             layer-ratio=R for MLP channels or whole layers",
+            args.pruner
+        ));
+    }
     mask.validate(&geometry).map_err(|e| bad_input!("pruner `{}` returned a bad mask: {e}", args.pruner))?;
     let saved = save_pruned(&folder, &mask, args.save_mode, &args.out)?;
     let svg = heatmap_svg(
@@ -114,6 +126,8 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         linear_heads_after: linear_left,
         mlp_channels_before: geometry.total(UnitKind::MlpChannel),
         mlp_channels_after: geometry.total(UnitKind::MlpChannel) - mask.count_of(UnitKind::MlpChannel),
+        layers_before: geometry.layers,
+        layers_after: geometry.layers - mask.count_of(UnitKind::Layer),
         parameters_before: folder.weights.parameter_count(),
         parameters_after: saved.parameters,
         mask,
@@ -123,27 +137,37 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         pruner_options,
         out: args.out.clone(),
     };
-    super::emit(&report, args.json, |r| {
-        format!(
-            "removed {} of {} heads{} ({:?}); parameters {} → {}; wrote {}",
-            r.heads_before - r.heads_after,
-            r.heads_before,
-            match (r.linear_heads_before, r.linear_heads_after) {
-                (Some(before), Some(after)) => {
-                    format!(" and {} of {before} linear-attention value heads", before - after)
-                }
-                _ => String::new(),
-            } + &match r.mlp_channels_before - r.mlp_channels_after {
-                0 => String::new(),
-                n => format!(" and {n} of {} MLP channels", r.mlp_channels_before),
-            },
-            r.save_mode,
-            r.parameters_before,
-            r.parameters_after,
-            r.out.display()
-        )
-    });
+    super::emit(&report, args.json, PruneReport::summary);
     Ok(())
+}
+
+impl PruneReport {
+    /// One line: what went, of each kind that lost any, and where it was written.
+    fn summary(&self) -> String {
+        let linear = match (self.linear_heads_before, self.linear_heads_after) {
+            (Some(before), Some(after)) => {
+                format!(" and {} of {before} linear-attention value heads", before - after)
+            }
+            _ => String::new(),
+        };
+        let others = [
+            ("MLP channels", self.mlp_channels_before, self.mlp_channels_after),
+            ("layers", self.layers_before, self.layers_after),
+        ]
+        .iter()
+        .filter(|(_, before, after)| before > after)
+        .map(|(noun, before, after)| format!(" and {} of {before} {noun}", before - after))
+        .collect::<String>();
+        format!(
+            "removed {} of {} heads{linear}{others} ({:?}); parameters {} → {}; wrote {}",
+            self.heads_before - self.heads_after,
+            self.heads_before,
+            self.save_mode,
+            self.parameters_before,
+            self.parameters_after,
+            self.out.display()
+        )
+    }
 }
 
 /// The scores to prune by: a scores file (`--scores`), else the scorer's on the model.

@@ -37,6 +37,12 @@ pub trait AttentionObserver {
     fn observe_mlp(&mut self, _layer: usize, _activations: &Tensor) -> candle_core::Result<()> {
         Ok(())
     }
+
+    /// Called once per layer run per forward pass with its input and output hidden states
+    /// `(batch, seq, hidden)` (a removed layer is not run and not shown).
+    fn observe_layer(&mut self, _layer: usize, _input: &Tensor, _output: &Tensor) -> candle_core::Result<()> {
+        Ok(())
+    }
 }
 
 /// The attention block of one decoder layer.

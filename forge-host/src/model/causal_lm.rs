@@ -26,6 +26,9 @@ pub struct CausalLm {
     rotary: RotaryEmbedding,
     head_masks: Vec<Option<Tensor>>,
     channel_masks: Vec<Option<Tensor>>,
+    layer_gates: Vec<Option<Tensor>>,
+    /// Layers a mask removed: not run at all, the residual stream passes them unchanged.
+    removed_layers: Vec<bool>,
     device: Device,
     dtype: DType,
 }
@@ -59,6 +62,8 @@ pub fn causal_lm(config: &ModelConfig, vb: WeightScope) -> Result<CausalLm> {
         ),
         head_masks: vec![None; config.layers],
         channel_masks: vec![None; config.layers],
+        layer_gates: vec![None; config.layers],
+        removed_layers: vec![false; config.layers],
         device: vb.device().clone(),
         dtype: vb.dtype(),
     })
@@ -110,9 +115,29 @@ impl CausalLm {
         self.channel_masks[layer].as_ref()
     }
 
+    /// Sets layer `layer`'s gate: `(1)`, scaling both its residual updates (trainable for scorers).
+    /// None clears it.
+    pub fn set_layer_gate(&mut self, layer: usize, gate: Option<Tensor>) {
+        self.layer_gates[layer] = gate;
+    }
+
+    /// Layer `layer`'s current gate.
+    pub fn layer_gate(&self, layer: usize) -> Option<&Tensor> {
+        self.layer_gates[layer].as_ref()
+    }
+
+    /// Whether a mask removed layer `layer`.
+    pub fn layer_removed(&self, layer: usize) -> bool {
+        self.removed_layers[layer]
+    }
+
     /// The masks layer `i` runs under.
     fn masks(&self, i: usize) -> LayerMasks<'_> {
-        LayerMasks { heads: self.head_masks[i].as_ref(), channels: self.channel_masks[i].as_ref() }
+        LayerMasks {
+            heads: self.head_masks[i].as_ref(),
+            channels: self.channel_masks[i].as_ref(),
+            gate: self.layer_gates[i].as_ref(),
+        }
     }
 
     /// Applies a mask file's pruned units (query heads, linear-attention value heads, MLP channels)
@@ -126,6 +151,7 @@ impl CausalLm {
             self.set_head_mask(layer, heads);
             let channels = self.keep_mask(&geometry, UnitKind::MlpChannel, layer, mask)?;
             self.set_channel_mask(layer, channels);
+            self.removed_layers[layer] = !mask.pruned_of(UnitKind::Layer, layer).is_empty();
         }
         Ok(())
     }
@@ -174,10 +200,14 @@ impl CausalLm {
         let past = cache.as_ref().map_or(0, |c| c.seen());
         let rope = self.rope(past, seq)?;
         let mut x = self.embed(ids)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.layers.iter().enumerate().filter(|&(i, _)| !self.removed_layers[i]) {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
-            let observer = observer.as_mut().map(|o| &mut **o as &mut dyn AttentionObserver);
-            x = layer.forward(&x, &rope, past, self.masks(i), layer_cache, observer)?;
+            let layer_observer = observer.as_mut().map(|o| &mut **o as &mut dyn AttentionObserver);
+            let out = layer.forward(&x, &rope, past, self.masks(i), layer_cache, layer_observer)?;
+            if let Some(o) = observer.as_mut() {
+                o.observe_layer(i, &x, &out)?;
+            }
+            x = out;
         }
         if let Some(cache) = cache {
             cache.advance(seq);
@@ -198,6 +228,9 @@ impl CausalLm {
 
     /// Runs decoder layer `i` alone on `x` (no cache): the unit gradient checkpointing recomputes.
     pub fn layer_forward(&self, i: usize, x: &Tensor, rope: &RopeTables) -> candle_core::Result<Tensor> {
+        if self.removed_layers[i] {
+            return Ok(x.clone());
+        }
         self.layers[i].forward(x, rope, 0, self.masks(i), None, None)
     }
 

@@ -29,6 +29,9 @@ pub enum Mixer {
 pub struct LayerMasks<'a> {
     pub heads: Option<&'a Tensor>,
     pub channels: Option<&'a Tensor>,
+    /// `(1)`: scales both of the layer's residual updates (a trainable gate scorers differentiate
+    /// through; a removed layer is skipped outright, see `CausalLm`).
+    pub gate: Option<&'a Tensor>,
 }
 
 /// A decoder layer.
@@ -130,7 +133,11 @@ impl DecoderLayer {
                 l.forward(&normed, head_mask, cache, mixer_observer)
             })?,
         };
-        let x = (x + attended)?;
+        let gated = |t: Tensor| match masks.gate {
+            Some(g) => t.broadcast_mul(g),
+            None => Ok(t),
+        };
+        let x = (x + gated(attended)?)?;
         let fed = section("mlp + norm", x.device(), || {
             self.mlp.forward_masked(
                 &self.post_attention_layernorm.forward(&x)?,
@@ -139,6 +146,6 @@ impl DecoderLayer {
                 observer,
             )
         })?;
-        x + fed
+        x + gated(fed)?
     }
 }

@@ -157,6 +157,42 @@ fn compact_linear(tensors: &mut Tensors, config: &ModelConfig, layer: usize, p: 
     edit(tensors, key("out_proj.weight"), &|t| take_live_columns(t, p, dv))
 }
 
+/// Removes the tensors of the layers `removed` marks and renumbers the layers after them, so the
+/// checkpoint's layers are 0.. again.
+fn drop_layers(tensors: &mut Tensors, config: &ModelConfig, removed: &[bool]) {
+    let prefix = format!("{}.layers.", config.weight_prefix);
+    // Every layer tensor comes out first: a renumbered name may be one still to be read.
+    let names: Vec<String> = tensors.keys().filter(|n| n.starts_with(&prefix)).cloned().collect();
+    let taken: Vec<(String, Tensor)> =
+        names.into_iter().map(|n| (n.clone(), tensors.remove(&n).expect("listed"))).collect();
+    for (name, tensor) in taken {
+        let rest = &name[prefix.len()..];
+        let parsed =
+            rest.split_once('.').and_then(|(index, tail)| Some((index.parse::<usize>().ok()?, tail)));
+        match parsed {
+            Some((layer, _)) if removed[layer] => {}
+            Some((layer, tail)) => {
+                let below = removed[..layer].iter().filter(|&&r| r).count();
+                tensors.insert(format!("{prefix}{}.{tail}", layer - below), tensor);
+            }
+            None => {
+                tensors.insert(name, tensor);
+            }
+        }
+    }
+}
+
+/// Values the tensors of layer `layer` hold.
+fn layer_parameters(folder: &ModelFolder, layer: usize) -> usize {
+    let prefix = format!("{}.layers.{layer}.", folder.config.weight_prefix);
+    let names = folder.weights.names();
+    names
+        .iter()
+        .filter(|n| n.starts_with(&prefix))
+        .map(|n| folder.weights.shape(n).unwrap_or_default().iter().product::<usize>())
+        .sum()
+}
+
 /// The kinds of units layer `layer` has: its mixer's heads, and its MLP channels.
 fn layer_kinds(config: &ModelConfig, layer: usize) -> [UnitKind; 2] {
     [config.layer_kind(layer).head_kind(), UnitKind::MlpChannel]
@@ -183,7 +219,9 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
     match mode {
         SaveMode::Mask => zero_pruned_heads(&mut tensors, config, mask)?,
         SaveMode::Compact => {
-            for layer in 0..config.layers {
+            let removed: Vec<bool> =
+                (0..config.layers).map(|l| !mask.pruned_of(UnitKind::Layer, l).is_empty()).collect();
+            for layer in (0..config.layers).filter(|&l| !removed[l]) {
                 // A kind with nothing pruned in the layer stays as it is.
                 for kind in
                     layer_kinds(config, layer).into_iter().filter(|&k| !mask.pruned_of(k, layer).is_empty())
@@ -194,10 +232,15 @@ pub fn save_pruned(folder: &ModelFolder, mask: &HeadMask, mode: SaveMode, out: &
                         UnitKind::QueryHead => compact_attention(&mut tensors, config, layer, &p)?,
                         UnitKind::LinearHead => compact_linear(&mut tensors, config, layer, &p)?,
                         UnitKind::MlpChannel => compact_mlp(&mut tensors, config, layer, &p)?,
+                        UnitKind::Layer => {
+                            unreachable!("layer_kinds lists a layer's parts; whole layers go below")
+                        }
                     }
                     counts.set(kind, layer, p.heads.len(), p.kv_heads.len());
                 }
             }
+            counts.drop_layers(&removed);
+            drop_layers(&mut tensors, config, &removed);
         }
     }
     let mut json = source_config(folder)?;
@@ -217,6 +260,18 @@ pub fn zero_pruned_heads(tensors: &mut Tensors, config: &ModelConfig, mask: &Hea
             UnitKind::QueryHead => ("self_attn.o_proj", config.head_dim),
             UnitKind::LinearHead => ("linear_attn.out_proj", value_dim),
             UnitKind::MlpChannel => ("mlp.down_proj", 1),
+            // A removed layer: both its output projections zeroed, it adds nothing to the stream.
+            UnitKind::Layer => {
+                for &layer in mask.of(kind).keys() {
+                    let prefix = format!("{}.layers.{layer}", config.weight_prefix);
+                    for module in ["self_attn.o_proj", "linear_attn.out_proj", "mlp.down_proj"] {
+                        for part in ["weight", "bias"] {
+                            edit(tensors, format!("{prefix}.{module}.{part}"), &|t| Ok(t.zeros_like()?))?;
+                        }
+                    }
+                }
+                continue;
+            }
         };
         for (&layer, pruned) in mask.of(kind) {
             let keep: Vec<f32> = (0..geometry.of(kind).0[layer] * width)
@@ -237,6 +292,10 @@ pub fn compact_parameters(folder: &ModelFolder, mask: &HeadMask) -> Result<usize
     let geometry = c.geometry();
     let mut removed = 0;
     for layer in 0..c.layers {
+        if !mask.pruned_of(UnitKind::Layer, layer).is_empty() {
+            removed += layer_parameters(folder, layer) as isize;
+            continue;
+        }
         for kind in layer_kinds(c, layer) {
             let (units, groups) = geometry.of(kind);
             let p = plan(layer, units[layer], groups[layer], mask.pruned_of(kind, layer))?;
@@ -255,6 +314,8 @@ fn unit_sizes(c: &ModelConfig, kind: UnitKind) -> (isize, isize) {
     match (kind, &c.hybrid) {
         // A channel's gate and up rows and down column; it is its own group, counted once.
         (UnitKind::MlpChannel, _) => (3 * hidden, 0),
+        // Removed layers are counted whole, from their tensors.
+        (UnitKind::Layer, _) => (0, 0),
         (UnitKind::LinearHead, Some(h)) => {
             let (dk, dv, taps) = (h.key_dim as isize, h.value_dim as isize, h.conv_kernel as isize);
             // A value head: its rows of in_proj_qkv (v), in_proj_z, in_proj_b and in_proj_a, its conv
@@ -323,6 +384,10 @@ struct HeadCounts {
     kv_heads: Vec<usize>,
     linear: Option<(Vec<usize>, Vec<usize>)>,
     intermediates: Vec<usize>,
+    /// Each layer's kind; layers removed whole are dropped from every list.
+    kinds: Vec<LayerKind>,
+    /// The source's layers removed whole.
+    removed: Vec<bool>,
 }
 
 impl HeadCounts {
@@ -332,7 +397,25 @@ impl HeadCounts {
             kv_heads: c.kv_heads.clone(),
             linear: c.hybrid.as_ref().map(|h| (h.value_heads.clone(), h.key_heads.clone())),
             intermediates: c.intermediates.clone(),
+            kinds: (0..c.layers).map(|l| c.layer_kind(l)).collect(),
+            removed: vec![false; c.layers],
         }
+    }
+
+    /// Drops the entries of the layers `removed` marks.
+    fn drop_layers(&mut self, removed: &[bool]) {
+        let keep = |v: &mut Vec<usize>| {
+            let mut i = 0;
+            v.retain(|_| (!removed[i], i += 1).0);
+        };
+        [&mut self.heads, &mut self.kv_heads, &mut self.intermediates].into_iter().for_each(keep);
+        if let Some((v, k)) = &mut self.linear {
+            keep(v);
+            keep(k);
+        }
+        let mut i = 0;
+        self.kinds.retain(|_| (!removed[i], i += 1).0);
+        self.removed = removed.to_vec();
     }
 
     fn set(&mut self, kind: UnitKind, layer: usize, heads: usize, groups: usize) {
@@ -352,6 +435,7 @@ impl HeadCounts {
     /// model there: the standard keys when every layer of a kind has the same counts, else forge's
     /// per-layer extension beside them (MLP widths: `forge_intermediate_size_per_layer`).
     fn write(&self, json: &mut serde_json::Value, model: &ModelConfig) -> Result<()> {
+        debug_assert!(model.layers >= self.kinds.len());
         let root = json.as_object_mut().ok_or_else(|| bad_input!("config.json is not a JSON object"))?;
         let c = match root.contains_key("text_config") {
             true => root["text_config"]
@@ -360,8 +444,15 @@ impl HeadCounts {
             false => root,
         };
         c.insert("head_dim".into(), model.head_dim.into());
+        c.insert("num_hidden_layers".into(), self.kinds.len().into());
+        if let Some(serde_json::Value::Array(types)) = c.get_mut("layer_types") {
+            if types.len() == self.removed.len() {
+                let mut i = 0;
+                types.retain(|_| (!self.removed[i], i += 1).0);
+            }
+        }
         let layers_of = |kind: LayerKind| -> Vec<usize> {
-            (0..model.layers).filter(|&l| model.layer_kind(l) == kind).collect()
+            (0..self.kinds.len()).filter(|&l| self.kinds[l] == kind).collect()
         };
         let keys = [
             "num_attention_heads",

@@ -28,6 +28,10 @@ pub struct ModelProbes<'a> {
     /// MLP-channel rows of the same passes.
     mlp_norms: Option<Vec<Vec<f32>>>,
     mlp_gradients: Option<Vec<Vec<f32>>>,
+    /// Layer rows of the same passes: update norms, input/output cosines, gate gradients.
+    layer_norms: Option<Vec<Vec<f32>>>,
+    layer_cosines: Option<Vec<Vec<f32>>>,
+    layer_gradients: Option<Vec<Vec<f32>>>,
 }
 
 impl<'a> ModelProbes<'a> {
@@ -54,6 +58,9 @@ impl<'a> ModelProbes<'a> {
             linear_gradients: None,
             mlp_norms: None,
             mlp_gradients: None,
+            layer_norms: None,
+            layer_cosines: None,
+            layer_gradients: None,
         }
     }
 
@@ -138,6 +145,9 @@ struct MeanPerHead<'s> {
     down_norms: Option<Vec<Tensor>>,
     mlp_sums: Vec<Vec<f64>>,
     mlp_tokens: Vec<usize>,
+    /// Per layer: sums over tokens of ‖output − input‖ and of cos(input, output), and the tokens.
+    layer_sums: Vec<[f64; 2]>,
+    layer_tokens: Vec<usize>,
 }
 
 impl<'s> MeanPerHead<'s> {
@@ -150,7 +160,18 @@ impl<'s> MeanPerHead<'s> {
             down_norms: None,
             mlp_sums: geometry.of(UnitKind::MlpChannel).0.iter().map(|&c| vec![0.0; c]).collect(),
             mlp_tokens: vec![0; geometry.layers],
+            layer_sums: vec![[0.0; 2]; geometry.layers],
+            layer_tokens: vec![0; geometry.layers],
         }
+    }
+
+    /// Per layer `[[mean update norm]]` and `[[mean cosine]]`.
+    fn layer_means(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let mean = |i: usize| -> Vec<Vec<f32>> {
+            let (sums, tokens) = (&self.layer_sums, &self.layer_tokens);
+            sums.iter().zip(tokens).map(|(s, &n)| vec![(s[i] / n.max(1) as f64) as f32]).collect()
+        };
+        (mean(0), mean(1))
     }
 
     fn mlp_means(&self) -> Vec<Vec<f32>> {
@@ -184,6 +205,19 @@ impl AttentionObserver for MeanPerHead<'_> {
             }
             None => Ok(()),
         }
+    }
+
+    fn observe_layer(&mut self, layer: usize, input: &Tensor, output: &Tensor) -> candle_core::Result<()> {
+        let (b, s, _) = input.dims3()?;
+        let (x, y) = (input.to_dtype(DType::F32)?, output.to_dtype(DType::F32)?);
+        let norm = |t: &Tensor| t.sqr()?.sum(D::Minus1)?.sqrt();
+        let update = norm(&(&y - &x)?)?.sum_all()?.to_scalar::<f32>()? as f64;
+        let cos = ((&x * &y)?.sum(D::Minus1)? / (norm(&x)? * norm(&y)?)?.clamp(1e-12, f64::MAX)?)?;
+        let cos = cos.sum_all()?.to_scalar::<f32>()? as f64;
+        self.layer_sums[layer][0] += update;
+        self.layer_sums[layer][1] += cos;
+        self.layer_tokens[layer] += b * s;
+        Ok(())
     }
 
     fn observe_mlp(&mut self, layer: usize, activations: &Tensor) -> candle_core::Result<()> {
@@ -228,6 +262,7 @@ fn entropy(probs: &Tensor) -> candle_core::Result<Tensor> {
 enum Slot {
     Heads,
     Channels,
+    Gates,
 }
 
 impl Slot {
@@ -235,6 +270,7 @@ impl Slot {
         match self {
             Slot::Heads => model.head_mask(layer).cloned(),
             Slot::Channels => model.channel_mask(layer).cloned(),
+            Slot::Gates => model.layer_gate(layer).cloned(),
         }
     }
 
@@ -242,6 +278,7 @@ impl Slot {
         match self {
             Slot::Heads => model.set_head_mask(layer, mask),
             Slot::Channels => model.set_channel_mask(layer, mask),
+            Slot::Gates => model.set_layer_gate(layer, mask),
         }
     }
 }
@@ -380,7 +417,23 @@ impl ScoringContext for ModelProbes<'_> {
         let observer = self.observe("output norms", observer)?;
         let (attention, linear) = split(&self.geometry, observer.means());
         (self.linear_norms, self.mlp_norms) = (Some(linear), Some(observer.mlp_means()));
+        let (norms, cosines) = observer.layer_means();
+        (self.layer_norms, self.layer_cosines) = (Some(norms), Some(cosines));
         Ok(attention)
+    }
+
+    fn layer_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        if self.layer_norms.is_none() {
+            self.head_output_norms()?;
+        }
+        Ok(self.layer_norms.take().unwrap_or_default())
+    }
+
+    fn layer_cosines(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        if self.layer_cosines.is_none() {
+            self.head_output_norms()?;
+        }
+        Ok(self.layer_cosines.take().unwrap_or_default())
     }
 
     fn mlp_channel_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
@@ -406,9 +459,13 @@ impl ScoringContext for ModelProbes<'_> {
     fn head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
         let batches = self.batches("mask gradients")?;
         let channels = self.geometry.of(UnitKind::MlpChannel).0;
+        // A removed layer is not run, so it has no gate to differentiate.
+        let gates: Vec<usize> =
+            (0..self.geometry.layers).map(|l| usize::from(!self.model.layer_removed(l))).collect();
         let mut masks = [
             MaskVars::install(self.model, Slot::Heads, &mixer_heads(&self.geometry)),
             MaskVars::install(self.model, Slot::Channels, &channels),
+            MaskVars::install(self.model, Slot::Gates, &gates),
         ];
         let bar = progress::bar(batches.len() as u64, "batches", self.quiet);
         bar.set_message("mask gradients");
@@ -421,11 +478,22 @@ impl ScoringContext for ModelProbes<'_> {
             Ok(())
         })();
         bar.finish_and_clear();
-        let [heads, channels] = masks.map(|m| m.restore(self.model, batches.len()));
+        let [heads, channels, gates] = masks.map(|m| m.restore(self.model, batches.len()));
         result.map_err(tensor_error)?;
         let (attention, linear) = split(&self.geometry, heads.map_err(tensor_error)?);
         (self.linear_gradients, self.mlp_gradients) = (Some(linear), Some(channels.map_err(tensor_error)?));
+        // A removed layer has no row entry: its score is 0 (and a pipeline marks it removed).
+        let gates = gates.map_err(tensor_error)?;
+        self.layer_gradients =
+            Some(gates.into_iter().map(|r| vec![r.first().copied().unwrap_or(0.0)]).collect());
         Ok(attention)
+    }
+
+    fn layer_gate_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
+        if self.layer_gradients.is_none() {
+            self.head_mask_gradients()?;
+        }
+        Ok(self.layer_gradients.take().unwrap_or_default())
     }
 
     fn mlp_channel_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
@@ -450,7 +518,7 @@ mod tests {
 
     /// The analytic mask gradients against central finite differences of the loss, on the bundled
     /// model in f32: the gradient must really flow through attention, softmax, norms and loss (head
-    /// masks) and through SwiGLU and `down_proj` (MLP channel masks).
+    /// masks), through SwiGLU and `down_proj` (MLP channel masks) and through whole layers (gates).
     #[test]
     fn mask_gradients_match_finite_differences() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tiny-qwen3");
@@ -458,14 +526,20 @@ mod tests {
         let mut model = CausalLm::load(&folder, DType::F32, &Device::Cpu).unwrap();
         let ids: Vec<u32> = (0..48).map(|i| (i * 733 + 11) % 8192).collect();
         let windows = TokenWindows::from_tokens(ids.clone(), 48);
-        let (heads, channels) = {
+        let (heads, channels, gates) = {
             let mut probes = ModelProbes::new(&mut model, &folder.weights, Some(&windows), 1, 0, true);
-            (probes.head_mask_gradients().unwrap(), probes.mlp_channel_mask_gradients().unwrap())
+            let heads = probes.head_mask_gradients().unwrap();
+            (heads, probes.mlp_channel_mask_gradients().unwrap(), probes.layer_gate_gradients().unwrap())
         };
         let batch = Tensor::from_slice(&ids, (1, 48), &Device::Cpu).unwrap();
         let loss_with =
             |model: &mut CausalLm, slot: Slot, (layer, unit): (usize, usize), delta: f32| -> f64 {
-                let mut mask = vec![1f32; if matches!(slot, Slot::Heads) { 8 } else { 768 }];
+                let width = match slot {
+                    Slot::Heads => 8,
+                    Slot::Channels => 768,
+                    Slot::Gates => 1,
+                };
+                let mut mask = vec![1f32; width];
                 mask[unit] += delta;
                 slot.set(model, layer, Some(Tensor::new(mask, &Device::Cpu).unwrap()));
                 let loss =
@@ -477,12 +551,17 @@ mod tests {
         let checks =
             [(Slot::Heads, (0, 0)), (Slot::Heads, (2, 5)), (Slot::Heads, (7, 3)), (Slot::Heads, (4, 7))]
                 .into_iter()
-                .chain([(0, 5), (3, 400), (7, 767)].map(|at| (Slot::Channels, at)));
+                .chain([(0, 5), (3, 400), (7, 767)].map(|at| (Slot::Channels, at)))
+                .chain([(1, 0), (6, 0)].map(|at| (Slot::Gates, at)));
         for (slot, (layer, unit)) in checks {
             let numeric = (loss_with(&mut model, slot, (layer, unit), eps)
                 - loss_with(&mut model, slot, (layer, unit), -eps))
                 / (2.0 * eps as f64);
-            let rows = if matches!(slot, Slot::Heads) { &heads } else { &channels };
+            let rows = match slot {
+                Slot::Heads => &heads,
+                Slot::Channels => &channels,
+                Slot::Gates => &gates,
+            };
             let analytic = rows[layer][unit] as f64;
             assert!(
                 (numeric.abs() - analytic).abs() < 1e-4 + 0.02 * analytic,

@@ -41,7 +41,7 @@ mod tests {
     use super::*;
 
     fn global(min_per_layer: usize, whole_groups: bool, linear_ratio: f64) -> Global {
-        Global(Constraints { min_per_layer, whole_groups, linear_ratio, mlp_ratio: 0.0 })
+        Global(Constraints { min_per_layer, whole_groups, linear_ratio, mlp_ratio: 0.0, layer_ratio: 0.0 })
     }
 
     #[test]

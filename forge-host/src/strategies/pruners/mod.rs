@@ -70,6 +70,17 @@ fn select(
 ) -> Result<BTreeMap<usize, Vec<usize>>, StrategyError> {
     units.sort_by(|a, b| a.score.total_cmp(&b.score).then((a.layer, a.heads[0]).cmp(&(b.layer, b.heads[0]))));
     let mut left = view.heads.clone();
+    // A layer is one unit: the floor is a layer left in the model, not a unit left in each layer.
+    let min_per_layer = match view.kind {
+        UnitKind::Layer if count >= view.heads.len() => {
+            return Err(StrategyError::bad_input(format!(
+                "removing {count} of {} layers leaves none; lower layer-ratio",
+                view.heads.len()
+            )))
+        }
+        UnitKind::Layer => 0,
+        _ => min_per_layer,
+    };
     let mut pruned: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     let mut removed = 0;
     for unit in units {
@@ -109,6 +120,12 @@ fn constraint_options() -> Vec<OptionSpec> {
             "share of MLP channels to remove, in [0, 1) (--ratio and --count name heads alone)",
         ),
         OptionSpec::new(
+            "layer-ratio",
+            OptionKind::Float,
+            0.0,
+            "share of whole layers to remove, in [0, 1) (at least one layer stays)",
+        ),
+        OptionSpec::new(
             "linear-ratio",
             OptionKind::Float,
             -1.0,
@@ -125,13 +142,17 @@ struct Constraints {
     /// Negative: follow the run's ratio.
     linear_ratio: f64,
     mlp_ratio: f64,
+    layer_ratio: f64,
 }
 
 impl Constraints {
     fn from_options(o: &forge_api::Options) -> Result<Self, StrategyError> {
-        let (linear_ratio, mlp_ratio) = (o.float("linear-ratio"), o.float("mlp-ratio"));
-        for (key, share) in [("linear-ratio", linear_ratio), ("mlp-ratio", mlp_ratio)] {
-            if share >= 1.0 || (key == "mlp-ratio" && share < 0.0) {
+        let (linear_ratio, mlp_ratio, layer_ratio) =
+            (o.float("linear-ratio"), o.float("mlp-ratio"), o.float("layer-ratio"));
+        for (key, share) in
+            [("linear-ratio", linear_ratio), ("mlp-ratio", mlp_ratio), ("layer-ratio", layer_ratio)]
+        {
+            if share >= 1.0 || (key != "linear-ratio" && share < 0.0) {
                 return Err(StrategyError::bad_input(format!(
                     "option `{key}` is {share}; give a share in [0, 1) (every layer keeps a unit of each kind)"
                 )));
@@ -142,12 +163,13 @@ impl Constraints {
             whole_groups: o.bool("whole-groups"),
             linear_ratio,
             mlp_ratio,
+            layer_ratio,
         })
     }
 
     /// What to remove of `kind`, None for nothing: the run's target for query heads; for
     /// linear-attention value heads `linear-ratio`, else the run's ratio (a count names query heads);
-    /// for MLP channels `mlp-ratio`.
+    /// for MLP channels `mlp-ratio`; for whole layers `layer-ratio`.
     fn target(&self, kind: UnitKind, target: PruneTarget, geometry: &ModelGeometry) -> Option<PruneTarget> {
         let chosen = match (kind, target) {
             (UnitKind::QueryHead, t) => t,
@@ -155,6 +177,7 @@ impl Constraints {
             (UnitKind::LinearHead, PruneTarget::Ratio(r)) => PruneTarget::Ratio(r),
             (UnitKind::LinearHead, PruneTarget::Count(_)) => return None,
             (UnitKind::MlpChannel, _) => PruneTarget::Ratio(self.mlp_ratio),
+            (UnitKind::Layer, _) => PruneTarget::Ratio(self.layer_ratio),
         };
         let total: usize = geometry.of(kind).0.iter().sum();
         (total > 0 && chosen.heads(total) > 0).then_some(chosen)

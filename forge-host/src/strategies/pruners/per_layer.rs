@@ -1,5 +1,6 @@
 //! `per-layer`: the same number of heads of a kind from every layer of that kind (its lowest-scored
-//! ones), so the pruned model keeps a uniform shape and a standard `config.json`.
+//! ones), so the pruned model keeps a uniform shape and a standard `config.json`. Whole layers, one
+//! unit each, are ranked across the model.
 use forge_api::{HeadMask, HeadScores, ModelGeometry, PruneTarget, Pruner, StrategyError, UnitKind};
 
 use super::{constraint_options, select, Constraints, KindView};
@@ -19,6 +20,13 @@ impl Pruner for PerLayer {
         for kind in UnitKind::ALL {
             let Some(target) = self.0.target(kind, target, geometry) else { continue };
             let view = KindView::of(kind, scores, geometry)?;
+            if kind == UnitKind::Layer {
+                // One unit per layer: there is no per-layer count to keep even, so layers are
+                // ranked across the model.
+                let units = view.units(0..geometry.layers, false);
+                *mask.of_mut(kind) = select(&view, units, target.heads(geometry.layers), 0)?;
+                continue;
+            }
             let layers = view.layers();
             let per_layer = match target {
                 PruneTarget::Ratio(r) => {
@@ -64,6 +72,7 @@ mod tests {
             whole_groups: false,
             linear_ratio: -1.0,
             mlp_ratio: 0.0,
+            layer_ratio: 0.0,
         });
         let mask = per_layer.prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
         assert_eq!(mask.pruned_in(0), &[0, 1]);
@@ -86,9 +95,15 @@ mod tests {
             scores: vec![vec![], vec![1.0, 2.0]],
             linear: vec![vec![3.0, 1.0, 2.0, 4.0], vec![]],
             mlp: vec![vec![0.5, 0.1, 0.9, 0.2], vec![7.0, 8.0, 6.0, 9.0]],
+            layers: vec![vec![3.0], vec![1.0]],
         };
-        let constraints =
-            |mlp_ratio| Constraints { min_per_layer: 1, whole_groups: false, linear_ratio: 0.5, mlp_ratio };
+        let constraints = |mlp_ratio| Constraints {
+            min_per_layer: 1,
+            whole_groups: false,
+            linear_ratio: 0.5,
+            mlp_ratio,
+            layer_ratio: 0.0,
+        };
         let mask = PerLayer(constraints(0.0)).prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
         assert_eq!(mask.pruned_in(1), &[0]);
         assert_eq!(mask.pruned_of(UnitKind::LinearHead, 0), &[1, 2]);
@@ -97,5 +112,11 @@ mod tests {
         let mask = PerLayer(constraints(0.5)).prune(&scores, &geometry, PruneTarget::Ratio(0.5)).unwrap();
         assert_eq!(mask.pruned_of(UnitKind::MlpChannel, 0), &[1, 3]);
         assert_eq!(mask.pruned_of(UnitKind::MlpChannel, 1), &[0, 2]);
+        // Whole layers rank across the model (one unit each); a model keeps at least one.
+        let layers = |layer_ratio| Constraints { layer_ratio, ..constraints(0.0) };
+        let mask = PerLayer(layers(0.5)).prune(&scores, &geometry, PruneTarget::Count(0)).unwrap();
+        assert_eq!(mask.pruned_layers.keys().collect::<Vec<_>>(), [&1]);
+        let err = PerLayer(layers(0.9)).prune(&scores, &geometry, PruneTarget::Count(0)).unwrap_err();
+        assert!(err.to_string().contains("leaves none"), "{err}");
     }
 }

@@ -1,11 +1,13 @@
 //! `activation`: how strongly each head writes — the mean L2 norm, per token over the calibration
 //! windows, of the head's attention output as it enters the residual stream (through its own `o_proj`
 //! columns; a linear-attention value head's output through its `out_proj` columns; an MLP channel's
-//! activation through its `down_proj` column). A unit that writes little contributes little.
+//! activation through its `down_proj` column; a layer's whole update, output minus input). A unit that
+//! writes little contributes little.
 //!
 //! Output norms grow with depth (the residual stream does), so raw norms would make a global pruner
 //! empty the first layers first. By default each layer's scores are divided by the layer's mean, which
-//! ranks a head against its own layer's scale; `normalize=none` keeps raw norms.
+//! ranks a head against its own layer's scale; `normalize=none` keeps raw norms. (A layer is alone in
+//! its row: layers keep raw norms.)
 use forge_api::{
     HeadScores, ImportanceScorer, OptionKind, OptionSpec, ScoringContext, StrategyError, UnitKind,
 };
@@ -21,6 +23,7 @@ impl ImportanceScorer for Activation {
         let attention = ctx.head_output_norms()?;
         let mut scores = super::all_kinds(ctx, attention, |ctx, kind| match kind {
             UnitKind::LinearHead => ctx.linear_head_output_norms(),
+            UnitKind::Layer => ctx.layer_output_norms(),
             _ => ctx.mlp_channel_output_norms(),
         })?;
         if self.per_layer_mean {

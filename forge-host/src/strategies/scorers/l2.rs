@@ -6,6 +6,7 @@
 //! A linear-attention value head v, served by key head g with r value heads per key head, scores the
 //! same way: `sqrt(‖its in_proj_qkv v rows, in_proj_z/b/a rows‖² + ‖W_out[:, v]‖² + (‖its key head's
 //! q and k rows‖²) / r)`. An MLP channel: its `gate_proj` and `up_proj` rows and `down_proj` column.
+//! A layer: the root of the sum of its units' squared scores.
 use forge_api::{HeadScores, ImportanceScorer, ScoringContext, StrategyError};
 
 use crate::strategies::{Builtin, Factory};
@@ -102,8 +103,15 @@ impl ImportanceScorer for L2 {
                 .collect();
             scores.push(row);
         }
-        let mlp = (0..g.layers).map(|l| mlp_row(ctx, l)).collect::<Result<_, _>>()?;
-        Ok(HeadScores { scores, linear, mlp })
+        let mlp: Vec<Vec<f32>> = (0..g.layers).map(|l| mlp_row(ctx, l)).collect::<Result<_, _>>()?;
+        // A layer: the norm of every unit's weights in it (each unit's own plus its share of a group).
+        let layers = (0..g.layers)
+            .map(|l| {
+                let rows = [scores.get(l), linear.get(l), mlp.get(l)];
+                vec![rows.iter().flatten().flat_map(|r| r.iter()).map(|&v| v * v).sum::<f32>().sqrt()]
+            })
+            .collect();
+        Ok(HeadScores { scores, linear, mlp, layers })
     }
 }
 

@@ -1,5 +1,7 @@
 //! Built-in importance scorers, one per file.
 mod activation;
+mod angular;
+mod block_influence;
 mod l2;
 mod random;
 mod taylor;
@@ -14,7 +16,7 @@ fn all_kinds(
     mut score: impl FnMut(&mut dyn ScoringContext, UnitKind) -> Result<Vec<Vec<f32>>, StrategyError>,
 ) -> Result<HeadScores, StrategyError> {
     let mut scores = HeadScores::attention(attention);
-    for kind in [UnitKind::LinearHead, UnitKind::MlpChannel] {
+    for kind in [UnitKind::LinearHead, UnitKind::MlpChannel, UnitKind::Layer] {
         if ctx.geometry().total(kind) > 0 {
             *scores.of_mut(kind) = score(ctx, kind)?;
         }

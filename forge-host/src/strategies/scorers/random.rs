@@ -18,7 +18,7 @@ impl ImportanceScorer for Random {
         };
         let g = ctx.geometry();
         let mut scores = HeadScores::attention(draw(&g.heads));
-        for kind in [UnitKind::LinearHead, UnitKind::MlpChannel] {
+        for kind in [UnitKind::LinearHead, UnitKind::MlpChannel, UnitKind::Layer] {
             if g.total(kind) > 0 {
                 *scores.of_mut(kind) = draw(&g.of(kind).0);
             }

@@ -3,7 +3,7 @@
 //! averaged over calibration batches. The gradient flows through forge's own differentiable decoder;
 //! `strategies::probes` tests it against finite differences. A linear-attention value head's mask
 //! multiplies its output before `out_proj`, and an MLP channel's its activation before `down_proj`,
-//! so the same estimate scores both.
+//! so the same estimate scores both; a layer's gate scales its two residual updates.
 use forge_api::{HeadScores, ImportanceScorer, ScoringContext, StrategyError, UnitKind};
 
 use crate::strategies::{Builtin, Factory};
@@ -15,6 +15,7 @@ impl ImportanceScorer for Taylor {
         let attention = ctx.head_mask_gradients()?;
         super::all_kinds(ctx, attention, |ctx, kind| match kind {
             UnitKind::LinearHead => ctx.linear_head_mask_gradients(),
+            UnitKind::Layer => ctx.layer_gate_gradients(),
             _ => ctx.mlp_channel_mask_gradients(),
         })
     }
