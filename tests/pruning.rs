@@ -181,6 +181,65 @@ fn prune_removes_whole_layers_by_block_influence() {
     assert!(err.contains("no scores for query heads"), "{err}");
 }
 
+/// `--pruner budget --target-params F`: the compact model keeps F of the parameters (within 1%, as
+/// `inspect` counts them) and equals the masked model, for mixed units, MLP channels alone and whole
+/// layers alone (a share whole layers can reach: tiny-qwen3's are 9.4% each).
+#[test]
+fn a_parameter_target_is_met_within_one_percent_and_compact_equals_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_qwen3();
+    let before = forge_json(&["inspect", "--json", "--model", model.to_str().unwrap()])["parameters"]
+        .as_f64()
+        .unwrap();
+    for (name, units, keep) in
+        [("mixed", "heads,mlp,layers", 0.75), ("mlp", "mlp", 0.75), ("layers", "layers", 0.72)]
+    {
+        let out = dir.path().join(name);
+        let args = [
+            "prune",
+            "-q",
+            "--json",
+            "--model",
+            model.to_str().unwrap(),
+            "--pruner",
+            "budget",
+            "--scorer",
+            "l2",
+            "--target-params",
+            &keep.to_string(),
+            "--units",
+            units,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let report = forge_json(&args);
+        let after = forge_json(&["inspect", "--json", "--model", out.to_str().unwrap()])["parameters"]
+            .as_f64()
+            .unwrap();
+        assert!((after / (keep * before) - 1.0).abs() < 0.01, "{name}: kept {after} of {before}");
+        assert_eq!(report["parameters_after"].as_f64(), Some(after));
+        let mask = HeadMask::from_json(&std::fs::read_to_string(out.join("mask.json")).unwrap()).unwrap();
+        let diff = rel_diff(&logits(&out, None), &logits(&model, Some(&mask)));
+        assert!(diff < 1e-4, "{name}: compact vs masked logits differ by {diff:e}");
+    }
+    let err = forge_refuses(&[
+        "prune",
+        "--model",
+        model.to_str().unwrap(),
+        "--pruner",
+        "budget",
+        "--scorer",
+        "l2",
+        "--target-params",
+        "0.75",
+        "--units",
+        "layers",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(err.contains("the nearest are 81.2% or 71.9%"), "{err}");
+}
+
 #[test]
 fn prune_by_name_writes_a_model_mask_and_heat_map() {
     let out = tempfile::tempdir().unwrap();
@@ -256,7 +315,7 @@ fn list_shows_every_builtin_with_its_origin() {
         list[kind].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
     };
     assert_eq!(names("scorers"), ["activation", "angular", "block-influence", "l2", "random", "taylor"]);
-    assert_eq!(names("pruners"), ["global", "per-layer"]);
+    assert_eq!(names("pruners"), ["budget", "global", "per-layer"]);
     assert_eq!(names("evaluators"), ["perplexity", "samples"]);
     assert!(list["adapters"].is_array() && list["optimizers"].is_array());
     assert!(list["scorers"]
@@ -280,7 +339,7 @@ fn unknown_names_and_bad_targets_exit_2_listing_what_is_valid() {
     let err = forge_refuses(&[
         "prune", "--model", model, "--scorer", "l2", "--pruner", "best", "--ratio", "0.2", "--out", out,
     ]);
-    assert!(err.contains("unknown pruner `best`; known pruners: global, per-layer"), "{err}");
+    assert!(err.contains("unknown pruner `best`; known pruners: budget, global, per-layer"), "{err}");
     for ratio in ["0", "1", "1.5", "-0.1"] {
         let ratio = format!("--ratio={ratio}");
         let err = forge_refuses(&[

@@ -70,6 +70,23 @@ pub struct ModelGeometry {
     /// MLP channels (intermediate width) of each layer; empty when not described.
     #[serde(default)]
     pub mlp_channels: Vec<usize>,
+    /// What removing each unit saves, for parameter targets; None where the host did not count.
+    #[serde(default)]
+    pub costs: Option<UnitCosts>,
+}
+
+/// Parameters each unit owns, as a compact model saves them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitCosts {
+    /// The whole model's parameters.
+    pub parameters: u64,
+    /// Per kind, in [`UnitKind::ALL`] order: what one unit owns (0 for layers, see `layers`).
+    pub unit: Vec<u64>,
+    /// Per kind: what one group owns beside its units (a KV head's k and v rows; a key head's q and
+    /// k slices; 0 where a unit is its own group).
+    pub group: Vec<u64>,
+    /// Each layer's parameters.
+    pub layers: Vec<u64>,
 }
 
 impl ModelGeometry {
@@ -84,6 +101,7 @@ impl ModelGeometry {
             linear_heads: Vec::new(),
             linear_key_heads: Vec::new(),
             mlp_channels: Vec::new(),
+            costs: None,
         }
     }
 

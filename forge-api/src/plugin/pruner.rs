@@ -97,10 +97,15 @@ impl Pruner for PluginPruner {
         let kinds: &[UnitKind] = if units.is_some() { geometry_ffi.kinds() } else { &[UnitKind::QueryHead] };
         let flat = flatten_kinds(scores, geometry, kinds);
         let (extra, extra_count) = geometry_ffi.extra_units();
-        let (kind, value) = match target {
-            PruneTarget::Ratio(r) => (FORGE_TARGET_RATIO, r),
-            PruneTarget::Count(n) => (FORGE_TARGET_COUNT, n as f64),
-        };
+        let (kind, value) =
+            match target {
+                PruneTarget::Ratio(r) => (FORGE_TARGET_RATIO, r),
+                PruneTarget::Count(n) => (FORGE_TARGET_COUNT, n as f64),
+                PruneTarget::Params { .. } => return Err(self.0.blame(StrategyError::bad_input(
+                    "the plugin ABI carries head ratios and counts, not parameter targets; use a built-in \
+                     pruner (`budget`) with --target-params",
+                ))),
+            };
         let mut flags = vec![0u8; flat.len()];
         let view = geometry_ffi.view();
         let (ptr, scores_ptr, len, out) = (self.0.ptr, flat.as_ptr(), flat.len(), flags.as_mut_ptr());

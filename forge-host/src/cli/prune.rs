@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use forge_api::{HeadScores, Options, PruneTarget, UnitKind};
+use forge_api::{HeadScores, Options, PruneTarget, UnitKind, UnitSet};
 use serde::Serialize;
 
 use super::score::ScoringArgs;
 use super::{ModelArgs, Runtime};
 use crate::loader::ModelFolder;
 use crate::model::CausalLm;
-use crate::outputs::{heatmap_svg, save_pruned, write_atomic, SaveMode};
+use crate::outputs::{costed_geometry, heatmap_svg, save_pruned, write_atomic, SaveMode};
 use crate::strategies::Registry;
 use crate::{bad_input, Error, Result};
 
@@ -18,7 +18,8 @@ use crate::{bad_input, Error, Result};
 pub struct PruneArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Pruner (`forge list` shows them): global or per-layer.
+    /// Pruner (`forge list` shows them): global or per-layer (shares of each kind), budget (a
+    /// parameter target).
     #[arg(long)]
     pruner: String,
     /// An option of the pruner, KEY=VALUE (repeatable).
@@ -32,6 +33,14 @@ pub struct PruneArgs {
     /// Number of query heads to remove.
     #[arg(long)]
     count: Option<usize>,
+    /// Keep this share of the model's parameters, in (0, 1), as `forge inspect` counts them (with
+    /// `--pruner budget`), removing units of the kinds `--units` names.
+    #[arg(long, conflicts_with_all = ["ratio", "count"])]
+    target_params: Option<f64>,
+    /// The kinds of units `--target-params` may remove, comma-separated: heads (query heads),
+    /// linear-heads (Gated DeltaNet value heads), mlp (MLP channels), layers (whole layers).
+    #[arg(long, value_delimiter = ',', default_value = "heads,linear-heads,mlp", requires = "target_params")]
+    units: Vec<String>,
     #[command(flatten)]
     scoring: ScoringArgs,
     /// Scores JSON written by `forge score --out`, instead of running a scorer.
@@ -74,15 +83,7 @@ struct PruneReport {
 }
 
 pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
-    let target = match (args.ratio, args.count) {
-        (Some(r), _) if !(r > 0.0 && r < 1.0) => {
-            return Err(bad_input!("--ratio is {r}; it must be in (0, 1), e.g. 0.25"))
-        }
-        (Some(r), _) => PruneTarget::Ratio(r),
-        (None, Some(n)) => PruneTarget::Count(n),
-        // No query heads: the pruner's options name the units to remove.
-        (None, None) => PruneTarget::Count(0),
-    };
+    let target = target_of(&args)?;
     let (pruner, pruner_options) =
         registry.pruner(&args.pruner, &Options::parse_pairs(&args.pruner_opts)?)?;
     if let Some(name) = args.scoring.scorer() {
@@ -92,7 +93,7 @@ pub fn run(args: PruneArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     crate::outputs::check_out(&args.out, &[args.model.model.as_path()], "--out")?;
     let folder = args.model.open(&[positions])?;
     let mut model = args.model.build(&folder, rt)?;
-    let geometry = folder.config.geometry();
+    let geometry = costed_geometry(&folder);
     let scores = scores_for(&args, registry, &folder, &mut model, rt)?;
     let total = geometry.total_heads();
     if let (PruneTarget::Count(n), Some(_)) = (target, args.count) {
@@ -168,6 +169,30 @@ impl PruneReport {
             self.out.display()
         )
     }
+}
+
+/// What to remove, from `--ratio`, `--count` or `--target-params` and `--units`; with none of them,
+/// no query heads (the pruner's options name the units to remove).
+fn target_of(args: &PruneArgs) -> Result<PruneTarget> {
+    Ok(match (args.ratio, args.count, args.target_params) {
+        (Some(r), _, _) | (_, _, Some(r)) if !(r > 0.0 && r < 1.0) => {
+            let flag = if args.ratio.is_some() { "--ratio" } else { "--target-params" };
+            return Err(bad_input!("{flag} is {r}; it must be in (0, 1), e.g. 0.75"));
+        }
+        (Some(r), _, _) => PruneTarget::Ratio(r),
+        (None, Some(n), _) => PruneTarget::Count(n),
+        (None, None, Some(keep)) => {
+            let kinds = args.units.iter().map(|u| match u.as_str() {
+                "heads" => Ok(UnitKind::QueryHead),
+                "linear-heads" => Ok(UnitKind::LinearHead),
+                "mlp" => Ok(UnitKind::MlpChannel),
+                "layers" => Ok(UnitKind::Layer),
+                other => Err(bad_input!("--units names `{other}`; give heads, linear-heads, mlp or layers")),
+            });
+            PruneTarget::Params { keep, units: UnitSet::of(&kinds.collect::<Result<Vec<_>>>()?) }
+        }
+        (None, None, None) => PruneTarget::Count(0),
+    })
 }
 
 /// The scores to prune by: a scores file (`--scores`), else the scorer's on the model.

@@ -414,6 +414,8 @@ impl ModelConfig {
             linear_heads,
             linear_key_heads,
             mlp_channels: self.intermediates.clone(),
+            // Counted from the weights, where a parameter target needs them (outputs::costed_geometry).
+            costs: None,
         }
     }
 }

@@ -308,6 +308,21 @@ pub fn compact_parameters(folder: &ModelFolder, mask: &HeadMask) -> Result<usize
     Ok((folder.weights.parameter_count() as isize - removed) as usize)
 }
 
+/// The model's geometry with what each unit costs (`ModelGeometry::costs`), for parameter targets:
+/// the same sizes [`compact_parameters`] counts, and each layer's tensors counted from the weights.
+pub fn costed_geometry(folder: &ModelFolder) -> forge_api::ModelGeometry {
+    let c = &folder.config;
+    let sizes: Vec<(isize, isize)> = UnitKind::ALL.iter().map(|&k| unit_sizes(c, k)).collect();
+    let mut geometry = c.geometry();
+    geometry.costs = Some(forge_api::UnitCosts {
+        parameters: folder.weights.parameter_count() as u64,
+        unit: sizes.iter().map(|s| s.0 as u64).collect(),
+        group: sizes.iter().map(|s| s.1 as u64).collect(),
+        layers: (0..c.layers).map(|l| layer_parameters(folder, l) as u64).collect(),
+    });
+    geometry
+}
+
 /// Values one head of `kind` and one of its groups own (biases, a few values, are left out).
 fn unit_sizes(c: &ModelConfig, kind: UnitKind) -> (isize, isize) {
     let hidden = c.hidden as isize;

@@ -298,7 +298,7 @@ mod tests {
     fn an_unknown_name_lists_the_known_ones() {
         let registry = Registry::builtin().unwrap();
         let err = registry.find(StrategyKind::Pruner, "magnitude").err().unwrap();
-        assert_eq!(err.to_string(), "unknown pruner `magnitude`; known pruners: global, per-layer");
+        assert_eq!(err.to_string(), "unknown pruner `magnitude`; known pruners: budget, global, per-layer");
     }
 
     #[test]

@@ -15,6 +15,7 @@ impl Pruner for Global {
         target: PruneTarget,
     ) -> Result<HeadMask, StrategyError> {
         scores.validate(geometry)?;
+        Constraints::shares_only(target, "global")?;
         let mut mask = HeadMask::default();
         for kind in UnitKind::ALL {
             let Some(target) = self.0.target(kind, target, geometry) else { continue };

@@ -2,6 +2,7 @@
 //! heads, a hybrid's linear-attention value heads, MLP channels) is ranked within its own kind, with
 //! its own share: scores of different kinds measure different things, so one global ranking would
 //! compare them on no common scale.
+mod budget;
 mod global;
 mod per_layer;
 
@@ -167,6 +168,17 @@ impl Constraints {
         })
     }
 
+    /// Refuses a parameter target: these pruners take a share of each kind.
+    fn shares_only(target: PruneTarget, pruner: &str) -> Result<(), StrategyError> {
+        match target {
+            PruneTarget::Params { .. } => Err(StrategyError::bad_input(format!(
+                "pruner `{pruner}` removes a share of each kind (--ratio, mlp-ratio, layer-ratio); \
+                 --target-params needs `--pruner budget`, which splits a parameter budget across kinds"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// What to remove of `kind`, None for nothing: the run's target for query heads; for
     /// linear-attention value heads `linear-ratio`, else the run's ratio (a count names query heads);
     /// for MLP channels `mlp-ratio`; for whole layers `layer-ratio`.
@@ -175,7 +187,7 @@ impl Constraints {
             (UnitKind::QueryHead, t) => t,
             (UnitKind::LinearHead, _) if self.linear_ratio >= 0.0 => PruneTarget::Ratio(self.linear_ratio),
             (UnitKind::LinearHead, PruneTarget::Ratio(r)) => PruneTarget::Ratio(r),
-            (UnitKind::LinearHead, PruneTarget::Count(_)) => return None,
+            (UnitKind::LinearHead, PruneTarget::Count(_) | PruneTarget::Params { .. }) => return None,
             (UnitKind::MlpChannel, _) => PruneTarget::Ratio(self.mlp_ratio),
             (UnitKind::Layer, _) => PruneTarget::Ratio(self.layer_ratio),
         };

@@ -16,6 +16,7 @@ impl Pruner for PerLayer {
         target: PruneTarget,
     ) -> Result<HeadMask, StrategyError> {
         scores.validate(geometry)?;
+        Constraints::shares_only(target, "per-layer")?;
         let mut mask = HeadMask::default();
         for kind in UnitKind::ALL {
             let Some(target) = self.0.target(kind, target, geometry) else { continue };
@@ -33,6 +34,7 @@ impl Pruner for PerLayer {
                     (r * layers.iter().map(|&l| view.heads[l]).min().unwrap_or(0) as f64).round() as usize
                 }
                 PruneTarget::Count(n) if n % layers.len() == 0 => n / layers.len(),
+                PruneTarget::Params { .. } => unreachable!("refused above"),
                 PruneTarget::Count(n) => {
                     return Err(StrategyError::bad_input(format!(
                         "per-layer pruning removes the same number from each of the {} layers; --count {n} is not a multiple of {}",
