@@ -519,3 +519,37 @@ fn sigterm_stops_work_at_a_safe_point_with_exit_130() {
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupt received") && stderr.contains("forge: interrupted"), "{stderr}");
 }
+
+/// `forge eval --evaluator choice`: multiple choice by log-likelihood on the bundled "which line comes
+/// next" set (bench/make_choice_set.py), better than the 1-in-4 of chance on code; a file that is
+/// not choice records is refused naming the record.
+#[test]
+fn multiple_choice_evaluation_beats_chance_on_code() {
+    let model = tiny_qwen3();
+    let set = root().join("examples/data/code-choice.jsonl");
+    let report = forge_json(&[
+        "eval",
+        "-q",
+        "--json",
+        "--model",
+        model.to_str().unwrap(),
+        "--evaluator",
+        "choice",
+        "--data",
+        set.to_str().unwrap(),
+    ]);
+    assert_eq!(report["n"], 40);
+    let (acc, norm) = (report["accuracy"].as_f64().unwrap(), report["accuracy_norm"].as_f64().unwrap());
+    assert!(acc >= 0.4 && norm >= 0.4, "{report}");
+    let text = data("code-valid.jsonl");
+    let err = forge_refuses(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--evaluator",
+        "choice",
+        "--data",
+        text.to_str().unwrap(),
+    ]);
+    assert!(err.contains("record 1: missing field `context`"), "{err}");
+}

@@ -316,7 +316,7 @@ fn list_shows_every_builtin_with_its_origin() {
     };
     assert_eq!(names("scorers"), ["activation", "angular", "block-influence", "l2", "random", "taylor"]);
     assert_eq!(names("pruners"), ["budget", "global", "per-layer"]);
-    assert_eq!(names("evaluators"), ["perplexity", "samples"]);
+    assert_eq!(names("evaluators"), ["choice", "perplexity", "samples"]);
     assert!(list["adapters"].is_array() && list["optimizers"].is_array());
     assert!(list["scorers"]
         .as_array()

@@ -17,6 +17,11 @@ pub trait EvalContext {
     fn next_token_logprobs(&mut self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, StrategyError>;
     /// Continues `prompt` greedily by up to `max_new_tokens` tokens; returns the new tokens.
     fn generate(&mut self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>, StrategyError>;
+    /// The records of the data set the evaluator was given, one JSON value per JSONL line, for
+    /// evaluators whose data is not text to window (multiple-choice items).
+    fn records(&mut self) -> Result<Vec<serde_json::Value>, StrategyError> {
+        Err(StrategyError::bad_input("this host gives evaluators no data records"))
+    }
 }
 
 /// Measures a model.

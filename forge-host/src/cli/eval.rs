@@ -7,6 +7,7 @@ use crate::defaults;
 
 use super::{ModelArgs, Runtime};
 use crate::data::{Documents, TokenWindows};
+use crate::strategies::evaluators::ModelEvalContext;
 use crate::strategies::Registry;
 use crate::{bad_input, Result};
 
@@ -31,6 +32,14 @@ pub struct EvalArgs {
     /// Untimed passes over the first batch before measuring speed (GPU warm-up); results are unchanged.
     #[arg(long, default_value_t = 0)]
     warmup_batches: usize,
+    /// Evaluator (`forge list` shows them): perplexity (the protocol below, with speed and memory), or
+    /// another by name on the same --data, e.g. `choice` (multiple choice, JSONL {context, choices,
+    /// answer}).
+    #[arg(long, default_value = "perplexity")]
+    evaluator: String,
+    /// An option of the evaluator, KEY=VALUE (repeatable).
+    #[arg(long = "evaluator-opt", value_name = "KEY=VALUE")]
+    evaluator_opts: Vec<String>,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -57,6 +66,9 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let mut model = args.model.build(&folder, rt)?;
     args.adapter.apply(&mut model, registry)?;
     let tokenizer = folder.tokenizer()?;
+    if args.evaluator != "perplexity" {
+        return run_evaluator(&args, &model, &tokenizer, registry);
+    }
     let windows = TokenWindows::from_documents(
         Documents::open(&args.data)?,
         &tokenizer,
@@ -79,6 +91,29 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
             r.peak_memory_bytes as f64 / (1 << 20) as f64,
             out.predicted_peak_bytes as f64 / (1 << 20) as f64
         )
+    });
+    Ok(())
+}
+
+/// `forge eval --evaluator NAME`: the evaluator's metrics on `--data` (its windows when the file is
+/// text, its JSONL records always).
+fn run_evaluator(
+    args: &EvalArgs,
+    model: &crate::model::CausalLm,
+    tokenizer: &crate::tokenizer::Tokenizer,
+    registry: &Registry,
+) -> Result<()> {
+    let (evaluator, _) =
+        registry.evaluator(&args.evaluator, &forge_api::Options::parse_pairs(&args.evaluator_opts)?)?;
+    // A file that is not text (multiple-choice records) has no windows: an evaluator reading windows
+    // then says it has none.
+    let windows = Documents::open(&args.data)
+        .and_then(|docs| TokenWindows::from_documents(docs, tokenizer, args.seq_len, args.max_windows))
+        .ok();
+    let mut ctx = ModelEvalContext::new(model, tokenizer, windows.as_ref()).with_records(Some(&args.data));
+    let metrics = evaluator.evaluate(&mut ctx)?;
+    super::emit(&metrics, args.json, |m| {
+        m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(" · ")
     });
     Ok(())
 }

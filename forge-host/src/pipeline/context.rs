@@ -84,14 +84,16 @@ impl<'a> RunContext<'a> {
         let windows = |path: &Path, seq_len, count| {
             TokenWindows::from_documents(Documents::open(path)?, &tokenizer, seq_len, count)
         };
+        // `choice` reads its data file as multiple-choice records (the evaluation context offers
+        // them), not as text to window.
         let eval_sets = recipe
             .evaluate
             .iter()
-            .map(|e| {
-                e.data
-                    .as_ref()
-                    .map(|d| windows(d, recipe.data.eval_seq_len, Some(recipe.data.eval_windows)))
-                    .transpose()
+            .map(|e| match &e.data {
+                Some(d) if e.name != "choice" => {
+                    windows(d, recipe.data.eval_seq_len, Some(recipe.data.eval_windows)).map(Some)
+                }
+                _ => Ok(None),
             })
             .collect::<Result<_>>()?;
         let s = &recipe.score;
@@ -125,11 +127,12 @@ impl<'a> RunContext<'a> {
         let mut metrics = Metrics::new();
         for (section, windows) in self.recipe.evaluate.iter().zip(&self.eval_sets) {
             crate::runtime::interrupt::check()?;
-            if windows.is_none() && !with_samples {
+            if section.data.is_none() && !with_samples {
                 continue;
             }
             let (evaluator, _) = self.registry.evaluator(&section.name, &section.options)?;
-            let mut ctx = ModelEvalContext::new(model, &self.tokenizer, windows.as_ref());
+            let mut ctx = ModelEvalContext::new(model, &self.tokenizer, windows.as_ref())
+                .with_records(section.data.as_deref());
             for (name, value) in evaluator.evaluate(&mut ctx)? {
                 metrics.insert(metric_key(section, &name), value);
             }

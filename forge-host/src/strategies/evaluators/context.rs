@@ -1,4 +1,6 @@
 //! The host side of [`EvalContext`]: the model as it will be saved, its tokenizer and the data windows.
+use std::path::Path;
+
 use candle_core::Tensor;
 use forge_api::{EvalContext, StrategyError};
 
@@ -14,12 +16,18 @@ pub struct ModelEvalContext<'a> {
     model: &'a CausalLm,
     tokenizer: &'a Tokenizer,
     windows: Option<&'a TokenWindows>,
+    data: Option<&'a Path>,
 }
 
 impl<'a> ModelEvalContext<'a> {
     /// A context for `model`, with evaluation `windows` when the run has data.
     pub fn new(model: &'a CausalLm, tokenizer: &'a Tokenizer, windows: Option<&'a TokenWindows>) -> Self {
-        ModelEvalContext { model, tokenizer, windows }
+        ModelEvalContext { model, tokenizer, windows, data: None }
+    }
+
+    /// The context with `data`'s JSONL records offered to the evaluator.
+    pub fn with_records(self, data: Option<&'a Path>) -> Self {
+        ModelEvalContext { data, ..self }
     }
 }
 
@@ -62,6 +70,23 @@ impl EvalContext for ModelEvalContext<'_> {
             }
         }
         Ok(out)
+    }
+
+    fn records(&mut self) -> Result<Vec<serde_json::Value>, StrategyError> {
+        let path = self
+            .data
+            .ok_or_else(|| StrategyError::bad_input("this evaluator needs data: give --data FILE"))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StrategyError::bad_input(format!("{}: {e}", path.display())))?;
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                serde_json::from_str(line).map_err(|e| {
+                    StrategyError::bad_input(format!("{}:{}: not a JSON value ({e})", path.display(), i + 1))
+                })
+            })
+            .collect()
     }
 
     fn generate(&mut self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>, StrategyError> {
