@@ -47,7 +47,7 @@ fn decoder_gradients_match_finite_differences() {
     let params = adapter.parameters();
     randomise(&params);
     let ids = ids();
-    let (_, grads) = loss_and_grads(&m, &ids, &params, false).unwrap();
+    let (_, grads) = loss_and_grads(&m, &ids, &params, false, None).unwrap();
     let loss =
         |m: &CausalLm| m.next_token_nll(&ids).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     // A few entries of A and B of attention and MLP layers in both decoder layers.
@@ -78,7 +78,7 @@ fn every_lora_parameter_of_every_target_gets_a_finite_nonzero_gradient() {
     let params = adapter.parameters();
     assert_eq!(params.len(), 8 * 7 * 2);
     randomise(&params);
-    let (_, grads) = loss_and_grads(&m, &ids(), &params, false).unwrap();
+    let (_, grads) = loss_and_grads(&m, &ids(), &params, false, None).unwrap();
     for (i, g) in grads.iter().enumerate() {
         let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(norm.is_finite() && norm > 0.0, "parameter {i} has gradient norm {norm}");
@@ -91,9 +91,9 @@ fn checkpointed_and_plain_gradients_agree() {
     let adapter = lora(&mut m, "q_proj,v_proj,down_proj", 8);
     let params = adapter.parameters();
     randomise(&params);
-    let (loss_plain, plain) = loss_and_grads(&m, &ids(), &params, false).unwrap();
-    let (loss_ckpt, ckpt) = loss_and_grads(&m, &ids(), &params, true).unwrap();
-    assert!((loss_plain - loss_ckpt).abs() < 1e-6);
+    let (loss_plain, plain) = loss_and_grads(&m, &ids(), &params, false, None).unwrap();
+    let (loss_ckpt, ckpt) = loss_and_grads(&m, &ids(), &params, true, None).unwrap();
+    assert!((loss_plain.loss - loss_ckpt.loss).abs() < 1e-6);
     for (i, (a, b)) in ckpt.iter().zip(&plain).enumerate() {
         let diff = rel_diff(a, b);
         assert!(diff < 1e-5, "parameter {i}: checkpointed vs plain gradient differ by {diff:e}");
@@ -223,4 +223,49 @@ fn train_refuses_unknown_targets_and_optimizers() {
     let mut args = base.to_vec();
     args.extend(["--optimizer", "sgd"]);
     assert!(forge_refuses(&args).contains("unknown optimizer `sgd`; known optimizers: adamw, adamw8bit"));
+}
+
+/// `forge train --teacher base`: on the unpruned model with alpha 1 the student starts as the teacher
+/// (the adapter adds nothing yet), so the KL starts at 0 and stays there (no gradient); on a masked
+/// model the KL starts above 0, with or without gradient checkpointing alike.
+#[test]
+fn distillation_starts_at_kl_zero_from_its_own_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let mask = dir.path().join("mask.json");
+    std::fs::write(&mask, r#"{"pruned": {"1": [0, 1, 2, 3]}, "pruned_mlp_channels": {"2": [5, 6, 7]}}"#)
+        .unwrap();
+    let (model, train_data) = (tiny_qwen3(), data("code-train.jsonl"));
+    let run = |extra: &[&str]| {
+        let out = dir.path().join(format!("run{}", extra.len()));
+        let mut args = vec![
+            "train",
+            "-q",
+            "--json",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            train_data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "64",
+            "--teacher",
+            "base",
+        ];
+        args.extend_from_slice(extra);
+        forge_json(&args)
+    };
+    let same = run(&["--distill-alpha", "1"]);
+    assert_eq!(same["distill"]["kl_first"], 0.0, "{same}");
+    assert!(same["losses"].as_array().unwrap().iter().all(|l| l.as_f64() == Some(0.0)), "{same}");
+    let masked = run(&["--mask", mask.to_str().unwrap()]);
+    let checkpointed = run(&["--mask", mask.to_str().unwrap(), "--grad-checkpoint"]);
+    let kl = masked["distill"]["kl_first"].as_f64().unwrap();
+    assert!(kl > 1e-3, "{masked}");
+    assert_eq!(masked["losses"], checkpointed["losses"]);
+    assert_eq!(masked["distill"]["alpha"], 0.5);
 }

@@ -1,10 +1,11 @@
 //! forge's autograd machinery on top of candle's: results computed outside the graph and joined back
 //! with hand-written backward passes (`custom_grad`), products with frozen weights that give the
 //! weight no gradient, attention whose backward recomputes its probabilities, Gated DeltaNet's delta
-//! rule (its backward recomputing states a chunk at a time), the NLL over vocabulary chunks, and the switch that runs a forward pass without building a graph. The fused ops these
+//! rule (its backward recomputing states a chunk at a time), the NLL and the distillation KL over vocabulary chunks, and the switch that runs a forward pass without building a graph. The fused ops these
 //! build on live in forge-kernels.
 mod causal_attention;
 pub mod checks;
+mod chunked_kl;
 mod chunked_nll;
 mod custom_grad;
 mod delta_rule;
@@ -12,6 +13,7 @@ mod frozen_matmul;
 mod grad_mode;
 
 pub use causal_attention::causal_attention;
+pub use chunked_kl::chunked_kl;
 pub use chunked_nll::{chunked_nll, rows_per_chunk};
 pub use custom_grad::{with_gradient, with_gradients};
 pub use delta_rule::gated_delta_rule;

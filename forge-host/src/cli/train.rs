@@ -16,9 +16,9 @@ use crate::pipeline::TrainSection;
 use crate::strategies::Registry;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
-    save_optimizer_state, train, TrainConfig, TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
+    save_optimizer_state, train, Distill, TrainConfig, TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
 };
-use crate::Result;
+use crate::{bad_input, Result};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -75,6 +75,16 @@ pub struct TrainArgs {
     /// Recompute each decoder layer in the backward pass instead of storing its activations (less memory, more time).
     #[arg(long)]
     grad_checkpoint: bool,
+    /// Distil from a teacher's logits: `base` (the model as loaded, before --mask and the adapter,
+    /// sharing its weights) or another model folder with the same vocabulary.
+    #[arg(long)]
+    teacher: Option<String>,
+    /// With --teacher: the loss is `(1 − A) · CE + A · T² · KL(teacher ‖ student)`.
+    #[arg(long, default_value_t = 0.5, requires = "teacher")]
+    distill_alpha: f64,
+    /// With --teacher: the temperature T both distributions are softened by.
+    #[arg(long, default_value_t = 2.0, requires = "teacher")]
+    distill_temperature: f64,
     /// Evaluate perplexity on this data before and after training.
     #[arg(long)]
     eval_data: Option<PathBuf>,
@@ -124,6 +134,15 @@ fn evaluate(model: &CausalLm, windows: &TokenWindows, quiet: bool) -> Result<Per
 }
 
 impl TrainArgs {
+    /// The distillation `--teacher` asks for, from its loaded `teacher`.
+    fn distill<'a>(&self, teacher: Option<&'a CausalLm>) -> Option<Distill<'a>> {
+        teacher.map(|teacher| Distill {
+            teacher,
+            alpha: self.distill_alpha,
+            temperature: self.distill_temperature,
+        })
+    }
+
     /// The adapter's options: `--adapter-opt` pairs, with `--rank`, `--alpha` and `--targets` on top.
     fn adapter_given(&self) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
         let mut given = Options::parse_pairs(&self.adapter_opts)?;
@@ -139,6 +158,41 @@ impl TrainArgs {
         }
         Ok(given)
     }
+}
+
+/// The teacher `--teacher` names: `base` is the model as loaded without its mask (a clone: the
+/// weights are shared, not copied); a folder is loaded beside it.
+fn teacher_of(args: &TrainArgs, model: &CausalLm, rt: &Runtime) -> Result<Option<CausalLm>> {
+    let Some(name) = &args.teacher else { return Ok(None) };
+    if !(0.0..=1.0).contains(&args.distill_alpha)
+        || args.distill_temperature.is_nan()
+        || args.distill_temperature <= 0.0
+    {
+        return Err(bad_input!(
+            "--distill-alpha is {} and --distill-temperature {}; give an alpha in [0, 1] and a positive temperature",
+            args.distill_alpha,
+            args.distill_temperature
+        ));
+    }
+    let teacher = match name.as_str() {
+        "base" => {
+            let mut base = model.clone();
+            base.apply_head_mask(&forge_api::HeadMask::default())?;
+            base
+        }
+        dir => {
+            let folder = crate::loader::ModelFolder::open(std::path::Path::new(dir))?;
+            CausalLm::load(&folder, rt.dtype, &rt.device)?
+        }
+    };
+    if teacher.config().vocab != model.config().vocab {
+        return Err(bad_input!(
+            "--teacher {name} has a vocabulary of {} tokens and the model {}; distillation needs the same",
+            teacher.config().vocab,
+            model.config().vocab
+        ));
+    }
+    Ok(Some(teacher))
 }
 
 pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
@@ -170,6 +224,7 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     adapter.trainable_values(&folder.config)?;
     crate::outputs::check_out(&args.out, &[args.model.model.as_path()], "--out")?;
     let mut model = args.model.build(&folder, rt)?;
+    let teacher = teacher_of(&args, &model, rt)?;
     let tokenizer = folder.tokenizer()?;
     let windows = TokenWindows::from_documents(Documents::open(&args.data)?, &tokenizer, args.seq_len, None)?;
     let eval_set = args.eval_data.as_ref().map(|p| eval_windows(p, &tokenizer, &args)).transpose()?;
@@ -177,8 +232,15 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let before = eval_set.as_ref().map(|w| evaluate(&model, w, rt.quiet)).transpose()?;
     attached.set_training(true);
     let params = attached.parameters();
-    let inputs =
-        TrainInputs { model: &model, params: &params, windows: &windows, config: &config, quiet: rt.quiet };
+    let distill = args.distill(teacher.as_ref());
+    let inputs = TrainInputs {
+        model: &model,
+        params: &params,
+        windows: &windows,
+        config: &config,
+        quiet: rt.quiet,
+        distill,
+    };
     let report = train(&inputs, optimizer.as_mut())?;
     attached.set_training(false);
     let after = eval_set.as_ref().map(|w| evaluate(&model, w, rt.quiet)).transpose()?;

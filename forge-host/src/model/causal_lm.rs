@@ -16,6 +16,7 @@ use forge_api::UnitKind;
 use forge_kernels::profile::section;
 
 /// A causal language model of any supported architecture.
+#[derive(Clone)]
 pub struct CausalLm {
     config: ModelConfig,
     embed_tokens: Tensor,
@@ -234,10 +235,27 @@ impl CausalLm {
         self.layers[i].forward(x, rope, 0, self.masks(i), None, None)
     }
 
+    /// The last layer's output `(batch, seq, hidden)` for `ids` (before the final norm), no cache.
+    pub fn last_layer(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.trunk(ids, None, None)
+    }
+
+    /// The hidden states that predict tokens 1.. of `ids`, `(batch · (seq − 1), hidden)`: the final
+    /// norm of the last layer's output `x` at every position but the last.
+    pub fn predicting_rows(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        self.norm.forward(x)?.narrow(1, 0, s - 1)?.reshape((b * (s - 1), ()))
+    }
+
+    /// The output projection `(vocab, hidden)` (the embeddings when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
     /// Next-token NLL `(batch, seq - 1)` from the last layer's output `x` (before the final norm).
     pub fn nll_from_last_layer(&self, x: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        let hidden = self.norm.forward(x)?.narrow(1, 0, s - 1)?.reshape((b * (s - 1), ()))?;
+        let hidden = self.predicting_rows(x)?;
         let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?;
         section("final norm + lm_head + nll", x.device(), || {
             chunked_nll(&hidden, &self.lm_head, &targets)?.reshape((b, s - 1))

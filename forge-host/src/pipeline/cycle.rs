@@ -162,6 +162,8 @@ fn train_and_save(
         windows: &ctx.train_windows,
         config: &config,
         quiet: ctx.opts.quiet,
+        // Recipes do not distil yet (train.teacher is still to come).
+        distill: None,
     };
     let mut save_state = |progress: &TrainProgress, optimizer: &dyn forge_api::Optimizer| {
         attached.save(&state.join("adapter"))?;

@@ -9,18 +9,55 @@
 //! one input per layer.
 use candle_core::{Tensor, Var};
 
-use crate::autograd::no_grad;
+use crate::autograd::{chunked_kl, no_grad};
 use crate::model::CausalLm;
 use forge_kernels::profile::section;
 
-/// Mean next-token NLL of `ids` and the gradient of every parameter in `params` (zeros where none
+/// Distillation from a teacher's logits: the loss becomes `(1 − alpha) · CE + alpha · T² · KL(teacher ‖
+/// student)`, both distributions at temperature T.
+#[derive(Clone, Copy)]
+pub struct Distill<'a> {
+    pub teacher: &'a CausalLm,
+    pub alpha: f64,
+    pub temperature: f64,
+}
+
+/// The loss's parts for one batch: the mean next-token NLL and, when distilling, the mean KL.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LossParts {
+    pub loss: f32,
+    pub ce: f32,
+    pub kl: Option<f32>,
+}
+
+/// The loss of the last layer's output `x` for `ids`: the NLL, mixed with the KL to the teacher when
+/// distilling (the teacher runs without a graph).
+fn head_loss(
+    model: &CausalLm,
+    x: &Tensor,
+    ids: &Tensor,
+    distill: Option<&Distill>,
+) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
+    let ce = model.nll_from_last_layer(x, ids)?.mean_all()?;
+    let Some(d) = distill else { return Ok((ce.clone(), ce, None)) };
+    let teacher = no_grad(|| d.teacher.predicting_rows(&d.teacher.last_layer(ids)?))?;
+    let student = model.predicting_rows(x)?;
+    let kl =
+        chunked_kl(&student, model.lm_head(), &teacher, d.teacher.lm_head(), d.temperature)?.mean_all()?;
+    let t2 = d.temperature * d.temperature;
+    let loss = ((ce.to_dtype(kl.dtype())? * (1.0 - d.alpha))? + (&kl * (d.alpha * t2))?)?;
+    Ok((loss, ce, Some(kl)))
+}
+
+/// The loss of `ids` (its parts) and the gradient of every parameter in `params` (zeros where none
 /// reaches a parameter).
 pub fn loss_and_grads(
     model: &CausalLm,
     ids: &Tensor,
     params: &[Var],
     checkpoint: bool,
-) -> candle_core::Result<(f32, Vec<Tensor>)> {
+    distill: Option<&Distill>,
+) -> candle_core::Result<(LossParts, Vec<Tensor>)> {
     let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
     let mut collect = |store: &candle_core::backprop::GradStore| -> candle_core::Result<()> {
         for (slot, var) in grads.iter_mut().zip(params) {
@@ -33,10 +70,10 @@ pub fn loss_and_grads(
         }
         Ok(())
     };
-    let loss = if !checkpoint {
-        let loss = model.next_token_nll(ids)?.mean_all()?;
+    let (loss, ce, kl) = if !checkpoint {
+        let (loss, ce, kl) = head_loss(model, &model.last_layer(ids)?, ids, distill)?;
         collect(&section("train backward", ids.device(), || loss.backward())?)?;
-        loss
+        (loss, ce, kl)
     } else {
         let rope = model.rope(0, ids.dim(1)?)?;
         let inputs = no_grad(|| -> candle_core::Result<Vec<Tensor>> {
@@ -49,7 +86,7 @@ pub fn loss_and_grads(
             Ok(inputs)
         })?;
         let top = Var::from_tensor(inputs.last().expect("the embedding is always there"))?;
-        let loss = model.nll_from_last_layer(top.as_tensor(), ids)?.mean_all()?;
+        let (loss, ce, kl) = head_loss(model, top.as_tensor(), ids, distill)?;
         let store = loss.backward()?;
         collect(&store)?;
         let mut grad_out = store
@@ -67,7 +104,7 @@ pub fn loss_and_grads(
                 })?;
             }
         }
-        loss
+        (loss, ce, kl)
     };
     let grads = grads
         .into_iter()
@@ -77,5 +114,8 @@ pub fn loss_and_grads(
             None => var.as_tensor().zeros_like(),
         })
         .collect::<candle_core::Result<_>>()?;
-    Ok((loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?, grads))
+    let scalar = |t: &Tensor| t.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>();
+    let parts =
+        LossParts { loss: scalar(&loss)?, ce: scalar(&ce)?, kl: kl.as_ref().map(scalar).transpose()? };
+    Ok((parts, grads))
 }

@@ -5,7 +5,9 @@ mod schedule;
 mod state;
 mod trainer;
 
-pub use checkpoint::loss_and_grads;
+pub use checkpoint::{loss_and_grads, Distill, LossParts};
 pub use schedule::learning_rate;
 pub use state::{load_optimizer_state, save_optimizer_state, OPTIMIZER_STATE_FILE};
-pub use trainer::{train, train_from, OnStop, TrainConfig, TrainInputs, TrainProgress, TrainReport};
+pub use trainer::{
+    train, train_from, DistillReport, OnStop, TrainConfig, TrainInputs, TrainProgress, TrainReport,
+};

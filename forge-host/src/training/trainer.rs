@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor, Var};
 use forge_api::Optimizer;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::loss_and_grads;
+use super::checkpoint::{loss_and_grads, Distill};
 use super::schedule::learning_rate;
 use crate::data::TokenWindows;
 use crate::model::CausalLm;
@@ -54,6 +54,20 @@ pub struct TrainReport {
     pub seconds: f64,
     /// Peak memory of the loop (see [`PeakMemory`]).
     pub peak_memory_bytes: u64,
+    /// When distilling: the loss's parts at the first and last step this process took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillReport>,
+}
+
+/// The CE and KL parts of a distilling run's loss, `(1 − alpha) · ce + alpha · T² · kl`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DistillReport {
+    pub alpha: f64,
+    pub temperature: f64,
+    pub ce_first: f64,
+    pub ce_last: f64,
+    pub kl_first: f64,
+    pub kl_last: f64,
 }
 
 /// Window indices in a seeded order, reshuffled every epoch.
@@ -92,6 +106,8 @@ pub struct TrainInputs<'a> {
     pub config: &'a TrainConfig,
     /// No progress bar.
     pub quiet: bool,
+    /// A teacher to distil from, or plain next-token training.
+    pub distill: Option<Distill<'a>>,
 }
 
 /// Where a training phase stands: optimizer steps done and their losses.
@@ -136,6 +152,7 @@ pub fn train_from(
     let first_step = from.step;
     let mut progress = from;
     let mut after_first = started;
+    let mut parts: Vec<(f64, f64)> = Vec::new();
     while progress.step < config.steps {
         if crate::runtime::interrupt::requested() {
             if let Some(save) = on_stop.as_mut() {
@@ -143,7 +160,8 @@ pub fn train_from(
             }
             return Err(Error::Interrupted(String::new()));
         }
-        let loss = optimizer_step(inputs, optimizer, &mut order, progress.step)?;
+        let (loss, ce_kl) = optimizer_step(inputs, optimizer, &mut order, progress.step)?;
+        parts.extend(ce_kl);
         progress.losses.push(loss);
         progress.step += 1;
         if progress.step == first_step + 1 {
@@ -170,20 +188,30 @@ pub fn train_from(
         tokens_per_s,
         seconds,
         peak_memory_bytes: memory.peak_bytes(),
+        distill: inputs.distill.zip(parts.first().zip(parts.last())).map(|(d, (first, last))| {
+            DistillReport {
+                alpha: d.alpha,
+                temperature: d.temperature,
+                ce_first: first.0,
+                ce_last: last.0,
+                kl_first: first.1,
+                kl_last: last.1,
+            }
+        }),
     })
 }
 
 /// One optimizer step: `grad_accum` micro-batches, the averaged gradients clipped, each parameter
-/// updated; returns the step's loss.
+/// updated; returns the step's loss and, when distilling, its CE and KL parts.
 fn optimizer_step(
     inputs: &TrainInputs,
     optimizer: &mut dyn Optimizer,
     order: &mut WindowOrder,
     step: usize,
-) -> Result<f64> {
+) -> Result<(f64, Option<(f64, f64)>)> {
     let (model, config, seq_len) = (inputs.model, inputs.config, inputs.windows.seq_len());
     let mut sums: Vec<Vec<f32>> = inputs.params.iter().map(|p| vec![0.0; p.elem_count()]).collect();
-    let mut loss = 0f64;
+    let (mut loss, mut ce, mut kl) = (0f64, 0f64, 0f64);
     for _ in 0..config.grad_accum {
         let mut ids = Vec::with_capacity(config.batch_size * seq_len);
         for _ in 0..config.batch_size {
@@ -191,9 +219,12 @@ fn optimizer_step(
         }
         let ids = Tensor::from_vec(ids, (config.batch_size, seq_len), model.device())?;
         let (l, grads) = section("train forward + backward", model.device(), || {
-            loss_and_grads(model, &ids, inputs.params, config.grad_checkpoint)
+            loss_and_grads(model, &ids, inputs.params, config.grad_checkpoint, inputs.distill.as_ref())
         })?;
-        loss += l as f64 / config.grad_accum as f64;
+        let share = 1.0 / config.grad_accum as f64;
+        loss += l.loss as f64 * share;
+        ce += l.ce as f64 * share;
+        kl += l.kl.unwrap_or(0.0) as f64 * share;
         for (sum, g) in sums.iter_mut().zip(grads) {
             let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             sum.iter_mut().zip(g).for_each(|(s, g)| *s += g / config.grad_accum as f32);
@@ -217,5 +248,5 @@ fn optimizer_step(
         optimizer.update(id, &mut values, grad, lr)?;
         var.set(&Tensor::from_vec(values, var.shape(), model.device())?.to_dtype(var.dtype())?)?;
     }
-    Ok(loss)
+    Ok((loss, inputs.distill.map(|_| (ce, kl))))
 }

@@ -1,0 +1,106 @@
+//! KL divergence from a teacher's next-token distribution to the student's, over vocabulary chunks,
+//! for distillation: `KL(p_t ‖ p_s)` per row with both distributions softened by a temperature T,
+//! `p = softmax(h · Wᵀ / T)`. As [`chunked_nll`](super::chunked_nll) does, it keeps no logits: the
+//! forward projects a bounded number of rows at a time, and the backward recomputes both sides' chunk
+//! to form `∂KL/∂h_s = (p_s − p_t) · W_s / T`. The teacher's hidden states come in detached (no
+//! gradient reaches the teacher).
+use candle_core::{DType, Tensor, D};
+
+use super::chunked_nll::rows_per_chunk;
+use super::custom_grad::with_gradient;
+
+/// Log-softmax of `h · wᵀ / t` in f32, `(rows, vocab)`.
+fn log_probs(h: &Tensor, w: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+    let z = (h.matmul(&w.t()?)?.to_dtype(DType::F32)? / t)?;
+    let max = z.max_keepdim(D::Minus1)?;
+    let shifted = z.broadcast_sub(&max)?;
+    shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)
+}
+
+/// `KL(p_t ‖ p_s)` per row `(rows)` in f32, for student hidden states `student` `(rows, dim)` under
+/// `student_head`, and teacher ones under `teacher_head`, at temperature `t`; differentiable with
+/// respect to `student` (never the heads or the teacher).
+pub fn chunked_kl(
+    student: &Tensor,
+    student_head: &Tensor,
+    teacher: &Tensor,
+    teacher_head: &Tensor,
+    t: f64,
+) -> candle_core::Result<Tensor> {
+    let rows = student.dim(0)?;
+    let chunk = rows_per_chunk(student_head.dim(0)?);
+    let (s, tch) = (student.detach(), teacher.detach());
+    let mut parts = Vec::with_capacity(rows.div_ceil(chunk));
+    for start in (0..rows).step_by(chunk) {
+        let len = chunk.min(rows - start);
+        let log_t = log_probs(&tch.narrow(0, start, len)?, teacher_head, t)?;
+        let log_s = log_probs(&s.narrow(0, start, len)?, student_head, t)?;
+        parts.push((log_t.exp()? * (&log_t - log_s)?)?.sum(D::Minus1)?);
+    }
+    let kl = Tensor::cat(&parts, 0)?;
+    let (sh, th) = (student_head.clone(), teacher_head.clone());
+    with_gradient("chunked kl backward", student, kl, move |grad, _| {
+        let mut grads = Vec::with_capacity(rows.div_ceil(chunk));
+        for start in (0..rows).step_by(chunk) {
+            let len = chunk.min(rows - start);
+            let h = s.narrow(0, start, len)?;
+            let p_s = log_probs(&h, &sh, t)?.exp()?;
+            let p_t = log_probs(&tch.narrow(0, start, len)?, &th, t)?.exp()?;
+            let g = grad.narrow(0, start, len)?.to_dtype(DType::F32)?.unsqueeze(1)?;
+            let d_logits = ((p_s - p_t)?.broadcast_mul(&g)? / t)?;
+            grads.push(d_logits.to_dtype(h.dtype())?.matmul(&sh)?);
+        }
+        Tensor::cat(&grads, 0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn values(n: usize, k: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * k % 23) as f32 - 11.0) / 9.0).collect()
+    }
+
+    /// The KL and its gradient against central finite differences, in f64.
+    #[test]
+    fn gradient_matches_finite_differences() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (rows, dim, vocab, t) = (3, 4, 7, 2.0);
+        let head = Tensor::from_vec(values(vocab * dim, 5), (vocab, dim), &dev)?.to_dtype(DType::F64)?;
+        let teacher = Tensor::from_vec(values(rows * dim, 7), (rows, dim), &dev)?.to_dtype(DType::F64)?;
+        let student = Var::from_tensor(
+            &Tensor::from_vec(values(rows * dim, 11), (rows, dim), &dev)?.to_dtype(DType::F64)?,
+        )?;
+        let weights = Tensor::new(&[1.0f32, -0.5, 2.0], &dev)?;
+        let loss = |h: &Tensor| -> candle_core::Result<f64> {
+            (chunked_kl(h, &head, &teacher, &head, t)? * &weights)?
+                .sum_all()?
+                .to_scalar::<f32>()
+                .map(f64::from)
+        };
+        let kl = chunked_kl(student.as_tensor(), &head, &teacher, &head, t)?;
+        assert!(kl.to_vec1::<f32>()?.iter().all(|&v| v > 0.0), "a KL between different rows is positive");
+        assert!(chunked_kl(&teacher, &head, &teacher, &head, t)?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.abs() < 1e-6));
+        let grads = (kl * &weights)?.sum_all()?.backward()?;
+        let analytic = grads.get(student.as_tensor()).expect("a gradient").flatten_all()?.to_vec1::<f64>()?;
+        let base = student.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+        for (i, a) in analytic.iter().enumerate() {
+            let bumped = |d: f64| -> candle_core::Result<f64> {
+                let mut v = base.clone();
+                v[i] += d;
+                loss(&Tensor::from_vec(v, (rows, dim), &dev)?)
+            };
+            let numeric = (bumped(1e-3)? - bumped(-1e-3)?) / 2e-3;
+            assert!(
+                (numeric - a).abs() < 1e-3 * (1.0 + a.abs()),
+                "element {i}: numeric {numeric} vs analytic {a}"
+            );
+        }
+        Ok(())
+    }
+}
