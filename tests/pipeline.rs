@@ -364,3 +364,25 @@ fn sigint_mid_training_resumes_the_phase_with_its_optimizer_state() {
     assert_eq!(a.0, b.0, "metrics differ between the whole and the resumed run");
     assert!(a.1 == b.1, "the final model differs between the whole and the resumed run");
 }
+
+/// `train.teacher = "base"` distils each cycle from the unpruned model: the cycle's training reports
+/// its KL part (above 0: the pruned student differs from its teacher), the memory budget counts the
+/// teacher, and a distill_alpha outside [0, 1] is refused naming the key.
+#[test]
+fn a_recipe_distils_from_the_unpruned_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let report = forge_json(&run_args(out.to_str().unwrap(), &["--set", "train.teacher=\"base\""]));
+    assert!(report["cycles"].as_array().is_some_and(|c| !c.is_empty()), "{report}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("cycles/1/cycle.json")).unwrap()).unwrap();
+    let kl = record["train"]["distill"]["kl_first"].as_f64().unwrap();
+    assert!(kl > 0.0, "{}", record["train"]);
+    let estimates = std::fs::read_to_string(out.join("report.json")).unwrap();
+    assert!(estimates.contains("teacher forward"), "the budget does not count the teacher");
+    let err = forge_refuses(&run_args(
+        dir.path().join("bad").to_str().unwrap(),
+        &["--set", "train.distill_alpha=1.5"],
+    ));
+    assert!(err.contains("train.distill_alpha is 1.5"), "{err}");
+}

@@ -24,3 +24,9 @@ pub const CLIP_NORM: f64 = 1.0;
 /// The guard's largest rise of the watched metric, against the previous cycle and against the
 /// unpruned baseline.
 pub const GUARD_MAX_INCREASE: f64 = 0.10;
+
+/// Distillation's mix of the teacher's KL into the loss (`--distill-alpha`, `train.distill_alpha`).
+pub const DISTILL_ALPHA: f64 = 0.5;
+/// Distillation's temperature (`--distill-temperature`, `train.distill_temperature`): 2 softens both
+/// distributions enough that the teacher's ranking of unlikely tokens carries signal.
+pub const DISTILL_TEMPERATURE: f64 = 2.0;

@@ -16,9 +16,10 @@ use crate::pipeline::TrainSection;
 use crate::strategies::Registry;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
-    save_optimizer_state, train, Distill, TrainConfig, TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
+    load_teacher, save_optimizer_state, train, Distill, TrainConfig, TrainInputs, TrainReport,
+    OPTIMIZER_STATE_FILE,
 };
-use crate::{bad_input, Result};
+use crate::Result;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -80,10 +81,10 @@ pub struct TrainArgs {
     #[arg(long)]
     teacher: Option<String>,
     /// With --teacher: the loss is `(1 − A) · CE + A · T² · KL(teacher ‖ student)`.
-    #[arg(long, default_value_t = 0.5, requires = "teacher")]
+    #[arg(long, default_value_t = defaults::DISTILL_ALPHA, requires = "teacher")]
     distill_alpha: f64,
     /// With --teacher: the temperature T both distributions are softened by.
-    #[arg(long, default_value_t = 2.0, requires = "teacher")]
+    #[arg(long, default_value_t = defaults::DISTILL_TEMPERATURE, requires = "teacher")]
     distill_temperature: f64,
     /// Evaluate perplexity on this data before and after training.
     #[arg(long)]
@@ -134,6 +135,30 @@ fn evaluate(model: &CausalLm, windows: &TokenWindows, quiet: bool) -> Result<Per
 }
 
 impl TrainArgs {
+    /// The flags as the recipe's `[train]` section, so both are checked by one rule.
+    fn section(
+        &self,
+        adapter_options: std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Result<TrainSection> {
+        Ok(TrainSection {
+            adapter: self.adapter.clone(),
+            adapter_options,
+            optimizer: self.optimizer.clone(),
+            optimizer_options: Options::parse_pairs(&self.optimizer_opts)?,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            seq_len: self.seq_len,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            warmup_steps: self.warmup_steps,
+            clip_norm: self.clip_norm,
+            grad_checkpoint: self.grad_checkpoint,
+            teacher: self.teacher.clone(),
+            distill_alpha: self.distill_alpha,
+            distill_temperature: self.distill_temperature,
+        })
+    }
+
     /// The distillation `--teacher` asks for, from its loaded `teacher`.
     fn distill<'a>(&self, teacher: Option<&'a CausalLm>) -> Option<Distill<'a>> {
         teacher.map(|teacher| Distill {
@@ -160,60 +185,12 @@ impl TrainArgs {
     }
 }
 
-/// The teacher `--teacher` names: `base` is the model as loaded without its mask (a clone: the
-/// weights are shared, not copied); a folder is loaded beside it.
-fn teacher_of(args: &TrainArgs, model: &CausalLm, rt: &Runtime) -> Result<Option<CausalLm>> {
-    let Some(name) = &args.teacher else { return Ok(None) };
-    if !(0.0..=1.0).contains(&args.distill_alpha)
-        || args.distill_temperature.is_nan()
-        || args.distill_temperature <= 0.0
-    {
-        return Err(bad_input!(
-            "--distill-alpha is {} and --distill-temperature {}; give an alpha in [0, 1] and a positive temperature",
-            args.distill_alpha,
-            args.distill_temperature
-        ));
-    }
-    let teacher = match name.as_str() {
-        "base" => {
-            let mut base = model.clone();
-            base.apply_head_mask(&forge_api::HeadMask::default())?;
-            base
-        }
-        dir => {
-            let folder = crate::loader::ModelFolder::open(std::path::Path::new(dir))?;
-            CausalLm::load(&folder, rt.dtype, &rt.device)?
-        }
-    };
-    if teacher.config().vocab != model.config().vocab {
-        return Err(bad_input!(
-            "--teacher {name} has a vocabulary of {} tokens and the model {}; distillation needs the same",
-            teacher.config().vocab,
-            model.config().vocab
-        ));
-    }
-    Ok(Some(teacher))
-}
-
 pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let adapter_given = args.adapter_given()?;
     let (adapter, adapter_options) = registry.adapter(&args.adapter, &adapter_given)?;
     let (mut optimizer, optimizer_options) =
         registry.optimizer(&args.optimizer, &Options::parse_pairs(&args.optimizer_opts)?)?;
-    let section = TrainSection {
-        adapter: args.adapter.clone(),
-        adapter_options: adapter_given,
-        optimizer: args.optimizer.clone(),
-        optimizer_options: Options::parse_pairs(&args.optimizer_opts)?,
-        steps: args.steps,
-        batch_size: args.batch_size,
-        seq_len: args.seq_len,
-        grad_accum: args.grad_accum,
-        lr: args.lr,
-        warmup_steps: args.warmup_steps,
-        clip_norm: args.clip_norm,
-        grad_checkpoint: args.grad_checkpoint,
-    };
+    let section = args.section(adapter_given)?;
     section.validate(&adapter_options, "--")?;
     let config = section.train_config(rt.seed);
     let folder = args.model.open(&[])?;
@@ -224,7 +201,13 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     adapter.trainable_values(&folder.config)?;
     crate::outputs::check_out(&args.out, &[args.model.model.as_path()], "--out")?;
     let mut model = args.model.build(&folder, rt)?;
-    let teacher = teacher_of(&args, &model, rt)?;
+    let teacher = args
+        .teacher
+        .as_deref()
+        .map(|name| {
+            load_teacher(name, &model, (&args.model.model, &args.model.model), (rt.dtype, &rt.device))
+        })
+        .transpose()?;
     let tokenizer = folder.tokenizer()?;
     let windows = TokenWindows::from_documents(Documents::open(&args.data)?, &tokenizer, args.seq_len, None)?;
     let eval_set = args.eval_data.as_ref().map(|p| eval_windows(p, &tokenizer, &args)).transpose()?;

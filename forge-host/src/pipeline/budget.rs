@@ -123,15 +123,32 @@ pub fn estimate(
         },
         Estimate {
             phase: "train",
-            parts: vec![
-                ("weights", weights),
-                ("activations", train),
-                ("adapter and optimizer", adapter),
-                ("overhead", OVERHEAD),
-            ],
+            parts: train_parts(recipe, config, (weights, bytes), train, adapter),
             knob,
         },
     ]
+}
+
+/// The train phase's parts. A teacher (distillation) adds its forward, run without a graph (one
+/// layer's tensors and its share of the KL's logit chunks), and its weights: a cycle after the first
+/// trains a model other than the unpruned one, so `base` is loaded beside it.
+fn train_parts(
+    recipe: &Recipe,
+    config: &ModelConfig,
+    (weights, bytes): (u64, u64),
+    activations: u64,
+    adapter: u64,
+) -> Vec<(&'static str, u64)> {
+    let t = &recipe.train;
+    let mut parts =
+        vec![("weights", weights), ("activations", activations), ("adapter and optimizer", adapter)];
+    if t.teacher.is_some() {
+        let forward = layer_transient(config, t.batch_size, t.seq_len, bytes)
+            + logits_chunk(config, t.batch_size * t.seq_len) * 2;
+        parts.extend([("teacher weights", weights), ("teacher forward", forward)]);
+    }
+    parts.push(("overhead", OVERHEAD));
+    parts
 }
 
 /// The eval phase's estimate, for `batch` windows of `seq` tokens a forward pass (what `forge eval

@@ -20,8 +20,8 @@ use crate::strategies::adapters::load_adapter;
 use crate::strategies::adapters::merge_into;
 use crate::strategies::ModelProbes;
 use crate::training::{
-    load_optimizer_state, save_optimizer_state, train_from, TrainInputs, TrainProgress, TrainReport,
-    OPTIMIZER_STATE_FILE,
+    load_optimizer_state, load_teacher, save_optimizer_state, train_from, Distill, TrainInputs,
+    TrainProgress, TrainReport, OPTIMIZER_STATE_FILE,
 };
 use crate::{bad_input, Result};
 
@@ -142,6 +142,13 @@ fn train_and_save(
     dir: &Path,
 ) -> Result<TrainReport> {
     let t = &ctx.recipe.train;
+    // Made before the adapter is attached: a teacher cloned from the model must not carry it.
+    let device = (model.dtype(), model.device().clone());
+    let teacher = t
+        .teacher
+        .as_deref()
+        .map(|name| load_teacher(name, &model, (&folder.path, &ctx.recipe.model), (device.0, &device.1)))
+        .transpose()?;
     let (mut optimizer, _) = ctx.registry.optimizer(&t.optimizer, &t.optimizer_options)?;
     let state = dir.join("train-state");
     let (attached, from) = match read_progress(&state)? {
@@ -162,8 +169,11 @@ fn train_and_save(
         windows: &ctx.train_windows,
         config: &config,
         quiet: ctx.opts.quiet,
-        // Recipes do not distil yet (train.teacher is still to come).
-        distill: None,
+        distill: teacher.as_ref().map(|teacher| Distill {
+            teacher,
+            alpha: t.distill_alpha,
+            temperature: t.distill_temperature,
+        }),
     };
     let mut save_state = |progress: &TrainProgress, optimizer: &dyn forge_api::Optimizer| {
         attached.save(&state.join("adapter"))?;

@@ -128,6 +128,15 @@ pub struct TrainSection {
     pub clip_norm: f64,
     #[serde(default)]
     pub grad_checkpoint: bool,
+    /// Distil from a teacher's logits: `base` (the run's unpruned model) or a model folder.
+    #[serde(default)]
+    pub teacher: Option<String>,
+    /// With a teacher, the loss is `(1 − distill_alpha) · CE + distill_alpha · T² · KL`.
+    #[serde(default = "d_alpha")]
+    pub distill_alpha: f64,
+    /// With a teacher, the temperature T.
+    #[serde(default = "d_temperature")]
+    pub distill_temperature: f64,
 }
 
 impl TrainSection {
@@ -174,6 +183,20 @@ impl TrainSection {
                 "{} is {}; give a positive gradient-norm bound such as 1.0, or 0 to turn clipping off",
                 k("clip_norm"),
                 self.clip_norm
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.distill_alpha) {
+            return Err(bad_input!(
+                "{} is {}; give a share in [0, 1]",
+                k("distill_alpha"),
+                self.distill_alpha
+            ));
+        }
+        if self.distill_temperature.is_nan() || self.distill_temperature <= 0.0 {
+            return Err(bad_input!(
+                "{} is {}; give a positive temperature such as 2.0",
+                k("distill_temperature"),
+                self.distill_temperature
             ));
         }
         if self.grad_checkpoint
@@ -253,6 +276,12 @@ fn d_lr() -> f64 {
 }
 fn d_clip() -> f64 {
     defaults::CLIP_NORM
+}
+fn d_alpha() -> f64 {
+    defaults::DISTILL_ALPHA
+}
+fn d_temperature() -> f64 {
+    defaults::DISTILL_TEMPERATURE
 }
 fn d_increase() -> f64 {
     defaults::GUARD_MAX_INCREASE

@@ -3,11 +3,13 @@
 mod checkpoint;
 mod schedule;
 mod state;
+mod teacher;
 mod trainer;
 
 pub use checkpoint::{loss_and_grads, Distill, LossParts};
 pub use schedule::learning_rate;
 pub use state::{load_optimizer_state, save_optimizer_state, OPTIMIZER_STATE_FILE};
+pub use teacher::load_teacher;
 pub use trainer::{
     train, train_from, DistillReport, OnStop, TrainConfig, TrainInputs, TrainProgress, TrainReport,
 };
