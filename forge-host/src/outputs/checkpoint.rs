@@ -419,17 +419,13 @@ impl HeadCounts {
 
     /// Drops the entries of the layers `removed` marks.
     fn drop_layers(&mut self, removed: &[bool]) {
-        let keep = |v: &mut Vec<usize>| {
-            let mut i = 0;
-            v.retain(|_| (!removed[i], i += 1).0);
-        };
+        let keep = |v: &mut Vec<usize>| retain_kept(v, removed);
         [&mut self.heads, &mut self.kv_heads, &mut self.intermediates].into_iter().for_each(keep);
         if let Some((v, k)) = &mut self.linear {
             keep(v);
             keep(k);
         }
-        let mut i = 0;
-        self.kinds.retain(|_| (!removed[i], i += 1).0);
+        retain_kept(&mut self.kinds, removed);
         self.removed = removed.to_vec();
     }
 
@@ -462,8 +458,7 @@ impl HeadCounts {
         c.insert("num_hidden_layers".into(), self.kinds.len().into());
         if let Some(serde_json::Value::Array(types)) = c.get_mut("layer_types") {
             if types.len() == self.removed.len() {
-                let mut i = 0;
-                types.retain(|_| (!self.removed[i], i += 1).0);
+                retain_kept(types, &self.removed);
             }
         }
         let layers_of = |kind: LayerKind| -> Vec<usize> {
@@ -493,6 +488,15 @@ impl HeadCounts {
         }
         Ok(())
     }
+}
+
+/// Keeps the entries of a per-layer list whose layer `removed` does not mark.
+fn retain_kept<T>(list: &mut Vec<T>, removed: &[bool]) {
+    let mut layer = 0;
+    list.retain(|_| {
+        layer += 1;
+        !removed[layer - 1]
+    });
 }
 
 /// Writes one kind's `(heads, groups)` per layer into config object `c` under `keys` (standard head

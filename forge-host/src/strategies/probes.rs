@@ -99,6 +99,21 @@ impl<'a> ModelProbes<'a> {
     }
 }
 
+impl<'a> ModelProbes<'a> {
+    /// The rows the last `pass` left in `slot`, running `pass` first when it left none (the rows
+    /// are taken: a second ask runs the pass again, at the model as it then is).
+    fn cached(
+        &mut self,
+        slot: for<'p> fn(&'p mut ModelProbes<'a>) -> &'p mut Option<Vec<Vec<f32>>>,
+        pass: fn(&mut ModelProbes<'a>) -> Result<Vec<Vec<f32>>, StrategyError>,
+    ) -> Result<Vec<Vec<f32>>, StrategyError> {
+        if slot(self).is_none() {
+            pass(self)?;
+        }
+        Ok(slot(self).take().unwrap_or_default())
+    }
+}
+
 fn tensor_error(e: candle_core::Error) -> StrategyError {
     StrategyError::failed(format!("probe failed: {e}"))
 }
@@ -423,31 +438,19 @@ impl ScoringContext for ModelProbes<'_> {
     }
 
     fn layer_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        if self.layer_norms.is_none() {
-            self.head_output_norms()?;
-        }
-        Ok(self.layer_norms.take().unwrap_or_default())
+        self.cached(|p| &mut p.layer_norms, |p| p.head_output_norms())
     }
 
     fn layer_cosines(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        if self.layer_cosines.is_none() {
-            self.head_output_norms()?;
-        }
-        Ok(self.layer_cosines.take().unwrap_or_default())
+        self.cached(|p| &mut p.layer_cosines, |p| p.head_output_norms())
     }
 
     fn mlp_channel_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        if self.mlp_norms.is_none() {
-            self.head_output_norms()?;
-        }
-        Ok(self.mlp_norms.take().unwrap_or_default())
+        self.cached(|p| &mut p.mlp_norms, |p| p.head_output_norms())
     }
 
     fn linear_head_output_norms(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        if self.linear_norms.is_none() {
-            self.head_output_norms()?;
-        }
-        Ok(self.linear_norms.take().unwrap_or_default())
+        self.cached(|p| &mut p.linear_norms, |p| p.head_output_norms())
     }
 
     fn attention_entropy(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
@@ -490,24 +493,15 @@ impl ScoringContext for ModelProbes<'_> {
     }
 
     fn layer_gate_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        if self.layer_gradients.is_none() {
-            self.head_mask_gradients()?;
-        }
-        Ok(self.layer_gradients.take().unwrap_or_default())
+        self.cached(|p| &mut p.layer_gradients, |p| p.head_mask_gradients())
     }
 
     fn mlp_channel_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        if self.mlp_gradients.is_none() {
-            self.head_mask_gradients()?;
-        }
-        Ok(self.mlp_gradients.take().unwrap_or_default())
+        self.cached(|p| &mut p.mlp_gradients, |p| p.head_mask_gradients())
     }
 
     fn linear_head_mask_gradients(&mut self) -> Result<Vec<Vec<f32>>, StrategyError> {
-        if self.linear_gradients.is_none() {
-            self.head_mask_gradients()?;
-        }
-        Ok(self.linear_gradients.take().unwrap_or_default())
+        self.cached(|p| &mut p.linear_gradients, |p| p.head_mask_gradients())
     }
 }
 

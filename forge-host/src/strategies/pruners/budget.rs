@@ -25,27 +25,23 @@ struct Candidate {
     cost: u64,
 }
 
-/// The candidates of `kind`: groups for heads, single channels, whole layers.
+/// The candidates of `kind`: the selection rule's units with whole groups, which are groups for
+/// heads and single channels and layers (each its own group).
 fn candidates(view: &KindView, costs: &UnitCosts) -> Vec<Candidate> {
     let k = view.kind as usize;
     let all: Vec<f64> = view.rows.iter().flatten().map(|&s| s as f64).collect();
     let mean = all.iter().sum::<f64>() / all.len().max(1) as f64;
     let scale = if mean.abs() > 0.0 { mean.abs() } else { 1.0 };
-    let whole = matches!(view.kind, UnitKind::QueryHead | UnitKind::LinearHead);
-    let mut out = Vec::new();
-    for layer in view.layers() {
-        let size = if whole { view.heads[layer] / view.groups[layer] } else { 1 };
-        for first in (0..view.heads[layer]).step_by(size) {
-            let units: Vec<usize> = (first..first + size).collect();
-            let score = units.iter().map(|&u| view.rows[layer][u] as f64).sum::<f64>() / size as f64 / scale;
+    view.units(0..view.heads.len(), true)
+        .into_iter()
+        .map(|u| {
             let cost = match view.kind {
-                UnitKind::Layer => costs.layers[layer],
-                _ => size as u64 * costs.unit[k] + costs.group[k],
+                UnitKind::Layer => costs.layers[u.layer],
+                _ => u.heads.len() as u64 * costs.unit[k] + costs.group[k],
             };
-            out.push(Candidate { kind: view.kind, layer, units, score, cost });
-        }
-    }
-    out
+            Candidate { kind: view.kind, layer: u.layer, score: u.score as f64 / scale, units: u.heads, cost }
+        })
+        .collect()
 }
 
 impl Pruner for Budget {
