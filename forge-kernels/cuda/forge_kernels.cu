@@ -283,6 +283,35 @@ extern "C" __global__ void causal_conv_silu_bf16(const __nv_bfloat16 *__restrict
     }
 }
 
+// The backward of causal_conv_silu_bf16 from a zero state (training's case) for the inputs only (the
+// convolution's weights are frozen): dx[s] = Σ_k dy[t]·silu'(a[t])·w[k] over the outputs t = s + taps − 1 − k
+// that read x[s] through tap k, each pre-activation a[t] recomputed (taps products) rather than kept.
+extern "C" __global__ void causal_conv_silu_backward_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
+                                                          const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx,
+                                                          int batch, int seq, int channels, int taps) {
+    const long long total = (long long)batch * seq * channels;
+    const int before = taps - 1;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const long long row = idx / channels;
+        const int c = idx - row * channels, s = (int)row % seq, b = (int)row / seq;
+        const long long base = (long long)b * seq * channels + c;
+        float acc = 0.f;
+        for (int k = 0; k < taps; ++k) {
+            const int t = s + before - k;
+            if (t >= seq) continue;
+            float a = 0.f;
+            for (int kk = 0; kk < taps; ++kk) {
+                const int src = t + kk - before;
+                if (src >= 0) a += __bfloat162float(x[base + (long long)src * channels]) * __bfloat162float(w[c * taps + kk]);
+            }
+            const float sig = 1.f / (1.f + __expf(-a));
+            acc += __bfloat162float(dy[base + (long long)t * channels]) * sig * (1.f + a * (1.f - sig)) * __bfloat162float(w[c * taps + k]);
+        }
+        dx[idx] = __float2bfloat16(acc);
+    }
+}
+
 __device__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -322,6 +351,59 @@ extern "C" __global__ void gated_delta_prepare_bf16(const __nv_bfloat16 *__restr
         const float x = __bfloat162float(a[row * value_heads + h]) + dt_bias[h];
         g_out[row * value_heads + h] = neg_a[h] * (x > 20.f ? x : log1pf(__expf(x)));
         beta_out[row * value_heads + h] = 1.f / (1.f + __expf(-__bfloat162float(b[row * value_heads + h])));
+    }
+}
+
+// The backward of gated_delta_prepare_bf16 (with the values' pass-through): from the gradients of the
+// prepared inputs, as gated_delta_rule_backward_dk* writes them (`grads`: dq and dk per value head, dv,
+// dg, dβ), writes those of the raw inputs in bf16: d_conv (rows, 2·key_heads·dk + value_heads·dv),
+// then d_a and d_b (rows, value_heads). A key head's dq and dk sum over the value heads it serves; the
+// L2 norm's backward is (dy − y (y·dy)) / ‖x‖; softplus' is the sigmoid; β' = β(1 − β). One block per
+// (row, key head), as the forward.
+extern "C" __global__ void gated_delta_prepare_backward_bf16(const __nv_bfloat16 *__restrict__ conv, const __nv_bfloat16 *__restrict__ a,
+                                                             const __nv_bfloat16 *__restrict__ b, const float *__restrict__ neg_a,
+                                                             const float *__restrict__ dt_bias, const float *__restrict__ grads,
+                                                             __nv_bfloat16 *__restrict__ out, int rows, int key_heads, int value_heads,
+                                                             int dk, int dv) {
+    __shared__ float shared[32];
+    const long long row = blockIdx.x / key_heads;
+    const int kh = blockIdx.x % key_heads, ratio = value_heads / key_heads;
+    const long long kd = (long long)key_heads * dk, width = 2 * kd + (long long)value_heads * dv;
+    const long long vrows = (long long)rows * value_heads;
+    const float *dq = grads, *dkk = dq + vrows * dk, *d_v = dkk + vrows * dk, *dg = d_v + vrows * dv, *db = dg + vrows;
+    const __nv_bfloat16 *r = conv + row * width;
+    __nv_bfloat16 *d_conv = out + row * width, *d_a = out + (long long)rows * width, *d_b = d_a + vrows;
+    const float scale = rsqrtf((float)dk);
+    // The gradient of a key head's normalised q (scaled) or k: the sum over the value heads it serves.
+    const auto served = [&](const float *g, int i) {
+        float sum = 0.f;
+        for (int v = 0; v < ratio; ++v) sum += g[(row * value_heads + kh * ratio + v) * dk + i];
+        return sum;
+    };
+    float qq = 0.f, kk = 0.f, qd = 0.f, kdot = 0.f;
+    for (int i = threadIdx.x; i < dk; i += blockDim.x) {
+        const float q = __bfloat162float(r[kh * dk + i]), k = __bfloat162float(r[kd + kh * dk + i]);
+        qq += q * q, kk += k * k, qd += q * served(dq, i) * scale, kdot += k * served(dkk, i);
+    }
+    const float qn = sqrtf(block_reduce<false>(qq, shared) + 1e-6f), kn = sqrtf(block_reduce<false>(kk, shared) + 1e-6f);
+    // y·dy with y = x / ‖x‖.
+    const float qy = block_reduce<false>(qd, shared) / qn, ky = block_reduce<false>(kdot, shared) / kn;
+    for (int i = threadIdx.x; i < dk; i += blockDim.x) {
+        const float q = __bfloat162float(r[kh * dk + i]), k = __bfloat162float(r[kd + kh * dk + i]);
+        d_conv[kh * dk + i] = __float2bfloat16((served(dq, i) * scale - q / qn * qy) / qn);
+        d_conv[kd + kh * dk + i] = __float2bfloat16((served(dkk, i) - k / kn * ky) / kn);
+    }
+    for (int e = threadIdx.x; e < ratio * dv; e += blockDim.x) {
+        const long long h = kh * ratio + e / dv;
+        d_conv[2 * kd + h * dv + e % dv] = __float2bfloat16(d_v[(row * value_heads + h) * dv + e % dv]);
+    }
+    for (int v = threadIdx.x; v < ratio; v += blockDim.x) {
+        const long long at = row * value_heads + kh * ratio + v;
+        const int h = kh * ratio + v;
+        const float x = __bfloat162float(a[at]) + dt_bias[h];
+        d_a[at] = __float2bfloat16(dg[at] * neg_a[h] * (x > 20.f ? 1.f : 1.f / (1.f + __expf(-x))));
+        const float beta = 1.f / (1.f + __expf(-__bfloat162float(b[at])));
+        d_b[at] = __float2bfloat16(db[at] * beta * (1.f - beta));
     }
 }
 
@@ -424,6 +506,192 @@ GATED_DELTA_RULE(32)
 GATED_DELTA_RULE(64)
 GATED_DELTA_RULE(128)
 
+// Adds p, one lane's contribution to 2·HALF rows (its column's), summed over the lanes that hold the
+// same rows for other columns (lanes differing in the bits below 2·O), to acc: each halving exchange
+// leaves a lane half the rows, summed with its partner's (32 rows over 8 columns: 16 + 8 + 4 shuffles,
+// where summing every row over the columns would take 96), and the last few go to shared memory as
+// atomics.
+template <int O, int HALF>
+__device__ __forceinline__ void column_scatter_add(float *p, float *acc, int column) {
+    const bool upper = column & O;
+#pragma unroll
+    for (int k = 0; k < HALF; ++k) {
+        const float send = upper ? p[k] : p[k + HALF], keep = upper ? p[k + HALF] : p[k];
+        p[k] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+    if constexpr (O > 1) {
+        column_scatter_add<O / 2, HALF / 2>(p, acc + (upper ? HALF : 0), column);
+    } else {
+#pragma unroll
+        for (int k = 0; k < HALF; ++k) atomicAdd(&acc[(upper ? HALF : 0) + k], p[k]);
+    }
+}
+
+// The gated delta rule's backward from a zero state (training's case): given the prepared inputs (as
+// gated_delta_prepare_bf16 writes them), the values (in `conv`) and the outputs' gradient d_out (rows,
+// value_heads, dv), writes in f32 dq and dk (rows, value_heads, DK: per value head, before the sum over
+// the value heads a key head serves), dv (rows, value_heads, dv), dg and dβ (rows, value_heads), then
+// uses the rest of `out` as scratch.
+//
+// Per token, walking back with the state's adjoint dS (the host's `gated_delta_rule::backward` has the
+// derivation): dS += q doᵀ; dq = S do; dδ = dSᵀk; du = −β dδ; dv = β dδ; dβ = dδ·(v − u); with
+// S̃ = S − kδᵀ, dk = dS δ + S̃ du; dS += k duᵀ; dg = ⟨S̃, dS⟩; dS ← e^g dS. Like the forward, the
+// adjoint's column j depends on column j only, so the lanes own state columns as there (DK / 32 lanes a
+// column, 32 rows each); a block takes every column of one (sequence, value head), because dq, dk, dg
+// and dβ sum over the columns: each warp sums its columns by a reduce-scatter of shuffles and adds
+// the result to the block's tile in shared memory, which is written once per tile of T tokens.
+//
+// The states the walk needs are recomputed, not kept from the forward: a first pass stores the state
+// at the start of each chunk of `chunk` tokens; then, chunk by chunk from the last, the chunk's states
+// are recomputed from its start into the scratch and walked back. Memory: (seq / chunk + chunk) states
+// per (sequence, head), least at chunk ≈ √seq.
+template <int DK, int T>
+__device__ void gated_delta_rule_backward(const float *__restrict__ prepared, const __nv_bfloat16 *__restrict__ conv,
+                                          const float *__restrict__ d_out, float *__restrict__ out, int batch, int seq,
+                                          int key_heads, int value_heads, int dv, int chunk) {
+    constexpr int ROWS = 32, COLUMNS = 32 * 32 / DK, MAXV = 128;
+    __shared__ __align__(16) float qs[T][DK];
+    __shared__ __align__(16) float ks[T][DK];
+    __shared__ float vs[T][MAXV], dos[T][MAXV], gs[T], bs[T];
+    __shared__ float acc_q[T][DK], acc_k[T][DK], acc_g[T], acc_b[T];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int column = lane % COLUMNS, j = warp * COLUMNS + column, first = (lane / COLUMNS) * ROWS;
+    const bool active = j < dv;
+    const int h = blockIdx.x % value_heads, b = blockIdx.x / value_heads;
+    const int kh = h / (value_heads / key_heads);
+    const long long rows = (long long)batch * seq, kd = (long long)key_heads * DK;
+    const long long width = 2 * kd + (long long)value_heads * dv, vrows = rows * value_heads;
+    const float *qp = prepared, *kp = prepared + rows * kd, *gp = prepared + 2 * rows * kd, *bp = gp + vrows;
+    float *dq = out, *dk = dq + vrows * DK, *d_v = dk + vrows * DK, *dg = d_v + vrows * dv, *db = dg + vrows;
+    const int chunks = (seq + chunk - 1) / chunk;
+    const long long state_size = (long long)warps * 32 * ROWS;
+    float *ckpt = db + vrows + blockIdx.x * ((chunks + chunk) * state_size + (long long)chunk * MAXV);
+    float *hist = ckpt + chunks * state_size, *ws = hist + chunk * state_size;
+    // Row i of this lane's slice of a stored state: coalesced over the warp's lanes.
+    const auto slot = [&](float *base, int index, int i) { return base + index * state_size + (warp * ROWS + i) * 32 + lane; };
+    const auto column_sum = [](float v) {
+        for (int o = COLUMNS; o < 32; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        return v;
+    };
+    // Tokens t0 .. t0 + n of the tile into shared memory, the tile's sums zeroed.
+    const auto stage = [&](int t0, int n) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < T * DK; e += blockDim.x) {
+            const int tt = e / DK, i = e % DK;
+            const long long at = (((long long)b * seq + t0 + tt) * key_heads + kh) * DK + i;
+            qs[tt][i] = tt < n ? qp[at] : 0.f, ks[tt][i] = tt < n ? kp[at] : 0.f;
+            acc_q[tt][i] = 0.f, acc_k[tt][i] = 0.f;
+        }
+        for (int e = threadIdx.x; e < T * dv; e += blockDim.x) {
+            const int tt = e / dv, c = e % dv;
+            const long long row = (long long)b * seq + t0 + tt;
+            vs[tt][c] = tt < n ? __bfloat162float(conv[row * width + 2 * kd + (long long)h * dv + c]) : 0.f;
+            dos[tt][c] = tt < n ? d_out[(row * value_heads + h) * dv + c] : 0.f;
+        }
+        if (threadIdx.x < T) {
+            const long long row = (long long)b * seq + t0 + threadIdx.x;
+            gs[threadIdx.x] = threadIdx.x < n ? gp[row * value_heads + h] : 0.f;
+            bs[threadIdx.x] = threadIdx.x < n ? bp[row * value_heads + h] : 0.f;
+            acc_g[threadIdx.x] = 0.f, acc_b[threadIdx.x] = 0.f;
+        }
+        __syncthreads();
+    };
+    // One token forward: s becomes the state after token tt; returns v − u.
+    const auto step = [&](float(&s)[ROWS], int tt) {
+        const float decay = __expf(gs[tt]);
+        float m = 0.f;
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) s[i] *= decay, m += s[i] * ks[tt][first + i];
+        const float w = (active ? vs[tt][j] : 0.f) - column_sum(m), delta = bs[tt] * w;
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) s[i] += ks[tt][first + i] * delta;
+        return w;
+    };
+    const auto scatter_add = [&](float(&p)[ROWS], float *acc) { column_scatter_add<COLUMNS / 2, ROWS / 2>(p, acc + first, column); };
+    float s[ROWS], ds[ROWS];
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) s[i] = 0.f, ds[i] = 0.f;
+    for (int t0 = 0; t0 < seq; t0 += T) {
+        const int n = min(T, seq - t0);
+        stage(t0, n);
+        for (int tt = 0; tt < n; ++tt) {
+            if ((t0 + tt) % chunk == 0) {
+#pragma unroll
+                for (int i = 0; i < ROWS; ++i) *slot(ckpt, (t0 + tt) / chunk, i) = s[i];
+            }
+            step(s, tt);
+        }
+    }
+    for (int c = chunks - 1; c >= 0; --c) {
+        const int c0 = c * chunk, cn = min(chunk, seq - c0);
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) s[i] = *slot(ckpt, c, i);
+        for (int t0 = c0; t0 < c0 + cn; t0 += T) {
+            const int n = min(T, c0 + cn - t0);
+            stage(t0, n);
+            for (int tt = 0; tt < n; ++tt) {
+                const float w = step(s, tt);
+#pragma unroll
+                for (int i = 0; i < ROWS; ++i) *slot(hist, t0 + tt - c0, i) = s[i];
+                if (active && first == 0) ws[(t0 + tt - c0) * MAXV + j] = w;
+            }
+        }
+        for (int t0 = c0 + (cn - 1) / T * T; t0 >= c0; t0 -= T) {
+            const int n = min(T, c0 + cn - t0);
+            stage(t0, n);
+            for (int tt = n - 1; tt >= 0; --tt) {
+                const int local = t0 + tt - c0;
+                const long long row = (long long)b * seq + t0 + tt;
+                const float w = active ? ws[local * MAXV + j] : 0.f, beta = bs[tt], delta = beta * w;
+                const float d_o = active ? dos[tt][j] : 0.f;
+                float p[ROWS], m = 0.f;
+#pragma unroll
+                for (int i = 0; i < ROWS; ++i) {
+                    ds[i] += qs[tt][first + i] * d_o;
+                    p[i] = *slot(hist, local, i) * d_o;
+                    m += ds[i] * ks[tt][first + i];
+                }
+                scatter_add(p, acc_q[tt]);
+                const float d_delta = column_sum(m), du = -beta * d_delta, decay = __expf(gs[tt]);
+                if (active && first == 0) d_v[(row * value_heads + h) * dv + j] = beta * d_delta;
+                float pg = 0.f;
+#pragma unroll
+                for (int i = 0; i < ROWS; ++i) {
+                    const float k = ks[tt][first + i], tilde = *slot(hist, local, i) - k * delta;
+                    p[i] = ds[i] * delta + tilde * du;
+                    ds[i] += k * du;
+                    pg += tilde * ds[i];
+                    ds[i] *= decay;
+                }
+                scatter_add(p, acc_k[tt]);
+                pg = warp_sum(pg);
+                const float pb = warp_sum(first == 0 ? d_delta * w : 0.f);
+                if (lane == 0) atomicAdd(&acc_g[tt], pg), atomicAdd(&acc_b[tt], pb);
+            }
+            __syncthreads();
+            for (int e = threadIdx.x; e < n * DK; e += blockDim.x) {
+                const int tt = e / DK, i = e % DK;
+                const long long at = (((long long)b * seq + t0 + tt) * value_heads + h) * DK + i;
+                dq[at] = acc_q[tt][i], dk[at] = acc_k[tt][i];
+            }
+            if (threadIdx.x < n) {
+                const long long at = ((long long)b * seq + t0 + threadIdx.x) * value_heads + h;
+                dg[at] = acc_g[threadIdx.x], db[at] = acc_b[threadIdx.x];
+            }
+        }
+    }
+}
+
+#define GATED_DELTA_RULE_BACKWARD(DK)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(4 * DK) gated_delta_rule_backward_dk##DK(                              \
+        const float *__restrict__ prepared, const __nv_bfloat16 *__restrict__ conv, const float *__restrict__ d_out,   \
+        float *__restrict__ out, int batch, int seq, int key_heads, int value_heads, int dv, int chunk) {               \
+        gated_delta_rule_backward<DK, 8>(prepared, conv, d_out, out, batch, seq, key_heads, value_heads, dv, chunk);   \
+    }
+GATED_DELTA_RULE_BACKWARD(32)
+GATED_DELTA_RULE_BACKWARD(64)
+GATED_DELTA_RULE_BACKWARD(128)
+
 // Gated DeltaNet's output norm per value head of n values: y = bf16(bf16(bf16(o)/rms) · w) · silu(z),
 // with o the delta rule's f32 output, rounded as transformers' `Qwen3_5RMSNormGated` rounds in bf16
 // (the weight scales by w, not 1 + w). One block per row; replaces about twelve elementary ops.
@@ -443,6 +711,37 @@ extern "C" __global__ void gated_rms_norm_bf16(const float *__restrict__ o, cons
         const float normed = r(r(r(o[row * n + j]) * inv) * __bfloat162float(w[j]));
         const float g = __bfloat162float(z[row * n + j]);
         y[row * n + j] = __float2bfloat16(normed * (g / (1.f + __expf(-g))));
+    }
+}
+
+// The backward of gated_rms_norm_bf16 for o and z (the weight is frozen), in f32 from the f32 statistics:
+// with x̂ = o/rms and n = x̂·w, y = n·silu(z): dz = dy·n·silu'(z), and dx̂ = dy·silu(z)·w gives
+// do = (dx̂ − x̂·mean(dx̂·x̂)) / rms. Writes do (rows, n), then dz (rows, n). One block per row.
+extern "C" __global__ void gated_rms_norm_backward_bf16(const float *__restrict__ o, const __nv_bfloat16 *__restrict__ z,
+                                                        const __nv_bfloat16 *__restrict__ w, const __nv_bfloat16 *__restrict__ dy,
+                                                        float *__restrict__ out, int n, float eps, long long rows) {
+    __shared__ float shared[32];
+    const long long row = blockIdx.x;
+    const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
+    float s = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float v = r(o[row * n + j]);
+        s += v * v;
+    }
+    const float inv = 1.f / sqrtf(block_reduce<false>(s, shared) / n + eps);
+    float dot = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float g = __bfloat162float(z[row * n + j]), sig = 1.f / (1.f + __expf(-g));
+        const float xhat = r(o[row * n + j]) * inv, d = __bfloat162float(dy[row * n + j]);
+        const float dxhat = d * g * sig * __bfloat162float(w[j]);
+        dot += dxhat * xhat;
+        out[rows * n + row * n + j] = d * xhat * __bfloat162float(w[j]) * sig * (1.f + g * (1.f - sig));
+    }
+    const float mean = block_reduce<false>(dot, shared) / n;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float g = __bfloat162float(z[row * n + j]), sig = 1.f / (1.f + __expf(-g));
+        const float xhat = r(o[row * n + j]) * inv, d = __bfloat162float(dy[row * n + j]);
+        out[row * n + j] = (d * g * sig * __bfloat162float(w[j]) - xhat * mean) * inv;
     }
 }
 

@@ -50,6 +50,29 @@ pub fn causal_conv_silu(
     Ok((out.silu()?, tail))
 }
 
+/// The gradient of [`causal_conv_silu`] (from a zero state) with respect to `x`, given the output's
+/// `dy`, by one CUDA kernel, which recomputes each pre-activation it needs from `x`, so the forward
+/// keeps nothing but `x`; the weights are frozen. Elsewhere candle's autograd through the elementary
+/// ops is the backward, and the reference `forge kernels` checks this one against.
+#[cfg(feature = "cuda")]
+pub fn causal_conv_silu_backward(x: &Tensor, weight: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
+    use crate::launch::{launch_on_tensors, Grid, Scalar};
+    let weight = weight.to_dtype(x.dtype())?;
+    if !crate::on_kernel(&[x, &weight, dy]) {
+        candle_core::bail!("causal_conv_silu_backward takes bf16 tensors on a CUDA device");
+    }
+    let (b, s, channels) = x.dims3()?;
+    let scalars = [b, s, channels, weight.dim(1)?].map(|v| Scalar::I32(v as i32));
+    let n = x.elem_count();
+    launch_on_tensors::<half::bf16>(
+        "causal_conv_silu_backward_bf16",
+        &[x, &weight, dy],
+        x.shape(),
+        Grid::Stride(n),
+        &scalars,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

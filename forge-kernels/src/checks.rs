@@ -315,6 +315,7 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
         };
         checks.push(forward_check("gated_delta_rule_dk*", vec![b, s, kh, vh, dk], &f, dev, 1e-4)?);
     }
+    checks.extend(delta_rule_backward_checks(dev, rng)?);
     for (rows, n) in [(3 * 5 * 4, 32), (8 * 1024 * 16, 128)] {
         let (o, z, w) =
             (random(&[rows, n], rng, 3.0)?, random(&[rows, n], rng, 3.0)?, random(&[n], rng, 2.0)?);
@@ -336,6 +337,44 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
             sigmoid_gate(&on(&out)?, &on(&projected)?, d)
         };
         checks.push(forward_check("sigmoid_gate_bf16", vec![b, s, heads, d], &f, dev, 1e-2)?);
+    }
+    Ok(checks)
+}
+
+/// The delta rule's three backward kernels against the host walk and candle's autograd through the
+/// preparation in f32, on the same inputs: key heads of 32, 64 and 128, value heads sharing key heads,
+/// lengths that are not multiples of the kernel's chunk, and qwen3.5-9b's 32 value heads over 1024
+/// tokens. The kernels' gradients are rounded to bf16 (the raw inputs' dtype) at the end, hence 1e-2.
+fn delta_rule_backward_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for (b, s, kh, vh, dk) in
+        [(2, 70, 2, 4, 32), (1, 100, 4, 8, 64), (2, 300, 16, 16, 128), (1, 1024, 16, 32, 128)]
+    {
+        let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dk };
+        let conv = random(&[b, s, 2 * kh * dk + vh * dk], rng, 2.0)?;
+        let (a, beta) = (random(&[b, s, vh], rng, 3.0)?, random(&[b, s, vh], rng, 3.0)?);
+        let (neg_a, dt_bias) = ((random(&[vh], rng, 1.0)?.exp()? * -1.0)?, random(&[vh], rng, 1.0)?);
+        let d_out = random(&[b, s, vh, dk], rng, 1.0)?;
+        let grads = |d: &Device, dtype: DType| {
+            let on = |t: &Tensor| t.to_device(d)?.to_dtype(dtype);
+            let (conv, a, beta) = (on(&conv)?, on(&a)?, on(&beta)?);
+            let (neg_a, dt_bias) = (neg_a.to_device(d)?, dt_bias.to_device(d)?);
+            let p = Projections { conv: &conv, a: &a, b: &beta, neg_a: &neg_a, dt_bias: &dt_bias };
+            let grads = gated_delta_rule::backward_from_projections(&p, heads, &d_out.to_device(d)?)?;
+            let flat = grads.iter().map(|g| g.to_dtype(DType::F32)?.flatten_all());
+            Tensor::cat(&flat.collect::<candle_core::Result<Vec<_>>>()?, 0)
+        };
+        let backward_rel_err = rel_diff(&grads(dev, DType::BF16)?, &grads(&Device::Cpu, DType::F32)?)?;
+        let tolerance = 1e-2;
+        checks.push(Check {
+            kernel: "gated_delta_rule_backward_dk*",
+            shape: vec![b, s, kh, vh, dk],
+            past: 0,
+            forward_rel_err: 0.0,
+            backward_rel_err: Some(backward_rel_err),
+            tolerance,
+            pass: backward_rel_err < tolerance,
+        });
     }
     Ok(checks)
 }

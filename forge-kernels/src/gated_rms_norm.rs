@@ -26,6 +26,38 @@ pub fn gated_rms_norm(o: &Tensor, z: &Tensor, w: &Tensor, eps: f64) -> candle_co
     normed.to_dtype(DType::F32)?.mul(&z.to_dtype(DType::F32)?.silu()?)?.to_dtype(dtype)
 }
 
+/// The gradients of [`gated_rms_norm`] with respect to `o` (f32) and `z` (bf16), given the output's
+/// `dy`, by one CUDA kernel pass per row from the f32 statistics; the weight is frozen. Elsewhere
+/// candle's autograd through the elementary ops is the backward, and the reference `forge kernels`
+/// checks this one against.
+#[cfg(feature = "cuda")]
+pub fn gated_rms_norm_backward(
+    o: &Tensor,
+    z: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    dy: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    use crate::launch::{launch_on_tensors, Grid, Scalar};
+    if !crate::on_kernel(&[z, w, dy]) || o.dtype() != DType::F32 {
+        candle_core::bail!("gated_rms_norm_backward takes o in f32 and bf16 z, w and dy on a CUDA device");
+    }
+    let n = w.elem_count();
+    let rows = o.elem_count() / n;
+    let grid = Grid::PerRow { rows, threads: n.div_ceil(32).clamp(1, 4) as u32 * 32 };
+    let scalars = [Scalar::I32(n as i32), Scalar::F32(eps as f32), Scalar::I64(rows as i64)];
+    let flat = launch_on_tensors::<f32>(
+        "gated_rms_norm_backward_bf16",
+        &[o, z, w, dy],
+        2 * rows * n,
+        grid,
+        &scalars,
+    )?;
+    let d_o = flat.narrow(0, 0, rows * n)?.reshape(o.shape())?;
+    let d_z = flat.narrow(0, rows * n, rows * n)?.reshape(z.shape())?.to_dtype(z.dtype())?;
+    Ok((d_o, d_z))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,15 +10,17 @@
 //! | [`rms_norm`] | `rms_norm_bf16` (+ backward) | one pass; no f32 copy of the activations |
 //! | [`rope_heads_first`] | `rope_bf16` (+ backward) | rotation and the heads-first transpose in one pass |
 //! | [`swiglu`] | `swiglu_bf16` (+ backward) | one pass instead of three |
-//! | [`gated_delta_rule`] | `gated_delta_prepare_bf16`, `gated_delta_rule_dk{32,64,128}` | Gated DeltaNet's recurrence, its inputs prepared in parallel first |
-//! | [`causal_conv_silu`] | `causal_conv_silu_bf16` | one pass for prompt and one-token step |
-//! | [`gated_rms_norm`] | `gated_rms_norm_bf16` | one pass instead of about twelve |
+//! | [`gated_delta_rule`] | `gated_delta_prepare_bf16`, `gated_delta_rule_dk{32,64,128}` (+ backward, `gated_delta_prepare_backward_bf16`) | Gated DeltaNet's recurrence, its inputs prepared in parallel first |
+//! | [`causal_conv_silu`] | `causal_conv_silu_bf16` (+ backward) | one pass for prompt and one-token step |
+//! | [`gated_rms_norm`] | `gated_rms_norm_bf16` (+ backward) | one pass instead of about twelve |
 //! | [`sigmoid_gate`] | `sigmoid_gate_bf16` | reads the gate where `q_proj` wrote it |
 //!
-//! The last four serve Qwen3.5's hybrid layers and have no CUDA backward yet: their kernels run only
-//! where no input takes a gradient (`forward_kernel`), so a gradient is never silently dropped.
-//! Training takes their elementary ops, and the delta rule's host backward
-//! ([`gated_delta_rule::backward`]).
+//! The last four serve Qwen3.5's hybrid layers. Their forward kernels run only where no input takes a
+//! gradient (`forward_kernel`), so a gradient is never silently dropped; training joins the forward
+//! kernel to its backward function ([`causal_conv_silu_backward`], [`gated_rms_norm_backward`],
+//! [`gated_delta_rule::backward_from_projections`]) in forge-host's autograd, each of which is its
+//! kernel on CUDA and candle's autograd or the host walk elsewhere. The output gate has no backward
+//! kernel yet: training takes its elementary ops.
 mod causal_conv;
 mod causal_softmax;
 pub mod checks;
@@ -37,8 +39,12 @@ mod swiglu;
 use candle_core::{DType, Tensor};
 
 pub use causal_conv::causal_conv_silu;
+#[cfg(feature = "cuda")]
+pub use causal_conv::causal_conv_silu_backward;
 pub use causal_softmax::{causal_softmax, causal_softmax_backward};
 pub use gated_rms_norm::gated_rms_norm;
+#[cfg(feature = "cuda")]
+pub use gated_rms_norm::gated_rms_norm_backward;
 pub use rms_norm::{rms_norm, FusedRmsNorm};
 pub use rng::SplitMix64;
 pub use rope::{rope, rope_heads_first, FusedRope};

@@ -1,11 +1,10 @@
-//! Gated DeltaNet's delta rule in the autograd graph. The rule itself runs outside it (forge-kernels:
-//! host loops on the CPU, a CUDA kernel for inference), and its backward joins the graph here: the
-//! core by hand (`gated_delta_rule::backward`, recomputing the states a chunk at a time), the input
-//! preparation (q/k L2 norms, the repeat to value heads, softplus and sigmoid) by candle's autograd
-//! through its elementary ops, recomputed from the kept raw inputs. So the graph keeps the layer's
-//! three raw inputs and nothing per token.
-use candle_core::{Tensor, Var};
-use forge_kernels::gated_delta_rule::{self, from_projections, prepare, Heads, Projections};
+//! Gated DeltaNet's delta rule in the autograd graph. The rule runs outside it (forge-kernels: host
+//! loops on the CPU, CUDA kernels on the GPU), and its backward joins the graph here:
+//! `gated_delta_rule::backward_from_projections` gives the raw inputs' gradients (on CUDA three
+//! kernels; on the CPU the host walk and candle's autograd through the input preparation), recomputing
+//! the states a chunk at a time. So the graph keeps the layer's three raw inputs and nothing per token.
+use candle_core::Tensor;
+use forge_kernels::gated_delta_rule::{backward_from_projections, from_projections, Heads, Projections};
 
 use super::with_gradients;
 
@@ -25,24 +24,8 @@ pub fn gated_delta_rule(
     let (out, final_state) = from_projections(&detached, state, heads)?;
     let (neg_a, dt_bias) = (p.neg_a.clone(), p.dt_bias.clone());
     let out = with_gradients("gated delta rule backward", [p.conv, p.a, p.b], out, move |grad, _| {
-        let vars = [Var::from_tensor(&conv)?, Var::from_tensor(&a)?, Var::from_tensor(&b)?];
-        let inputs = Projections {
-            conv: vars[0].as_tensor(),
-            a: vars[1].as_tensor(),
-            b: vars[2].as_tensor(),
-            neg_a: &neg_a,
-            dt_bias: &dt_bias,
-        };
-        let prepared = prepare(&inputs, heads)?;
-        let [q, k, v, g, beta] = prepared.each_ref().map(|t| t.detach());
-        let core = gated_delta_rule::backward(&q, &k, &v, &g, &beta, grad)?;
-        // Σ prepared · its gradient, differentiated through the preparation, gives the raw inputs'.
-        let mut total = Tensor::zeros((), candle_core::DType::F32, conv.device())?;
-        for (x, d) in prepared.iter().zip(&core) {
-            total = (total + (x * d.to_device(x.device())?)?.sum_all()?)?;
-        }
-        let store = total.backward()?;
-        Ok(vars.map(|v| store.get(v.as_tensor()).cloned()))
+        let raw = Projections { conv: &conv, a: &a, b: &b, neg_a: &neg_a, dt_bias: &dt_bias };
+        Ok(backward_from_projections(&raw, heads, grad)?.map(Some))
     })?;
     Ok((out, final_state))
 }

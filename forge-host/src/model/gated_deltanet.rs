@@ -17,7 +17,6 @@
 use candle_core::{DType, Module, Tensor};
 use forge_kernels::gated_delta_rule::{Heads, Projections};
 use forge_kernels::profile::section;
-use forge_kernels::{causal_conv_silu, gated_rms_norm};
 
 use super::attention::AttentionObserver;
 use super::kv_cache::LayerCache;
@@ -88,7 +87,7 @@ impl GatedDeltaNet {
         };
         let device = x.device();
         let (convolved, conv_tail) = section("linear attention: in_proj_qkv + conv", device, || {
-            causal_conv_silu(&self.in_proj_qkv.forward(x)?, &self.conv, conv_state.as_ref())
+            crate::autograd::causal_conv_silu(&self.in_proj_qkv.forward(x)?, &self.conv, conv_state.as_ref())
         })?;
         let (out, state) = section("linear attention: delta rule", device, || {
             let (a, beta_logits) = (self.in_proj_a.forward(x)?, self.in_proj_b.forward(x)?);
@@ -108,7 +107,7 @@ impl GatedDeltaNet {
         let Heads { value_heads, value_dim, .. } = self.heads;
         section("linear attention: gated norm + out_proj", device, || {
             let z = self.in_proj_z.forward(x)?.reshape((b, s, value_heads, value_dim))?;
-            let mut normed = gated_rms_norm(&out, &z, &self.norm_weight, self.eps)?;
+            let mut normed = crate::autograd::gated_rms_norm(&out, &z, &self.norm_weight, self.eps)?;
             if let Some(mask) = head_mask {
                 normed = normed.broadcast_mul(&mask.reshape((1, 1, value_heads, 1))?)?;
             }

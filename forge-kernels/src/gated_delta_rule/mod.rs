@@ -33,7 +33,7 @@ mod projections;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-pub use backward::backward;
+pub use backward::{backward, backward_from_projections};
 pub use projections::{from_projections, prepare, Heads, Projections};
 
 /// The chunk length transformers and flash-linear-attention use.

@@ -104,13 +104,7 @@ fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::
     use crate::launch::{launch_on_tensors, Grid, Scalar};
     let (b, s, _) = p.conv.dims3()?;
     let rows = b * s;
-    let prepared = launch_on_tensors::<f32>(
-        "gated_delta_prepare_bf16",
-        &[p.conv, p.a, p.b, p.neg_a, p.dt_bias],
-        2 * rows * h.key_heads * h.key_dim + 2 * rows * h.value_heads,
-        Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 },
-        &[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim].map(|v| Scalar::I32(v as i32)),
-    )?;
+    let prepared = prepared_on_device(p, h)?;
     let state_shape = (b, h.value_heads, h.key_dim, h.value_dim);
     let state = match state {
         Some(state) => state.clone(),
@@ -130,4 +124,19 @@ fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::
         launch_on_tensors::<f32>(kernel, &[&prepared, p.conv, &state], outputs + states, grid, &scalars)?;
     let out = flat.narrow(0, 0, outputs)?.reshape((b, s, h.value_heads, h.value_dim))?;
     Ok((out, flat.narrow(0, outputs, states)?.reshape(state_shape)?))
+}
+
+/// `gated_delta_prepare_bf16`: q and k per key head (normalised, q scaled), then g and β per value
+/// head, in one f32 buffer, as the forward and backward kernels read them.
+#[cfg(feature = "cuda")]
+pub(super) fn prepared_on_device(p: &Projections, h: Heads) -> candle_core::Result<Tensor> {
+    use crate::launch::{launch_on_tensors, Grid, Scalar};
+    let rows = p.conv.dims3()?.0 * p.conv.dim(1)?;
+    launch_on_tensors::<f32>(
+        "gated_delta_prepare_bf16",
+        &[p.conv, p.a, p.b, p.neg_a, p.dt_bias],
+        2 * rows * h.key_heads * h.key_dim + 2 * rows * h.value_heads,
+        Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 },
+        &[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim].map(|v| Scalar::I32(v as i32)),
+    )
 }
