@@ -527,6 +527,17 @@ __device__ __forceinline__ void column_scatter_add(float *p, float *acc, int col
     }
 }
 
+// One tile of T tokens of one (sequence, value head), staged in shared memory for every warp of the
+// block, and the tile's sums over the state columns (dq, dk, dg, dβ), written out once per tile.
+template <int DK, int T>
+struct DeltaTile {
+    static constexpr int MAXV = 128;
+    __align__(16) float q[T][DK];
+    __align__(16) float k[T][DK];
+    float v[T][MAXV], d_o[T][MAXV], g[T], beta[T];
+    float dq[T][DK], dk[T][DK], dg[T], dbeta[T];
+};
+
 // The gated delta rule's backward from a zero state (training's case): given the prepared inputs (as
 // gated_delta_prepare_bf16 writes them), the values (in `conv`) and the outputs' gradient d_out (rows,
 // value_heads, dv), writes in f32 dq and dk (rows, value_heads, DK: per value head, before the sum over
@@ -545,148 +556,183 @@ __device__ __forceinline__ void column_scatter_add(float *p, float *acc, int col
 // at the start of each chunk of `chunk` tokens; then, chunk by chunk from the last, the chunk's states
 // are recomputed from its start into the scratch and walked back. Memory: (seq / chunk + chunk) states
 // per (sequence, head), least at chunk ≈ √seq.
+//
+// DeltaBackward is what a thread of the kernel works on: its block's (sequence, value head), its state
+// column and rows, the inputs, outputs and scratch. The phases of the kernel are its methods.
 template <int DK, int T>
-__device__ void gated_delta_rule_backward(const float *__restrict__ prepared, const __nv_bfloat16 *__restrict__ conv,
-                                          const float *__restrict__ d_out, float *__restrict__ out, int batch, int seq,
-                                          int key_heads, int value_heads, int dv, int chunk) {
-    constexpr int ROWS = 32, COLUMNS = 32 * 32 / DK, MAXV = 128;
-    __shared__ __align__(16) float qs[T][DK];
-    __shared__ __align__(16) float ks[T][DK];
-    __shared__ float vs[T][MAXV], dos[T][MAXV], gs[T], bs[T];
-    __shared__ float acc_q[T][DK], acc_k[T][DK], acc_g[T], acc_b[T];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    const int column = lane % COLUMNS, j = warp * COLUMNS + column, first = (lane / COLUMNS) * ROWS;
-    const bool active = j < dv;
-    const int h = blockIdx.x % value_heads, b = blockIdx.x / value_heads;
-    const int kh = h / (value_heads / key_heads);
-    const long long rows = (long long)batch * seq, kd = (long long)key_heads * DK;
-    const long long width = 2 * kd + (long long)value_heads * dv, vrows = rows * value_heads;
-    const float *qp = prepared, *kp = prepared + rows * kd, *gp = prepared + 2 * rows * kd, *bp = gp + vrows;
-    float *dq = out, *dk = dq + vrows * DK, *d_v = dk + vrows * DK, *dg = d_v + vrows * dv, *db = dg + vrows;
-    const int chunks = (seq + chunk - 1) / chunk;
-    const long long state_size = (long long)warps * 32 * ROWS;
-    float *ckpt = db + vrows + blockIdx.x * ((chunks + chunk) * state_size + (long long)chunk * MAXV);
-    float *hist = ckpt + chunks * state_size, *ws = hist + chunk * state_size;
-    // Row i of this lane's slice of a stored state: coalesced over the warp's lanes.
-    const auto slot = [&](float *base, int index, int i) { return base + index * state_size + (warp * ROWS + i) * 32 + lane; };
-    const auto column_sum = [](float v) {
+struct DeltaBackward {
+    static constexpr int ROWS = 32, COLUMNS = 32 * 32 / DK, MAXV = DeltaTile<DK, T>::MAXV;
+    DeltaTile<DK, T> &tile;
+    const float *qp, *kp, *gp, *bp, *d_out;
+    const __nv_bfloat16 *conv;
+    float *dq, *dk, *d_v, *dg, *db, *ckpt, *hist, *ws;
+    int seq, key_heads, value_heads, dv, chunk, b, h, kh, warp, lane, column, j, first;
+    long long kd, width, state_size;
+    bool active;
+
+    __device__ DeltaBackward(DeltaTile<DK, T> &tile, const float *prepared, const __nv_bfloat16 *conv, const float *d_out,
+                             float *out, int batch, int seq, int key_heads, int value_heads, int dv, int chunk)
+        : tile(tile), d_out(d_out), conv(conv), seq(seq), key_heads(key_heads), value_heads(value_heads), dv(dv), chunk(chunk) {
+        warp = threadIdx.x / 32, lane = threadIdx.x % 32, column = lane % COLUMNS;
+        j = warp * COLUMNS + column, first = (lane / COLUMNS) * ROWS, active = j < dv;
+        h = blockIdx.x % value_heads, b = blockIdx.x / value_heads, kh = h / (value_heads / key_heads);
+        const long long rows = (long long)batch * seq, vrows = rows * value_heads;
+        kd = (long long)key_heads * DK, width = 2 * kd + (long long)value_heads * dv;
+        qp = prepared, kp = prepared + rows * kd, gp = prepared + 2 * rows * kd, bp = gp + vrows;
+        dq = out, dk = dq + vrows * DK, d_v = dk + vrows * DK, dg = d_v + vrows * dv, db = dg + vrows;
+        const int chunks = (seq + chunk - 1) / chunk;
+        state_size = (long long)(blockDim.x / 32) * 32 * ROWS;
+        ckpt = db + vrows + blockIdx.x * ((chunks + chunk) * state_size + (long long)chunk * MAXV);
+        hist = ckpt + chunks * state_size, ws = hist + chunk * state_size;
+    }
+
+    // Row i of this lane's slice of stored state `index`: coalesced over the warp's lanes.
+    __device__ float *slot(float *base, int index, int i) const {
+        return base + index * state_size + (warp * ROWS + i) * 32 + lane;
+    }
+    __device__ float column_sum(float v) const {
         for (int o = COLUMNS; o < 32; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
         return v;
-    };
-    // Tokens t0 .. t0 + n of the tile into shared memory, the tile's sums zeroed.
-    const auto stage = [&](int t0, int n) {
+    }
+    __device__ long long row(int t) const { return (long long)b * seq + t; }
+
+    // Tokens t0 .. t0 + n into the tile, its sums zeroed.
+    __device__ void stage(int t0, int n) {
         __syncthreads();
         for (int e = threadIdx.x; e < T * DK; e += blockDim.x) {
             const int tt = e / DK, i = e % DK;
-            const long long at = (((long long)b * seq + t0 + tt) * key_heads + kh) * DK + i;
-            qs[tt][i] = tt < n ? qp[at] : 0.f, ks[tt][i] = tt < n ? kp[at] : 0.f;
-            acc_q[tt][i] = 0.f, acc_k[tt][i] = 0.f;
+            const long long at = (row(t0 + tt) * key_heads + kh) * DK + i;
+            tile.q[tt][i] = tt < n ? qp[at] : 0.f, tile.k[tt][i] = tt < n ? kp[at] : 0.f;
+            tile.dq[tt][i] = 0.f, tile.dk[tt][i] = 0.f;
         }
         for (int e = threadIdx.x; e < T * dv; e += blockDim.x) {
             const int tt = e / dv, c = e % dv;
-            const long long row = (long long)b * seq + t0 + tt;
-            vs[tt][c] = tt < n ? __bfloat162float(conv[row * width + 2 * kd + (long long)h * dv + c]) : 0.f;
-            dos[tt][c] = tt < n ? d_out[(row * value_heads + h) * dv + c] : 0.f;
+            tile.v[tt][c] = tt < n ? __bfloat162float(conv[row(t0 + tt) * width + 2 * kd + (long long)h * dv + c]) : 0.f;
+            tile.d_o[tt][c] = tt < n ? d_out[(row(t0 + tt) * value_heads + h) * dv + c] : 0.f;
         }
         if (threadIdx.x < T) {
-            const long long row = (long long)b * seq + t0 + threadIdx.x;
-            gs[threadIdx.x] = threadIdx.x < n ? gp[row * value_heads + h] : 0.f;
-            bs[threadIdx.x] = threadIdx.x < n ? bp[row * value_heads + h] : 0.f;
-            acc_g[threadIdx.x] = 0.f, acc_b[threadIdx.x] = 0.f;
+            const int tt = threadIdx.x;
+            tile.g[tt] = tt < n ? gp[row(t0 + tt) * value_heads + h] : 0.f;
+            tile.beta[tt] = tt < n ? bp[row(t0 + tt) * value_heads + h] : 0.f;
+            tile.dg[tt] = 0.f, tile.dbeta[tt] = 0.f;
         }
         __syncthreads();
-    };
-    // One token forward: s becomes the state after token tt; returns v − u.
-    const auto step = [&](float(&s)[ROWS], int tt) {
-        const float decay = __expf(gs[tt]);
+    }
+
+    // One token forward: s becomes the state after token tt of the tile; returns v − u.
+    __device__ float step(float (&s)[ROWS], int tt) const {
+        const float decay = __expf(tile.g[tt]);
         float m = 0.f;
 #pragma unroll
-        for (int i = 0; i < ROWS; ++i) s[i] *= decay, m += s[i] * ks[tt][first + i];
-        const float w = (active ? vs[tt][j] : 0.f) - column_sum(m), delta = bs[tt] * w;
+        for (int i = 0; i < ROWS; ++i) s[i] *= decay, m += s[i] * tile.k[tt][first + i];
+        const float w = (active ? tile.v[tt][j] : 0.f) - column_sum(m), delta = tile.beta[tt] * w;
 #pragma unroll
-        for (int i = 0; i < ROWS; ++i) s[i] += ks[tt][first + i] * delta;
+        for (int i = 0; i < ROWS; ++i) s[i] += tile.k[tt][first + i] * delta;
         return w;
-    };
-    const auto scatter_add = [&](float(&p)[ROWS], float *acc) { column_scatter_add<COLUMNS / 2, ROWS / 2>(p, acc + first, column); };
-    float s[ROWS], ds[ROWS];
+    }
+
+    // The forward walk from a zero state, storing the state at each chunk's start.
+    __device__ void store_chunk_starts() {
+        float s[ROWS];
 #pragma unroll
-    for (int i = 0; i < ROWS; ++i) s[i] = 0.f, ds[i] = 0.f;
-    for (int t0 = 0; t0 < seq; t0 += T) {
-        const int n = min(T, seq - t0);
-        stage(t0, n);
-        for (int tt = 0; tt < n; ++tt) {
-            if ((t0 + tt) % chunk == 0) {
+        for (int i = 0; i < ROWS; ++i) s[i] = 0.f;
+        for (int t0 = 0; t0 < seq; t0 += T) {
+            const int n = min(T, seq - t0);
+            stage(t0, n);
+            for (int tt = 0; tt < n; ++tt) {
+                if ((t0 + tt) % chunk == 0) {
 #pragma unroll
-                for (int i = 0; i < ROWS; ++i) *slot(ckpt, (t0 + tt) / chunk, i) = s[i];
+                    for (int i = 0; i < ROWS; ++i) *slot(ckpt, (t0 + tt) / chunk, i) = s[i];
+                }
+                step(s, tt);
             }
-            step(s, tt);
         }
     }
-    for (int c = chunks - 1; c >= 0; --c) {
-        const int c0 = c * chunk, cn = min(chunk, seq - c0);
+
+    // Chunk c's states after each of its tokens, and each token's v − u, from the chunk's start.
+    __device__ void recompute_chunk(int c, int cn) {
+        float s[ROWS];
 #pragma unroll
         for (int i = 0; i < ROWS; ++i) s[i] = *slot(ckpt, c, i);
-        for (int t0 = c0; t0 < c0 + cn; t0 += T) {
-            const int n = min(T, c0 + cn - t0);
+        for (int t0 = c * chunk; t0 < c * chunk + cn; t0 += T) {
+            const int n = min(T, c * chunk + cn - t0);
             stage(t0, n);
             for (int tt = 0; tt < n; ++tt) {
                 const float w = step(s, tt);
 #pragma unroll
-                for (int i = 0; i < ROWS; ++i) *slot(hist, t0 + tt - c0, i) = s[i];
-                if (active && first == 0) ws[(t0 + tt - c0) * MAXV + j] = w;
-            }
-        }
-        for (int t0 = c0 + (cn - 1) / T * T; t0 >= c0; t0 -= T) {
-            const int n = min(T, c0 + cn - t0);
-            stage(t0, n);
-            for (int tt = n - 1; tt >= 0; --tt) {
-                const int local = t0 + tt - c0;
-                const long long row = (long long)b * seq + t0 + tt;
-                const float w = active ? ws[local * MAXV + j] : 0.f, beta = bs[tt], delta = beta * w;
-                const float d_o = active ? dos[tt][j] : 0.f;
-                float p[ROWS], m = 0.f;
-#pragma unroll
-                for (int i = 0; i < ROWS; ++i) {
-                    ds[i] += qs[tt][first + i] * d_o;
-                    p[i] = *slot(hist, local, i) * d_o;
-                    m += ds[i] * ks[tt][first + i];
-                }
-                scatter_add(p, acc_q[tt]);
-                const float d_delta = column_sum(m), du = -beta * d_delta, decay = __expf(gs[tt]);
-                if (active && first == 0) d_v[(row * value_heads + h) * dv + j] = beta * d_delta;
-                float pg = 0.f;
-#pragma unroll
-                for (int i = 0; i < ROWS; ++i) {
-                    const float k = ks[tt][first + i], tilde = *slot(hist, local, i) - k * delta;
-                    p[i] = ds[i] * delta + tilde * du;
-                    ds[i] += k * du;
-                    pg += tilde * ds[i];
-                    ds[i] *= decay;
-                }
-                scatter_add(p, acc_k[tt]);
-                pg = warp_sum(pg);
-                const float pb = warp_sum(first == 0 ? d_delta * w : 0.f);
-                if (lane == 0) atomicAdd(&acc_g[tt], pg), atomicAdd(&acc_b[tt], pb);
-            }
-            __syncthreads();
-            for (int e = threadIdx.x; e < n * DK; e += blockDim.x) {
-                const int tt = e / DK, i = e % DK;
-                const long long at = (((long long)b * seq + t0 + tt) * value_heads + h) * DK + i;
-                dq[at] = acc_q[tt][i], dk[at] = acc_k[tt][i];
-            }
-            if (threadIdx.x < n) {
-                const long long at = ((long long)b * seq + t0 + threadIdx.x) * value_heads + h;
-                dg[at] = acc_g[threadIdx.x], db[at] = acc_b[threadIdx.x];
+                for (int i = 0; i < ROWS; ++i) *slot(hist, t0 + tt - c * chunk, i) = s[i];
+                if (active && first == 0) ws[(t0 + tt - c * chunk) * MAXV + j] = w;
             }
         }
     }
-}
+
+    // Token tt of the staged tile, walking back (`local`: its place in the chunk): updates the state's
+    // adjoint ds, writes dv, adds dq, dk, dg and dβ to the tile's sums.
+    __device__ void back_step(float (&ds)[ROWS], int tt, int local, int t) {
+        const float w = active ? ws[local * MAXV + j] : 0.f, beta = tile.beta[tt], delta = beta * w;
+        const float d_o = active ? tile.d_o[tt][j] : 0.f;
+        float p[ROWS], m = 0.f;
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) {
+            ds[i] += tile.q[tt][first + i] * d_o;
+            p[i] = *slot(hist, local, i) * d_o;
+            m += ds[i] * tile.k[tt][first + i];
+        }
+        column_scatter_add<COLUMNS / 2, ROWS / 2>(p, tile.dq[tt] + first, column);
+        const float d_delta = column_sum(m), du = -beta * d_delta, decay = __expf(tile.g[tt]);
+        if (active && first == 0) d_v[(row(t) * value_heads + h) * dv + j] = beta * d_delta;
+        float pg = 0.f;
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) {
+            const float k = tile.k[tt][first + i], tilde = *slot(hist, local, i) - k * delta;
+            p[i] = ds[i] * delta + tilde * du;
+            ds[i] += k * du;
+            pg += tilde * ds[i];
+            ds[i] *= decay;
+        }
+        column_scatter_add<COLUMNS / 2, ROWS / 2>(p, tile.dk[tt] + first, column);
+        pg = warp_sum(pg);
+        const float pb = warp_sum(first == 0 ? d_delta * w : 0.f);
+        if (lane == 0) atomicAdd(&tile.dg[tt], pg), atomicAdd(&tile.dbeta[tt], pb);
+    }
+
+    // The tile's sums, once every warp has added to them.
+    __device__ void write_tile(int t0, int n) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < n * DK; e += blockDim.x) {
+            const long long at = (row(t0 + e / DK) * value_heads + h) * DK + e % DK;
+            dq[at] = tile.dq[e / DK][e % DK], dk[at] = tile.dk[e / DK][e % DK];
+        }
+        if (threadIdx.x < n) {
+            const long long at = row(t0 + threadIdx.x) * value_heads + h;
+            dg[at] = tile.dg[threadIdx.x], db[at] = tile.dbeta[threadIdx.x];
+        }
+    }
+
+    __device__ void run() {
+        store_chunk_starts();
+        float ds[ROWS];
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) ds[i] = 0.f;
+        for (int c = (seq + chunk - 1) / chunk - 1; c >= 0; --c) {
+            const int c0 = c * chunk, cn = min(chunk, seq - c0);
+            recompute_chunk(c, cn);
+            for (int t0 = c0 + (cn - 1) / T * T; t0 >= c0; t0 -= T) {
+                const int n = min(T, c0 + cn - t0);
+                stage(t0, n);
+                for (int tt = n - 1; tt >= 0; --tt) back_step(ds, tt, t0 + tt - c0, t0 + tt);
+                write_tile(t0, n);
+            }
+        }
+    }
+};
 
 #define GATED_DELTA_RULE_BACKWARD(DK)                                                                                  \
     extern "C" __global__ void __launch_bounds__(4 * DK) gated_delta_rule_backward_dk##DK(                              \
         const float *__restrict__ prepared, const __nv_bfloat16 *__restrict__ conv, const float *__restrict__ d_out,   \
         float *__restrict__ out, int batch, int seq, int key_heads, int value_heads, int dv, int chunk) {               \
-        gated_delta_rule_backward<DK, 8>(prepared, conv, d_out, out, batch, seq, key_heads, value_heads, dv, chunk);   \
+        __shared__ DeltaTile<DK, 8> tile;                                                                               \
+        DeltaBackward<DK, 8>(tile, prepared, conv, d_out, out, batch, seq, key_heads, value_heads, dv, chunk).run();    \
     }
 GATED_DELTA_RULE_BACKWARD(32)
 GATED_DELTA_RULE_BACKWARD(64)
