@@ -481,3 +481,71 @@ fn a_plugin_scoring_query_heads_only_prunes_a_hybrid_with_linear_ratio_0() {
     assert_eq!((report["heads_after"].as_u64(), report["linear_heads_after"].as_u64()), (Some(12), Some(48)));
     assert!(report.get("pruned_linear_heads").is_none(), "{report}");
 }
+
+/// The C pruner (plugins/c-pruner) removes, through ABI 1.1's prune_units, exactly the lowest-scored
+/// quarter of each layer's MLP channels by the scores forge wrote, and nothing else; its option is
+/// honoured; the compact model it leads to evaluates as the masked model does.
+#[test]
+fn the_c_pruner_removes_the_lowest_scored_mlp_channels_through_the_abi() {
+    let (_dir, lib) =
+        compile_c(s(&root().join("plugins/c-pruner/mlp_channels.c")), "libmlp_channels.so", true);
+    let work = tempfile::tempdir().unwrap();
+    let (scores, out) = (work.path().join("scores.json"), work.path().join("pruned"));
+    let model = tiny_qwen3();
+    forge_json(&["score", "-q", "--json", "--model", s(&model), "--scorer", "l2", "--out", s(&scores)]);
+    let prune = |extra: &[&str]| {
+        let args =
+            ["prune", "-q", "--json", "--plugin", s(&lib), "--model", s(&model), "--scores", s(&scores)];
+        forge_json(
+            &[&args[..], &["--pruner", "mlp-channels", "--ratio", "0.25", "--out", s(&out)], extra].concat(),
+        )
+    };
+    prune(&[]);
+    let mask: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("mask.json")).unwrap()).unwrap();
+    assert!(mask["pruned"].as_object().unwrap().is_empty(), "no query head is removed: {}", mask["pruned"]);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&scores).unwrap()).unwrap();
+    for layer in 0..8 {
+        let row: Vec<f64> =
+            written["mlp"][layer].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[a].total_cmp(&row[b]));
+        let mut want = order[..row.len() / 4].to_vec();
+        want.sort();
+        let got: Vec<usize> = mask["pruned_mlp_channels"][layer.to_string()]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(got, want, "layer {layer}: the lowest-scored quarter of 768 channels");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["intermediate_size"], 576);
+    let compact = quick_perplexity(&["--model", s(&out)]);
+    let masked = quick_perplexity(&["--model", s(&model), "--mask", s(&out.join("mask.json"))]);
+    assert!((compact - masked).abs() <= 1e-4 * masked, "compact {compact} vs masked {masked}");
+    // floor=700 leaves 700 of 768 channels in every layer, whatever the ratio asks.
+    prune(&["--pruner-opt", "floor=700"]);
+    let mask: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("mask.json")).unwrap()).unwrap();
+    assert!((0..8).all(|l| mask["pruned_mlp_channels"][l.to_string()].as_array().unwrap().len() == 68));
+    let refused = forge_refuses(&[
+        "prune",
+        "--plugin",
+        s(&lib),
+        "--model",
+        s(&model),
+        "--scores",
+        s(&scores),
+        "--pruner",
+        "mlp-channels",
+        "--count",
+        "3",
+        "--out",
+        s(&out),
+    ]);
+    assert!(refused.contains("give --ratio"), "{refused}");
+}
