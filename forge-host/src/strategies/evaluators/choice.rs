@@ -6,11 +6,14 @@
 //! `accuracy` counts the records whose answer scores highest; `accuracy_norm` compares scores divided
 //! by each choice's length in bytes (the harness's `acc_norm`), which stops long choices losing for
 //! their length alone.
-use forge_api::{EvalContext, Evaluator, Metrics, StrategyError};
+use forge_api::{EvalContext, Evaluator, Metrics, OptionKind, OptionSpec, StrategyError};
 
 use crate::strategies::{Builtin, Factory};
 
-struct Choice;
+struct Choice {
+    /// Whether the metrics carry every choice's log-likelihood, item by item.
+    details: bool,
+}
 
 /// One multiple-choice item.
 #[derive(serde::Deserialize)]
@@ -75,18 +78,26 @@ impl Evaluator for Choice {
             return Err(StrategyError::bad_input("the choice data has no records"));
         }
         let (mut correct, mut correct_norm) = (0usize, 0usize);
+        let mut details = Vec::new();
         for item in &items {
             let ll = log_likelihoods(ctx, item)?;
+            if self.details {
+                details.push(ll.clone());
+            }
             correct += usize::from(best(ll.iter().copied()) == item.answer);
             let normed = ll.iter().zip(&item.choices).map(|(l, c)| l / c.len().max(1) as f64);
             correct_norm += usize::from(best(normed) == item.answer);
         }
         let n = items.len() as f64;
-        Ok(Metrics::from([
+        let mut metrics = Metrics::from([
             ("accuracy".into(), (correct as f64 / n).into()),
             ("accuracy_norm".into(), (correct_norm as f64 / n).into()),
             ("n".into(), items.len().into()),
-        ]))
+        ]);
+        if self.details {
+            metrics.insert("log_likelihoods".into(), details.into());
+        }
+        Ok(metrics)
     }
 }
 
@@ -94,8 +105,13 @@ inventory::submit! {
     Builtin {
         name: "choice",
         description: "multiple choice by log-likelihood (accuracy, accuracy_norm) on JSONL {context, choices, answer} from --data",
-        options: Vec::new,
-        factory: Factory::Evaluator(|_| Ok(Box::new(Choice))),
+        options: || vec![OptionSpec::new(
+            "log-likelihoods",
+            OptionKind::Bool,
+            false,
+            "also report each record's log-likelihood of every choice (to check against other tools)",
+        )],
+        factory: Factory::Evaluator(|o| Ok(Box::new(Choice { details: o.bool("log-likelihoods") }))),
     }
 }
 
@@ -137,11 +153,15 @@ mod tests {
         );
         // "aaaa" loses on its sum (−4.2 against −2.76 for "zz") but wins per byte (−1.05 against −1.38).
         let records = vec![serde_json::json!({"context": "ab", "choices": ["aaaa", "zz"], "answer": 0})];
-        let m = Choice.evaluate(&mut Mock(records)).unwrap();
+        let m = Choice { details: true }.evaluate(&mut Mock(records)).unwrap();
         assert_eq!(
             (m["accuracy"].as_f64(), m["accuracy_norm"].as_f64(), m["n"].as_u64()),
             (Some(0.0), Some(1.0), Some(1))
         );
+        // With the option, each choice's log-likelihood: "aaaa" −(32 + 4·97)/100, "zz" −(32 + 2·122)/100.
+        let ll: Vec<f64> =
+            m["log_likelihoods"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!((ll[0] + 4.2).abs() < 1e-6 && (ll[1] + 2.76).abs() < 1e-6, "{ll:?}");
     }
 
     #[test]
