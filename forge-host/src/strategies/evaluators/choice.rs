@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn a_bad_record_is_named() {
         let bad = vec![serde_json::json!({"context": "x", "choices": ["a"], "answer": 0})];
-        let err = Choice.evaluate(&mut Mock(bad)).unwrap_err();
+        let err = Choice { details: false }.evaluate(&mut Mock(bad)).unwrap_err();
         assert!(err.to_string().contains("record 1: needs at least 2 choices"), "{err}");
     }
 }
