@@ -738,6 +738,17 @@ GATED_DELTA_RULE_BACKWARD(32)
 GATED_DELTA_RULE_BACKWARD(64)
 GATED_DELTA_RULE_BACKWARD(128)
 
+// 1 / rms of a row of the delta rule's f32 output as the gated norm takes it (rounded to bf16 first),
+// over the block.
+__device__ float gated_norm_inverse_rms(const float *o, int n, float eps, float *shared) {
+    float s = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float v = __bfloat162float(__float2bfloat16(o[j]));
+        s += v * v;
+    }
+    return 1.f / sqrtf(block_reduce<false>(s, shared) / n + eps);
+}
+
 // Gated DeltaNet's output norm per value head of n values: y = bf16(bf16(bf16(o)/rms) · w) · silu(z),
 // with o the delta rule's f32 output, rounded as transformers' `Qwen3_5RMSNormGated` rounds in bf16
 // (the weight scales by w, not 1 + w). One block per row; replaces about twelve elementary ops.
@@ -747,12 +758,7 @@ extern "C" __global__ void gated_rms_norm_bf16(const float *__restrict__ o, cons
     __shared__ float shared[32];
     const long long row = blockIdx.x;
     const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
-    float s = 0.f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float v = r(o[row * n + j]);
-        s += v * v;
-    }
-    const float inv = 1.f / sqrtf(block_reduce<false>(s, shared) / n + eps);
+    const float inv = gated_norm_inverse_rms(o + row * n, n, eps, shared);
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         const float normed = r(r(r(o[row * n + j]) * inv) * __bfloat162float(w[j]));
         const float g = __bfloat162float(z[row * n + j]);
@@ -769,12 +775,7 @@ extern "C" __global__ void gated_rms_norm_backward_bf16(const float *__restrict_
     __shared__ float shared[32];
     const long long row = blockIdx.x;
     const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
-    float s = 0.f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float v = r(o[row * n + j]);
-        s += v * v;
-    }
-    const float inv = 1.f / sqrtf(block_reduce<false>(s, shared) / n + eps);
+    const float inv = gated_norm_inverse_rms(o + row * n, n, eps, shared);
     float dot = 0.f;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         const float g = __bfloat162float(z[row * n + j]), sig = 1.f / (1.f + __expf(-g));
