@@ -6,7 +6,7 @@
 //! gradient reaches the teacher).
 use candle_core::{DType, Tensor, D};
 
-use super::chunked_nll::rows_per_chunk;
+use super::chunked_nll::{map_row_chunks, rows_per_chunk};
 use super::custom_grad::with_gradient;
 
 /// Log-softmax of `h · wᵀ / t` in f32, `(rows, vocab)`.
@@ -30,27 +30,21 @@ pub fn chunked_kl(
     let rows = student.dim(0)?;
     let chunk = rows_per_chunk(student_head.dim(0)?);
     let (s, tch) = (student.detach(), teacher.detach());
-    let mut parts = Vec::with_capacity(rows.div_ceil(chunk));
-    for start in (0..rows).step_by(chunk) {
-        let len = chunk.min(rows - start);
+    let kl = map_row_chunks(rows, chunk, |start, len| {
         let log_t = log_probs(&tch.narrow(0, start, len)?, teacher_head, t)?;
         let log_s = log_probs(&s.narrow(0, start, len)?, student_head, t)?;
-        parts.push((log_t.exp()? * (&log_t - log_s)?)?.sum(D::Minus1)?);
-    }
-    let kl = Tensor::cat(&parts, 0)?;
+        (log_t.exp()? * (&log_t - log_s)?)?.sum(D::Minus1)
+    })?;
     let (sh, th) = (student_head.clone(), teacher_head.clone());
     with_gradient("chunked kl backward", student, kl, move |grad, _| {
-        let mut grads = Vec::with_capacity(rows.div_ceil(chunk));
-        for start in (0..rows).step_by(chunk) {
-            let len = chunk.min(rows - start);
+        map_row_chunks(rows, chunk, |start, len| {
             let h = s.narrow(0, start, len)?;
             let p_s = log_probs(&h, &sh, t)?.exp()?;
             let p_t = log_probs(&tch.narrow(0, start, len)?, &th, t)?.exp()?;
             let g = grad.narrow(0, start, len)?.to_dtype(DType::F32)?.unsqueeze(1)?;
             let d_logits = ((p_s - p_t)?.broadcast_mul(&g)? / t)?;
-            grads.push(d_logits.to_dtype(h.dtype())?.matmul(&sh)?);
-        }
-        Tensor::cat(&grads, 0)
+            d_logits.to_dtype(h.dtype())?.matmul(&sh)
+        })
     })
 }
 

@@ -18,31 +18,39 @@ pub fn rows_per_chunk(vocab: usize) -> usize {
     (CHUNK_BYTES / (vocab * 4)).max(1)
 }
 
+/// `f(start, len)` over consecutive row chunks of at most `chunk` of `rows`, concatenated along rows: the
+/// loop of every chunked loss, forward and backward.
+pub(super) fn map_row_chunks(
+    rows: usize,
+    chunk: usize,
+    mut f: impl FnMut(usize, usize) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let parts = (0..rows)
+        .step_by(chunk)
+        .map(|start| f(start, chunk.min(rows - start)))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
+}
+
 /// NLL of `targets` `(rows)` under `hidden · lm_headᵀ`, for `hidden` `(rows, dim)`; returns `(rows)` in
 /// f32, differentiable with respect to `hidden` (never `lm_head`).
 pub fn chunked_nll(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
     let rows = hidden.dim(0)?;
     let chunk = rows_per_chunk(lm_head.dim(0)?);
     let flat = hidden.detach();
-    let mut parts = Vec::with_capacity(rows.div_ceil(chunk));
-    for start in (0..rows).step_by(chunk) {
-        let len = chunk.min(rows - start);
+    let nll = map_row_chunks(rows, chunk, |start, len| {
         let logits = flat.narrow(0, start, len)?.matmul(&lm_head.t()?)?;
-        parts.push(row_nll(&logits, &targets.narrow(0, start, len)?)?);
-    }
-    let nll = Tensor::cat(&parts, 0)?;
+        row_nll(&logits, &targets.narrow(0, start, len)?)
+    })?;
     let (lm_head, targets) = (lm_head.clone(), targets.clone());
     with_gradient("row nll backward", hidden, nll, move |grad, _| {
-        let mut grads = Vec::with_capacity(rows.div_ceil(chunk));
-        for start in (0..rows).step_by(chunk) {
-            let len = chunk.min(rows - start);
+        map_row_chunks(rows, chunk, |start, len| {
             let h = flat.narrow(0, start, len)?;
             let logits = h.matmul(&lm_head.t()?)?;
             let d_logits =
                 row_nll_backward(&logits, &targets.narrow(0, start, len)?, &grad.narrow(0, start, len)?)?;
-            grads.push(d_logits.to_dtype(h.dtype())?.matmul(&lm_head)?);
-        }
-        Tensor::cat(&grads, 0)
+            d_logits.to_dtype(h.dtype())?.matmul(&lm_head)
+        })
     })
 }
 
