@@ -48,6 +48,10 @@ fn a_small_recipe_writes_every_output_and_a_smaller_model() {
     }
     assert!(report["parameters_after"].as_u64() < report["parameters_before"].as_u64());
     assert_eq!(report["heads_after"], 56);
+    // The choice evaluator reads its records (no windows are cut from them) beside the perplexities.
+    let final_metrics = &report["final"];
+    assert_eq!(final_metrics["n:code-choice"], 40, "{final_metrics}");
+    assert!(final_metrics["accuracy_norm:code-choice"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)));
     for file in [
         "model/config.json",
         "model/model.safetensors",

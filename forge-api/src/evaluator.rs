@@ -24,8 +24,22 @@ pub trait EvalContext {
     }
 }
 
+/// How an evaluator reads its data file, so the host prepares only that, and checks it before any work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalInput {
+    /// Text documents cut into token windows ([`EvalContext::windows`]): perplexity and the like.
+    Windows,
+    /// JSONL records as they are ([`EvalContext::records`]): multiple-choice items and the like.
+    Records,
+}
+
 /// Measures a model.
 pub trait Evaluator {
     /// Evaluates the model in `ctx`.
     fn evaluate(&self, ctx: &mut dyn EvalContext) -> Result<Metrics, StrategyError>;
+
+    /// What it reads of its data file; windows unless it says otherwise (every plugin evaluator does).
+    fn input(&self) -> EvalInput {
+        EvalInput::Windows
+    }
 }

@@ -24,7 +24,7 @@ mod strategy;
 
 pub use adapter::{AdapterKernel, LinearDims};
 pub use error::StrategyError;
-pub use evaluator::{EvalContext, Evaluator, Metrics};
+pub use evaluator::{EvalContext, EvalInput, Evaluator, Metrics};
 pub use geometry::{ModelGeometry, UnitCosts, UnitKind};
 pub use head_mask::{HeadMask, HeadMaskError};
 pub use optimizer::{Optimizer, StateData, StateTensor};

@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use forge_api::EvalInput;
 
 use crate::defaults;
 
@@ -63,12 +64,16 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         (args.batch_size.min(args.max_windows.unwrap_or(usize::MAX)), args.seq_len),
     );
     crate::pipeline::check_budget(std::slice::from_ref(&predicted), rt.memory_budget)?;
-    let mut model = args.model.build(&folder, rt)?;
-    args.adapter.apply(&mut model, registry)?;
     let tokenizer = folder.tokenizer()?;
+    let build = || -> Result<crate::model::CausalLm> {
+        let mut model = args.model.build(&folder, rt)?;
+        args.adapter.apply(&mut model, registry)?;
+        Ok(model)
+    };
     if args.evaluator != "perplexity" {
-        return run_evaluator(&args, &model, &tokenizer, registry);
+        return run_evaluator(&args, build, &tokenizer, registry);
     }
+    let model = build()?;
     let windows = TokenWindows::from_documents(
         Documents::open(&args.data)?,
         &tokenizer,
@@ -95,22 +100,28 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     Ok(())
 }
 
-/// `forge eval --evaluator NAME`: the evaluator's metrics on `--data` (its windows when the file is
-/// text, its JSONL records always).
+/// `forge eval --evaluator NAME`: the evaluator's metrics on `--data`, read as the evaluator says
+/// (windows of text, or JSONL records). The evaluator, its options and its data are checked before
+/// `build` loads the model.
 fn run_evaluator(
     args: &EvalArgs,
-    model: &crate::model::CausalLm,
+    build: impl FnOnce() -> Result<crate::model::CausalLm>,
     tokenizer: &crate::tokenizer::Tokenizer,
     registry: &Registry,
 ) -> Result<()> {
     let (evaluator, _) =
         registry.evaluator(&args.evaluator, &forge_api::Options::parse_pairs(&args.evaluator_opts)?)?;
-    // A file that is not text (multiple-choice records) has no windows: an evaluator reading windows
-    // then says it has none.
-    let windows = Documents::open(&args.data)
-        .and_then(|docs| TokenWindows::from_documents(docs, tokenizer, args.seq_len, args.max_windows))
-        .ok();
-    let mut ctx = ModelEvalContext::new(model, tokenizer, windows.as_ref()).with_records(Some(&args.data));
+    let windows = match evaluator.input() {
+        EvalInput::Windows => Some(TokenWindows::from_documents(
+            Documents::open(&args.data)?,
+            tokenizer,
+            args.seq_len,
+            args.max_windows,
+        )?),
+        EvalInput::Records => None,
+    };
+    let model = build()?;
+    let mut ctx = ModelEvalContext::new(&model, tokenizer, windows.as_ref()).with_records(Some(&args.data));
     let metrics = evaluator.evaluate(&mut ctx)?;
     super::emit(&metrics, args.json, |m| {
         m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(" · ")

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use forge_api::{HeadMask, Metrics};
+use forge_api::{EvalInput, HeadMask, Metrics};
 use serde_json::Value;
 
 use super::recipe::{metric_key, Recipe};
@@ -84,13 +84,12 @@ impl<'a> RunContext<'a> {
         let windows = |path: &Path, seq_len, count| {
             TokenWindows::from_documents(Documents::open(path)?, &tokenizer, seq_len, count)
         };
-        // `choice` reads its data file as multiple-choice records (the evaluation context offers
-        // them), not as text to window.
+        // Only an evaluator that reads windows gets its data file tokenized (`choice` reads records).
         let eval_sets = recipe
             .evaluate
             .iter()
             .map(|e| match &e.data {
-                Some(d) if e.name != "choice" => {
+                Some(d) if registry.evaluator(&e.name, &e.options)?.0.input() == EvalInput::Windows => {
                     windows(d, recipe.data.eval_seq_len, Some(recipe.data.eval_windows)).map(Some)
                 }
                 _ => Ok(None),

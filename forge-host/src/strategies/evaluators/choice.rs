@@ -6,7 +6,7 @@
 //! `accuracy` counts the records whose answer scores highest; `accuracy_norm` compares scores divided
 //! by each choice's length in bytes (the harness's `acc_norm`), which stops long choices losing for
 //! their length alone.
-use forge_api::{EvalContext, Evaluator, Metrics, OptionKind, OptionSpec, StrategyError};
+use forge_api::{EvalContext, EvalInput, Evaluator, Metrics, OptionKind, OptionSpec, StrategyError};
 
 use crate::strategies::{Builtin, Factory};
 
@@ -71,6 +71,10 @@ fn best(values: impl Iterator<Item = f64>) -> usize {
 }
 
 impl Evaluator for Choice {
+    fn input(&self) -> EvalInput {
+        EvalInput::Records
+    }
+
     fn evaluate(&self, ctx: &mut dyn EvalContext) -> Result<Metrics, StrategyError> {
         let items =
             ctx.records()?.into_iter().enumerate().map(|(i, r)| item(i, r)).collect::<Result<Vec<_>, _>>()?;
