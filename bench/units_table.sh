@@ -5,7 +5,8 @@
 # choice sets.
 #   bench/units_table.sh FORGE OUT_DIR [KEEP ...]   (default KEEP: 0.75)
 # MODEL (default tiny-qwen3) names the bundled model; UNITS the unit choices, space-separated
-# (default "heads mlp layers heads,mlp,layers"; a hybrid's attention heads are heads,linear-heads).
+# (default "heads mlp layers heads,mlp,layers"; a hybrid's attention heads are heads,linear-heads);
+# RANK the LoRA rank (default 16; tiny-qwen35's in_proj_b has 8 outputs, so 8 there).
 set -euo pipefail
 forge=$1 out=$2; shift 2
 keeps=("$@"); [ ${#keeps[@]} -gt 0 ] || keeps=(0.75)
@@ -24,7 +25,7 @@ for keep in "${keeps[@]}"; do
       --target-params "$keep" --units "$units" --out "$p/model" > "$p.prune.json" || { echo "{\"keep\": $keep, \"units\": \"$units\", \"error\": \"prune refused\"}" >> "$out/table.jsonl"; continue; }
     params=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["parameters_after"])' "$p.prune.json")
     row "$keep" "$units" none "$params" "$p/model" ""
-    train=(train -q --model "$p/model" --data "$d/code-train.jsonl" --steps 30 --batch-size 4 --seq-len 256 --lr 2e-3 --targets all-linear)
+    train=(train -q --model "$p/model" --data "$d/code-train.jsonl" --steps 30 --batch-size 4 --seq-len 256 --lr 2e-3 --targets all-linear --rank "${RANK:-16}")
     "$forge" "${train[@]}" --out "$p/lora" > /dev/null
     row "$keep" "$units" lora "$params" "$p/model" "$p/lora"
     "$forge" "${train[@]}" --teacher "$m" --out "$p/distil" > /dev/null

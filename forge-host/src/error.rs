@@ -43,6 +43,17 @@ impl Error {
         Error::Io { path: path.to_path_buf(), source }
     }
 
+    /// What to do about an error whose message alone does not say: a device out of memory (candle
+    /// reports the driver's code, not a way out).
+    pub fn hint(&self) -> Option<&'static str> {
+        let Error::Tensor(e) = self else { return None };
+        let text = e.to_string();
+        (text.contains("OUT_OF_MEMORY") || text.contains("out of memory")).then_some(
+            "the device ran out of memory: lower --batch-size or --seq-len, train with --grad-checkpoint, \
+             or give --memory-budget so forge checks its estimate before it starts",
+        )
+    }
+
     /// The process exit status this error maps to (see the CLI contract).
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -66,5 +77,20 @@ impl From<forge_api::StrategyError> for Error {
             forge_api::StrategyError::BadInput(m) => Error::BadInput(m),
             other => Error::Strategy(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_out_of_memory_comes_with_what_to_do() {
+        let oom = Error::Tensor(candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ));
+        assert!(oom.hint().is_some_and(|h| h.contains("--grad-checkpoint")));
+        assert!(Error::Tensor(candle_core::Error::Msg("shape mismatch".into())).hint().is_none());
+        assert!(Error::bad_input("out of memory").hint().is_none(), "bad input says its own fix");
     }
 }

@@ -210,6 +210,9 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("forge: {err}");
+            if let Some(hint) = err.hint() {
+                eprintln!("forge: {hint}");
+            }
             err.exit_code()
         }
     }
