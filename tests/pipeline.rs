@@ -38,11 +38,31 @@ fn no_partial_files(dir: &Path) {
     }
 }
 
+/// The example recipe with paths made absolute and a `choice` evaluator on the first 3 records of the
+/// bundled set added, written into `dir`.
+fn recipe_with_choice(dir: &Path) -> String {
+    let examples = root().join("examples");
+    let e = examples.to_str().unwrap();
+    let choice = dir.join("choice.jsonl");
+    let records = std::fs::read_to_string(examples.join("data/code-choice.jsonl")).unwrap();
+    std::fs::write(&choice, records.lines().take(3).collect::<Vec<_>>().join("\n")).unwrap();
+    let text =
+        std::fs::read_to_string(recipe()).unwrap().replace("\"tiny-qwen3\"", &format!("\"{e}/tiny-qwen3\""));
+    let text = text.replace("\"data/", &format!("\"{e}/data/"));
+    let path = dir.join("recipe.toml");
+    let added = format!("\n[[evaluate]]\nname = \"choice\"\ndata = \"{}\"\n", choice.display());
+    std::fs::write(&path, text + &added).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
 #[test]
 fn a_small_recipe_writes_every_output_and_a_smaller_model() {
     let out = tempfile::tempdir().unwrap();
     let o = out.path().to_str().unwrap();
-    let report = forge_json(&run_args(o, &["--set", "prune.cycles=1"]));
+    let inputs = tempfile::tempdir().unwrap();
+    let mut args = run_args(o, &["--set", "prune.cycles=1"]);
+    args[4] = recipe_with_choice(inputs.path()).leak();
+    let report = forge_json(&args);
     for key in ["baseline", "cycles", "final", "outputs"] {
         assert!(report.get(key).is_some(), "run output lacks `{key}`");
     }
@@ -50,8 +70,8 @@ fn a_small_recipe_writes_every_output_and_a_smaller_model() {
     assert_eq!(report["heads_after"], 56);
     // The choice evaluator reads its records (no windows are cut from them) beside the perplexities.
     let final_metrics = &report["final"];
-    assert_eq!(final_metrics["n:code-choice"], 40, "{final_metrics}");
-    assert!(final_metrics["accuracy_norm:code-choice"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)));
+    assert_eq!(final_metrics["n:choice"], 3, "{final_metrics}");
+    assert!(final_metrics["accuracy_norm:choice"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)));
     for file in [
         "model/config.json",
         "model/model.safetensors",
