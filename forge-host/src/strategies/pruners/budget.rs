@@ -88,13 +88,16 @@ impl Pruner for Budget {
                 .min();
             let share = |removed: u64| format!("{:.1}%", 100.0 * (1.0 - removed as f64 / total));
             let reach = match next {
-                Some(n) => format!("{} or {}", share(state.removed), share(n)),
-                None => format!("no less than {}", share(state.removed)),
+                Some(n) => format!("{} or {} (its units are too coarse)", share(state.removed), share(n)),
+                None => {
+                    format!("no less than {} (every layer keeps a group of each kind)", share(state.removed))
+                }
             };
+            let nouns: Vec<&str> = units.kinds().iter().map(|k| k.noun()).collect();
             return Err(StrategyError::bad_input(format!(
-                "units of {:?} cannot keep {:.1}% of the parameters within 1%: the nearest are {reach} (every \
-                 layer keeps a group of each kind); change --target-params or add a kind to --units",
-                units.kinds(),
+                "units of kind {} cannot keep {:.1}% of the parameters within 1%: the nearest are {reach}; \
+                 change --target-params or add a kind to --units",
+                nouns.join(", "),
                 100.0 * keep
             )));
         }
