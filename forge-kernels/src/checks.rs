@@ -271,6 +271,21 @@ fn partial_rope_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Resul
     Ok(checks)
 }
 
+/// A Gated DeltaNet layer's raw inputs of the delta rule over `(b, s)` for `heads`, as the checks draw
+/// them (on the CPU, f32): `conv`, `a` and `b` (bf16-representable), then `neg_a` (< 0) and `dt_bias`.
+pub fn random_projections(
+    b: usize,
+    s: usize,
+    heads: Heads,
+    rng: &mut SplitMix64,
+) -> candle_core::Result<[Tensor; 5]> {
+    let (kd, vh) = (heads.key_heads * heads.key_dim, heads.value_heads);
+    let conv = random(&[b, s, 2 * kd + vh * heads.value_dim], rng, 2.0)?;
+    let (a, beta) = (random(&[b, s, vh], rng, 3.0)?, random(&[b, s, vh], rng, 3.0)?);
+    let neg_a = (random(&[vh], rng, 1.0)?.exp()? * -1.0)?;
+    Ok([conv, a, beta, neg_a, random(&[vh], rng, 1.0)?])
+}
+
 /// Qwen3.5's linear-attention kernels and the attention's output gate, forward only, against the CPU
 /// in f32 on the same bf16-representable inputs: tiny shapes, qwen3.5-0.8b's (16 key and 16 value
 /// heads of 128, 6144 convolution channels, 8 × 1024 tokens in the convolution) and 9b's (32 value
@@ -297,11 +312,7 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
         (3, 1, 16, 16, 128, true),
     ] {
         let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dk };
-        let width = 2 * kh * dk + vh * dk;
-        let conv = random(&[b, s, width], rng, 2.0)?;
-        let (a, beta) = (random(&[b, s, vh], rng, 3.0)?, random(&[b, s, vh], rng, 3.0)?);
-        let neg_a = (random(&[vh], rng, 1.0)?.exp()? * -1.0)?;
-        let dt_bias = random(&[vh], rng, 1.0)?;
+        let [conv, a, beta, neg_a, dt_bias] = random_projections(b, s, heads, rng)?;
         let state = random(&[b, vh, dk, dk], rng, 0.5)?;
         let f = |d: &Device, dtype: DType| {
             let on = |t: &Tensor| t.to_device(d)?.to_dtype(dtype);
@@ -351,9 +362,7 @@ fn delta_rule_backward_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core
         [(2, 70, 2, 4, 32), (1, 100, 4, 8, 64), (2, 300, 16, 16, 128), (1, 1024, 16, 32, 128)]
     {
         let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dk };
-        let conv = random(&[b, s, 2 * kh * dk + vh * dk], rng, 2.0)?;
-        let (a, beta) = (random(&[b, s, vh], rng, 3.0)?, random(&[b, s, vh], rng, 3.0)?);
-        let (neg_a, dt_bias) = ((random(&[vh], rng, 1.0)?.exp()? * -1.0)?, random(&[vh], rng, 1.0)?);
+        let [conv, a, beta, neg_a, dt_bias] = random_projections(b, s, heads, rng)?;
         let d_out = random(&[b, s, vh, dk], rng, 1.0)?;
         let grads = |d: &Device, dtype: DType| {
             let on = |t: &Tensor| t.to_device(d)?.to_dtype(dtype);

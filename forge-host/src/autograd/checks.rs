@@ -3,7 +3,7 @@
 //! and the lm_head products) and the delta rule (its kernels, joined to autograd), on a device against
 //! the CPU.
 use candle_core::{Device, Tensor};
-use forge_kernels::checks::{check, random, Case, Check};
+use forge_kernels::checks::{check, random, random_projections, Case, Check};
 use forge_kernels::SplitMix64;
 
 use forge_kernels::gated_delta_rule::{Heads, Projections};
@@ -75,12 +75,8 @@ fn delta_rule_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<
     }
     for (b, s, kh, vh, dk) in [(2, 70, 2, 4, 32), (1, 300, 16, 16, 128)] {
         let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dk };
-        let inputs = vec![
-            random(&[b, s, 2 * kh * dk + vh * dk], rng, 2.0)?,
-            random(&[b, s, vh], rng, 3.0)?,
-            random(&[b, s, vh], rng, 3.0)?,
-        ];
-        let (neg_a, dt_bias) = ((random(&[vh], rng, 1.0)?.exp()? * -1.0)?, random(&[vh], rng, 1.0)?);
+        let [conv, a, beta, neg_a, dt_bias] = random_projections(b, s, heads, rng)?;
+        let inputs = vec![conv, a, beta];
         let weights = random(&[b, s, vh, dk], rng, 1.0)?;
         let f = |x: &[Tensor]| {
             let (neg_a, dt_bias) = (neg_a.to_device(x[0].device())?, dt_bias.to_device(x[0].device())?);

@@ -73,13 +73,8 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     if args.evaluator != "perplexity" {
         return run_evaluator(&args, build, &tokenizer, registry);
     }
+    let windows = windows(&args, &tokenizer)?;
     let model = build()?;
-    let windows = TokenWindows::from_documents(
-        Documents::open(&args.data)?,
-        &tokenizer,
-        args.seq_len,
-        args.max_windows,
-    )?;
     let report = crate::eval::perplexity(&model, &windows, args.batch_size, args.warmup_batches, rt.quiet)?;
     let report = EvalOutput { report, predicted_peak_bytes: predicted.total() };
     super::emit(&report, args.json, |out| {
@@ -100,6 +95,11 @@ pub fn run(args: EvalArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     Ok(())
 }
 
+/// The windows of `--data` that eval measures, cut before the model loads so a bad file costs nothing.
+fn windows(args: &EvalArgs, tokenizer: &crate::tokenizer::Tokenizer) -> Result<TokenWindows> {
+    TokenWindows::from_documents(Documents::open(&args.data)?, tokenizer, args.seq_len, args.max_windows)
+}
+
 /// `forge eval --evaluator NAME`: the evaluator's metrics on `--data`, read as the evaluator says
 /// (windows of text, or JSONL records). The evaluator, its options and its data are checked before
 /// `build` loads the model.
@@ -112,12 +112,7 @@ fn run_evaluator(
     let (evaluator, _) =
         registry.evaluator(&args.evaluator, &forge_api::Options::parse_pairs(&args.evaluator_opts)?)?;
     let windows = match evaluator.input() {
-        EvalInput::Windows => Some(TokenWindows::from_documents(
-            Documents::open(&args.data)?,
-            tokenizer,
-            args.seq_len,
-            args.max_windows,
-        )?),
+        EvalInput::Windows => Some(windows(args, tokenizer)?),
         EvalInput::Records => None,
     };
     let model = build()?;
