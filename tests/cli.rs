@@ -522,7 +522,7 @@ fn sigterm_stops_work_at_a_safe_point_with_exit_130() {
 
 /// `forge eval --evaluator choice`: multiple choice by log-likelihood on the bundled "which line comes
 /// next" set (bench/make_choice_set.py), better than the 1-in-4 of chance on code; a file that is
-/// not choice records is refused naming the record.
+/// not choice records is refused naming the record, and so is --max-windows, which cuts text windows.
 #[test]
 fn multiple_choice_evaluation_beats_chance_on_code() {
     let model = tiny_qwen3();
@@ -552,4 +552,17 @@ fn multiple_choice_evaluation_beats_chance_on_code() {
         text.to_str().unwrap(),
     ]);
     assert!(err.contains("record 1: missing field `context`"), "{err}");
+    // Window options do not shape records: refused, not silently ignored.
+    let err = forge_refuses(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--evaluator",
+        "choice",
+        "--data",
+        set.to_str().unwrap(),
+        "--max-windows",
+        "10",
+    ]);
+    assert!(err.contains("reads whole records") && err.contains("head -n N"), "{err}");
 }

@@ -113,6 +113,15 @@ fn run_evaluator(
         registry.evaluator(&args.evaluator, &forge_api::Options::parse_pairs(&args.evaluator_opts)?)?;
     let windows = match evaluator.input() {
         EvalInput::Windows => Some(windows(args, tokenizer)?),
+        EvalInput::Records if args.max_windows.is_some() || args.warmup_batches > 0 => {
+            return Err(bad_input!(
+                "--max-windows and --warmup-batches cut and time text windows, but the `{}` evaluator reads \
+                 whole records from --data; leave them out (to score fewer records, give a shorter file: \
+                 `head -n N {}`)",
+                args.evaluator,
+                args.data.display()
+            ))
+        }
         EvalInput::Records => None,
     };
     let model = build()?;

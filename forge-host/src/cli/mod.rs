@@ -93,7 +93,9 @@ struct ModelArgs {
     /// model.safetensors.index.json) and tokenizer.json.
     #[arg(long)]
     pub model: PathBuf,
-    /// Mask file of heads to remove, `{"pruned": {"<layer>": [<head>, ...]}}` (as `forge prune` writes).
+    /// Mask file of units to remove, as `forge prune` writes it: `{"pruned": {"<layer>": [<query head>,
+    /// ...]}}`, and optionally `pruned_linear_heads` (Gated DeltaNet value heads, same shape),
+    /// `pruned_mlp_channels` (same shape) and `pruned_layers` (`[<layer>, ...]`).
     #[arg(long)]
     mask: Option<PathBuf>,
 }
