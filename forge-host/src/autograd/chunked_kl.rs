@@ -1,8 +1,14 @@
 //! KL divergence from a teacher's next-token distribution to the student's, over vocabulary chunks,
 //! for distillation: `KL(p_t ‖ p_s)` per row with both distributions softened by a temperature T,
 //! `p = softmax(h · Wᵀ / T)`. As [`chunked_nll`](super::chunked_nll) does, it keeps no logits: the
-//! forward projects a bounded number of rows at a time, and the backward recomputes both sides' chunk
-//! to form `∂KL/∂h_s = (p_s − p_t) · W_s / T`. The teacher's hidden states come in detached (no
+//! forward projects a bounded number of rows at a time. Each row's KL depends on that row's hidden
+//! state alone, so the forward also forms its gradient `∂KL/∂h_s = (p_s − p_t) · W_s / T` while both
+//! chunks are at hand, and the backward only scales those rows by the incoming gradient. Recomputing
+//! both sides' log-softmax in the backward, as this did first, cost two vocabulary-sized products
+//! (of five) and about 16 vocabulary-sized elementwise passes (of some 30) more than this, where the
+//! vocabulary dominates the head (distillation ran at 0.53 of plain LoRA's tokens/s on qwen3.5-0.8b,
+//! 248k tokens, H200, docs/BENCHMARKS.md; the new form is not yet measured there). What it keeps is
+//! `rows × dim`, the size of the hidden states. The teacher's hidden states come in detached (no
 //! gradient reaches the teacher).
 use candle_core::{DType, Tensor, D};
 
@@ -30,21 +36,19 @@ pub fn chunked_kl(
     let rows = student.dim(0)?;
     let chunk = rows_per_chunk(student_head.dim(0)?);
     let (s, tch) = (student.detach(), teacher.detach());
+    let mut row_grads = Vec::new();
     let kl = map_row_chunks(rows, chunk, |start, len| {
         let log_t = log_probs(&tch.narrow(0, start, len)?, teacher_head, t)?;
-        let log_s = log_probs(&s.narrow(0, start, len)?, student_head, t)?;
-        (log_t.exp()? * (&log_t - log_s)?)?.sum(D::Minus1)
+        let h = s.narrow(0, start, len)?;
+        let log_s = log_probs(&h, student_head, t)?;
+        let p_t = log_t.exp()?;
+        let d_logits = ((log_s.exp()? - &p_t)? / t)?;
+        row_grads.push(d_logits.to_dtype(h.dtype())?.matmul(student_head)?);
+        (p_t * (log_t - log_s)?)?.sum(D::Minus1)
     })?;
-    let (sh, th) = (student_head.clone(), teacher_head.clone());
+    let row_grads = Tensor::cat(&row_grads, 0)?;
     with_gradient("chunked kl backward", student, kl, move |grad, _| {
-        map_row_chunks(rows, chunk, |start, len| {
-            let h = s.narrow(0, start, len)?;
-            let p_s = log_probs(&h, &sh, t)?.exp()?;
-            let p_t = log_probs(&tch.narrow(0, start, len)?, &th, t)?.exp()?;
-            let g = grad.narrow(0, start, len)?.to_dtype(DType::F32)?.unsqueeze(1)?;
-            let d_logits = ((p_s - p_t)?.broadcast_mul(&g)? / t)?;
-            d_logits.to_dtype(h.dtype())?.matmul(&sh)
-        })
+        row_grads.broadcast_mul(&grad.to_dtype(row_grads.dtype())?.unsqueeze(1)?)
     })
 }
 
