@@ -10,6 +10,7 @@ mod prune;
 mod run;
 mod score;
 mod train;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -84,6 +85,14 @@ enum Command {
     Kernels(kernels::KernelsArgs),
     /// Run a whole recipe: baseline, cycles of score → prune → train → evaluate → merge, final model, report.
     Run(run::RunArgs),
+    /// Be a long-lived worker on a Unix socket: queue, run, report and cancel jobs sent as JSON lines (docs/worker.md).
+    Serve(worker::ServeArgs),
+    /// Send a recipe to a running `forge serve` as a `model/forge` job, and optionally follow it.
+    Submit(worker::SubmitArgs),
+    /// List the jobs of a running `forge serve`.
+    Jobs(worker::JobsArgs),
+    /// Cancel a job of a running `forge serve` (a running one stops at its next safe point, resumable).
+    Cancel(worker::CancelArgs),
 }
 
 /// Options naming a model and how to alter it before use.
@@ -224,9 +233,11 @@ fn run(cli: Cli) -> Result<()> {
     let registry =
         Registry::builtin()?.with_plugins(&crate::strategies::plugin_paths(&cli.global.plugins)?)?;
     let rt = cli.global.resolve()?;
-    if rt.memory_budget.is_some() && !matches!(cli.command, Command::Run(_) | Command::Eval(_)) {
+    if rt.memory_budget.is_some()
+        && !matches!(cli.command, Command::Run(_) | Command::Eval(_) | Command::Serve(_))
+    {
         return Err(bad_input!(
-            "--memory-budget is enforced by `forge run` and `forge eval` only so far; drop it here"
+            "--memory-budget is enforced by `forge run`, `forge eval` and `forge serve` only so far; drop it here"
         ));
     }
     match cli.command {
@@ -240,5 +251,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Merge(args) => merge::run(args, &registry),
         Command::Kernels(args) => kernels::run(args, &rt),
         Command::Run(args) => run::run(args, &rt, &registry),
+        Command::Serve(args) => worker::run_serve(args, &cli.global, &rt, registry),
+        Command::Submit(args) => worker::run_submit(args, rt.quiet),
+        Command::Jobs(args) => worker::run_jobs(args),
+        Command::Cancel(args) => worker::run_cancel(args),
     }
 }

@@ -45,6 +45,7 @@ impl PeakLog {
         device: &Device,
         work: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
+        crate::events::phase(phase);
         let memory = PeakMemory::start(device);
         let out = work()?;
         self.note(phase, memory.peak_bytes());
@@ -53,6 +54,7 @@ impl PeakLog {
 
     /// Keeps `bytes` as `phase`'s peak if it is the largest yet.
     pub fn note(&mut self, phase: &str, bytes: u64) {
+        crate::events::peak(bytes);
         let p = self.0.entry(phase.to_string()).or_default();
         *p = (*p).max(bytes);
     }
@@ -136,6 +138,7 @@ impl<'a> RunContext<'a> {
                 metrics.insert(metric_key(section, &name), value);
             }
         }
+        crate::events::metrics(&metrics, &self.guard_metric);
         Ok(metrics)
     }
 

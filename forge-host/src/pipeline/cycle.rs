@@ -57,6 +57,9 @@ pub fn run_cycle(ctx: &RunContext, start: &CycleStart, dir: &Path) -> Result<Cyc
     let (_, reloaded) = ctx.load(&dir.join("model"), &mask)?;
     let after = peaks.measure("eval", &ctx.opts.device, || ctx.evaluate(&reloaded, true))?;
     let rejected_by = guard(ctx, start, ctx.guarded(&after)?);
+    if let Some(reason) = &rejected_by {
+        crate::events::warning(&format!("cycle {} rolled back: {reason}", start.cycle));
+    }
     let record = CycleRecord {
         cycle: start.cycle,
         heads_removed: mask.count(),
@@ -121,6 +124,7 @@ fn score(
 /// The recipe's pruner, to the cumulative target of `cycle`: a share of each kind's heads (the
 /// pruner's `linear-ratio`, when given, sets the linear-attention share instead).
 fn prune(ctx: &RunContext, folder: &ModelFolder, scores: &HeadScores, cycle: usize) -> Result<HeadMask> {
+    crate::events::phase("prune");
     let p = &ctx.recipe.prune;
     let geometry = folder.config.geometry();
     let (pruner, _) = ctx.registry.pruner(&p.pruner, &p.options)?;
@@ -141,6 +145,7 @@ fn train_and_save(
     seed: u64,
     dir: &Path,
 ) -> Result<TrainReport> {
+    crate::events::phase("train");
     let t = &ctx.recipe.train;
     // Made before the adapter is attached: a teacher cloned from the model must not carry it.
     let device = (model.dtype(), model.device().clone());
@@ -185,6 +190,7 @@ fn train_and_save(
     attached.set_training(false);
     attached.save(&dir.join("adapter"))?;
     interrupt::check()?;
+    crate::events::phase("merge");
     let mut tensors = stored_tensors(folder)?;
     merge_into(&mut tensors, attached.as_ref())?;
     zero_pruned_heads(&mut tensors, &folder.config, mask)?;

@@ -11,9 +11,9 @@ mod record;
 mod report;
 mod run;
 
-pub use budget::{estimate, eval_estimate, parse_size, Estimate};
+pub use budget::{estimate, eval_estimate, human, parse_size, Estimate};
 pub use context::RunOptions;
 pub use recipe::{Recipe, TrainSection, TrainState};
 pub use record::{CycleRecord, RunReport};
-pub use run::check_budget;
 pub use run::run;
+pub use run::{check_budget, open_and_estimate};

@@ -21,10 +21,7 @@ use crate::{bad_input, Error, Result};
 
 /// Runs `recipe` and writes every output into `opts.out`.
 pub fn run(recipe: &Recipe, registry: &Registry, opts: &RunOptions) -> Result<RunReport> {
-    let base = ModelFolder::open(&recipe.model).map_err(|e| bad_input!("recipe key `model`: {e}"))?;
-    let state = recipe.validate(registry, &base.config)?;
-    let estimates =
-        estimate(recipe, &base.config, base.loaded_parameter_count(), (opts.dtype, &opts.device), state);
+    let (base, estimates) = open_and_estimate(recipe, registry, (opts.dtype, &opts.device))?;
     let budget = opts.budget.or_else(|| {
         if opts.device.is_cpu() {
             None
@@ -44,6 +41,20 @@ pub fn run(recipe: &Recipe, registry: &Registry, opts: &RunOptions) -> Result<Ru
         )),
         other => other,
     })
+}
+
+/// The recipe's base model and each phase's memory estimate on `device` in `dtype`, from the model's
+/// config alone: what `run` checks against the budget before any work, and what `forge serve` admits
+/// jobs by.
+pub fn open_and_estimate(
+    recipe: &Recipe,
+    registry: &Registry,
+    (dtype, device): (candle_core::DType, &candle_core::Device),
+) -> Result<(ModelFolder, Vec<Estimate>)> {
+    let base = ModelFolder::open(&recipe.model).map_err(|e| bad_input!("recipe key `model`: {e}"))?;
+    let state = recipe.validate(registry, &base.config)?;
+    let estimates = estimate(recipe, &base.config, base.loaded_parameter_count(), (dtype, device), state);
+    Ok((base, estimates))
 }
 
 fn run_phases(
@@ -100,6 +111,7 @@ fn run_cycles(
         let record = match read_record(&dir.join("cycle.json"))? {
             Some(record) => record,
             None => {
+                crate::events::cycle(Some(cycle));
                 let start = CycleStart { cycle, source: &current, mask: &mask, previous, baseline };
                 run_cycle(ctx, &start, &dir)?
             }
@@ -118,6 +130,7 @@ fn run_cycles(
             break;
         }
     }
+    crate::events::cycle(None);
     Ok((records, current, mask))
 }
 

@@ -12,6 +12,16 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+impl std::fmt::Display for DeviceChoice {
+    /// As it is written on the command line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 impl std::str::FromStr for DeviceChoice {
     type Err = String;
 

@@ -167,6 +167,9 @@ pub fn train_from(
         if progress.step == first_step + 1 {
             after_first = Instant::now();
         }
+        let done =
+            (progress.step - first_step) * config.grad_accum * config.batch_size * inputs.windows.seq_len();
+        crate::events::step(progress.step, config.steps, loss, done as f64 / started.elapsed().as_secs_f64());
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
     }

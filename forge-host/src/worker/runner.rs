@@ -1,0 +1,157 @@
+//! The runner: one job at a time, first in first out, each as a forge process of its own (the same
+//! binary, `FORGE_EVENTS=1`), so a job that fails, or runs out of memory, never takes the server with
+//! it, and a job runs exactly as the same command typed by hand would (the same code, the same speed).
+//! Cancelling sends it SIGINT, which forge honours at its next safe point with everything written
+//! whole and the run resumable. The process is tied to the server: if the server dies, the kernel
+//! kills it (PR_SET_PDEATHSIG), so no orphan writes into a folder a resumed job will use.
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::jobs::Status;
+use super::server::Shared;
+
+/// Runs queued jobs until the server stops.
+pub fn run(shared: &Arc<Shared>) {
+    loop {
+        let job = {
+            let mut state = shared.lock();
+            loop {
+                if state.stopping {
+                    return;
+                }
+                if let Some(job) = state.queue.pop_front() {
+                    break job;
+                }
+                state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        execute(shared, &job);
+    }
+}
+
+/// Asks the running job to stop at its next safe point, and the runner to take no other.
+pub fn stop(shared: &Shared) {
+    let mut state = shared.lock();
+    state.stopping = true;
+    if let Some((job, pid)) = state.running.clone() {
+        state.cancelling = Some(job);
+        interrupt(pid);
+    }
+    shared.wake.notify_all();
+}
+
+/// SIGINT to a job's process.
+pub fn interrupt(pid: u32) {
+    // SAFETY: kill only sends a signal; the pid is a child this process started and has not reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGINT);
+    }
+}
+
+fn spawn(shared: &Shared, args: &[String]) -> std::io::Result<Child> {
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .args(&shared.opts.job_flags)
+        .arg("-q")
+        .args(args)
+        .env("FORGE_EVENTS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe and touches only the child, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// Runs one job to its end, relaying its events.
+fn execute(shared: &Arc<Shared>, job: &str) {
+    let args = shared.lock().jobs.get(job).map(|j| j.args.clone()).unwrap_or_default();
+    let mut child = match spawn(shared, &args) {
+        Ok(child) => child,
+        Err(e) => {
+            let mut state = shared.lock();
+            let fields = json!({"class": 1, "message": format!("could not start the job's process: {e}")});
+            shared.transition(&mut state, job, Status::Failed, "error", fields);
+            return;
+        }
+    };
+    {
+        let mut state = shared.lock();
+        state.running = Some((job.to_string(), child.id()));
+        shared.transition(&mut state, job, Status::Running, "started", json!({}));
+    }
+    let stderr = child.stderr.take().map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    });
+    let mut report = None;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(&line) else { continue };
+            match object.remove("event") {
+                Some(Value::String(event)) => {
+                    Shared::broadcast(&mut shared.lock(), job, &event, &Value::Object(object))
+                }
+                _ => report = Some(Value::Object(object)),
+            }
+        }
+    }
+    let status = child.wait();
+    let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+    finish(shared, job, status, report, &stderr);
+}
+
+/// Records how the job ended and tells its watchers.
+fn finish(
+    shared: &Shared,
+    job: &str,
+    status: std::io::Result<std::process::ExitStatus>,
+    report: Option<Value>,
+    stderr: &str,
+) {
+    let mut state = shared.lock();
+    state.running = None;
+    let cancelled = state.cancelling.take().is_some_and(|c| c == job);
+    let out = state.jobs.get(job).and_then(|j| j.out.clone());
+    let code = status.as_ref().ok().and_then(|s| s.code());
+    let (status, event, fields) = match code {
+        Some(0) => (Status::Done, "done", json!({"result": report})),
+        Some(130) if cancelled || state.stopping => {
+            let resume = "submit the same model/forge with resume: true to continue";
+            (Status::Cancelled, "cancelled", json!({"out": out, "resume": resume}))
+        }
+        _ => {
+            // forge prints its errors as `forge: ...` lines; those are the message the CLI gives.
+            let message: Vec<&str> = stderr.lines().filter_map(|l| l.strip_prefix("forge: ")).collect();
+            let message = match (message.is_empty(), &status) {
+                (false, _) => message.join("\n"),
+                (true, Ok(s)) if s.signal().is_some() => {
+                    format!("the job's process was killed by signal {}", s.signal().unwrap_or(0))
+                }
+                _ => stderr.trim().to_string(),
+            };
+            let class = if code == Some(2) { 2 } else { 1 };
+            (Status::Failed, "error", json!({"class": class, "message": message}))
+        }
+    };
+    if let Some(record) = state.jobs.get_mut(job) {
+        record.result =
+            Some(if status == Status::Done { report.unwrap_or(Value::Null) } else { fields.clone() });
+    }
+    shared.transition(&mut state, job, status, event, fields);
+}
