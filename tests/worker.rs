@@ -183,6 +183,28 @@ fn two_clients_see_their_own_jobs_run_one_after_the_other() {
     assert!(b["started"].as_f64() >= a["ended"].as_f64(), "the jobs overlapped: {a} {b}");
 }
 
+/// `--devices cpu,cpu` stands in for two GPUs: two jobs run at once, one on each.
+#[test]
+fn two_devices_run_two_jobs_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--devices", "cpu,cpu"]);
+    let mut client = server.client();
+    for i in 0..2 {
+        client.call(i, "model/forge", forge_params(&dir.path().join(format!("out{i}")), false));
+    }
+    let mut done = 0;
+    while done < 2 {
+        done += usize::from(client.receive()["event"] == "done");
+    }
+    let record =
+        |job: &str, client: &mut Client| client.call(10, "job/status", json!({"job": job}))["result"].clone();
+    let (a, b) = (record("job-1", &mut client), record("job-2", &mut client));
+    assert!(b["started"].as_f64() < a["ended"].as_f64(), "the second job waited for the first: {a} {b}");
+    assert_eq!((a["device"].as_str(), b["device"].as_str()), (Some("cpu"), Some("cpu")));
+    let err = forge_refuses(&["serve", "--socket", "/tmp/unused.sock", "--devices", "cuda:0,cuda:0"]);
+    assert!(err.contains("names cuda:0 twice"), "{err}");
+}
+
 #[test]
 fn a_cancelled_job_stops_cleanly_and_resumes_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();

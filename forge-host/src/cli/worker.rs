@@ -6,6 +6,7 @@ use clap::Args;
 use serde_json::{json, Map, Value};
 
 use super::{GlobalArgs, Runtime};
+use crate::runtime::{parse_device, DeviceChoice};
 use crate::strategies::Registry;
 use crate::worker::client::{watch, Client};
 use crate::worker::{serve, ServeOptions};
@@ -19,6 +20,10 @@ pub struct ServeArgs {
     /// Where job records live, so a restarted server knows every job [default: <socket>.state].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The devices to run jobs on, one job at a time each, comma-separated (e.g. `cuda:0,cuda:1`)
+    /// [default: --device].
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<DeviceChoice>,
 }
 
 #[derive(Args, Debug)]
@@ -67,7 +72,7 @@ pub struct CancelArgs {
 
 pub fn run_serve(args: ServeArgs, global: &GlobalArgs, rt: &Runtime, registry: Registry) -> Result<()> {
     let state_dir = args.state_dir.unwrap_or_else(|| args.socket.with_extension("state"));
-    let mut job_flags = vec!["--device".to_string(), global.device.to_string()];
+    let mut job_flags = Vec::new();
     if let Some(dtype) = &global.dtype {
         job_flags.extend(["--dtype".into(), dtype.clone()]);
     }
@@ -77,11 +82,27 @@ pub fn run_serve(args: ServeArgs, global: &GlobalArgs, rt: &Runtime, registry: R
     for plugin in &global.plugins {
         job_flags.extend(["--plugin".into(), absolute(plugin)?.display().to_string()]);
     }
+    if let Some(twice) = args
+        .devices
+        .iter()
+        .enumerate()
+        .find_map(|(i, d)| (*d != DeviceChoice::Cpu && args.devices[..i].contains(d)).then_some(d))
+    {
+        return Err(bad_input!(
+            "--devices names {twice} twice; a GPU runs one job at a time, so name each once"
+        ));
+    }
+    let devices = match args.devices.is_empty() {
+        true => vec![(global.device.to_string(), rt.device.clone())],
+        false => {
+            args.devices.iter().map(|&d| Ok((d.to_string(), parse_device(d)?))).collect::<Result<_>>()?
+        }
+    };
     let opts = ServeOptions {
         socket: args.socket,
         state_dir,
         job_flags,
-        device: rt.device.clone(),
+        devices,
         dtype: rt.dtype,
         budget: rt.memory_budget,
     };

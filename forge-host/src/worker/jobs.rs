@@ -43,6 +43,9 @@ pub struct Job {
     pub out: Option<String>,
     /// The memory the budget estimated for its largest phase, where it was estimated.
     pub estimate_bytes: Option<u64>,
+    /// The device it ran on, once started.
+    #[serde(default)]
+    pub device: Option<String>,
     /// Seconds since the Unix epoch.
     pub submitted: f64,
     pub started: Option<f64>,

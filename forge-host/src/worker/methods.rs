@@ -66,6 +66,7 @@ fn submit(shared: &Arc<Shared>, conn: &Arc<Conn>, request: &Request) -> Result<O
         out: command.out,
         estimate_bytes: estimate,
         submitted: jobs::now(),
+        device: None,
         started: None,
         ended: None,
         last_event: None,
@@ -117,9 +118,9 @@ fn cancel(shared: &Arc<Shared>, request: &Request) -> Result<Option<Value>, Refu
             "cancelled"
         }
         Status::Running => {
-            state.cancelling = Some(name.clone());
-            if let Some((_, pid)) = &state.running {
-                super::runner::interrupt(*pid);
+            state.cancelling.insert(name.clone());
+            if let Some(&(pid, _)) = state.running.get(&name) {
+                super::runner::interrupt(pid);
             }
             "cancelling"
         }
@@ -135,10 +136,12 @@ fn info(shared: &Shared) -> Value {
     let state = shared.lock();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "device": format!("{:?}", shared.opts.device),
+        "devices": shared.opts.devices.iter().map(|(name, device)| json!({
+            "device": name,
+            "free_memory": crate::runtime::free_device_memory(device),
+            "running": state.running.iter().find(|(_, &(_, d))| shared.opts.devices[d].0 == *name).map(|(job, _)| job),
+        })).collect::<Vec<_>>(),
         "memory_budget": shared.opts.budget,
-        "free_memory": crate::runtime::free_device_memory(&shared.opts.device),
-        "running": state.running.as_ref().map(|(job, _)| job),
         "queue": state.queue,
     })
 }

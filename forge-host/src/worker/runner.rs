@@ -1,4 +1,5 @@
-//! The runner: one job at a time, first in first out, each as a forge process of its own (the same
+//! The runners: one per device, each running one job at a time from the one first-in-first-out
+//! queue, each job as a forge process of its own (the same
 //! binary, `FORGE_EVENTS=1`), so a job that fails, or runs out of memory, never takes the server with
 //! it, and a job runs exactly as the same command typed by hand would (the same code, the same speed).
 //! Cancelling sends it SIGINT, which forge honours at its next safe point with everything written
@@ -14,8 +15,8 @@ use serde_json::{json, Value};
 use super::jobs::Status;
 use super::server::Shared;
 
-/// Runs queued jobs until the server stops.
-pub fn run(shared: &Arc<Shared>) {
+/// Runs queued jobs on `device` (an index of the server's devices) until the server stops.
+pub fn run(shared: &Arc<Shared>, device: usize) {
     loop {
         let job = {
             let mut state = shared.lock();
@@ -29,16 +30,16 @@ pub fn run(shared: &Arc<Shared>) {
                 state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         };
-        execute(shared, &job);
+        execute(shared, &job, device);
     }
 }
 
-/// Asks the running job to stop at its next safe point, and the runner to take no other.
+/// Asks the running jobs to stop at their next safe point, and the runners to take no other.
 pub fn stop(shared: &Shared) {
     let mut state = shared.lock();
     state.stopping = true;
-    if let Some((job, pid)) = state.running.clone() {
-        state.cancelling = Some(job);
+    for (job, (pid, _)) in state.running.clone() {
+        state.cancelling.insert(job);
         interrupt(pid);
     }
     shared.wake.notify_all();
@@ -52,11 +53,11 @@ pub fn interrupt(pid: u32) {
     }
 }
 
-fn spawn(shared: &Shared, args: &[String]) -> std::io::Result<Child> {
+fn spawn(shared: &Shared, args: &[String], device: usize) -> std::io::Result<Child> {
     let mut command = std::process::Command::new(std::env::current_exe()?);
     command
         .args(&shared.opts.job_flags)
-        .arg("-q")
+        .args(["--device", &shared.opts.devices[device].0, "-q"])
         .args(args)
         .env("FORGE_EVENTS", "1")
         .stdin(Stdio::null())
@@ -74,10 +75,10 @@ fn spawn(shared: &Shared, args: &[String]) -> std::io::Result<Child> {
     command.spawn()
 }
 
-/// Runs one job to its end, relaying its events.
-fn execute(shared: &Arc<Shared>, job: &str) {
+/// Runs one job to its end on `device`, relaying its events.
+fn execute(shared: &Arc<Shared>, job: &str, device: usize) {
     let args = shared.lock().jobs.get(job).map(|j| j.args.clone()).unwrap_or_default();
-    let mut child = match spawn(shared, &args) {
+    let mut child = match spawn(shared, &args, device) {
         Ok(child) => child,
         Err(e) => {
             let mut state = shared.lock();
@@ -88,8 +89,12 @@ fn execute(shared: &Arc<Shared>, job: &str) {
     };
     {
         let mut state = shared.lock();
-        state.running = Some((job.to_string(), child.id()));
-        shared.transition(&mut state, job, Status::Running, "started", json!({}));
+        state.running.insert(job.to_string(), (child.id(), device));
+        if let Some(record) = state.jobs.get_mut(job) {
+            record.device = Some(shared.opts.devices[device].0.clone());
+        }
+        let fields = json!({"device": shared.opts.devices[device].0});
+        shared.transition(&mut state, job, Status::Running, "started", fields);
     }
     let stderr = child.stderr.take().map(|mut pipe| {
         std::thread::spawn(move || {
@@ -125,8 +130,8 @@ fn finish(
     stderr: &str,
 ) {
     let mut state = shared.lock();
-    state.running = None;
-    let cancelled = state.cancelling.take().is_some_and(|c| c == job);
+    state.running.remove(job);
+    let cancelled = state.cancelling.remove(job);
     let out = state.jobs.get(job).and_then(|j| j.out.clone());
     let code = status.as_ref().ok().and_then(|s| s.code());
     let (status, event, fields) = match code {

@@ -1,7 +1,7 @@
 //! `forge serve`: the socket, the connections and the requests they carry. Each connection has its
 //! own thread; a job's events go to every connection watching it (its submitter, and any that asked
 //! `job/watch`), and a connection that goes away only stops receiving them.
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -21,9 +21,10 @@ use crate::{bad_input, Error, Result};
 pub struct ServeOptions {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
-    /// Global flags every job's forge command gets (device, dtype, plugins, memory budget).
+    /// Global flags every job's forge command gets (dtype, plugins, memory budget).
     pub job_flags: Vec<String>,
-    pub device: candle_core::Device,
+    /// The devices, each with one job at a time: as written (`cuda:1`) and opened.
+    pub devices: Vec<(String, candle_core::Device)>,
     pub dtype: candle_core::DType,
     pub budget: Option<u64>,
 }
@@ -54,9 +55,9 @@ pub struct State {
     pub jobs: BTreeMap<String, Job>,
     pub queue: VecDeque<String>,
     pub watchers: HashMap<String, Vec<(Arc<Conn>, Value)>>,
-    /// The running job and its process id.
-    pub running: Option<(String, u32)>,
-    pub cancelling: Option<String>,
+    /// The running jobs: each one's process id and device (an index of the options' devices).
+    pub running: BTreeMap<String, (u32, usize)>,
+    pub cancelling: HashSet<String>,
     pub stopping: bool,
     next: u64,
 }
@@ -120,8 +121,8 @@ impl Shared {
     }
 }
 
-/// Serves until SIGINT or SIGTERM: then the running job is cancelled at its next safe point, and the
-/// socket removed.
+/// Serves until SIGINT or SIGTERM: then the running jobs are cancelled at their next safe point, and
+/// the socket removed.
 pub fn serve(opts: ServeOptions, registry: Registry) -> Result<()> {
     let listener = bind(&opts.socket)?;
     let jobs_dir = opts.state_dir.join("jobs");
@@ -135,10 +136,12 @@ pub fn serve(opts: ServeOptions, registry: Registry) -> Result<()> {
     }
     let socket = opts.socket.clone();
     let shared = Arc::new(Shared { state: Mutex::new(state), wake: Condvar::new(), opts, registry });
-    let runner = {
-        let shared = shared.clone();
-        std::thread::spawn(move || super::runner::run(&shared))
-    };
+    let runners: Vec<_> = (0..shared.opts.devices.len())
+        .map(|device| {
+            let shared = shared.clone();
+            std::thread::spawn(move || super::runner::run(&shared, device))
+        })
+        .collect();
     tracing::info!("forge serve: listening on {}", socket.display());
     listener.set_nonblocking(true).map_err(|e| Error::io(&socket, e))?;
     while !crate::runtime::interrupt::requested() {
@@ -154,7 +157,9 @@ pub fn serve(opts: ServeOptions, registry: Registry) -> Result<()> {
         }
     }
     super::runner::stop(&shared);
-    let _ = runner.join();
+    for runner in runners {
+        let _ = runner.join();
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
@@ -255,9 +260,10 @@ fn read_line(reader: &mut BufReader<UnixStream>) -> std::io::Result<Option<Line>
 }
 
 /// The memory the recipe of a `model/forge` job needs at its largest phase, and whether it must
-/// wait. With `--memory-budget` a job over it is refused with the numbers. On a GPU without one, a
-/// job over the device's free memory waits in the queue when it would fit once the running job's
-/// estimate is freed, and is refused otherwise. On the CPU without a budget every job is admitted.
+/// wait. With `--memory-budget` a job over it is refused with the numbers. On GPUs without one, a job
+/// over every device's free memory waits in the queue when it would fit on a device once the job
+/// running there has freed its estimate, and is refused otherwise. On the CPU without a budget every
+/// job is admitted.
 pub fn admit(
     shared: &Shared,
     request: &Request,
@@ -266,30 +272,34 @@ pub fn admit(
 ) -> std::result::Result<(u64, Option<String>), Refusal> {
     let refuse = |e: Error| Refusal { id: request.id.clone(), class: e.exit_code(), message: e.to_string() };
     let recipe = Recipe::load(recipe, sets).map_err(refuse)?;
+    let device = &shared.opts.devices[0].1;
     let (_, estimates) =
-        open_and_estimate(&recipe, &shared.registry, (shared.opts.dtype, &shared.opts.device))
-            .map_err(refuse)?;
+        open_and_estimate(&recipe, &shared.registry, (shared.opts.dtype, device)).map_err(refuse)?;
     let largest = estimates.iter().max_by_key(|e| e.total()).expect("every recipe has phases").clone();
     let check = |limit: u64| crate::pipeline::check_budget(std::slice::from_ref(&largest), Some(limit));
     if let Some(budget) = shared.opts.budget {
         check(budget).map_err(refuse)?;
         return Ok((largest.total(), None));
     }
-    let Some(free) = crate::runtime::free_device_memory(&shared.opts.device) else {
+    let free: Vec<Option<u64>> =
+        shared.opts.devices.iter().map(|(_, d)| crate::runtime::free_device_memory(d)).collect();
+    let Some(now) = free.iter().flatten().copied().max() else {
         return Ok((largest.total(), None));
     };
-    if check(free).is_ok() {
+    if check(now).is_ok() {
         return Ok((largest.total(), None));
     }
     let state = shared.lock();
-    let running =
-        state.running.as_ref().and_then(|(job, _)| state.jobs.get(job)).and_then(|j| j.estimate_bytes);
-    let freed = free + running.unwrap_or(0);
-    check(freed).map_err(refuse)?;
+    let held = |device: usize| -> u64 {
+        let running = state.running.iter().find(|(_, &(_, d))| d == device);
+        running.and_then(|(job, _)| state.jobs.get(job)).and_then(|j| j.estimate_bytes).unwrap_or(0)
+    };
+    let later = free.iter().enumerate().filter_map(|(d, f)| f.map(|f| f + held(d))).max().unwrap_or(now);
+    check(later).map_err(refuse)?;
     let why = format!(
-        "waits: needs an estimated {} and {} is free while the running job holds its share",
+        "waits: needs an estimated {} and {} is free while the running jobs hold their share",
         crate::pipeline::human(largest.total()),
-        crate::pipeline::human(free)
+        crate::pipeline::human(now)
     );
     Ok((largest.total(), Some(why)))
 }
