@@ -133,6 +133,17 @@ fn no_temporary_files(dir: &Path) {
     }
 }
 
+/// Resubmits the stopped job in `out` with `resume: true`: it finishes, leaves no temporary file, and
+/// its model is byte for byte an uninterrupted run's.
+fn resumes_to_the_uninterrupted_model(client: &mut Client, out: &Path) {
+    client.call(50, "model/forge", forge_params(out, true));
+    let events = client.events_until(&["done", "error", "cancelled"]);
+    assert_eq!(events.last().unwrap()["event"], "done", "{events:?}");
+    no_temporary_files(out);
+    let resumed = std::fs::read(out.join("model/model.safetensors")).unwrap();
+    assert!(&resumed == uninterrupted_model(), "the resumed job's model differs from an uninterrupted run's");
+}
+
 /// Waits for the job's first training step, the point where a stop has something to save.
 fn until_training(client: &mut Client) {
     loop {
@@ -177,10 +188,19 @@ fn two_clients_see_their_own_jobs_run_one_after_the_other() {
     let jobs = list["result"]["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 2, "{list}");
     assert!(jobs.iter().all(|j| j["status"] == "done"), "{list}");
-    let record =
-        |job: &str, client: &mut Client| client.call(10, "job/status", json!({"job": job}))["result"].clone();
-    let (a, b) = (record("job-1", &mut client), record("job-2", &mut client));
-    assert!(b["started"].as_f64() >= a["ended"].as_f64(), "the jobs overlapped: {a} {b}");
+    let [first, second] = run_times(&mut client);
+    assert!(second.0 >= first.1, "the jobs overlapped: (started, ended) {first:?} {second:?}");
+}
+
+/// When job-1 and job-2 ran, `(started, ended)` each, the first started first.
+fn run_times(client: &mut Client) -> [(f64, f64); 2] {
+    let mut times = ["job-1", "job-2"].map(|job| {
+        let record = client.call(10, "job/status", json!({"job": job}))["result"].clone();
+        assert_eq!(record["device"], "cpu", "{}", record["device"]);
+        (record["started"].as_f64().unwrap(), record["ended"].as_f64().unwrap())
+    });
+    times.sort_by(|a, b| a.0.total_cmp(&b.0));
+    times
 }
 
 /// `--devices cpu,cpu` stands in for two GPUs: two jobs run at once, one on each.
@@ -196,11 +216,8 @@ fn two_devices_run_two_jobs_at_once() {
     while done < 2 {
         done += usize::from(client.receive()["event"] == "done");
     }
-    let record =
-        |job: &str, client: &mut Client| client.call(10, "job/status", json!({"job": job}))["result"].clone();
-    let (a, b) = (record("job-1", &mut client), record("job-2", &mut client));
-    assert!(b["started"].as_f64() < a["ended"].as_f64(), "the second job waited for the first: {a} {b}");
-    assert_eq!((a["device"].as_str(), b["device"].as_str()), (Some("cpu"), Some("cpu")));
+    let [first, second] = run_times(&mut client);
+    assert!(second.0 < first.1, "the second job waited for the first: {first:?} {second:?}");
     let err = forge_refuses(&["serve", "--socket", "/tmp/unused.sock", "--devices", "cuda:0,cuda:0"]);
     assert!(err.contains("names cuda:0 twice"), "{err}");
 }
@@ -226,12 +243,7 @@ fn a_cancelled_job_stops_cleanly_and_resumes_to_the_same_model() {
     no_temporary_files(&out);
     assert!(!out.join("report.json").exists(), "the cancel came too late");
 
-    let mut again = server.client();
-    again.call(3, "model/forge", forge_params(&out, true));
-    let events = again.events_until(&["done", "error", "cancelled"]);
-    assert_eq!(events.last().unwrap()["event"], "done", "{events:?}");
-    let resumed = std::fs::read(out.join("model/model.safetensors")).unwrap();
-    assert!(&resumed == uninterrupted_model(), "the resumed job's model differs from an uninterrupted run's");
+    resumes_to_the_uninterrupted_model(&mut server.client(), &out);
 }
 
 #[test]
@@ -250,12 +262,7 @@ fn a_killed_server_restarts_with_its_job_interrupted_and_resumable() {
     let mut client = server.client();
     let status = client.call(1, "job/status", json!({"job": "job-1"}));
     assert_eq!(status["result"]["status"], "interrupted", "{status}");
-    client.call(2, "model/forge", forge_params(&out, true));
-    let events = client.events_until(&["done", "error", "cancelled"]);
-    assert_eq!(events.last().unwrap()["event"], "done", "{events:?}");
-    no_temporary_files(&out);
-    let resumed = std::fs::read(out.join("model/model.safetensors")).unwrap();
-    assert!(&resumed == uninterrupted_model(), "the resumed job's model differs from an uninterrupted run's");
+    resumes_to_the_uninterrupted_model(&mut client, &out);
 }
 
 #[test]

@@ -9,34 +9,41 @@ use crate::pipeline::{run as run_recipe, Recipe, RunOptions};
 use crate::strategies::Registry;
 use crate::Result;
 
+/// What names a recipe job: `forge run`'s and `forge submit`'s shared flags.
 #[derive(Args, Debug)]
-pub struct RunArgs {
+pub struct RecipeArgs {
     /// The recipe (TOML): model, data, and each step's strategy and options (see examples/*.toml).
     #[arg(long)]
-    recipe: PathBuf,
+    pub recipe: PathBuf,
     /// Output folder: model/, cycles/, report.json, report.md, SVG pictures, recipe.executed.toml.
     #[arg(long)]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Override a recipe key, KEY.PATH=VALUE in TOML syntax (repeatable), e.g. --set train.steps=50.
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    /// Continue an interrupted run in --out from its last finished cycle.
+    pub overrides: Vec<String>,
+    /// Continue an interrupted (or cancelled) run in --out from its last finished cycle.
     #[arg(long)]
-    resume: bool,
+    pub resume: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    job: RecipeArgs,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: RunArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
-    let mut overrides = args.overrides.clone();
+    let mut overrides = args.job.overrides.clone();
     if let Some(seed) = rt.seed_given {
         overrides.push(format!("seed={seed}"));
     }
-    let recipe = Recipe::load(&args.recipe, &overrides)?;
+    let recipe = Recipe::load(&args.job.recipe, &overrides)?;
     let options = RunOptions {
-        out: args.out.clone(),
-        resume: args.resume,
+        out: args.job.out.clone(),
+        resume: args.job.resume,
         budget: rt.memory_budget,
         device: rt.device.clone(),
         dtype: rt.dtype,
@@ -56,7 +63,7 @@ pub fn run(args: RunArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         "parameters_before": report.base_parameters,
         "parameters_after": report.final_parameters,
         "peak_memory_bytes": report.peak_memory_bytes,
-        "out": args.out,
+        "out": args.job.out,
     });
     super::emit(&summary, args.json, |_| {
         let metric = &report.guard_metric;
@@ -69,7 +76,7 @@ pub fn run(args: RunArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
             report.final_parameters,
             get(&report.baseline),
             get(&report.final_metrics),
-            args.out.join("report.md").display()
+            args.job.out.join("report.md").display()
         )
     });
     Ok(())

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::{json, Map, Value};
 
+use super::run::RecipeArgs;
 use super::{GlobalArgs, Runtime};
 use crate::runtime::{parse_device, DeviceChoice};
 use crate::strategies::Registry;
@@ -31,18 +32,8 @@ pub struct SubmitArgs {
     /// The socket of a running `forge serve`.
     #[arg(long)]
     socket: PathBuf,
-    /// The recipe (TOML), as for `forge run`.
-    #[arg(long)]
-    recipe: PathBuf,
-    /// The job's output folder, as for `forge run`.
-    #[arg(long)]
-    out: PathBuf,
-    /// Override a recipe key, KEY.PATH=VALUE (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    /// Continue a cancelled or interrupted job in --out from its last finished cycle.
-    #[arg(long)]
-    resume: bool,
+    #[command(flatten)]
+    job: RecipeArgs,
     /// Stay and print the job's events until it ends (exit status as `forge run` would give).
     #[arg(long)]
     watch: bool,
@@ -115,16 +106,16 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 pub fn run_submit(args: SubmitArgs, quiet: bool) -> Result<()> {
     let mut set = Map::new();
-    for item in &args.overrides {
+    for item in &args.job.overrides {
         let (key, value) =
             item.split_once('=').ok_or_else(|| bad_input!("--set `{item}` is not KEY=VALUE"))?;
         set.insert(key.to_string(), Value::String(value.to_string()));
     }
     let params = json!({
-        "recipe": absolute(&args.recipe)?,
-        "out": absolute(&args.out)?,
+        "recipe": absolute(&args.job.recipe)?,
+        "out": absolute(&args.job.out)?,
         "set": set,
-        "resume": args.resume,
+        "resume": args.job.resume,
     });
     let mut client = Client::connect(&args.socket)?;
     let reply = client.call("model/forge", params)?;
