@@ -10,16 +10,19 @@ use serde::Serialize;
 use super::{ModelArgs, Runtime};
 use crate::data::{Documents, TokenWindows};
 use crate::eval::{perplexity, PerplexityReport};
+use crate::loader::ModelFolder;
 use crate::model::CausalLm;
 use crate::outputs::write_json_atomic;
 use crate::pipeline::TrainSection;
+use crate::runtime::DeviceChoice;
+use crate::strategies::adapters::AttachedAdapter;
 use crate::strategies::Registry;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
-    load_teacher, save_optimizer_state, train, Distill, TrainConfig, TrainInputs, TrainReport,
-    OPTIMIZER_STATE_FILE,
+    load_teacher, save_optimizer_state, train, Communicator, Distill, LocalGroup, LocalRank, TrainConfig,
+    TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
 };
-use crate::Result;
+use crate::{bad_input, Error, Result};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -28,6 +31,12 @@ pub struct TrainArgs {
     /// Training data: JSONL (`{"text": ...}` a line) or plain text.
     #[arg(long)]
     data: PathBuf,
+    /// Data-parallel training over these devices, comma-separated: each rank trains on its share of
+    /// every batch (--batch-size stays the global batch) and one all-reduce a step averages the
+    /// adapter's gradients, so the result equals one device's. So far CPU ranks only
+    /// (`cpu,cpu`), in one process.
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<DeviceChoice>,
     /// Output folder: adapter_model.safetensors and adapter_config.json (PEFT's layout), optimizer state.
     #[arg(long)]
     out: PathBuf,
@@ -104,6 +113,9 @@ pub struct TrainArgs {
 struct TrainOutput {
     #[serde(flatten)]
     report: TrainReport,
+    /// The data-parallel ranks' devices (`--devices`), empty for one device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    devices: Vec<String>,
     adapter: String,
     adapter_options: Options,
     optimizer: String,
@@ -135,6 +147,24 @@ fn evaluate(model: &CausalLm, windows: &TokenWindows, quiet: bool) -> Result<Per
 }
 
 impl TrainArgs {
+    /// The number of data-parallel ranks `--devices` asks for, checked: CPU ranks only so far, and a
+    /// batch that splits evenly.
+    fn world(&self) -> Result<usize> {
+        let world = self.devices.len().max(1);
+        if self.devices.iter().any(|d| *d != DeviceChoice::Cpu) && world > 1 {
+            return Err(bad_input!(
+                "--devices with CUDA devices needs NCCL ranks, which forge does not have yet; `--devices cpu,cpu` runs the data-parallel path on the CPU"
+            ));
+        }
+        if !self.batch_size.is_multiple_of(world) {
+            return Err(bad_input!(
+                "--batch-size {} does not split over the {world} ranks of --devices; give a multiple of {world}",
+                self.batch_size
+            ));
+        }
+        Ok(world)
+    }
+
     /// The flags as the recipe's `[train]` section, so both are checked by one rule.
     fn section(
         &self,
@@ -188,11 +218,12 @@ impl TrainArgs {
 pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let adapter_given = args.adapter_given()?;
     let (adapter, adapter_options) = registry.adapter(&args.adapter, &adapter_given)?;
-    let (mut optimizer, optimizer_options) =
+    let (_, optimizer_options) =
         registry.optimizer(&args.optimizer, &Options::parse_pairs(&args.optimizer_opts)?)?;
     let section = args.section(adapter_given)?;
     section.validate(&adapter_options, "--")?;
     let config = section.train_config(rt.seed);
+    let world = args.world()?;
     let folder = args.model.open(&[])?;
     folder.config.check_context(args.seq_len, "--seq-len")?;
     if args.eval_data.is_some() {
@@ -200,37 +231,20 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     }
     adapter.trainable_values(&folder.config)?;
     crate::outputs::check_out(&args.out, &[args.model.model.as_path()], "--out")?;
-    let mut model = args.model.build(&folder, rt)?;
-    let teacher = args
-        .teacher
-        .as_deref()
-        .map(|name| {
-            load_teacher(name, &model, (&args.model.model, &args.model.model), (rt.dtype, &rt.device))
-        })
-        .transpose()?;
     let tokenizer = folder.tokenizer()?;
     let windows = TokenWindows::from_documents(Documents::open(&args.data)?, &tokenizer, args.seq_len, None)?;
     let eval_set = args.eval_data.as_ref().map(|p| eval_windows(p, &tokenizer, &args)).transpose()?;
-    let attached = adapter.attach(&mut model, rt.seed)?;
-    let before = eval_set.as_ref().map(|w| evaluate(&model, w, rt.quiet)).transpose()?;
-    attached.set_training(true);
-    let params = attached.parameters();
-    let distill = args.distill(teacher.as_ref());
-    let inputs = TrainInputs {
-        model: &model,
-        params: &params,
-        windows: &windows,
-        config: &config,
-        quiet: rt.quiet,
-        distill,
+    let job = RankJob { args: &args, rt, registry, folder: &folder, windows: &windows, config: &config };
+    let lead = match world {
+        1 => job.train(None, eval_set.as_ref())?,
+        _ => job.train_ranks(&LocalGroup::ranks(world), eval_set.as_ref())?,
     };
-    let report = train(&inputs, optimizer.as_mut())?;
-    attached.set_training(false);
-    let after = eval_set.as_ref().map(|w| evaluate(&model, w, rt.quiet)).transpose()?;
+    let Lead { attached, optimizer, report, before, after } = lead;
     attached.save(&args.out)?;
     save_optimizer_state(&args.out.join(OPTIMIZER_STATE_FILE), &optimizer.state()?)?;
     let output = TrainOutput {
         report,
+        devices: args.devices.iter().map(ToString::to_string).collect(),
         adapter: args.adapter.clone(),
         adapter_options,
         optimizer: args.optimizer.clone(),
@@ -255,4 +269,93 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         )
     });
     Ok(())
+}
+
+/// What rank 0 keeps of its training: what is saved and reported.
+struct Lead {
+    attached: Box<dyn AttachedAdapter>,
+    optimizer: Box<dyn forge_api::Optimizer>,
+    report: TrainReport,
+    before: Option<PerplexityReport>,
+    after: Option<PerplexityReport>,
+}
+
+/// The inputs every rank trains from.
+struct RankJob<'a> {
+    args: &'a TrainArgs,
+    rt: &'a Runtime,
+    registry: &'a Registry,
+    folder: &'a ModelFolder,
+    windows: &'a TokenWindows,
+    config: &'a TrainConfig,
+}
+
+impl RankJob<'_> {
+    /// One rank's training (all of it without `comm`): its own model, adapter (initialised alike on
+    /// every rank from the seed), optimizer and teacher. Rank 0 also evaluates `eval_set` before and
+    /// after, and alone shows progress.
+    fn train(&self, comm: Option<&dyn Communicator>, eval_set: Option<&TokenWindows>) -> Result<Lead> {
+        let (args, rt) = (self.args, self.rt);
+        let lead = comm.is_none_or(|c| c.rank() == 0);
+        let quiet = rt.quiet || !lead;
+        let mut model = args.model.build(self.folder, rt)?;
+        let teacher = args
+            .teacher
+            .as_deref()
+            .map(|name| {
+                load_teacher(name, &model, (&args.model.model, &args.model.model), (rt.dtype, &rt.device))
+            })
+            .transpose()?;
+        let (adapter, _) = self.registry.adapter(&args.adapter, &args.adapter_given()?)?;
+        let (mut optimizer, _) =
+            self.registry.optimizer(&args.optimizer, &Options::parse_pairs(&args.optimizer_opts)?)?;
+        let attached = adapter.attach(&mut model, rt.seed)?;
+        let eval_set = eval_set.filter(|_| lead);
+        let before = eval_set.map(|w| evaluate(&model, w, quiet)).transpose()?;
+        attached.set_training(true);
+        let params = attached.parameters();
+        let inputs = TrainInputs {
+            model: &model,
+            params: &params,
+            windows: self.windows,
+            config: self.config,
+            quiet,
+            distill: args.distill(teacher.as_ref()),
+            comm,
+        };
+        let report = train(&inputs, optimizer.as_mut())?;
+        attached.set_training(false);
+        let after = eval_set.map(|w| evaluate(&model, w, quiet)).transpose()?;
+        Ok(Lead { attached, optimizer, report, before, after })
+    }
+
+    /// Data-parallel training: rank 0 on this thread, the others on their own; a rank that fails
+    /// frees the others and ends the job with its error, naming it.
+    fn train_ranks(&self, ranks: &[LocalRank], eval_set: Option<&TokenWindows>) -> Result<Lead> {
+        let run = |rank: &LocalRank, eval_set| {
+            let result = self.train(Some(rank), eval_set);
+            if let Err(e) = &result {
+                rank.abort(&e.to_string());
+            }
+            result
+        };
+        std::thread::scope(|scope| {
+            let others: Vec<_> =
+                ranks[1..].iter().map(|rank| scope.spawn(move || run(rank, None).map(drop))).collect();
+            let lead = run(&ranks[0], eval_set);
+            let mut failure = None;
+            for (i, other) in others.into_iter().enumerate() {
+                let result = other.join().unwrap_or_else(|_| Err(Error::Strategy("it panicked".into())));
+                if let Err(e) = result {
+                    failure.get_or_insert(Error::Strategy(format!("rank {} failed: {e}", i + 1)));
+                }
+            }
+            match (lead, failure) {
+                (Ok(lead), None) => Ok(lead),
+                (Err(e), _) if !matches!(&e, Error::Strategy(m) if m.starts_with("rank ")) => Err(e),
+                (_, Some(failure)) => Err(failure),
+                (Err(e), None) => Err(e),
+            }
+        })
+    }
 }

@@ -1,12 +1,15 @@
 //! Training adapters: the loop (batches, accumulation, clipping, schedule, stopping and resuming),
-//! gradients with or without per-layer recomputation, and the optimizer's state on disk.
+//! gradients with or without per-layer recomputation, data-parallel ranks, and the optimizer's state
+//! on disk.
 mod checkpoint;
+mod comm;
 mod schedule;
 mod state;
 mod teacher;
 mod trainer;
 
 pub use checkpoint::{loss_and_grads, Distill, LossParts};
+pub use comm::{Communicator, LocalGroup, LocalRank};
 pub use schedule::learning_rate;
 pub use state::{load_optimizer_state, save_optimizer_state, OPTIMIZER_STATE_FILE};
 pub use teacher::load_teacher;

@@ -7,6 +7,7 @@ use forge_api::Optimizer;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{loss_and_grads, Distill};
+use super::comm::Communicator;
 use super::schedule::learning_rate;
 use crate::data::TokenWindows;
 use crate::model::CausalLm;
@@ -108,6 +109,8 @@ pub struct TrainInputs<'a> {
     pub quiet: bool,
     /// A teacher to distil from, or plain next-token training.
     pub distill: Option<Distill<'a>>,
+    /// Data-parallel training: this rank's group (it then trains on its shard of each batch).
+    pub comm: Option<&'a dyn Communicator>,
 }
 
 /// Where a training phase stands: optimizer steps done and their losses.
@@ -169,7 +172,14 @@ pub fn train_from(
         }
         let done =
             (progress.step - first_step) * config.grad_accum * config.batch_size * inputs.windows.seq_len();
-        crate::events::step(progress.step, config.steps, loss, done as f64 / started.elapsed().as_secs_f64());
+        if inputs.comm.is_none_or(|c| c.rank() == 0) {
+            crate::events::step(
+                progress.step,
+                config.steps,
+                loss,
+                done as f64 / started.elapsed().as_secs_f64(),
+            );
+        }
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
     }
@@ -215,12 +225,18 @@ fn optimizer_step(
     let (model, config, seq_len) = (inputs.model, inputs.config, inputs.windows.seq_len());
     let mut sums: Vec<Vec<f32>> = inputs.params.iter().map(|p| vec![0.0; p.elem_count()]).collect();
     let (mut loss, mut ce, mut kl) = (0f64, 0f64, 0f64);
+    // Every rank draws the whole global batch, so the order stays in step, and keeps its shard.
+    let (rank, world) = inputs.comm.map_or((0, 1), |c| (c.rank(), c.world()));
+    let shard = config.batch_size / world;
     for _ in 0..config.grad_accum {
-        let mut ids = Vec::with_capacity(config.batch_size * seq_len);
-        for _ in 0..config.batch_size {
-            ids.extend_from_slice(inputs.windows.batch(order.take(), 1));
+        let mut ids = Vec::with_capacity(shard * seq_len);
+        for row in 0..config.batch_size {
+            let window = order.take();
+            if row / shard == rank {
+                ids.extend_from_slice(inputs.windows.batch(window, 1));
+            }
         }
-        let ids = Tensor::from_vec(ids, (config.batch_size, seq_len), model.device())?;
+        let ids = Tensor::from_vec(ids, (shard, seq_len), model.device())?;
         let (l, grads) = section("train forward + backward", model.device(), || {
             loss_and_grads(model, &ids, inputs.params, config.grad_checkpoint, inputs.distill.as_ref())
         })?;
@@ -232,6 +248,9 @@ fn optimizer_step(
             let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             sum.iter_mut().zip(g).for_each(|(s, g)| *s += g / config.grad_accum as f32);
         }
+    }
+    if let Some(comm) = inputs.comm {
+        (loss, ce, kl) = all_reduce(comm, &mut sums, [loss, ce, kl])?;
     }
     if !loss.is_finite() {
         return Err(Error::Strategy(format!(
@@ -252,4 +271,17 @@ fn optimizer_step(
         var.set(&Tensor::from_vec(values, var.shape(), model.device())?.to_dtype(var.dtype())?)?;
     }
     Ok((loss, inputs.distill.map(|_| (ce, kl))))
+}
+
+/// Averages the ranks' gradients and loss parts in one all-reduce of a packed buffer.
+fn all_reduce(comm: &dyn Communicator, sums: &mut [Vec<f32>], parts: [f64; 3]) -> Result<(f64, f64, f64)> {
+    let mut packed: Vec<f32> = sums.iter().flatten().copied().collect();
+    packed.extend(parts.map(|p| p as f32));
+    comm.all_reduce_mean(&mut packed)?;
+    let mut values = packed.iter();
+    for value in sums.iter_mut().flatten() {
+        *value = *values.next().expect("packed as many as unpacked");
+    }
+    let mut next = || f64::from(*values.next().expect("three loss parts"));
+    Ok((next(), next(), next()))
 }
