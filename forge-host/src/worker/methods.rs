@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::jobs::{self, Job, Status};
 use super::protocol::{self, Refusal, Request};
-use super::server::{admit, Conn, Shared};
+use super::state::{admit, Conn, Shared};
 
 const METHODS: &str =
     "model/forge, model/eval, model/compact, job/status, job/list, job/watch, job/cancel, server/info";

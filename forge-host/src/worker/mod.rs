@@ -4,8 +4,8 @@
 //! every job's record in a state folder so a restart loses nothing. `forge submit`, `forge jobs` and
 //! `forge cancel` are its clients.
 //!
-//! [`protocol`] is the wire format, [`server`] the socket and connections, [`methods`] what clients
-//! may call, [`jobs`] the records and command lines, [`runner`] the queue's executor, and [`client`]
+//! [`protocol`] is the wire format, [`server`] the socket and connections, [`state`] what their
+//! threads share, [`methods`] what clients may call, [`jobs`] the records and command lines, [`runner`] the queue's executor, and [`client`]
 //! the command-line clients.
 pub mod client;
 mod jobs;
@@ -13,5 +13,7 @@ mod methods;
 mod protocol;
 mod runner;
 mod server;
+mod state;
 
-pub use server::{serve, ServeOptions};
+pub use server::serve;
+pub use state::ServeOptions;

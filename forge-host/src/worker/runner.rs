@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::jobs::Status;
-use super::server::Shared;
+use super::state::Shared;
 
 /// Runs queued jobs on `device` (an index of the server's devices) until the server stops.
 pub fn run(shared: &Arc<Shared>, device: usize) {
