@@ -330,10 +330,13 @@ impl RankJob<'_> {
     }
 
     /// Data-parallel training: rank 0 on this thread, the others on their own; a rank that fails
-    /// frees the others and ends the job with its error, naming it.
+    /// frees the others, and the job ends with the error of the rank that failed first, naming it.
     fn train_ranks(&self, ranks: &[LocalRank], eval_set: Option<&TokenWindows>) -> Result<Lead> {
+        // A rank that panics must free the others too, or they would wait for it at the all-reduce.
         let run = |rank: &LocalRank, eval_set| {
-            let result = self.train(Some(rank), eval_set);
+            let train = std::panic::AssertUnwindSafe(|| self.train(Some(rank), eval_set));
+            let result = std::panic::catch_unwind(train)
+                .unwrap_or_else(|_| Err(Error::Strategy("it panicked".into())));
             if let Err(e) = &result {
                 rank.abort(&e.to_string());
             }
@@ -343,18 +346,15 @@ impl RankJob<'_> {
             let others: Vec<_> =
                 ranks[1..].iter().map(|rank| scope.spawn(move || run(rank, None).map(drop))).collect();
             let lead = run(&ranks[0], eval_set);
-            let mut failure = None;
-            for (i, other) in others.into_iter().enumerate() {
-                let result = other.join().unwrap_or_else(|_| Err(Error::Strategy("it panicked".into())));
-                if let Err(e) = result {
-                    failure.get_or_insert(Error::Strategy(format!("rank {} failed: {e}", i + 1)));
+            let others: Vec<Result<()>> =
+                others.into_iter().map(|h| h.join().expect("a rank's panic is caught in the rank")).collect();
+            match ranks[0].first_failure() {
+                // Rank 0's own error keeps its kind (and its hint, such as out of memory).
+                None | Some(0) => lead,
+                Some(rank) => {
+                    let e = others[rank - 1].as_ref().err().map_or_else(String::new, ToString::to_string);
+                    Err(Error::Strategy(format!("rank {rank} failed: {e}")))
                 }
-            }
-            match (lead, failure) {
-                (Ok(lead), None) => Ok(lead),
-                (Err(e), _) if !matches!(&e, Error::Strategy(m) if m.starts_with("rank ")) => Err(e),
-                (_, Some(failure)) => Err(failure),
-                (Err(e), None) => Err(e),
             }
         })
     }

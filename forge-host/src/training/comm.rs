@@ -17,6 +17,8 @@ pub trait Communicator: Send + Sync {
     fn all_reduce_mean(&self, data: &mut [f32]) -> Result<()>;
     /// Tells the other ranks this one failed, so none waits for it forever.
     fn abort(&self, why: &str);
+    /// The rank that failed first, if one did: the others' errors only echo it.
+    fn first_failure(&self) -> Option<usize>;
 }
 
 /// Ranks in one process, meeting at a barrier.
@@ -101,6 +103,10 @@ impl Communicator for LocalRank {
         meeting.failed.get_or_insert((self.rank, why.to_string()));
         self.group.met.notify_all();
     }
+
+    fn first_failure(&self) -> Option<usize> {
+        self.group.state.lock().unwrap_or_else(|e| e.into_inner()).failed.as_ref().map(|(rank, _)| *rank)
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +136,7 @@ mod tests {
             ranks[1].abort("out of memory");
             let err = waiting.join().unwrap().unwrap_err().to_string();
             assert!(err.contains("rank 1 failed: out of memory"), "{err}");
+            assert_eq!(ranks[0].first_failure(), Some(1));
         });
     }
 }

@@ -105,7 +105,8 @@ impl Shared {
         self.opts.state_dir.join("jobs")
     }
 
-    /// Sets `job`'s status (saved before anyone hears of it) and sends `event` with `fields`.
+    /// Sets `job`'s status (saved before anyone hears of it) and sends `event` with `fields`; a
+    /// finished job's watchers are let go, so their connections close when their clients do.
     pub fn transition(&self, state: &mut State, job: &str, status: Status, event: &str, fields: Value) {
         let now = jobs::now();
         if let Some(record) = state.jobs.get_mut(job) {
@@ -121,6 +122,9 @@ impl Shared {
             }
         }
         Self::broadcast(state, job, event, &fields);
+        if status.finished() {
+            state.watchers.remove(job);
+        }
     }
 
     /// Sends an event of `job` to its watchers, dropping those gone.
