@@ -542,27 +542,10 @@ fn multiple_choice_evaluation_beats_chance_on_code() {
     let (acc, norm) = (report["accuracy"].as_f64().unwrap(), report["accuracy_norm"].as_f64().unwrap());
     assert!(acc >= 0.4 && norm >= 0.4, "{report}");
     let text = data("code-valid.jsonl");
-    let err = forge_refuses(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--evaluator",
-        "choice",
-        "--data",
-        text.to_str().unwrap(),
-    ]);
+    let choice = ["eval", "--model", model.to_str().unwrap(), "--evaluator", "choice", "--data"];
+    let err = forge_refuses(&[&choice[..], &[text.to_str().unwrap()]].concat());
     assert!(err.contains("record 1: missing field `context`"), "{err}");
     // Window options do not shape records: refused, not silently ignored.
-    let err = forge_refuses(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--evaluator",
-        "choice",
-        "--data",
-        set.to_str().unwrap(),
-        "--max-windows",
-        "10",
-    ]);
+    let err = forge_refuses(&[&choice[..], &[set.to_str().unwrap(), "--max-windows", "10"]].concat());
     assert!(err.contains("reads whole records") && err.contains("head -n N"), "{err}");
 }

@@ -144,7 +144,18 @@ fn resumes_to_the_uninterrupted_model(client: &mut Client, out: &Path) {
     assert!(&resumed == uninterrupted_model(), "the resumed job's model differs from an uninterrupted run's");
 }
 
-/// Waits for the job's first training step, the point where a stop has something to save.
+/// A server in `dir` running one `model/forge` job into `out`, past its first training step (where
+/// a stop has something to save); the client that submitted it, and the job's id.
+fn a_job_in_training(dir: &Path, out: &Path) -> (Server, Client, String) {
+    let server = Server::start(dir, &[]);
+    let mut client = server.client();
+    let reply = client.call(1, "model/forge", forge_params(out, false));
+    let job = reply["result"]["job"].as_str().unwrap_or_else(|| panic!("{reply}")).to_string();
+    until_training(&mut client);
+    (server, client, job)
+}
+
+/// Waits for the job's first training step.
 fn until_training(client: &mut Client) {
     loop {
         let event = client.receive();
@@ -225,14 +236,8 @@ fn two_devices_run_two_jobs_at_once() {
 #[test]
 fn a_cancelled_job_stops_cleanly_and_resumes_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
     let out = dir.path().join("out");
-    let mut client = server.client();
-    let job = client.call(1, "model/forge", forge_params(&out, false))["result"]["job"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    until_training(&mut client);
+    let (server, mut client, job) = a_job_in_training(dir.path(), &out);
     let asked = Instant::now();
     let mut other = server.client();
     let reply = other.call(2, "job/cancel", json!({"job": job}));
@@ -251,10 +256,7 @@ fn a_killed_server_restarts_with_its_job_interrupted_and_resumable() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     {
-        let mut server = Server::start(dir.path(), &[]);
-        let mut client = server.client();
-        client.call(1, "model/forge", forge_params(&out, false));
-        until_training(&mut client);
+        let (mut server, _client, _) = a_job_in_training(dir.path(), &out);
         server.child.kill().unwrap(); // SIGKILL
         server.child.wait().unwrap();
     }
@@ -269,10 +271,7 @@ fn a_killed_server_restarts_with_its_job_interrupted_and_resumable() {
 fn sigterm_cancels_the_running_job_at_a_safe_point_then_exits() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let mut server = Server::start(dir.path(), &[]);
-    let mut client = server.client();
-    client.call(1, "model/forge", forge_params(&out, false));
-    until_training(&mut client);
+    let (mut server, mut client, _) = a_job_in_training(dir.path(), &out);
     Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     let events = client.events_until(&["cancelled", "done", "error"]);
     assert_eq!(events.last().unwrap()["event"], "cancelled", "{events:?}");
