@@ -339,17 +339,13 @@ fn a_kill_mid_write_leaves_no_temporary_file_after_resume() {
 /// SIGINT mid-training stops at the next step with exit 130 and the command that resumes; the
 /// training phase is saved (adapter, optimizer moments, progress) and `--resume` continues it to the
 /// outputs of the uninterrupted run — which fresh moments would not reach.
-#[test]
-fn sigint_mid_training_resumes_the_phase_with_its_optimizer_state() {
-    let long = ["--set", "prune.cycles=1", "--set", "train.steps=20"];
-    let whole = tempfile::tempdir().unwrap();
-    forge_json(&run_args(whole.path().to_str().unwrap(), &long));
-
-    let out = tempfile::tempdir().unwrap();
-    let args = run_args(out.path().to_str().unwrap(), &long);
+/// Starts `forge args`, SIGINTs it a few steps into its first training phase, and checks that it
+/// stopped there as a resumable run: exit 130 with the hint, the phase's state saved mid-way (of
+/// `steps`), no temporary or partial file in `out`.
+fn interrupt_mid_training(args: &[&str], out: &Path, steps: u64) {
     // Logging on (FORGE_LOG overrides -q's filter): the trainer says when it starts.
     let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(&args)
+        .args(args)
         .env("FORGE_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -372,21 +368,64 @@ fn sigint_mid_training_resumes_the_phase_with_its_optimizer_state() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted") && stderr.contains("--resume"), "{stderr}");
-    let progress = std::fs::read(out.path().join("cycles/1/train-state/progress.json"));
+    let progress = std::fs::read(out.join("cycles/1/train-state/progress.json"));
     let progress: serde_json::Value =
         serde_json::from_slice(&progress.expect("the training state was saved")).unwrap();
     let step = progress["step"].as_u64().unwrap();
-    assert!((1..20).contains(&step), "the interrupt landed at step {step}, not mid-training: {stderr}");
-    assert_eq!(temporaries(out.path()), Vec::<std::path::PathBuf>::new());
-    no_partial_files(out.path());
+    assert!((1..steps).contains(&step), "the interrupt landed at step {step}, not mid-training: {stderr}");
+    assert_eq!(temporaries(out), Vec::<std::path::PathBuf>::new());
+    no_partial_files(out);
+}
 
-    let mut resume = args.clone();
+/// Resumes the run `args` stopped and checks it ends as the uninterrupted run in `whole` did.
+fn resume_to_the_same_outputs(args: &[&str], out: &Path, whole: &Path) {
+    let mut resume = args.to_vec();
     resume.push("--resume");
     forge_json(&resume);
-    assert!(!out.path().join("cycles/1/train-state").exists(), "the finished phase kept its resume point");
-    let (a, b) = (metrics_and_model(whole.path()), metrics_and_model(out.path()));
+    assert!(!out.join("cycles/1/train-state").exists(), "the finished phase kept its resume point");
+    let (a, b) = (metrics_and_model(whole), metrics_and_model(out));
     assert_eq!(a.0, b.0, "metrics differ between the whole and the resumed run");
     assert!(a.1 == b.1, "the final model differs between the whole and the resumed run");
+}
+
+#[test]
+fn sigint_mid_training_resumes_the_phase_with_its_optimizer_state() {
+    let long = ["--set", "prune.cycles=1", "--set", "train.steps=20"];
+    let whole = tempfile::tempdir().unwrap();
+    forge_json(&run_args(whole.path().to_str().unwrap(), &long));
+    let out = tempfile::tempdir().unwrap();
+    let args = run_args(out.path().to_str().unwrap(), &long);
+    interrupt_mid_training(&args, out.path(), 20);
+    resume_to_the_same_outputs(&args, out.path(), whole.path());
+}
+
+/// `forge run --devices cpu,cpu`: two ranks run the recipe and all-reduce their training steps. The
+/// result is one device's within floating-point order (the guarded perplexity within 1e-4
+/// relative); an interrupt stops both ranks after the same step, and `--resume` continues from rank
+/// 0's state to the uninterrupted two-rank run's outputs, byte for byte; the other rank's scratch
+/// folder beside `--out` is gone at the end.
+#[test]
+fn two_cpu_ranks_run_a_recipe_interrupted_and_resumed() {
+    let long = ["--set", "prune.cycles=1", "--set", "train.steps=20", "--devices", "cpu,cpu"];
+    let (whole, one) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let two = forge_json(&run_args(whole.path().to_str().unwrap(), &long));
+    let single = forge_json(&run_args(one.path().to_str().unwrap(), &long[..4]));
+    let metric = |r: &serde_json::Value| r["final"]["perplexity:code-valid"].as_f64().unwrap();
+    let diff = (metric(&two) / metric(&single) - 1.0).abs();
+    assert!(
+        diff < 1e-4,
+        "two ranks end {diff:e} away from one device: {} against {}",
+        metric(&two),
+        metric(&single)
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    let args = run_args(out.path().to_str().unwrap(), &long);
+    interrupt_mid_training(&args, out.path(), 20);
+    resume_to_the_same_outputs(&args, out.path(), whole.path());
+    let name = out.path().file_name().unwrap().to_string_lossy();
+    let scratch = out.path().with_file_name(format!(".{name}.ranks"));
+    assert!(!scratch.exists(), "the second rank's scratch folder {} was left", scratch.display());
 }
 
 /// `train.teacher = "base"` distils each cycle from the unpruned model: the cycle's training reports

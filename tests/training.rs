@@ -275,7 +275,8 @@ fn distillation_starts_at_kl_zero_from_its_own_base() {
 /// (`--batch-size 2 --grad-accum 2`: the same sums in the same order), and equals one device's
 /// `--batch-size 4` within 1e-5 relative over the whole adapter (measured 9.7e-7; single tensors
 /// differ by up to 2e-5, where AdamW's division by √v magnifies f32 ordering in near-zero gradients).
-/// Batches that do not split, and GPU ranks (no NCCL yet), are refused before any work.
+/// Batches that do not split, and GPU ranks without NCCL or with a GPU named twice, are refused
+/// before any work.
 #[test]
 fn two_cpu_ranks_train_the_same_adapter_as_one_device() {
     let model = tiny_qwen3();
@@ -306,7 +307,20 @@ fn two_cpu_ranks_train_the_same_adapter_as_one_device() {
     let mut args = base.to_vec();
     args.extend([out.to_str().unwrap(), "--devices", "cpu,cpu", "--batch-size", "3"]);
     assert!(forge_refuses(&args).contains("does not split over the 2 ranks"));
+    // GPU ranks look for NCCL before any work, and say how to install it; FORGE_NCCL pins where to
+    // look (here: nowhere), so the test does not depend on what this machine has installed.
     let mut args = base.to_vec();
     args.extend([out.to_str().unwrap(), "--devices", "cuda:0,cuda:1"]);
-    assert!(forge_refuses(&args).contains("NCCL"));
+    let no_nccl = std::process::Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(&args)
+        .env("FORGE_NCCL", "/nonexistent/libnccl.so.2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&no_nccl.stderr);
+    assert_eq!(no_nccl.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pip install nvidia-nccl-cu13") && stderr.contains("FORGE_NCCL"), "{stderr}");
+    let mut args = base.to_vec();
+    args.extend([out.to_str().unwrap(), "--devices", "cuda:0,cuda:0"]);
+    assert!(forge_refuses(&args).contains("names cuda:0 twice"));
+    assert!(!out.exists(), "a refused command wrote {}", out.display());
 }

@@ -20,7 +20,17 @@ struct Position {
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("FORGE_EVENTS").is_ok_and(|v| v == "1"))
+    *ENABLED.get_or_init(|| std::env::var("FORGE_EVENTS").is_ok_and(|v| v == "1")) && !MUTED.get()
+}
+
+thread_local! {
+    /// Set on the threads of data-parallel CPU ranks after the first: rank 0 alone reports.
+    static MUTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This thread's events are not printed (a CPU rank other than rank 0).
+pub fn mute_this_thread() {
+    MUTED.set(true);
 }
 
 fn position() -> &'static Mutex<Position> {

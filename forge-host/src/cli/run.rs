@@ -1,13 +1,15 @@
 //! `forge run`: a whole recipe (see [`crate::pipeline`]).
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde_json::json;
 
 use super::Runtime;
-use crate::pipeline::{run as run_recipe, Recipe, RunOptions};
+use crate::pipeline::{kept_in, run as run_recipe, Recipe, RunOptions};
+use crate::runtime::DeviceChoice;
 use crate::strategies::Registry;
-use crate::Result;
+use crate::training::{check_devices, launch, Communicator, LocalGroup, RankOuts, RankSpec};
+use crate::{Error, Result};
 
 /// What names a recipe job: `forge run`'s and `forge submit`'s shared flags.
 #[derive(Args, Debug)]
@@ -30,6 +32,11 @@ pub struct RecipeArgs {
 pub struct RunArgs {
     #[command(flatten)]
     job: RecipeArgs,
+    /// Data-parallel training over these devices, comma-separated: every rank runs the recipe and the
+    /// training steps all-reduce, so the result equals one device's. GPUs (cuda:0,cuda:1) run one
+    /// forge process each over NCCL; `cpu,cpu` runs CPU ranks in this process (docs/distributed.md).
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<DeviceChoice>,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -41,15 +48,45 @@ pub fn run(args: RunArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         overrides.push(format!("seed={seed}"));
     }
     let recipe = Recipe::load(&args.job.recipe, &overrides)?;
-    let options = RunOptions {
-        out: args.job.out.clone(),
+    let rank = RankSpec::from_env()?;
+    let cpu_ranks = !args.devices.is_empty() && !args.devices.iter().any(|d| *d != DeviceChoice::Cpu);
+    if rank.is_none() && !args.devices.is_empty() && !cpu_ranks {
+        check_devices(&args.devices)?;
+        return launch(&args.devices, Some((&args.job.out, args.job.resume)))
+            .map_err(|e| resumable(e, &args.job.out));
+    }
+    // A rank after the first runs quietly: rank 0 alone shows progress and reports.
+    let options = |out: &Path, secondary: bool, comm: Option<Box<dyn Communicator>>| RunOptions {
+        out: out.to_path_buf(),
         resume: args.job.resume,
         budget: rt.memory_budget,
         device: rt.device.clone(),
         dtype: rt.dtype,
-        quiet: rt.quiet,
+        quiet: rt.quiet || secondary,
+        comm,
     };
-    let report = run_recipe(&recipe, registry, &options)?;
+    let report = if cpu_ranks {
+        let outs = RankOuts::prepare(&args.job.out, args.job.resume, args.devices.len())?;
+        LocalGroup::run(args.devices.len(), |r| {
+            if r.rank() > 0 {
+                crate::events::mute_this_thread();
+            }
+            run_recipe(
+                &recipe,
+                registry,
+                &options(outs.of(r.rank()), r.rank() > 0, Some(Box::new(r.clone()))),
+            )
+        })
+        .map_err(|e| resumable(e, &args.job.out))?
+    } else {
+        let comm = rank.as_ref().map(|r| r.join(&rt.device)).transpose()?;
+        let secondary = rank.as_ref().is_some_and(|r| r.rank > 0);
+        let report = run_recipe(&recipe, registry, &options(&args.job.out, secondary, comm))?;
+        if secondary {
+            return Ok(());
+        }
+        report
+    };
     let summary = json!({
         "baseline": report.baseline,
         "cycles": report.cycles.iter().map(|c| json!({
@@ -80,4 +117,13 @@ pub fn run(args: RunArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         )
     });
     Ok(())
+}
+
+/// A data-parallel run that ended early keeps its finished cycles in `out`, as a one-device run does.
+fn resumable(e: Error, out: &Path) -> Error {
+    match e {
+        Error::Strategy(m) if !m.ends_with(&kept_in(out)) => Error::Strategy(m + &kept_in(out)),
+        Error::Interrupted(_) => Error::Interrupted(kept_in(out)),
+        other => other,
+    }
 }

@@ -19,10 +19,10 @@ use crate::strategies::adapters::AttachedAdapter;
 use crate::strategies::Registry;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
-    load_teacher, save_optimizer_state, train, Communicator, Distill, LocalGroup, LocalRank, TrainConfig,
-    TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
+    check_devices, launch, load_teacher, save_optimizer_state, train, Communicator, Distill, LocalGroup,
+    RankSpec, TrainConfig, TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
 };
-use crate::{bad_input, Error, Result};
+use crate::{bad_input, Result};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -33,8 +33,9 @@ pub struct TrainArgs {
     data: PathBuf,
     /// Data-parallel training over these devices, comma-separated: each rank trains on its share of
     /// every batch (--batch-size stays the global batch) and one all-reduce a step averages the
-    /// adapter's gradients, so the result equals one device's. So far CPU ranks only
-    /// (`cpu,cpu`), in one process.
+    /// adapter's gradients, so the result equals one device's. GPUs (cuda:0,cuda:1) run one forge
+    /// process each over NCCL (libnccl.so.2, loaded at run time); `cpu,cpu` runs CPU ranks in this
+    /// process.
     #[arg(long, value_delimiter = ',')]
     devices: Vec<DeviceChoice>,
     /// Output folder: adapter_model.safetensors and adapter_config.json (PEFT's layout), optimizer state.
@@ -147,14 +148,12 @@ fn evaluate(model: &CausalLm, windows: &TokenWindows, quiet: bool) -> Result<Per
 }
 
 impl TrainArgs {
-    /// The number of data-parallel ranks `--devices` asks for, checked: CPU ranks only so far, and a
-    /// batch that splits evenly.
-    fn world(&self) -> Result<usize> {
-        let world = self.devices.len().max(1);
-        if self.devices.iter().any(|d| *d != DeviceChoice::Cpu) && world > 1 {
-            return Err(bad_input!(
-                "--devices with CUDA devices needs NCCL ranks, which forge does not have yet; `--devices cpu,cpu` runs the data-parallel path on the CPU"
-            ));
+    /// The number of data-parallel ranks (`--devices`, or the group this process is a rank of),
+    /// checked: GPUs named once each, and a batch that splits evenly.
+    fn world(&self, rank: Option<&RankSpec>) -> Result<usize> {
+        let world = rank.map_or(self.devices.len().max(1), |r| r.world);
+        if self.gpu_ranks() {
+            check_devices(&self.devices)?;
         }
         if !self.batch_size.is_multiple_of(world) {
             return Err(bad_input!(
@@ -163,6 +162,11 @@ impl TrainArgs {
             ));
         }
         Ok(world)
+    }
+
+    /// Whether `--devices` names GPUs, which train as processes of their own.
+    fn gpu_ranks(&self) -> bool {
+        self.devices.iter().any(|d| *d != DeviceChoice::Cpu)
     }
 
     /// The flags as the recipe's `[train]` section, so both are checked by one rule.
@@ -223,7 +227,8 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let section = args.section(adapter_given)?;
     section.validate(&adapter_options, "--")?;
     let config = section.train_config(rt.seed);
-    let world = args.world()?;
+    let rank = RankSpec::from_env()?;
+    let world = args.world(rank.as_ref())?;
     let folder = args.model.open(&[])?;
     folder.config.check_context(args.seq_len, "--seq-len")?;
     if args.eval_data.is_some() {
@@ -231,13 +236,24 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     }
     adapter.trainable_values(&folder.config)?;
     crate::outputs::check_out(&args.out, &[args.model.model.as_path()], "--out")?;
+    if args.gpu_ranks() {
+        return launch(&args.devices, None);
+    }
     let tokenizer = folder.tokenizer()?;
     let windows = TokenWindows::from_documents(Documents::open(&args.data)?, &tokenizer, args.seq_len, None)?;
     let eval_set = args.eval_data.as_ref().map(|p| eval_windows(p, &tokenizer, &args)).transpose()?;
     let job = RankJob { args: &args, rt, registry, folder: &folder, windows: &windows, config: &config };
-    let lead = match world {
-        1 => job.train(None, eval_set.as_ref())?,
-        _ => job.train_ranks(&LocalGroup::ranks(world), eval_set.as_ref())?,
+    let lead = match (&rank, world) {
+        (Some(spec), _) => {
+            let lead = job.train(Some(spec.join(&rt.device)?.as_ref()), eval_set.as_ref())?;
+            // Rank 0 alone writes and reports.
+            if spec.rank > 0 {
+                return Ok(());
+            }
+            lead
+        }
+        (None, 1) => job.train(None, eval_set.as_ref())?,
+        (None, _) => LocalGroup::run(world, |rank| job.train(Some(rank), eval_set.as_ref()))?,
     };
     let Lead { attached, optimizer, report, before, after } = lead;
     attached.save(&args.out)?;
@@ -327,35 +343,5 @@ impl RankJob<'_> {
         attached.set_training(false);
         let after = eval_set.map(|w| evaluate(&model, w, quiet)).transpose()?;
         Ok(Lead { attached, optimizer, report, before, after })
-    }
-
-    /// Data-parallel training: rank 0 on this thread, the others on their own; a rank that fails
-    /// frees the others, and the job ends with the error of the rank that failed first, naming it.
-    fn train_ranks(&self, ranks: &[LocalRank], eval_set: Option<&TokenWindows>) -> Result<Lead> {
-        // A rank that panics must free the others too, or they would wait for it at the all-reduce.
-        let run = |rank: &LocalRank, eval_set| {
-            let train = std::panic::AssertUnwindSafe(|| self.train(Some(rank), eval_set));
-            let result = std::panic::catch_unwind(train)
-                .unwrap_or_else(|_| Err(Error::Strategy("it panicked".into())));
-            if let Err(e) = &result {
-                rank.abort(&e.to_string());
-            }
-            result
-        };
-        std::thread::scope(|scope| {
-            let others: Vec<_> =
-                ranks[1..].iter().map(|rank| scope.spawn(move || run(rank, None).map(drop))).collect();
-            let lead = run(&ranks[0], eval_set);
-            let others: Vec<Result<()>> =
-                others.into_iter().map(|h| h.join().expect("a rank's panic is caught in the rank")).collect();
-            match ranks[0].first_failure() {
-                // Rank 0's own error keeps its kind (and its hint, such as out of memory).
-                None | Some(0) => lead,
-                Some(rank) => {
-                    let e = others[rank - 1].as_ref().err().map_or_else(String::new, ToString::to_string);
-                    Err(Error::Strategy(format!("rank {rank} failed: {e}")))
-                }
-            }
-        })
     }
 }

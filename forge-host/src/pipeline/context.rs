@@ -31,6 +31,9 @@ pub struct RunOptions {
     pub dtype: DType,
     /// No progress bars.
     pub quiet: bool,
+    /// This process's data-parallel rank, when `forge run --devices` started it as one: its training
+    /// steps all-reduce with the other ranks'.
+    pub comm: Option<Box<dyn crate::training::Communicator>>,
 }
 
 /// The largest peak seen for each phase (load, score, train, eval).

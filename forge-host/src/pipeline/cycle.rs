@@ -179,7 +179,7 @@ fn train_and_save(
             alpha: t.distill_alpha,
             temperature: t.distill_temperature,
         }),
-        comm: None,
+        comm: ctx.opts.comm.as_deref(),
     };
     let mut save_state = |progress: &TrainProgress, optimizer: &dyn forge_api::Optimizer| {
         attached.save(&state.join("adapter"))?;

@@ -15,5 +15,5 @@ pub use budget::{estimate, eval_estimate, human, parse_size, Estimate};
 pub use context::RunOptions;
 pub use recipe::{Recipe, TrainSection, TrainState};
 pub use record::{CycleRecord, RunReport};
-pub use run::run;
 pub use run::{check_budget, open_and_estimate};
+pub use run::{kept_in, run};

@@ -35,12 +35,17 @@ pub fn run(recipe: &Recipe, registry: &Registry, opts: &RunOptions) -> Result<Ru
     let ctx = RunContext::new(recipe, registry, opts, &base)?;
     let result = run_phases(&ctx, &base, estimates, budget, started);
     result.map_err(|e| match e {
-        Error::Interrupted(_) => Error::Interrupted(format!(
-            "; the finished cycles are kept in {}: continue with the same command and --resume",
-            opts.out.display()
-        )),
+        Error::Interrupted(_) => Error::Interrupted(kept_in(&opts.out)),
         other => other,
     })
+}
+
+/// What a run that stopped early says of `out`.
+pub fn kept_in(out: &Path) -> String {
+    format!(
+        "; the finished cycles are kept in {}: continue with the same command and --resume",
+        out.display()
+    )
 }
 
 /// The recipe's base model and each phase's memory estimate on `device` in `dtype`, from the model's

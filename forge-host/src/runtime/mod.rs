@@ -1,4 +1,5 @@
 //! Where work runs: the device and dtype chosen on the command line, and the memory it used.
+pub mod child;
 mod device;
 pub mod interrupt;
 mod memory;

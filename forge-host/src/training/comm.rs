@@ -39,6 +39,7 @@ struct Meeting {
 }
 
 /// One rank of a [`LocalGroup`].
+#[derive(Clone)]
 pub struct LocalRank {
     group: Arc<LocalGroup>,
     rank: usize,
@@ -50,6 +51,41 @@ impl LocalGroup {
         let meeting = Meeting { slots: vec![Vec::new(); world], ..Meeting::default() };
         let group = Arc::new(LocalGroup { state: Mutex::new(meeting), met: Condvar::new(), world });
         (0..world).map(|rank| LocalRank { group: group.clone(), rank }).collect()
+    }
+}
+
+impl LocalGroup {
+    /// Runs `work` once per rank of a new group of `world`: rank 0 on this thread, the others on
+    /// their own. A rank that fails (or panics) frees the others, which would otherwise wait for it
+    /// at the all-reduce; the result is rank 0's, or the error of the rank that failed first, naming
+    /// it (rank 0's own error keeps its kind and its hint, such as out of memory).
+    pub fn run<T>(world: usize, work: impl Fn(&LocalRank) -> Result<T> + Sync) -> Result<T> {
+        let ranks = LocalGroup::ranks(world);
+        let run = |rank: &LocalRank| {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(rank)))
+                .unwrap_or_else(|_| Err(Error::Strategy("it panicked".into())));
+            if let Err(e) = &result {
+                rank.abort(&e.to_string());
+            }
+            result
+        };
+        std::thread::scope(|scope| {
+            let others: Vec<_> = ranks[1..].iter().map(|rank| scope.spawn(|| run(rank).map(drop))).collect();
+            let lead = run(&ranks[0]);
+            let mut others =
+                others.into_iter().map(|h| h.join().expect("a rank's panic is caught in the rank"));
+            match ranks[0].first_failure() {
+                None | Some(0) => lead,
+                Some(rank) => match others.nth(rank - 1) {
+                    // An interrupt seen first by another rank is still an interrupt.
+                    Some(Err(e @ Error::Interrupted(_))) => Err(e),
+                    other => {
+                        let e = other.and_then(Result::err).map_or_else(String::new, |e| e.to_string());
+                        Err(Error::Strategy(format!("rank {rank} failed: {e}")))
+                    }
+                },
+            }
+        })
     }
 }
 

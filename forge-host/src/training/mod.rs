@@ -3,6 +3,8 @@
 //! on disk.
 mod checkpoint;
 mod comm;
+mod nccl;
+mod ranks;
 mod schedule;
 mod state;
 mod teacher;
@@ -10,6 +12,7 @@ mod trainer;
 
 pub use checkpoint::{loss_and_grads, Distill, LossParts};
 pub use comm::{Communicator, LocalGroup, LocalRank};
+pub use ranks::{check_devices, launch, RankOuts, RankSpec};
 pub use schedule::learning_rate;
 pub use state::{load_optimizer_state, save_optimizer_state, OPTIMIZER_STATE_FILE};
 pub use teacher::load_teacher;

@@ -136,7 +136,7 @@ pub fn train_from(
     inputs: &TrainInputs,
     optimizer: &mut dyn Optimizer,
     from: TrainProgress,
-    mut on_stop: Option<OnStop>,
+    on_stop: Option<OnStop>,
 ) -> Result<TrainReport> {
     let config = inputs.config;
     if config.steps == 0 || config.batch_size == 0 || config.grad_accum == 0 {
@@ -157,13 +157,13 @@ pub fn train_from(
     let mut after_first = started;
     let mut parts: Vec<(f64, f64)> = Vec::new();
     while progress.step < config.steps {
-        if crate::runtime::interrupt::requested() {
-            if let Some(save) = on_stop.as_mut() {
-                save(&progress, optimizer)?;
-            }
-            return Err(Error::Interrupted(String::new()));
+        // One device stops before a step; data-parallel ranks agree on a stop in the step's
+        // all-reduce and all stop after that same step, so none is left waiting for the others.
+        if inputs.comm.is_none() && crate::runtime::interrupt::requested() {
+            return stop(on_stop, &progress, optimizer);
         }
-        let (loss, ce_kl) = optimizer_step(inputs, optimizer, &mut order, progress.step)?;
+        let StepEnd { loss, ce_kl, agreed_stop } =
+            optimizer_step(inputs, optimizer, &mut order, progress.step)?;
         parts.extend(ce_kl);
         progress.losses.push(loss);
         progress.step += 1;
@@ -182,6 +182,9 @@ pub fn train_from(
         }
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
+        if agreed_stop && progress.step < config.steps {
+            return stop(on_stop, &progress, optimizer);
+        }
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
@@ -201,27 +204,47 @@ pub fn train_from(
         tokens_per_s,
         seconds,
         peak_memory_bytes: memory.peak_bytes(),
-        distill: inputs.distill.zip(parts.first().zip(parts.last())).map(|(d, (first, last))| {
-            DistillReport {
-                alpha: d.alpha,
-                temperature: d.temperature,
-                ce_first: first.0,
-                ce_last: last.0,
-                kl_first: first.1,
-                kl_last: last.1,
-            }
-        }),
+        distill: distill_report(inputs.distill.as_ref(), &parts),
     })
 }
 
+/// The CE and KL parts of the first and last steps, when distilling.
+fn distill_report(distill: Option<&Distill>, parts: &[(f64, f64)]) -> Option<DistillReport> {
+    distill.zip(parts.first().zip(parts.last())).map(|(d, (first, last))| DistillReport {
+        alpha: d.alpha,
+        temperature: d.temperature,
+        ce_first: first.0,
+        ce_last: last.0,
+        kl_first: first.1,
+        kl_last: last.1,
+    })
+}
+
+/// Saves what resuming needs (when the caller can) and ends the loop as interrupted.
+fn stop(on_stop: Option<OnStop>, progress: &TrainProgress, optimizer: &dyn Optimizer) -> Result<TrainReport> {
+    if let Some(save) = on_stop {
+        save(progress, optimizer)?;
+    }
+    Err(Error::Interrupted(String::new()))
+}
+
+/// What one optimizer step reports.
+struct StepEnd {
+    loss: f64,
+    /// The CE and KL parts, when distilling.
+    ce_kl: Option<(f64, f64)>,
+    /// Data-parallel ranks agreed to stop after this step (one of them was asked to).
+    agreed_stop: bool,
+}
+
 /// One optimizer step: `grad_accum` micro-batches, the averaged gradients clipped, each parameter
-/// updated; returns the step's loss and, when distilling, its CE and KL parts.
+/// updated.
 fn optimizer_step(
     inputs: &TrainInputs,
     optimizer: &mut dyn Optimizer,
     order: &mut WindowOrder,
     step: usize,
-) -> Result<(f64, Option<(f64, f64)>)> {
+) -> Result<StepEnd> {
     let (model, config, seq_len) = (inputs.model, inputs.config, inputs.windows.seq_len());
     let mut sums: Vec<Vec<f32>> = inputs.params.iter().map(|p| vec![0.0; p.elem_count()]).collect();
     let (mut loss, mut ce, mut kl) = (0f64, 0f64, 0f64);
@@ -249,8 +272,12 @@ fn optimizer_step(
             sum.iter_mut().zip(g).for_each(|(s, g)| *s += g / config.grad_accum as f32);
         }
     }
+    let mut agreed_stop = false;
     if let Some(comm) = inputs.comm {
-        (loss, ce, kl) = all_reduce(comm, &mut sums, [loss, ce, kl])?;
+        let asked = if crate::runtime::interrupt::requested() { 1.0 } else { 0.0 };
+        let stops;
+        [loss, ce, kl, stops] = all_reduce(comm, &mut sums, [loss, ce, kl, asked])?;
+        agreed_stop = stops > 0.0;
     }
     if !loss.is_finite() {
         return Err(Error::Strategy(format!(
@@ -270,11 +297,12 @@ fn optimizer_step(
         optimizer.update(id, &mut values, grad, lr)?;
         var.set(&Tensor::from_vec(values, var.shape(), model.device())?.to_dtype(var.dtype())?)?;
     }
-    Ok((loss, inputs.distill.map(|_| (ce, kl))))
+    Ok(StepEnd { loss, ce_kl: inputs.distill.map(|_| (ce, kl)), agreed_stop })
 }
 
-/// Averages the ranks' gradients and loss parts in one all-reduce of a packed buffer.
-fn all_reduce(comm: &dyn Communicator, sums: &mut [Vec<f32>], parts: [f64; 3]) -> Result<(f64, f64, f64)> {
+/// Averages the ranks' gradients and the step's scalars (loss parts, stop requests) in one
+/// all-reduce of a packed buffer.
+fn all_reduce(comm: &dyn Communicator, sums: &mut [Vec<f32>], parts: [f64; 4]) -> Result<[f64; 4]> {
     let mut packed: Vec<f32> = sums.iter().flatten().copied().collect();
     packed.extend(parts.map(|p| p as f32));
     comm.all_reduce_mean(&mut packed)?;
@@ -282,6 +310,5 @@ fn all_reduce(comm: &dyn Communicator, sums: &mut [Vec<f32>], parts: [f64; 3]) -
     for value in sums.iter_mut().flatten() {
         *value = *values.next().expect("packed as many as unpacked");
     }
-    let mut next = || f64::from(*values.next().expect("three loss parts"));
-    Ok((next(), next(), next()))
+    Ok(parts.map(|_| f64::from(*values.next().expect("as many scalars as packed"))))
 }

@@ -6,7 +6,7 @@
 //! whole and the run resumable. The process is tied to the server: if the server dies, the kernel
 //! kills it (PR_SET_PDEATHSIG), so no orphan writes into a folder a resumed job will use.
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::jobs::Status;
 use super::state::Shared;
+use crate::runtime::child;
 
 /// Runs queued jobs on `device` (an index of the server's devices) until the server stops.
 pub fn run(shared: &Arc<Shared>, device: usize) {
@@ -47,10 +48,7 @@ pub fn stop(shared: &Shared) {
 
 /// SIGINT to a job's process.
 pub fn interrupt(pid: u32) {
-    // SAFETY: kill only sends a signal; the pid is a child this process started and has not reaped.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGINT);
-    }
+    child::signal(pid, libc::SIGINT);
 }
 
 fn spawn(shared: &Shared, args: &[String], device: usize) -> std::io::Result<Child> {
@@ -63,15 +61,7 @@ fn spawn(shared: &Shared, args: &[String], device: usize) -> std::io::Result<Chi
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe and touches only the child, between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    child::tie_to_parent(&mut command);
     command.spawn()
 }
 
