@@ -70,5 +70,6 @@ for d in sys.argv[2:]:
     diff = max(float((whole[k].double() - m[k].double()).abs().max()) for k in whole)
     print(f"final model of {d} against the uninterrupted one-device run: largest difference {diff:.3g}")
 EOF
-note "cuda:0 twice: $("$forge" train -q --devices cuda:0,cuda:0 --model "$ck" --data "$data" --out /tmp/ranks-twice 2>&1 | head -1) (exit ${PIPESTATUS[0]})"
+twice=$("$forge" train -q --devices cuda:0,cuda:0 --model "$ck" --data "$data" --out /tmp/ranks-twice 2>&1)
+note "cuda:0 twice (exit $?): $twice"
 cat "$results"
