@@ -14,6 +14,11 @@
 //! written atomically, so the folder is then as a killed one-device run leaves it: `--resume` continues
 //! it. An interrupt (SIGINT or SIGTERM to the parent) is passed on to the ranks, which stop together
 //! at the end of the same training step (the stop is agreed in the step's all-reduce).
+//!
+//! Measured on one H200 (NCCL refuses two ranks on one GPU, so with one rank): the adapter of
+//! `forge train --devices cuda:0` equals one device's bit for bit, and a `forge run --devices cuda:0`
+//! whose rank was SIGKILLed, or whose parent was SIGINTed, mid-training resumes to the uninterrupted
+//! run's model bit for bit (`bench/gpu_ranks.sh`, docs/distributed.md).
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
