@@ -243,11 +243,12 @@ fn bad_recipes_fail_before_any_work_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let o = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 15] = [
+    let cases: [(&[&str], &str); 16] = [
         (&["--set", "train.stepz=3"], "unknown field `stepz`"),
         (&["--set", "train.steps=\"many\""], "invalid type"),
         (&["--set", "score.scorer=\"magnitude\""], "recipe key `score.scorer`: unknown scorer `magnitude`; known scorers: activation, angular, block-influence, l2, random, taylor"),
         (&["--set", "prune.options={ min-heads = 2 }"], "pruner `global` has no option `min-heads`"),
+        (&["--set", "score.layer_scorer=\"depth\""], "recipe key `score.layer_scorer`: unknown scorer `depth`"),
         (&["--set", "prune.cycles=8"], "would remove every head"),
         (&["--set", "train.steps=0"], "train.steps is 0; give at least 1"),
         (&["--set", "train.lr=nan"], "train.lr is NaN; give a positive learning rate"),

@@ -122,6 +122,10 @@ fn a_plugin_scorer_is_chosen_by_name_and_honours_its_options() {
         }
     }
     assert!(rows.iter().flat_map(|r| r.as_array().unwrap()).any(|v| v.as_f64().unwrap().abs() > 1e-3));
+    // A scorer that scores no layers cannot stand in for the layer scores (`--layer-scorer`).
+    let args = ["score", "-q", "--plugin", s(&entropy), "--model", s(&model), "--scorer", "l2"];
+    let more = ["--layer-scorer", "entropy", "--data", s(&data), "--calib-windows", "2"];
+    assert!(forge_refuses(&[&args[..], &more].concat()).contains("layer scorer `entropy` scores no layers"));
 }
 
 /// ‖W_q[h]‖_p of every head of tiny-qwen3, read with the safetensors crate: the C scorer's

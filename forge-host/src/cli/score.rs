@@ -12,6 +12,7 @@ use crate::data::{Documents, TokenWindows};
 use crate::loader::ModelFolder;
 use crate::model::CausalLm;
 use crate::outputs::{heatmap_svg, write_atomic, write_json_atomic};
+use crate::strategies::scorers::use_layer_scores_of;
 use crate::strategies::{ModelProbes, Registry};
 use crate::{Error, Result};
 
@@ -21,6 +22,11 @@ pub struct ScoringArgs {
     /// Importance scorer (`forge list` shows them): l2, random, activation, taylor, or a plugin's.
     #[arg(long)]
     scorer: Option<String>,
+    /// Take whole layers' scores from this scorer instead (e.g. block-influence, which measures how
+    /// much a layer changes the residual stream; taylor's first-order layer scores can rank a layer
+    /// the model cannot lose among the cheapest).
+    #[arg(long, requires = "scorer")]
+    layer_scorer: Option<String>,
     /// An option of the scorer, KEY=VALUE (repeatable); unknown keys are errors.
     #[arg(long = "scorer-opt", value_name = "KEY=VALUE")]
     scorer_opts: Vec<String>,
@@ -91,7 +97,10 @@ impl ScoringArgs {
             rt.seed,
             rt.quiet,
         );
-        let scores = scorer.score(&mut ctx)?;
+        let mut scores = scorer.score(&mut ctx)?;
+        if let Some(layer_scorer) = &self.layer_scorer {
+            use_layer_scores_of(layer_scorer, registry, &mut ctx, &mut scores)?;
+        }
         scores
             .validate(&folder.config.geometry())
             .map_err(|e| crate::bad_input!("scorer `{name}` returned bad scores: {e}"))?;

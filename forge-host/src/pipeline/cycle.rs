@@ -105,6 +105,9 @@ fn score(
         ctx.opts.quiet,
     );
     let mut scores = scorer.score(&mut probes)?;
+    if let Some(name) = &s.layer_scorer {
+        crate::strategies::scorers::use_layer_scores_of(name, ctx.registry, &mut probes, &mut scores)?;
+    }
     scores
         .validate(&folder.config.geometry())
         .map_err(|e| bad_input!("scorer `{}` returned bad scores: {e}", s.scorer))?;

@@ -80,6 +80,9 @@ pub struct ScoreSection {
     pub scorer: String,
     #[serde(default)]
     pub options: OptionTable,
+    /// Whole layers' scores from this scorer instead (`--layer-scorer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_scorer: Option<String>,
     #[serde(default = "d_calib_windows")]
     pub calib_windows: usize,
     #[serde(default = "d_calib_seq_len")]
@@ -363,6 +366,9 @@ impl Recipe {
                 .map_err(|e| bad_input!("recipe key `{key}`: {e}"))
         };
         resolve(StrategyKind::Scorer, "score.scorer", &self.score.scorer, &self.score.options)?;
+        if let Some(name) = &self.score.layer_scorer {
+            resolve(StrategyKind::Scorer, "score.layer_scorer", name, &OptionTable::new())?;
+        }
         resolve(StrategyKind::Pruner, "prune.pruner", &self.prune.pruner, &self.prune.options)?;
         let adapter_options =
             resolve(StrategyKind::Adapter, "train.adapter", &t.adapter, &t.adapter_options)?;
