@@ -6,7 +6,8 @@
 #   bench/units_table.sh FORGE OUT_DIR [KEEP ...]   (default KEEP: 0.75)
 # MODEL (default tiny-qwen3) names the bundled model; UNITS the unit choices, space-separated
 # (default "heads mlp layers heads,mlp,layers"; a hybrid's attention heads are heads,linear-heads);
-# RANK the LoRA rank (default 16; tiny-qwen35's in_proj_b has 8 outputs, so 8 there).
+# RANK the LoRA rank (default 16; tiny-qwen35's in_proj_b has 8 outputs, so 8 there); LAYER_SCORER
+# takes whole layers' scores from another scorer (`--layer-scorer`).
 set -euo pipefail
 forge=$1 out=$2; shift 2
 keeps=("$@"); [ ${#keeps[@]} -gt 0 ] || keeps=(0.75)
@@ -22,7 +23,7 @@ for keep in "${keeps[@]}"; do
   for units in "${unit_choices[@]}"; do
     p=$out/$keep-${units//,/-}
     "$forge" prune -q --json --model "$m" --pruner budget --scorer taylor --data "$d/code-train.jsonl" --calib-windows 8 \
-      --target-params "$keep" --units "$units" --out "$p/model" > "$p.prune.json" || { echo "{\"keep\": $keep, \"units\": \"$units\", \"error\": \"prune refused\"}" >> "$out/table.jsonl"; continue; }
+      --target-params "$keep" --units "$units" ${LAYER_SCORER:+--layer-scorer "$LAYER_SCORER"} --out "$p/model" > "$p.prune.json" || { echo "{\"keep\": $keep, \"units\": \"$units\", \"error\": \"prune refused\"}" >> "$out/table.jsonl"; continue; }
     params=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["parameters_after"])' "$p.prune.json")
     row "$keep" "$units" none "$params" "$p/model" ""
     train=(train -q --model "$p/model" --data "$d/code-train.jsonl" --steps 30 --batch-size 4 --seq-len 256 --lr 2e-3 --targets all-linear --rank "${RANK:-16}")
