@@ -8,7 +8,7 @@ use super::Runtime;
 use crate::pipeline::{kept_in, run as run_recipe, Recipe, RunOptions};
 use crate::runtime::DeviceChoice;
 use crate::strategies::Registry;
-use crate::training::{check_devices, launch, Communicator, LocalGroup, RankOuts, RankSpec};
+use crate::training::{gpu_ranks, launch, Communicator, LocalGroup, RankOuts, RankSpec};
 use crate::{Error, Result};
 
 /// What names a recipe job: `forge run`'s and `forge submit`'s shared flags.
@@ -49,9 +49,7 @@ pub fn run(args: RunArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     }
     let recipe = Recipe::load(&args.job.recipe, &overrides)?;
     let rank = RankSpec::from_env()?;
-    let cpu_ranks = !args.devices.is_empty() && !args.devices.iter().any(|d| *d != DeviceChoice::Cpu);
-    if rank.is_none() && !args.devices.is_empty() && !cpu_ranks {
-        check_devices(&args.devices)?;
+    if rank.is_none() && gpu_ranks(&args.devices) {
         return launch(&args.devices, Some((&args.job.out, args.job.resume)))
             .map_err(|e| resumable(e, &args.job.out));
     }
@@ -65,7 +63,7 @@ pub fn run(args: RunArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         quiet: rt.quiet || secondary,
         comm,
     };
-    let report = if cpu_ranks {
+    let report = if !args.devices.is_empty() && rank.is_none() {
         let outs = RankOuts::prepare(&args.job.out, args.job.resume, args.devices.len())?;
         LocalGroup::run(args.devices.len(), |r| {
             if r.rank() > 0 {
@@ -122,7 +120,7 @@ pub fn run(args: RunArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
 /// A data-parallel run that ended early keeps its finished cycles in `out`, as a one-device run does.
 fn resumable(e: Error, out: &Path) -> Error {
     match e {
-        Error::Strategy(m) if !m.ends_with(&kept_in(out)) => Error::Strategy(m + &kept_in(out)),
+        Error::Strategy(m) => Error::Strategy(m + &kept_in(out)),
         Error::Interrupted(_) => Error::Interrupted(kept_in(out)),
         other => other,
     }

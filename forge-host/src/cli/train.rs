@@ -19,8 +19,8 @@ use crate::strategies::adapters::AttachedAdapter;
 use crate::strategies::Registry;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
-    check_devices, launch, load_teacher, save_optimizer_state, train, Communicator, Distill, LocalGroup,
-    RankSpec, TrainConfig, TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
+    check_devices, gpu_ranks, launch, load_teacher, save_optimizer_state, train, Communicator, Distill,
+    LocalGroup, RankSpec, TrainConfig, TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
 };
 use crate::{bad_input, Result};
 
@@ -152,7 +152,7 @@ impl TrainArgs {
     /// checked: GPUs named once each, and a batch that splits evenly.
     fn world(&self, rank: Option<&RankSpec>) -> Result<usize> {
         let world = rank.map_or(self.devices.len().max(1), |r| r.world);
-        if self.gpu_ranks() {
+        if gpu_ranks(&self.devices) {
             check_devices(&self.devices)?;
         }
         if !self.batch_size.is_multiple_of(world) {
@@ -162,11 +162,6 @@ impl TrainArgs {
             ));
         }
         Ok(world)
-    }
-
-    /// Whether `--devices` names GPUs, which train as processes of their own.
-    fn gpu_ranks(&self) -> bool {
-        self.devices.iter().any(|d| *d != DeviceChoice::Cpu)
     }
 
     /// The flags as the recipe's `[train]` section, so both are checked by one rule.
@@ -236,7 +231,7 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     }
     adapter.trainable_values(&folder.config)?;
     crate::outputs::check_out(&args.out, &[args.model.model.as_path()], "--out")?;
-    if args.gpu_ranks() {
+    if gpu_ranks(&args.devices) {
         return launch(&args.devices, None);
     }
     let tokenizer = folder.tokenizer()?;

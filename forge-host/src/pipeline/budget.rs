@@ -12,7 +12,7 @@
 //! wider projections (the convolution's channels, the f32 outputs of the delta rule).
 use candle_core::{DType, Device};
 
-use super::recipe::{OptionTable, Recipe, TrainSection, TrainState};
+use super::recipe::{OptionTable, Recipe, TrainState};
 use crate::autograd::rows_per_chunk;
 use crate::loader::{LayerKind, ModelConfig};
 
@@ -44,8 +44,7 @@ const OVERHEAD: u64 = 512 << 20;
 /// few residual-width tensors) and, in a hybrid, a linear-attention layer's.
 fn layer_transient(c: &ModelConfig, batch: usize, seq: usize, bytes: u64) -> u64 {
     let tokens = (batch * seq) as u64;
-    let heads = *c.heads.iter().max().unwrap_or(&1) as u64;
-    let scores = batch as u64 * heads * (seq as u64).pow(2) * 4 * 4;
+    let scores = batch as u64 * widest_heads(c) * (seq as u64).pow(2) * 4 * 4;
     let mlp_and_residual = tokens * (c.intermediate as u64 * 3 + c.hidden as u64 * 8) * bytes;
     scores.max(linear_attention_transient(c, batch, seq, bytes)) + mlp_and_residual
 }
@@ -125,10 +124,15 @@ fn train_estimate(
     let tokens = t.batch_size * t.seq_len;
     let (saved, transient) = if fused {
         let mlp_adapted = adapts_mlp(&t.adapter_options);
-        (fused_train_saved(config, t.batch_size, t.seq_len, mlp_adapted), fused_train_transient(config, t))
+        (
+            fused_train_saved(config, t.batch_size, t.seq_len, mlp_adapted),
+            fused_train_transient(config, t.batch_size, t.seq_len),
+        )
     } else {
+        // The per-layer bound counts a layer's working set in what it keeps; checkpointing budgets
+        // the recomputed layer's twice, as this bound always has.
         let saved = layer_saved(config, t.batch_size, t.seq_len, bytes);
-        (saved, saved)
+        (saved, if t.grad_checkpoint { saved } else { 0 })
     };
     let (activations, knob) = if t.grad_checkpoint {
         (
@@ -186,10 +190,7 @@ fn adapts_mlp(options: &OptionTable) -> bool {
 fn fused_train_saved(c: &ModelConfig, batch: usize, seq: usize, mlp_adapted: bool) -> u64 {
     let tokens = (batch * seq) as u64;
     let (hidden, inter) = (c.hidden as u64, c.intermediate as u64);
-    let heads = *c.heads.iter().max().unwrap_or(&1) as u64;
-    let kv_heads = *c.kv_heads.iter().max().unwrap_or(&1) as u64;
-    let query_width = heads * c.query_rows_per_head() as u64;
-    let qkv = query_width + 2 * kv_heads * c.head_dim as u64;
+    let (heads, qkv) = (widest_heads(c), qkv_width(c));
     let mlp = 2 * inter + if mlp_adapted { hidden + inter } else { 0 };
     let attention = tokens * (3 * hidden + 2 * qkv + heads * c.head_dim as u64 + mlp) * 2;
     let linear = linear_attention_transient(c, batch, seq, 2)
@@ -214,12 +215,21 @@ fn widest_values(c: &ModelConfig) -> u64 {
 /// The largest working set of one layer's backward on forge's CUDA path: attention's recomputed
 /// scores, probabilities and their gradient (bf16), or a linear-attention layer's tensors, beside
 /// the MLP's gradients.
-fn fused_train_transient(c: &ModelConfig, t: &TrainSection) -> u64 {
-    let heads = *c.heads.iter().max().unwrap_or(&1) as u64;
-    let scores = 3 * t.batch_size as u64 * heads * (t.seq_len as u64).pow(2) * 2;
-    let tokens = (t.batch_size * t.seq_len) as u64;
-    scores.max(linear_attention_transient(c, t.batch_size, t.seq_len, 2))
-        + 3 * tokens * c.intermediate as u64 * 2
+fn fused_train_transient(c: &ModelConfig, batch: usize, seq: usize) -> u64 {
+    let scores = 3 * batch as u64 * widest_heads(c) * (seq as u64).pow(2) * 2;
+    let tokens = (batch * seq) as u64;
+    scores.max(linear_attention_transient(c, batch, seq, 2)) + 3 * tokens * c.intermediate as u64 * 2
+}
+
+/// The most query heads any layer keeps (layers differ after uneven pruning).
+fn widest_heads(c: &ModelConfig) -> u64 {
+    *c.heads.iter().max().unwrap_or(&1) as u64
+}
+
+/// The widest q, k and v projections' outputs together (a gated query's rows counted twice).
+fn qkv_width(c: &ModelConfig) -> u64 {
+    let kv_heads = *c.kv_heads.iter().max().unwrap_or(&1) as u64;
+    widest_heads(c) * c.query_rows_per_head() as u64 + 2 * kv_heads * c.head_dim as u64
 }
 
 /// The eval phase's estimate, for `batch` windows of `seq` tokens a forward pass (what `forge eval
@@ -260,11 +270,8 @@ fn fused_eval_activations(c: &ModelConfig, batch: usize, seq: usize, bytes: u64)
     let tokens = (batch * seq) as u64;
     let residual = 4 * tokens * c.hidden as u64 * bytes;
     let mlp = 3 * tokens * c.intermediate as u64 * bytes;
-    let heads = *c.heads.iter().max().unwrap_or(&1) as u64;
-    let kv_heads = *c.kv_heads.iter().max().unwrap_or(&1) as u64;
-    let query_width = heads * c.query_rows_per_head() as u64;
-    let projections = 2 * tokens * (query_width + 2 * kv_heads * c.head_dim as u64) * bytes;
-    let attention = projections + 2 * batch as u64 * heads * (seq as u64).pow(2) * bytes;
+    let projections = 2 * tokens * qkv_width(c) * bytes;
+    let attention = projections + 2 * batch as u64 * widest_heads(c) * (seq as u64).pow(2) * bytes;
     let linear = linear_attention_transient(c, batch, seq, bytes);
     let logits = (rows_per_chunk(c.vocab).min(batch * seq) * c.vocab) as u64 * bytes;
     residual + mlp.max(attention).max(linear).max(logits)

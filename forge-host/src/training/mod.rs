@@ -12,7 +12,7 @@ mod trainer;
 
 pub use checkpoint::{loss_and_grads, Distill, LossParts};
 pub use comm::{Communicator, LocalGroup, LocalRank};
-pub use ranks::{check_devices, launch, RankOuts, RankSpec};
+pub use ranks::{check_devices, gpu_ranks, launch, RankOuts, RankSpec};
 pub use schedule::learning_rate;
 pub use state::{load_optimizer_state, save_optimizer_state, OPTIMIZER_STATE_FILE};
 pub use teacher::load_teacher;

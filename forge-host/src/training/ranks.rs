@@ -75,6 +75,11 @@ impl RankSpec {
     }
 }
 
+/// Whether `--devices` names GPUs, which train as processes of their own (CPU ranks are threads).
+pub fn gpu_ranks(devices: &[DeviceChoice]) -> bool {
+    devices.iter().any(|d| *d != DeviceChoice::Cpu)
+}
+
 /// Refuses a `--devices` list data-parallel processes cannot run, before any work.
 pub fn check_devices(devices: &[DeviceChoice]) -> Result<()> {
     if devices.contains(&DeviceChoice::Cpu) {
