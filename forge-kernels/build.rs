@@ -1,8 +1,10 @@
 //! With the `cuda` feature, compiles `cuda/forge_kernels.cu` with nvcc (`../shared/cuda/env.sh`
 //! provides one) into a fat binary embedded in forge: machine code for each architecture in
-//! `FORGE_CUDA_SASS` (comma-separated compute capabilities, default `90`: H100/H200), so the driver
-//! compiles nothing when forge starts there, plus PTX for `FORGE_CUDA_PTX` (default `80`), which the
-//! driver compiles once for any newer card (A100, B200). bf16 arithmetic needs compute 80 or later.
+//! `FORGE_CUDA_SASS` (comma-separated compute capabilities, default `80,90,100`: A100, H100/H200,
+//! B200), so the driver compiles nothing of forge's when forge starts on those, plus PTX for
+//! `FORGE_CUDA_PTX` (default `80`), which the driver compiles once for any other card from compute 8.0
+//! on. bf16 arithmetic needs compute 80 or later. (candle's own kernels are PTX for one architecture,
+//! `CUDA_COMPUTE_CAP`, which `.cargo/config.toml` sets to 80 so that they load on all of these too.)
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -20,7 +22,7 @@ fn main() {
         PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("forge_kernels.fatbin");
     let nvcc =
         std::env::var("CUDA_ROOT").map(|root| format!("{root}/bin/nvcc")).unwrap_or_else(|_| "nvcc".into());
-    let sass = std::env::var("FORGE_CUDA_SASS").unwrap_or_else(|_| "90".into());
+    let sass = std::env::var("FORGE_CUDA_SASS").unwrap_or_else(|_| "80,90,100".into());
     let ptx = std::env::var("FORGE_CUDA_PTX").unwrap_or_else(|_| "80".into());
     let mut command = Command::new(&nvcc);
     command.args(["-fatbin", "-O3", "-std=c++17"]);

@@ -804,3 +804,125 @@ extern "C" __global__ void sigmoid_gate_bf16(const __nv_bfloat16 *__restrict__ x
         y[idx] = __float2bfloat16(__bfloat162float(x[idx]) * sig);
     }
 }
+
+// The output gate's backward, y = out · σ(gate) given dy, in f32 from the bf16 inputs (ignoring the
+// forward's rounding of σ, as the elementary ops' backward does): d_out = dy · σ and
+// d_gate = dy · out · σ(1 − σ). `d` receives d_out (rows, heads·d), then the gradient of `projected`
+// (rows, heads·2d): each head's gate half gets d_gate and its query half 0, since the queries' own
+// gradient reaches `projected` through the attention. One pass replaces the elementary ops' copy of the
+// gate, the sigmoid's backward and two products, and keeps nothing but the two inputs.
+extern "C" __global__ void sigmoid_gate_backward_bf16(const __nv_bfloat16 *__restrict__ x,
+                                                      const __nv_bfloat16 *__restrict__ projected,
+                                                      const __nv_bfloat16 *__restrict__ dy,
+                                                      __nv_bfloat16 *__restrict__ d, long long n, int dim) {
+    __nv_bfloat16 *d_projected = d + n;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
+        const int i = idx % dim;
+        const long long gate_at = 2 * (idx - i) + dim + i;
+        const float sig = 1.f / (1.f + __expf(-__bfloat162float(projected[gate_at])));
+        const float g = __bfloat162float(dy[idx]);
+        d[idx] = __float2bfloat16(g * sig);
+        d_projected[gate_at] = __float2bfloat16(g * __bfloat162float(x[idx]) * sig * (1.f - sig));
+        d_projected[gate_at - dim] = __float2bfloat16(0.f);
+    }
+}
+
+// ---- The optimizer step on the device ----
+
+// AdamW's step for one value, in the host's order of operations exactly (forge-host's
+// `AdamConfig::step`): the moments in f32, the update in f64, each operation rounded on its own (the
+// _rn intrinsics forbid the compiler's fused multiply-adds, which the host does not do), so the
+// device's parameters and moments equal the host's bit for bit. `a` holds the step's constants:
+// beta1, 1 − beta1, beta2, 1 − beta2 (f32, as the host rounds them) and, in f64, the bias corrections
+// 1 − beta1ᵗ and 1 − beta2ᵗ, the decay factor 1 − lr·weight_decay, lr and eps.
+struct AdamStep {
+    float b1, c1, b2, c2;
+    double bc1, bc2, decay, lr, eps;
+    __device__ float apply(float p, float g, float &m, float &v) const {
+        m = __fadd_rn(__fmul_rn(b1, m), __fmul_rn(c1, g));
+        v = __fadd_rn(__fmul_rn(b2, v), __fmul_rn(__fmul_rn(c2, g), g));
+        const double m_hat = __ddiv_rn((double)m, bc1), v_hat = __ddiv_rn((double)v, bc2);
+        const double decayed = __dmul_rn((double)p, decay);
+        return __double2float_rn(__dsub_rn(decayed, __ddiv_rn(__dmul_rn(lr, m_hat), __dadd_rn(__dsqrt_rn(v_hat), eps))));
+    }
+};
+
+// AdamW with f32 moments over n values: from the parameter, its gradient and the state (m then v),
+// writes the new parameter, then the new state, into `out` (3n).
+extern "C" __global__ void adamw_f32(const float *__restrict__ param, const float *__restrict__ grad,
+                                     const float *__restrict__ state, float *__restrict__ out, long long n, float b1,
+                                     float c1, float b2, float c2, double bc1, double bc2, double decay, double lr,
+                                     double eps) {
+    const AdamStep step{b1, c1, b2, c2, bc1, bc2, decay, lr, eps};
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float m = state[i], v = state[n + i];
+        out[i] = step.apply(param[i], grad[i], m, v);
+        out[n + i] = m;
+        out[2 * n + i] = v;
+    }
+}
+
+// The code of the 256-entry sorted map nearest to x, ties to the lower, as the host's
+// `DynamicMap::quantize`: a binary search for the first value not below x.
+__device__ unsigned char nearest_code(const float *map, float x) {
+    int lo = 0, hi = 256;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (map[mid] < x) lo = mid + 1; else hi = mid;
+    }
+    const int upper = min(lo, 255), lower = max(upper - 1, 0);
+    return fabsf(__fsub_rn(x, map[lower])) <= fabsf(__fsub_rn(map[upper], x)) ? lower : upper;
+}
+
+// AdamW with block-wise 8-bit moments (forge-host's `adamw8bit`): one block of 256 threads per block
+// of 256 values decodes both moments (code value × the block's absmax), steps as adamw_f32 does,
+// finds the new absmaxes and codes the moments again. The state is one f32 buffer laid out as
+// [absmax_m (blocks), absmax_v (blocks), codes_m (n bytes, padded to 4), codes_v (the same)]: a
+// candle tensor has one dtype, and the codes ride in it as bytes. `maps` is the signed map then the
+// unsigned one. Writes the new parameter (n), then the new state, into `out`.
+extern "C" __global__ void adamw8bit_f32(const float *__restrict__ param, const float *__restrict__ grad,
+                                         const float *__restrict__ state, const float *__restrict__ maps,
+                                         float *__restrict__ out, long long n, float b1, float c1, float b2,
+                                         float c2, double bc1, double bc2, double decay, double lr, double eps) {
+    __shared__ float signed_map[256], unsigned_map[256], reduce[2][8];
+    const AdamStep step{b1, c1, b2, c2, bc1, bc2, decay, lr, eps};
+    const long long blocks = (n + 255) / 256, code_words = (n + 3) / 4;
+    const float *absmax = state;
+    const unsigned char *codes = reinterpret_cast<const unsigned char *>(state + 2 * blocks);
+    float *new_absmax = out + n;
+    unsigned char *new_codes = reinterpret_cast<unsigned char *>(out + n + 2 * blocks);
+    signed_map[threadIdx.x] = maps[threadIdx.x];
+    unsigned_map[threadIdx.x] = maps[256 + threadIdx.x];
+    __syncthreads();
+    for (long long blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
+        const long long i = blk * 256 + threadIdx.x;
+        const bool live = i < n;
+        float m = 0.f, v = 0.f;
+        if (live) {
+            m = signed_map[codes[i]] * absmax[blk];
+            v = unsigned_map[codes[4 * code_words + i]] * absmax[blocks + blk];
+            out[i] = step.apply(param[i], grad[i], m, v);
+        }
+        float am = fabsf(m), av = fabsf(v);
+        for (int o = 16; o > 0; o >>= 1) {
+            am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+            av = fmaxf(av, __shfl_xor_sync(0xffffffffu, av, o));
+        }
+        if (threadIdx.x % 32 == 0) reduce[0][threadIdx.x / 32] = am, reduce[1][threadIdx.x / 32] = av;
+        __syncthreads();
+        am = 0.f, av = 0.f;
+        for (int w = 0; w < 8; ++w) am = fmaxf(am, reduce[0][w]), av = fmaxf(av, reduce[1][w]);
+        __syncthreads();  // the next block's maxima reuse `reduce`
+        if (threadIdx.x == 0) new_absmax[blk] = am, new_absmax[blocks + blk] = av;
+        const float inv_m = am > 0.f ? __fdiv_rn(1.f, am) : 0.f, inv_v = av > 0.f ? __fdiv_rn(1.f, av) : 0.f;
+        if (live) {
+            new_codes[i] = nearest_code(signed_map, __fmul_rn(m, inv_m));
+            new_codes[4 * code_words + i] = nearest_code(unsigned_map, __fmul_rn(v, inv_v));
+        }
+    }
+    // The padding bytes after each code array, so the whole output is written.
+    if (blockIdx.x == 0 && threadIdx.x < 4 * code_words - n) {
+        new_codes[n + threadIdx.x] = 0;
+        new_codes[4 * code_words + n + threadIdx.x] = 0;
+    }
+}

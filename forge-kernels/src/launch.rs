@@ -16,7 +16,8 @@ use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape, Storage, Tensor};
 use half::bf16;
 
-static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/forge_kernels.fatbin"));
+/// forge's kernels as build.rs compiled them (see [`crate::fatbin`] for what it holds).
+pub static EMBEDDED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/forge_kernels.fatbin"));
 
 /// How the threads of a launch cover the work.
 #[derive(Clone, Copy)]
@@ -43,6 +44,7 @@ pub enum Scalar {
     I32(i32),
     I64(i64),
     F32(f32),
+    F64(f64),
 }
 
 /// A kernel's output element type.
@@ -61,7 +63,7 @@ fn function(dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
             let module = dev
                 .cuda_stream()
                 .context()
-                .load_module(Ptx::from_binary(FATBIN.to_vec()))
+                .load_module(Ptx::from_binary(EMBEDDED.to_vec()))
                 .map_err(|e| candle_core::Error::Msg(format!("loading forge's CUDA kernels: {e}")))?;
             modules.insert(dev.id(), module.clone());
             module
@@ -120,6 +122,7 @@ pub fn launch<T: Output>(
             Scalar::I32(v) => builder.arg(v),
             Scalar::I64(v) => builder.arg(v),
             Scalar::F32(v) => builder.arg(v),
+            Scalar::F64(v) => builder.arg(v),
         };
     }
     // SAFETY: the callers give each kernel the arguments of its signature in `cuda/forge_kernels.cu`,

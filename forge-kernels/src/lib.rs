@@ -13,17 +13,18 @@
 //! | [`gated_delta_rule`] | `gated_delta_prepare_bf16`, `gated_delta_rule_dk{32,64,128}` (+ backward, `gated_delta_prepare_backward_bf16`) | Gated DeltaNet's recurrence, its inputs prepared in parallel first |
 //! | [`causal_conv_silu`] | `causal_conv_silu_bf16` (+ backward) | one pass for prompt and one-token step |
 //! | [`gated_rms_norm`] | `gated_rms_norm_bf16` (+ backward) | one pass instead of about twelve |
-//! | [`sigmoid_gate`] | `sigmoid_gate_bf16` | reads the gate where `q_proj` wrote it |
+//! | [`sigmoid_gate`] | `sigmoid_gate_bf16` (+ backward) | reads the gate where `q_proj` wrote it |
 //!
 //! The last four serve Qwen3.5's hybrid layers. Their forward kernels run only where no input takes a
 //! gradient (`forward_kernel`), so a gradient is never silently dropped; training joins the forward
 //! kernel to its backward function ([`causal_conv_silu_backward`], [`gated_rms_norm_backward`],
-//! [`gated_delta_rule::backward_from_projections`]) in forge-host's autograd, each of which is its
-//! kernel on CUDA and candle's autograd or the host walk elsewhere. The output gate has no backward
-//! kernel yet: training takes its elementary ops.
+//! [`sigmoid_gate_backward`], [`gated_delta_rule::backward_from_projections`]) in forge-host's
+//! autograd, each of which is its kernel on CUDA and candle's autograd or the host walk elsewhere.
+pub mod adam;
 mod causal_conv;
 mod causal_softmax;
 pub mod checks;
+pub mod fatbin;
 pub mod gated_delta_rule;
 mod gated_rms_norm;
 #[cfg(feature = "cuda")]
@@ -45,11 +46,15 @@ pub use causal_softmax::{causal_softmax, causal_softmax_backward};
 pub use gated_rms_norm::gated_rms_norm;
 #[cfg(feature = "cuda")]
 pub use gated_rms_norm::gated_rms_norm_backward;
+#[cfg(feature = "cuda")]
+pub use launch::EMBEDDED as EMBEDDED_FATBIN;
 pub use rms_norm::{rms_norm, FusedRmsNorm};
 pub use rng::SplitMix64;
 pub use rope::{rope, rope_heads_first, FusedRope};
 pub use row_nll::{row_nll, row_nll_backward, RowNll};
 pub use sigmoid_gate::sigmoid_gate;
+#[cfg(feature = "cuda")]
+pub use sigmoid_gate::sigmoid_gate_backward;
 pub use swiglu::{swiglu, swiglu_backward, FusedSwiglu};
 
 /// Whether forge's kernel runs for these tensors: all on a GPU, all bf16. The kernels take bf16 only

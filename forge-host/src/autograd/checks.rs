@@ -1,14 +1,16 @@
 //! forge-kernels' checks of the composite ops built here on the fused kernels: attention (the softmax
 //! kernels and their backward, through the recomputing backward), the chunked NLL (the row NLL kernels
-//! and the lm_head products) and the delta rule (its kernels, joined to autograd), on a device against
-//! the CPU.
+//! and the lm_head products), the delta rule (its kernels, joined to autograd) and the output gate, on
+//! a device against the CPU.
 use candle_core::{Device, Tensor};
 use forge_kernels::checks::{check, random, random_projections, Case, Check};
 use forge_kernels::SplitMix64;
 
 use forge_kernels::gated_delta_rule::{Heads, Projections};
 
-use super::{causal_attention, causal_conv_silu, chunked_nll, gated_delta_rule, gated_rms_norm};
+use super::{
+    causal_attention, causal_conv_silu, chunked_nll, gated_delta_rule, gated_rms_norm, sigmoid_gate,
+};
 
 /// Both composite checks on `dev`, from small shapes to qwen2.5-0.5b's attention and a 151,936-token
 /// vocabulary.
@@ -28,6 +30,14 @@ pub fn all(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>
         checks.push(check(case, dev)?);
     }
     checks.extend(delta_rule_checks(dev, rng)?);
+    // The output gate at a tiny shape and at qwen3.5-0.8b's attention (8 heads of 256, 8 × 1024).
+    for (b, s, heads, d) in [(2, 5, 3, 8), (8, 1024, 8, 256)] {
+        let inputs = vec![random(&[b, s, heads * d], rng, 3.0)?, random(&[b, s, heads * 2 * d], rng, 4.0)?];
+        let weights = random(&[b, s, heads * d], rng, 1.0)?;
+        let f = |x: &[Tensor]| sigmoid_gate(&x[0], &x[1], d);
+        let case = Case::new("sigmoid_gate_backward_bf16", vec![b, s, heads, d], &f, inputs, weights);
+        checks.push(check(case, dev)?);
+    }
     for (rows, hidden, vocab) in [(37, 64, 5003), (600, 128, 151936)] {
         let inputs = vec![random(&[rows, hidden], rng, 1.0)?];
         let lm_head = random(&[vocab, hidden], rng, 0.5)?;

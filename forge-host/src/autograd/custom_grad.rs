@@ -7,11 +7,12 @@
 //! written once here, tested against finite differences or elementary ops where it is used.
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor};
 
 use forge_kernels::profile::section;
 
 type Backward1 = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
+type Backward2 = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<[Option<Tensor>; 2]> + Send + Sync>;
 type Backward3 = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<[Option<Tensor>; 3]> + Send + Sync>;
 
 /// `output` (computed from `input` outside the graph), whose gradient reaches `input` as
@@ -26,6 +27,21 @@ pub fn with_gradient(
         return Ok(output);
     }
     input.apply_op1(Joined::new(name, output, Box::new(backward) as Backward1)?)
+}
+
+/// `output` (computed from two inputs outside the graph), whose gradients reach them as
+/// `backward(grad_output, output)`, `None` for an input that gets none.
+pub fn with_two_gradients(
+    name: &'static str,
+    inputs: [&Tensor; 2],
+    output: Tensor,
+    backward: impl Fn(&Tensor, &Tensor) -> candle_core::Result<[Option<Tensor>; 2]> + Send + Sync + 'static,
+) -> candle_core::Result<Tensor> {
+    if !inputs.iter().any(|t| t.track_op()) {
+        return Ok(output);
+    }
+    let [a, b] = inputs;
+    a.apply_op2(b, Joined::new(name, output, Box::new(backward) as Backward2)?)
 }
 
 /// `output` (computed from three inputs outside the graph), whose gradients reach them as
@@ -110,6 +126,44 @@ impl CustomOp1 for Joined<Backward1> {
 
     fn bwd(&self, _: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         section(self.name, grad.device(), || Ok(Some((self.backward)(grad, res)?)))
+    }
+}
+
+impl CustomOp2 for Joined<Backward2> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu_output()
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.cuda_output()
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let [a, b] = section(self.name, grad.device(), || (self.backward)(grad, res))?;
+        Ok((a, b))
     }
 }
 

@@ -285,7 +285,7 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
 /// What rank 0 keeps of its training: what is saved and reported.
 struct Lead {
     attached: Box<dyn AttachedAdapter>,
-    optimizer: Box<dyn forge_api::Optimizer>,
+    optimizer: Box<dyn crate::strategies::TrainOptimizer>,
     report: TrainReport,
     before: Option<PerplexityReport>,
     after: Option<PerplexityReport>,

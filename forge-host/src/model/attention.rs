@@ -133,7 +133,7 @@ impl Attention {
         };
         let (out, probs) = causal_attention(&q, &k, &v, past)?;
         let out = match gate {
-            Some(projected) => forge_kernels::sigmoid_gate(&out, &projected, d)?,
+            Some(projected) => crate::autograd::sigmoid_gate(&out, &projected, d)?,
             None => out,
         };
         // The heads' outputs side by side, `(b, s, heads · d)`: a head's mask covers its d columns.

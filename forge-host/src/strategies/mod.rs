@@ -10,6 +10,7 @@ pub mod pruners;
 mod registry;
 pub mod scorers;
 
+pub use optimizers::{checks as optimizer_checks, TrainOptimizer};
 pub use plugins::{plugin_paths, PLUGIN_PATH_VAR};
 pub use probes::ModelProbes;
 pub use registry::{Builtin, Entry, Factory, Registry};

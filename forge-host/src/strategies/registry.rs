@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 
 use forge_api::plugin::PluginStrategy;
 use forge_api::{
-    Evaluator, ImportanceScorer, Optimizer, OptionSpec, Options, Pruner, StrategyError, StrategyInfo,
-    StrategyKind,
+    Evaluator, ImportanceScorer, OptionSpec, Options, Pruner, StrategyError, StrategyInfo, StrategyKind,
 };
 use serde_json::Value;
 
 use super::adapters::{Adapter, KernelAdapter};
+use super::optimizers::{HostOnly, TrainOptimizer};
 
 use crate::{bad_input, Error, Result};
 
@@ -22,8 +22,8 @@ pub enum Factory {
     Pruner(fn(&Options) -> Result<Box<dyn Pruner>, StrategyError>),
     /// An adapter.
     Adapter(fn(&Options) -> Result<Box<dyn Adapter>, StrategyError>),
-    /// An optimizer.
-    Optimizer(fn(&Options) -> Result<Box<dyn Optimizer>, StrategyError>),
+    /// An optimizer (a built-in one may also step on the device).
+    Optimizer(fn(&Options) -> Result<Box<dyn TrainOptimizer>, StrategyError>),
     /// An evaluator.
     Evaluator(fn(&Options) -> Result<Box<dyn Evaluator>, StrategyError>),
     /// A strategy of any kind from a plugin library.
@@ -225,11 +225,11 @@ impl Registry {
         &self,
         name: &str,
         given: &BTreeMap<String, Value>,
-    ) -> Result<(Box<dyn Optimizer>, Options)> {
+    ) -> Result<(Box<dyn TrainOptimizer>, Options)> {
         let (entry, options) = self.resolve(StrategyKind::Optimizer, name, given)?;
         let built = match &entry.factory {
             Factory::Optimizer(build) => build(&options)?,
-            Factory::Plugin(plugin) => plugin.optimizer(&options)?,
+            Factory::Plugin(plugin) => Box::new(HostOnly(plugin.optimizer(&options)?)),
             _ => unreachable!("entries of kind optimizer hold optimizer factories"),
         };
         Ok((built, options))

@@ -12,6 +12,7 @@ use super::schedule::learning_rate;
 use crate::data::TokenWindows;
 use crate::model::CausalLm;
 use crate::runtime::PeakMemory;
+use crate::strategies::TrainOptimizer;
 use crate::{bad_input, progress, Error, Result};
 use forge_kernels::profile::section;
 use forge_kernels::SplitMix64;
@@ -125,7 +126,7 @@ pub struct TrainProgress {
 pub type OnStop<'a> = &'a mut dyn FnMut(&TrainProgress, &dyn Optimizer) -> Result<()>;
 
 /// Trains from the first step; a requested stop ends it with [`Error::Interrupted`], saving nothing.
-pub fn train(inputs: &TrainInputs, optimizer: &mut dyn Optimizer) -> Result<TrainReport> {
+pub fn train(inputs: &TrainInputs, optimizer: &mut dyn TrainOptimizer) -> Result<TrainReport> {
     train_from(inputs, optimizer, TrainProgress::default(), None)
 }
 
@@ -134,7 +135,7 @@ pub fn train(inputs: &TrainInputs, optimizer: &mut dyn Optimizer) -> Result<Trai
 /// run would have taken.
 pub fn train_from(
     inputs: &TrainInputs,
-    optimizer: &mut dyn Optimizer,
+    optimizer: &mut dyn TrainOptimizer,
     from: TrainProgress,
     on_stop: Option<OnStop>,
 ) -> Result<TrainReport> {
@@ -241,12 +242,12 @@ struct StepEnd {
 /// updated.
 fn optimizer_step(
     inputs: &TrainInputs,
-    optimizer: &mut dyn Optimizer,
+    optimizer: &mut dyn TrainOptimizer,
     order: &mut WindowOrder,
     step: usize,
 ) -> Result<StepEnd> {
     let (model, config, seq_len) = (inputs.model, inputs.config, inputs.windows.seq_len());
-    let mut sums: Vec<Vec<f32>> = inputs.params.iter().map(|p| vec![0.0; p.elem_count()]).collect();
+    let mut sums = GradSums::new(inputs);
     let (mut loss, mut ce, mut kl) = (0f64, 0f64, 0f64);
     // Every rank draws the whole global batch, so the order stays in step, and keeps its shard.
     let (rank, world) = inputs.comm.map_or((0, 1), |c| (c.rank(), c.world()));
@@ -267,16 +268,13 @@ fn optimizer_step(
         loss += l.loss as f64 * share;
         ce += l.ce as f64 * share;
         kl += l.kl.unwrap_or(0.0) as f64 * share;
-        for (sum, g) in sums.iter_mut().zip(grads) {
-            let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            sum.iter_mut().zip(g).for_each(|(s, g)| *s += g / config.grad_accum as f32);
-        }
+        sums.add(grads, config.grad_accum)?;
     }
     let mut agreed_stop = false;
     if let Some(comm) = inputs.comm {
         let asked = if crate::runtime::interrupt::requested() { 1.0 } else { 0.0 };
         let stops;
-        [loss, ce, kl, stops] = all_reduce(comm, &mut sums, [loss, ce, kl, asked])?;
+        [loss, ce, kl, stops] = all_reduce(comm, sums.host()?, [loss, ce, kl, asked])?;
         agreed_stop = stops > 0.0;
     }
     if !loss.is_finite() {
@@ -285,19 +283,112 @@ fn optimizer_step(
         )));
     }
     if let Some(max) = config.clip_norm {
-        let norm = sums.iter().flatten().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
-        if norm > max {
-            let scale = (max / norm) as f32;
-            sums.iter_mut().flatten().for_each(|g| *g *= scale);
-        }
+        sums.clip(max)?;
     }
     let lr = learning_rate(step, config.steps, config.warmup_steps, config.lr);
-    for (id, (var, grad)) in inputs.params.iter().zip(&sums).enumerate() {
-        let mut values = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        optimizer.update(id, &mut values, grad, lr)?;
-        var.set(&Tensor::from_vec(values, var.shape(), model.device())?.to_dtype(var.dtype())?)?;
-    }
+    // The profile's sections take candle's errors; the step's own error is carried out beside it.
+    let mut applied = Ok(());
+    section("optimizer step", model.device(), || {
+        applied = sums.apply(optimizer, inputs.params, lr);
+        Ok(())
+    })?;
+    applied?;
     Ok(StepEnd { loss, ce_kl: inputs.distill.map(|_| (ce, kl)), agreed_stop })
+}
+
+/// A step's gradient sums: on the device, where the optimizer steps there and no ranks exchange them
+/// (the all-reduce takes host buffers), or on the host.
+enum GradSums {
+    Device(Vec<Tensor>),
+    Host(Vec<Vec<f32>>),
+}
+
+impl GradSums {
+    fn new(inputs: &TrainInputs) -> Self {
+        if inputs.comm.is_none() && inputs.model.device().is_cuda() && cfg!(feature = "cuda") {
+            GradSums::Device(Vec::new())
+        } else {
+            GradSums::Host(inputs.params.iter().map(|p| vec![0.0; p.elem_count()]).collect())
+        }
+    }
+
+    /// Adds one micro-batch's gradients, each divided by the micro-batches of the step.
+    fn add(&mut self, grads: Vec<Tensor>, accum: usize) -> Result<()> {
+        match self {
+            GradSums::Device(sums) if sums.is_empty() => {
+                for g in grads {
+                    sums.push((g.to_dtype(DType::F32)? / accum as f64)?);
+                }
+            }
+            GradSums::Device(sums) => {
+                for (sum, g) in sums.iter_mut().zip(grads) {
+                    *sum = (&*sum + (g.to_dtype(DType::F32)? / accum as f64)?)?;
+                }
+            }
+            GradSums::Host(sums) => {
+                for (sum, g) in sums.iter_mut().zip(grads) {
+                    let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    sum.iter_mut().zip(g).for_each(|(s, g)| *s += g / accum as f32);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The sums on the host (moved there if they were on the device).
+    fn host(&mut self) -> Result<&mut Vec<Vec<f32>>> {
+        if let GradSums::Device(sums) = self {
+            let host =
+                sums.iter().map(|s| s.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
+            *self = GradSums::Host(host);
+        }
+        match self {
+            GradSums::Host(sums) => Ok(sums),
+            GradSums::Device(_) => unreachable!("moved to the host above"),
+        }
+    }
+
+    /// Scales the sums so that their global norm is at most `max`.
+    fn clip(&mut self, max: f64) -> Result<()> {
+        let norm = match self {
+            GradSums::Device(sums) => {
+                // One transfer: every tensor's sum of squares, stacked.
+                let squares =
+                    sums.iter().map(|s| s.sqr()?.sum_all()).collect::<candle_core::Result<Vec<_>>>()?;
+                let squares = Tensor::stack(&squares, 0)?.to_vec1::<f32>()?;
+                squares.iter().map(|&q| q as f64).sum::<f64>().sqrt()
+            }
+            GradSums::Host(sums) => sums.iter().flatten().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt(),
+        };
+        if norm > max {
+            let scale = (max / norm) as f32;
+            match self {
+                GradSums::Device(sums) => {
+                    for s in sums.iter_mut() {
+                        *s = (&*s * scale as f64)?;
+                    }
+                }
+                GradSums::Host(sums) => sums.iter_mut().flatten().for_each(|g| *g *= scale),
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps every parameter: on the device where the optimizer can, else through the host.
+    fn apply(&mut self, optimizer: &mut dyn TrainOptimizer, params: &[Var], lr: f64) -> Result<()> {
+        for (id, var) in params.iter().enumerate() {
+            if let GradSums::Device(sums) = self {
+                if optimizer.update_on_device(id, var, &sums[id], lr)? {
+                    continue;
+                }
+            }
+            let grad = self.host()?[id].as_slice();
+            let mut values = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            optimizer.update(id, &mut values, grad, lr)?;
+            var.set(&Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Averages the ranks' gradients and the step's scalars (loss parts, stop requests) in one

@@ -1,14 +1,16 @@
 //! `adamw`: Adam with decoupled weight decay (Loshchilov & Hutter 2019), f32 moments, bias-corrected.
 use std::collections::BTreeMap;
 
+use candle_core::{Tensor, Var};
 use forge_api::{Optimizer, StateData, StateTensor, StrategyError};
 
+use super::on_device::{device_error, steps_on_device, Placed, TrainOptimizer};
 use super::{take, AdamConfig};
 use crate::strategies::{Builtin, Factory};
 
+/// One parameter's moments, `m` then `v` in one buffer (the device kernel's layout), and its steps.
 struct Moments {
-    m: Vec<f32>,
-    v: Vec<f32>,
+    mv: Placed<Vec<f32>>,
     t: u64,
 }
 
@@ -21,38 +23,46 @@ impl AdamW {
     pub(super) fn new(config: AdamConfig) -> Self {
         AdamW { config, moments: BTreeMap::new() }
     }
+
+    /// Parameter `id`'s moments, zero before its first step, their step count advanced.
+    fn advance(&mut self, id: usize, n: usize) -> &mut Moments {
+        let s = self
+            .moments
+            .entry(id)
+            .or_insert_with(|| Moments { mv: Placed::host_state(n, vec![0.0; 2 * n]), t: 0 });
+        s.t += 1;
+        s
+    }
 }
 
 impl Optimizer for AdamW {
     fn update(&mut self, id: usize, params: &mut [f32], grads: &[f32], lr: f64) -> Result<(), StrategyError> {
-        let s = self.moments.entry(id).or_insert_with(|| Moments {
-            m: vec![0.0; params.len()],
-            v: vec![0.0; params.len()],
-            t: 0,
-        });
-        s.t += 1;
-        for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(&mut s.m).zip(&mut s.v) {
-            (*m, *v) = self.config.step(p, g, *m, *v, lr, s.t);
+        let config = self.config;
+        let s = self.advance(id, params.len());
+        let t = s.t;
+        let (m, v) = s.mv.host()?.split_at_mut(params.len());
+        for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(m).zip(v) {
+            (*m, *v) = config.step(p, g, *m, *v, lr, t);
         }
         Ok(())
     }
 
     fn state_bytes(&self) -> usize {
-        self.moments.values().map(|s| (s.m.len() + s.v.len()) * 4 + 8).sum()
+        self.moments.values().map(|s| s.mv.bytes() + 8).sum()
     }
 
     fn state(&self) -> Result<Vec<StateTensor>, StrategyError> {
-        Ok(self
-            .moments
-            .iter()
-            .flat_map(|(id, s)| {
-                [
-                    StateTensor { name: format!("{id}.m"), data: StateData::F32(s.m.clone()) },
-                    StateTensor { name: format!("{id}.v"), data: StateData::F32(s.v.clone()) },
-                    StateTensor { name: format!("{id}.t"), data: StateData::U64(vec![s.t]) },
-                ]
-            })
-            .collect())
+        let mut out = Vec::new();
+        for (id, s) in &self.moments {
+            let mut m = s.mv.to_host()?.into_owned();
+            let v = m.split_off(m.len() / 2);
+            out.extend([
+                StateTensor { name: format!("{id}.m"), data: StateData::F32(m) },
+                StateTensor { name: format!("{id}.v"), data: StateData::F32(v) },
+                StateTensor { name: format!("{id}.t"), data: StateData::U64(vec![s.t]) },
+            ]);
+        }
+        Ok(out)
     }
 
     fn load_state(&mut self, state: Vec<StateTensor>) -> Result<(), StrategyError> {
@@ -68,10 +78,53 @@ impl Optimizer for AdamW {
                     "optimizer state of parameter {id} has the wrong types"
                 )));
             };
-            self.moments.insert(id, Moments { m: m.clone(), v: v.clone(), t: t[0] });
+            let mv = m.iter().chain(v).copied().collect();
+            self.moments.insert(id, Moments { mv: Placed::host_state(m.len(), mv), t: t[0] });
         }
         Ok(())
     }
+}
+
+impl TrainOptimizer for AdamW {
+    fn update_on_device(
+        &mut self,
+        id: usize,
+        param: &Var,
+        grad: &Tensor,
+        lr: f64,
+    ) -> Result<bool, StrategyError> {
+        if !steps_on_device(param) {
+            return Ok(false);
+        }
+        let config = self.config;
+        let s = self.advance(id, param.elem_count());
+        let step = config.device_step(lr, s.t);
+        let state = s.mv.on(param.device())?;
+        let (new_param, new_state) = device_step(param, grad, state, &step)?;
+        param.set(&new_param).map_err(device_error)?;
+        s.mv.set_device(new_state);
+        Ok(true)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn device_step(
+    param: &Var,
+    grad: &Tensor,
+    state: &Tensor,
+    step: &forge_kernels::adam::AdamStep,
+) -> Result<(Tensor, Tensor), StrategyError> {
+    forge_kernels::adam::adamw_step(param.as_tensor(), grad, state, step).map_err(device_error)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_step(
+    _: &Var,
+    _: &Tensor,
+    _: &Tensor,
+    _: &forge_kernels::adam::AdamStep,
+) -> Result<(Tensor, Tensor), StrategyError> {
+    unreachable!("steps_on_device is false without CUDA")
 }
 
 inventory::submit! {

@@ -5,10 +5,12 @@
 //! noisy), as bitsandbytes does by default.
 use std::collections::BTreeMap;
 
+use candle_core::{Tensor, Var};
 use forge_api::{Optimizer, StateData, StateTensor, StrategyError};
 
 use super::adamw::AdamW;
-use super::quant_map::{DynamicMap, Quantized, BLOCK};
+use super::on_device::{device_error, steps_on_device, Placed, TrainOptimizer};
+use super::quant_map::{DynamicMap, Quantized, QuantizedMoments, BLOCK};
 use super::{take, AdamConfig};
 use crate::strategies::{Builtin, Factory};
 
@@ -16,8 +18,7 @@ use crate::strategies::{Builtin, Factory};
 const MIN_8BIT_SIZE: usize = 4096;
 
 struct Moments8 {
-    m: Quantized,
-    v: Quantized,
+    mv: Placed<QuantizedMoments>,
     t: u64,
 }
 
@@ -27,6 +28,37 @@ struct AdamW8bit {
     unsigned: DynamicMap,
     moments: BTreeMap<usize, Moments8>,
     small: AdamW,
+    /// Both code books on the device the last step ran on (the signed then the unsigned).
+    device_maps: Option<Tensor>,
+}
+
+impl AdamW8bit {
+    /// Parameter `id`'s moments, zero before its first step, their step count advanced.
+    fn advance(&mut self, id: usize, n: usize) -> &mut Moments8 {
+        let (signed, unsigned) = (&self.signed, &self.unsigned);
+        let s = self.moments.entry(id).or_insert_with(|| Moments8 {
+            mv: Placed::host_state(
+                n,
+                QuantizedMoments { m: Quantized::zeros(signed, n), v: Quantized::zeros(unsigned, n) },
+            ),
+            t: 0,
+        });
+        s.t += 1;
+        s
+    }
+
+    fn maps_on(&mut self, device: &candle_core::Device) -> Result<Tensor, StrategyError> {
+        if let Some(maps) = self.device_maps.as_ref().filter(|m| m.device().same_device(device)) {
+            return Ok(maps.clone());
+        }
+        let values: Vec<f32> = (0..=255u8)
+            .map(|c| self.signed.value(c))
+            .chain((0..=255u8).map(|c| self.unsigned.value(c)))
+            .collect();
+        let maps = Tensor::from_vec(values, 512, device).map_err(device_error)?;
+        self.device_maps = Some(maps.clone());
+        Ok(maps)
+    }
 }
 
 impl Optimizer for AdamW8bit {
@@ -34,20 +66,17 @@ impl Optimizer for AdamW8bit {
         if params.len() < MIN_8BIT_SIZE {
             return self.small.update(id, params, grads, lr);
         }
+        let config = self.config;
+        let t = self.advance(id, params.len()).t;
         let (signed, unsigned) = (&self.signed, &self.unsigned);
-        let s = self.moments.entry(id).or_insert_with(|| Moments8 {
-            m: Quantized::zeros(signed, params.len()),
-            v: Quantized::zeros(unsigned, params.len()),
-            t: 0,
-        });
-        s.t += 1;
+        let s = self.moments.get_mut(&id).expect("advanced above").mv.host()?;
         let (mut m, mut v) = ([0f32; BLOCK], [0f32; BLOCK]);
         for (b, (p, g)) in params.chunks_mut(BLOCK).zip(grads.chunks(BLOCK)).enumerate() {
             let n = p.len();
             s.m.load_block(signed, b, &mut m[..n]);
             s.v.load_block(unsigned, b, &mut v[..n]);
             for i in 0..n {
-                (m[i], v[i]) = self.config.step(&mut p[i], g[i], m[i], v[i], lr, s.t);
+                (m[i], v[i]) = config.step(&mut p[i], g[i], m[i], v[i], lr, t);
             }
             s.m.store_block(signed, b, &m[..n]);
             s.v.store_block(unsigned, b, &v[..n]);
@@ -56,7 +85,7 @@ impl Optimizer for AdamW8bit {
     }
 
     fn state_bytes(&self) -> usize {
-        self.moments.values().map(|s| s.m.bytes() + s.v.bytes() + 8).sum::<usize>() + self.small.state_bytes()
+        self.moments.values().map(|s| s.mv.bytes() + 8).sum::<usize>() + self.small.state_bytes()
     }
 
     /// One byte per moment and an f32 scale per block of each; parameters under 4096 values keep f32
@@ -68,11 +97,13 @@ impl Optimizer for AdamW8bit {
     fn state(&self) -> Result<Vec<StateTensor>, StrategyError> {
         let mut out = self.small.state()?;
         for (id, s) in &self.moments {
+            let mv = s.mv.to_host()?;
+            let (m, v) = (&mv.m, &mv.v);
             out.extend([
-                StateTensor { name: format!("{id}.m.codes"), data: StateData::U8(s.m.codes.clone()) },
-                StateTensor { name: format!("{id}.m.absmax"), data: StateData::F32(s.m.absmax.clone()) },
-                StateTensor { name: format!("{id}.v.codes"), data: StateData::U8(s.v.codes.clone()) },
-                StateTensor { name: format!("{id}.v.absmax"), data: StateData::F32(s.v.absmax.clone()) },
+                StateTensor { name: format!("{id}.m.codes"), data: StateData::U8(m.codes.clone()) },
+                StateTensor { name: format!("{id}.m.absmax"), data: StateData::F32(m.absmax.clone()) },
+                StateTensor { name: format!("{id}.v.codes"), data: StateData::U8(v.codes.clone()) },
+                StateTensor { name: format!("{id}.v.absmax"), data: StateData::F32(v.absmax.clone()) },
                 StateTensor { name: format!("{id}.steps"), data: StateData::U64(vec![s.t]) },
             ]);
         }
@@ -99,7 +130,8 @@ impl Optimizer for AdamW8bit {
             };
             let m = Quantized { codes: mc.clone(), absmax: ma.clone() };
             let v = Quantized { codes: vc.clone(), absmax: va.clone() };
-            self.moments.insert(id, Moments8 { m, v, t: t[0] });
+            let mv = Placed::host_state(mc.len(), QuantizedMoments { m, v });
+            self.moments.insert(id, Moments8 { mv, t: t[0] });
         }
         let small: Vec<StateTensor> = state
             .into_iter()
@@ -109,6 +141,53 @@ impl Optimizer for AdamW8bit {
     }
 }
 
+impl TrainOptimizer for AdamW8bit {
+    fn update_on_device(
+        &mut self,
+        id: usize,
+        param: &Var,
+        grad: &Tensor,
+        lr: f64,
+    ) -> Result<bool, StrategyError> {
+        if param.elem_count() < MIN_8BIT_SIZE {
+            return self.small.update_on_device(id, param, grad, lr);
+        }
+        if !steps_on_device(param) {
+            return Ok(false);
+        }
+        let maps = self.maps_on(param.device())?;
+        let config = self.config;
+        let s = self.advance(id, param.elem_count());
+        let step = config.device_step(lr, s.t);
+        let (new_param, new_state) = device_step(param, grad, s.mv.on(param.device())?, &maps, &step)?;
+        param.set(&new_param).map_err(device_error)?;
+        s.mv.set_device(new_state);
+        Ok(true)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn device_step(
+    param: &Var,
+    grad: &Tensor,
+    state: &Tensor,
+    maps: &Tensor,
+    step: &forge_kernels::adam::AdamStep,
+) -> Result<(Tensor, Tensor), StrategyError> {
+    forge_kernels::adam::adamw8bit_step(param.as_tensor(), grad, state, maps, step).map_err(device_error)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_step(
+    _: &Var,
+    _: &Tensor,
+    _: &Tensor,
+    _: &Tensor,
+    _: &forge_kernels::adam::AdamStep,
+) -> Result<(Tensor, Tensor), StrategyError> {
+    unreachable!("steps_on_device is false without CUDA")
+}
+
 fn build(config: AdamConfig) -> AdamW8bit {
     AdamW8bit {
         config,
@@ -116,6 +195,7 @@ fn build(config: AdamConfig) -> AdamW8bit {
         unsigned: DynamicMap::new(false),
         moments: BTreeMap::new(),
         small: AdamW::new(config),
+        device_maps: None,
     }
 }
 

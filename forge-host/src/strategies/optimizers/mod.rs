@@ -1,7 +1,12 @@
-//! Built-in optimizers, one per file, as flat-buffer kernels (see [`forge_api::Optimizer`]).
+//! Built-in optimizers, one per file, as flat-buffer kernels (see [`forge_api::Optimizer`]) that also
+//! step on the device ([`TrainOptimizer`]).
 mod adamw;
 mod adamw8bit;
+pub mod checks;
+mod on_device;
 mod quant_map;
+
+pub use on_device::{HostOnly, TrainOptimizer};
 
 use forge_api::{OptionKind, OptionSpec, Options, StateData, StateTensor, StrategyError};
 
@@ -51,6 +56,14 @@ impl AdamConfig {
         let decayed = *p as f64 * (1.0 - lr * self.weight_decay);
         *p = (decayed - lr * m_hat / (v_hat.sqrt() + self.eps)) as f32;
         (m, v)
+    }
+}
+
+impl AdamConfig {
+    /// The device kernel's constants for a step at `lr` (its step number `t` set by the caller).
+    fn device_step(&self, lr: f64, t: u64) -> forge_kernels::adam::AdamStep {
+        let AdamConfig { beta1, beta2, eps, weight_decay } = *self;
+        forge_kernels::adam::AdamStep { beta1, beta2, eps, weight_decay, lr, t }
     }
 }
 

@@ -102,6 +102,57 @@ impl Quantized {
     }
 }
 
+/// AdamW8bit's two moments of one parameter.
+#[derive(Clone, Debug)]
+pub struct QuantizedMoments {
+    pub m: Quantized,
+    pub v: Quantized,
+}
+
+/// Packed for the device kernel (forge-kernels' `adamw8bit_f32`): one f32 buffer of both absmax
+/// arrays, then both code arrays as bytes, each padded to whole words (a candle tensor has one dtype;
+/// the codes ride in it as bit patterns, never as numbers).
+impl super::on_device::HostState for QuantizedMoments {
+    fn pack(&self) -> Vec<f32> {
+        let words = |codes: &[u8]| -> Vec<f32> {
+            codes
+                .chunks(4)
+                .map(|c| {
+                    let mut w = [0u8; 4];
+                    w[..c.len()].copy_from_slice(c);
+                    f32::from_bits(u32::from_le_bytes(w))
+                })
+                .collect()
+        };
+        let mut packed = self.m.absmax.clone();
+        packed.extend(&self.v.absmax);
+        packed.extend(words(&self.m.codes));
+        packed.extend(words(&self.v.codes));
+        packed
+    }
+
+    fn unpack(packed: Vec<f32>, values: usize) -> Self {
+        let (blocks, words) = (values.div_ceil(BLOCK), values.div_ceil(4));
+        let codes = |w: &[f32]| -> Vec<u8> {
+            let mut bytes: Vec<u8> = w.iter().flat_map(|f| f.to_bits().to_le_bytes()).collect();
+            bytes.truncate(values);
+            bytes
+        };
+        let at = 2 * blocks;
+        QuantizedMoments {
+            m: Quantized { codes: codes(&packed[at..at + words]), absmax: packed[..blocks].to_vec() },
+            v: Quantized {
+                codes: codes(&packed[at + words..at + 2 * words]),
+                absmax: packed[blocks..at].to_vec(),
+            },
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.m.bytes() + self.v.bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +201,27 @@ mod tests {
                 assert!((v - b).abs() <= bound, "{v} came back as {b}, beyond the bound {bound}");
             }
         }
+    }
+
+    /// The device layout holds both moments' codes and scales and gives them back unchanged, for a
+    /// length that is neither whole blocks nor whole words; its size is what the kernel expects.
+    #[test]
+    fn packed_moments_round_trip() {
+        use crate::strategies::optimizers::on_device::HostState;
+        let n = 3 * BLOCK + 7;
+        let (signed, unsigned) = (DynamicMap::new(true), DynamicMap::new(false));
+        let (mut m, mut v) = (Quantized::zeros(&signed, n), Quantized::zeros(&unsigned, n));
+        for b in 0..n.div_ceil(BLOCK) {
+            let len = BLOCK.min(n - b * BLOCK);
+            let values: Vec<f32> = (0..len).map(|i| ((i * 37 + b) % 101) as f32 / 50.0 - 1.0).collect();
+            m.store_block(&signed, b, &values);
+            v.store_block(&unsigned, b, &values.iter().map(|x| x * x).collect::<Vec<_>>());
+        }
+        let moments = QuantizedMoments { m, v };
+        let packed = moments.pack();
+        assert_eq!(packed.len(), forge_kernels::adam::adam8bit_state_len(n));
+        let back = QuantizedMoments::unpack(packed, n);
+        assert_eq!((back.m.codes, back.m.absmax), (moments.m.codes, moments.m.absmax));
+        assert_eq!((back.v.codes, back.v.absmax), (moments.v.codes, moments.v.absmax));
     }
 }
