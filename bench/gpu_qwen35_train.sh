@@ -10,6 +10,8 @@
 # MODES is plain, checkpointed or both (the default); e.g. `qwen3.5-0.8b qwen3.5-9b:checkpointed`.
 # PEER_MODES (default: the same) limits the peer's rows, e.g. to skip what the issue already measured;
 # KERNELS=0 skips the kernel checks; STEP_LIMIT (default 300) caps each forge run's seconds.
+# PROFILE_ARCH profiles 4 forge steps of that checkpoint (FORGE_PROFILE: time and memory by section),
+# with PROFILE_FLAGS added (e.g. --grad-checkpoint).
 # The peer is what users fall back to for training: transformers' own PyTorch loops for Gated
 # DeltaNet, because flash-linear-attention 0.6 refuses its backward on Hopper with Triton 3.6; so the
 # peer runs without fla on its path (PYTHONPATH unset), whatever the caller set for other scripts.
@@ -47,7 +49,7 @@ for spec in "${archs[@]}"; do
   done
   [ -n "${PROFILE_ARCH:-}" ] && [ "$arch" = "$PROFILE_ARCH" ] && FORGE_PROFILE=1 "$forge" train -q --json --device cuda \
     --model "$ck" --data "$data" --out /tmp/lora-profile --steps 4 --batch-size 8 --seq-len 1024 --rank 16 --targets "$targets" \
-    2> "$out/profile-train-$arch.txt" > /dev/null
+    ${PROFILE_FLAGS:-} 2> "$out/profile-train-$arch.txt" > /dev/null
   rm -rf "$ck"  # the next, larger checkpoint needs the disk
 done
 python3 "$here/bench/qwen35_train_table.py" "$out" | tee "$out/table.md"

@@ -555,7 +555,9 @@ struct DeltaTile {
 // The states the walk needs are recomputed, not kept from the forward: a first pass stores the state
 // at the start of each chunk of `chunk` tokens; then, chunk by chunk from the last, the chunk's states
 // are recomputed from its start into the scratch and walked back. Memory: (seq / chunk + chunk) states
-// per (sequence, head), least at chunk ≈ √seq.
+// per (sequence, head), least at chunk ≈ √seq. A block walks one (sequence, head) after another
+// with the same scratch, so the scratch is as many blocks as run at once (the launch gives as many
+// blocks as the card has multiprocessors: one block fills one), not as many as there are heads.
 //
 // DeltaBackward is what a thread of the kernel works on: its block's (sequence, value head), its state
 // column and rows, the inputs, outputs and scratch. The phases of the kernel are its methods.
@@ -571,11 +573,11 @@ struct DeltaBackward {
     bool active;
 
     __device__ DeltaBackward(DeltaTile<DK, T> &tile, const float *prepared, const __nv_bfloat16 *conv, const float *d_out,
-                             float *out, int batch, int seq, int key_heads, int value_heads, int dv, int chunk)
+                             float *out, int batch, int seq, int key_heads, int value_heads, int dv, int chunk, int item)
         : tile(tile), d_out(d_out), conv(conv), seq(seq), key_heads(key_heads), value_heads(value_heads), dv(dv), chunk(chunk) {
         warp = threadIdx.x / 32, lane = threadIdx.x % 32, column = lane % COLUMNS;
         j = warp * COLUMNS + column, first = (lane / COLUMNS) * ROWS, active = j < dv;
-        h = blockIdx.x % value_heads, b = blockIdx.x / value_heads, kh = h / (value_heads / key_heads);
+        h = item % value_heads, b = item / value_heads, kh = h / (value_heads / key_heads);
         const long long rows = (long long)batch * seq, vrows = rows * value_heads;
         kd = (long long)key_heads * DK, width = 2 * kd + (long long)value_heads * dv;
         qp = prepared, kp = prepared + rows * kd, gp = prepared + 2 * rows * kd, bp = gp + vrows;
@@ -732,7 +734,9 @@ struct DeltaBackward {
         const float *__restrict__ prepared, const __nv_bfloat16 *__restrict__ conv, const float *__restrict__ d_out,   \
         float *__restrict__ out, int batch, int seq, int key_heads, int value_heads, int dv, int chunk) {               \
         __shared__ DeltaTile<DK, 8> tile;                                                                               \
-        DeltaBackward<DK, 8>(tile, prepared, conv, d_out, out, batch, seq, key_heads, value_heads, dv, chunk).run();    \
+        for (int item = blockIdx.x; item < batch * value_heads; item += gridDim.x)                                      \
+            DeltaBackward<DK, 8>(tile, prepared, conv, d_out, out, batch, seq, key_heads, value_heads, dv, chunk, item)    \
+                .run();                                                                                                 \
     }
 GATED_DELTA_RULE_BACKWARD(32)
 GATED_DELTA_RULE_BACKWARD(64)

@@ -72,6 +72,21 @@ fn function(dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
     module.load_function(name).map_err(|e| candle_core::Error::Msg(format!("CUDA kernel {name}: {e}")))
 }
 
+/// Multiprocessors of the CUDA device `t` lives on (the most blocks of one block per multiprocessor
+/// that run at once).
+pub fn multiprocessors(t: &Tensor) -> candle_core::Result<usize> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    let candle_core::Device::Cuda(dev) = t.device() else {
+        candle_core::bail!("multiprocessors: not a CUDA tensor");
+    };
+    let count = dev
+        .cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(|e| candle_core::Error::Msg(format!("reading the multiprocessor count: {e}")))?;
+    Ok(count.max(1) as usize)
+}
+
 /// A borrowed input, viewed as the element type its storage holds.
 enum View<'a> {
     Bf16(CudaView<'a, bf16>),

@@ -28,6 +28,8 @@ pub mod fatbin;
 pub mod gated_delta_rule;
 mod gated_rms_norm;
 #[cfg(feature = "cuda")]
+pub mod jit;
+#[cfg(feature = "cuda")]
 mod launch;
 pub mod profile;
 mod rms_norm;

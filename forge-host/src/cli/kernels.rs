@@ -12,6 +12,11 @@ pub struct KernelsArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Instead of the checks, time the driver's compilation of each of candle's PTX modules (what a
+    /// fresh machine pays on first use); run with CUDA_CACHE_DISABLE=1 so that nothing comes from the
+    /// JIT cache.
+    #[arg(long)]
+    candle_jit: bool,
 }
 
 pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
@@ -19,6 +24,9 @@ pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
         return Err(bad_input!(
             "give --device cuda: the CPU references are what the device kernels are checked against"
         ));
+    }
+    if args.candle_jit {
+        return candle_jit(&args, rt);
     }
     let mut rng = SplitMix64::new(rt.seed);
     let mut checks = forge_kernels::checks::all(&rt.device, &mut rng)?;
@@ -42,4 +50,26 @@ fn built_for() -> Result<Vec<String>> {
     return forge_kernels::fatbin::architectures(forge_kernels::EMBEDDED_FATBIN).map_err(Error::Strategy);
     #[cfg(not(feature = "cuda"))]
     Ok(Vec::new())
+}
+
+#[cfg(feature = "cuda")]
+fn candle_jit(args: &KernelsArgs, rt: &Runtime) -> Result<()> {
+    let loads = forge_kernels::jit::candle_module_loads(&rt.device)?;
+    let cached = std::env::var_os("CUDA_CACHE_DISABLE").is_none_or(|v| v != "1");
+    super::emit(&serde_json::json!({ "jit_cache_on": cached, "candle_modules": &loads }), args.json, |_| {
+        let mut lines: Vec<String> = loads
+            .iter()
+            .map(|l| format!("{:10} {:>9} bytes of PTX  {:7.3} s", l.module, l.ptx_bytes, l.seconds))
+            .collect();
+        if cached {
+            lines.push("(the JIT cache was on: set CUDA_CACHE_DISABLE=1 to time compilation)".into());
+        }
+        lines.join("\n")
+    });
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn candle_jit(_: &KernelsArgs, _: &Runtime) -> Result<()> {
+    Err(bad_input!("candle's PTX modules exist in a build with the `cuda` feature only"))
 }

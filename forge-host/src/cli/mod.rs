@@ -213,6 +213,7 @@ pub fn main() -> i32 {
         .without_time()
         .init();
     crate::runtime::interrupt::install();
+    forge_kernels::profile::set_memory_probe(crate::runtime::pool_usage);
     let result = run(cli);
     if let Some(profile) = forge_kernels::profile::report() {
         eprintln!("{profile}");

@@ -33,6 +33,12 @@ pub fn free_device_memory(device: &Device) -> Option<u64> {
     pool::free(device)
 }
 
+/// A CUDA device pool's bytes in use now and its high-water mark, for the profile's sections (None on
+/// the CPU).
+pub fn pool_usage(device: &Device) -> Option<(u64, u64)> {
+    Some((pool::in_use(device)?, pool::high_water(device)?))
+}
+
 /// The process's peak resident set, from `/proc/self/status` (Linux).
 fn process_peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -78,16 +84,18 @@ mod pool {
     }
 
     pub fn high_water(device: &Device) -> Option<u64> {
+        attribute(device, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+    }
+
+    pub fn in_use(device: &Device) -> Option<u64> {
+        attribute(device, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
+    }
+
+    fn attribute(device: &Device, which: sys::CUmemPool_attribute) -> Option<u64> {
         let pool = default_pool(device)?;
         let mut value: u64 = 0;
         // SAFETY: the attribute writes one u64 through the pointer given.
-        let status = unsafe {
-            sys::cuMemPoolGetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut value as *mut u64).cast(),
-            )
-        };
+        let status = unsafe { sys::cuMemPoolGetAttribute(pool, which, (&mut value as *mut u64).cast()) };
         (status == sys::CUresult::CUDA_SUCCESS).then_some(value)
     }
 }
@@ -103,6 +111,10 @@ mod pool {
     }
 
     pub fn high_water(_: &Device) -> Option<u64> {
+        None
+    }
+
+    pub fn in_use(_: &Device) -> Option<u64> {
         None
     }
 }

@@ -5,4 +5,4 @@ pub mod interrupt;
 mod memory;
 
 pub use device::{parse_device, resolve_dtype, DeviceChoice};
-pub use memory::{free_device_memory, PeakMemory};
+pub use memory::{free_device_memory, pool_usage, PeakMemory};

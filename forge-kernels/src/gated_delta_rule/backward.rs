@@ -50,8 +50,10 @@ pub fn backward_from_projections(
 }
 
 /// The kernels. The rule's backward writes the prepared inputs' gradients, then its scratch (the states
-/// at each chunk's start and one chunk's states); chunks of about √seq tokens (a multiple of the
-/// kernel's tile of 8) keep that scratch least. The preparation's backward turns them into the raw
+/// at each chunk's start and one chunk's states, per block); chunks of about √seq tokens (a multiple of
+/// the kernel's tile of 8) keep that scratch least, and one block per multiprocessor, each walking
+/// (sequence, head) pairs in turn, keeps it to what runs at once: 0.5 GiB at qwen3.5-9b's 256 pairs on
+/// an H200's 132 multiprocessors, where a block per pair took 1 GiB. The preparation's backward turns them into the raw
 /// inputs' gradients, and the buffer with the scratch is dropped.
 #[cfg(feature = "cuda")]
 fn on_device(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Result<[Tensor; 3]> {
@@ -69,11 +71,12 @@ fn on_device(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Result<[
         64 => "gated_delta_rule_backward_dk64",
         _ => "gated_delta_rule_backward_dk128",
     };
+    let blocks = (b * h.value_heads).min(crate::launch::multiprocessors(p.conv)?);
     let grads = launch_on_tensors::<f32>(
         kernel,
         &[&prepared, p.conv, &d_out.to_dtype(DType::F32)?],
-        2 * vrows * dk + vrows * dv + 2 * vrows + b * h.value_heads * per_block,
-        Grid::PerRow { rows: b * h.value_heads, threads: warps as u32 * 32 },
+        2 * vrows * dk + vrows * dv + 2 * vrows + blocks * per_block,
+        Grid::PerRow { rows: blocks, threads: warps as u32 * 32 },
         &[b, s, h.key_heads, h.value_heads, dv, chunk].map(|v| Scalar::I32(v as i32)),
     )?;
     let raw = launch_on_tensors::<half::bf16>(
