@@ -1,7 +1,7 @@
 //! Text generation with the KV cache: the prompt is run once, then one token per step. Greedy at
 //! temperature 0; otherwise sampling from the temperature-scaled distribution, restricted to the
 //! smallest set of tokens whose probability reaches `top_p`, with a seeded generator.
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use crate::model::{CausalLm, KvCache};
 use crate::{bad_input, Result};
@@ -42,12 +42,11 @@ pub fn generate(model: &CausalLm, prompt: &[u32], config: &SamplingConfig) -> Re
     let mut out = Vec::with_capacity(config.max_new_tokens);
     for _ in 0..config.max_new_tokens {
         // No graph: an adapter's parameters are read detached, and the fused kernels stay in use.
-        let logits = crate::autograd::no_grad(|| model.logits(&input, Some(&mut cache)))?;
-        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
+        let last = crate::autograd::no_grad(|| model.last_logits(&input, Some(&mut cache)))?;
         let next = if config.temperature == 0.0 {
-            last.argmax(D::Minus1)?.to_scalar::<u32>()?
+            argmax(&last)
         } else {
-            sample(&last.to_vec1::<f32>()?, config.temperature, config.top_p, &mut rng)
+            sample(&last, config.temperature, config.top_p, &mut rng)
         };
         out.push(next);
         if Some(next) == config.stop_token {
@@ -56,6 +55,17 @@ pub fn generate(model: &CausalLm, prompt: &[u32], config: &SamplingConfig) -> Re
         input = Tensor::from_slice(&[next], (1, 1), model.device())?;
     }
     Ok(out)
+}
+
+/// The first index of the largest logit.
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut SplitMix64) -> u32 {

@@ -107,10 +107,19 @@ extern "C" __global__ void row_nll_backward_bf16(const __nv_bfloat16 *__restrict
         d[j] = __float2bfloat16(g * (__expf(__bfloat162float(x[j]) - lse) - (j == (int)t ? 1.f : 0.f)));
 }
 
-// RMS norm of each row of `n` bf16 values: y = bf16(x / sqrt(mean(x²) + eps)) · w, statistics in f32,
-// as transformers rounds before the weight. One read, one write; replaces nine elementary ops.
-extern "C" __global__ void rms_norm_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
-                                         __nv_bfloat16 *__restrict__ y, int n, float eps) {
+// RMS norm of each row of `n` bf16 values, statistics in f32, in the two conventions transformers has:
+// with a bf16 weight, y = bf16(bf16(x / sqrt(mean(x²) + eps)) · w), rounded before the weight (Llama,
+// Qwen2/3); with an f32 weight (Qwen3.5's `1 + w`, formed in f32 at load), y = bf16(x / rms · w), rounded
+// once at the end. One read, one write; replaces nine elementary ops (the f32 convention's elementary
+// ops also load three of candle's PTX modules).
+__device__ __forceinline__ float normed(float v, float r, __nv_bfloat16 w) {
+    return __bfloat162float(__float2bfloat16(v * r)) * __bfloat162float(w);
+}
+__device__ __forceinline__ float normed(float v, float r, float w) { return v * r * w; }
+
+template <typename W>
+__device__ void rms_norm(const __nv_bfloat16 *__restrict__ x, const W *__restrict__ w, __nv_bfloat16 *__restrict__ y,
+                         int n, float eps) {
     __shared__ float shared[32];
     const long long row = blockIdx.x;
     const __nv_bfloat16 *xr = x + row * n;
@@ -121,16 +130,28 @@ extern "C" __global__ void rms_norm_bf16(const __nv_bfloat16 *__restrict__ x, co
         s += v * v;
     }
     const float r = rsqrtf(block_reduce<false>(s, shared) / n + eps);
-    for (int j = threadIdx.x; j < n; j += blockDim.x)
-        yr[j] = __float2bfloat16(__bfloat162float(__float2bfloat16(__bfloat162float(xr[j]) * r)) * __bfloat162float(w[j]));
+    for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = __float2bfloat16(normed(__bfloat162float(xr[j]), r, w[j]));
 }
 
+extern "C" __global__ void rms_norm_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
+                                         __nv_bfloat16 *__restrict__ y, int n, float eps) {
+    rms_norm(x, w, y, n, eps);
+}
+extern "C" __global__ void rms_norm_f32w_bf16(const __nv_bfloat16 *__restrict__ x, const float *__restrict__ w,
+                                              __nv_bfloat16 *__restrict__ y, int n, float eps) {
+    rms_norm(x, w, y, n, eps);
+}
+
+__device__ __forceinline__ float weight_value(__nv_bfloat16 w) { return __bfloat162float(w); }
+__device__ __forceinline__ float weight_value(float w) { return w; }
+
 // The gradient of x for y = x / rms(x) · w given dy, per row of n values, in f32 (ignoring the forward's
-// rounding to bf16, as the elementary ops' backward does): with r = 1 / rms(x) and gw = dy · w,
-// dx = gw · r - x · r³ · mean(x · gw). One block per row, three reads and one write.
-extern "C" __global__ void rms_norm_backward_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
-                                                  const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx,
-                                                  int n, float eps) {
+// rounding to bf16, as the elementary ops' backward does; the same for both weight conventions): with
+// r = 1 / rms(x) and gw = dy · w, dx = gw · r - x · r³ · mean(x · gw). One block per row, three reads
+// and one write.
+template <typename W>
+__device__ void rms_norm_backward(const __nv_bfloat16 *__restrict__ x, const W *__restrict__ w,
+                                  const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx, int n, float eps) {
     __shared__ float shared[32];
     const long long row = blockIdx.x;
     const __nv_bfloat16 *xr = x + row * n, *gr = dy + row * n;
@@ -139,12 +160,23 @@ extern "C" __global__ void rms_norm_backward_bf16(const __nv_bfloat16 *__restric
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         const float v = __bfloat162float(xr[j]);
         sq += v * v;
-        dot += v * __bfloat162float(gr[j]) * __bfloat162float(w[j]);
+        dot += v * __bfloat162float(gr[j]) * weight_value(w[j]);
     }
     const float r = rsqrtf(block_reduce<false>(sq, shared) / n + eps);
     const float c = r * r * r * block_reduce<false>(dot, shared) / n;
     for (int j = threadIdx.x; j < n; j += blockDim.x)
-        dr[j] = __float2bfloat16(__bfloat162float(gr[j]) * __bfloat162float(w[j]) * r - __bfloat162float(xr[j]) * c);
+        dr[j] = __float2bfloat16(__bfloat162float(gr[j]) * weight_value(w[j]) * r - __bfloat162float(xr[j]) * c);
+}
+
+extern "C" __global__ void rms_norm_backward_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
+                                                  const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx,
+                                                  int n, float eps) {
+    rms_norm_backward(x, w, dy, dx, n, eps);
+}
+extern "C" __global__ void rms_norm_f32w_backward_bf16(const __nv_bfloat16 *__restrict__ x, const float *__restrict__ w,
+                                                       const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx,
+                                                       int n, float eps) {
+    rms_norm_backward(x, w, dy, dx, n, eps);
 }
 
 // Where slot `idx` of a (batch, seq, heads, d) tensor lives, with the first `rot` dimensions of each
@@ -929,4 +961,45 @@ extern "C" __global__ void adamw8bit_f32(const float *__restrict__ param, const 
         new_codes[n + threadIdx.x] = 0;
         new_codes[4 * code_words + n + threadIdx.x] = 0;
     }
+}
+
+// ---- Ops that would otherwise load a whole candle PTX module ----
+// candle's kernels are PTX, compiled by the driver per module on first use: 7.2 s for its binary ops,
+// 1.9 s for its indexing ops on an H200 (`forge kernels --candle-jit`). The residual adds and the
+// embedding lookup are all that eval and generation need of those two modules, so forge runs its own.
+
+// a + b over n bf16 values, in f32 rounded once (as candle's bf16 add).
+extern "C" __global__ void add_bf16(const __nv_bfloat16 *__restrict__ a, const __nv_bfloat16 *__restrict__ b,
+                                    __nv_bfloat16 *__restrict__ y, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = __float2bfloat16(__bfloat162float(a[i]) + __bfloat162float(b[i]));
+}
+
+// Rows `ids` of a (vocab, dim) bf16 table, gathered into (rows, dim).
+extern "C" __global__ void embedding_bf16(const __nv_bfloat16 *__restrict__ table, const unsigned int *__restrict__ ids,
+                                          __nv_bfloat16 *__restrict__ y, long long n, int dim) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / dim;
+        y[i] = table[(long long)ids[row] * dim + (i - row * dim)];
+    }
+}
+
+// x (batch, seq, heads, d) written heads-first, (batch, heads, seq, d): the values' layout for
+// attention, without candle's strided copy (its unary PTX module, 2.2 s to compile on a fresh H200).
+extern "C" __global__ void heads_first_bf16(const __nv_bfloat16 *__restrict__ x, __nv_bfloat16 *__restrict__ y,
+                                            long long n, int seq, int heads, int d) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const int e = i % d;
+        const long long r = i / d;  // (b, s, h) row of x
+        const int h = r % heads, s = (r / heads) % seq;
+        const long long b = r / heads / seq;
+        y[((b * heads + h) * seq + s) * d + e] = x[i];
+    }
+}
+
+// x (rows, n) + bias (n), bf16, in f32 rounded once (as candle's broadcast add): a linear layer's bias.
+extern "C" __global__ void add_bias_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ bias,
+                                         __nv_bfloat16 *__restrict__ y, long long total, int n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
+        y[i] = __float2bfloat16(__bfloat162float(x[i]) + __bfloat162float(bias[i % n]));
 }

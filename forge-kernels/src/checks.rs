@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::gated_delta_rule::{self, Heads, Projections};
 use crate::{
-    causal_conv_silu, causal_softmax, gated_rms_norm, rms_norm, rope_heads_first, row_nll, sigmoid_gate,
-    swiglu, RowNll, SplitMix64,
+    add_bias, causal_conv_silu, causal_softmax, embedding, gated_rms_norm, heads_first, residual_add,
+    rms_norm, rms_norm_f32_weight, rope_heads_first, row_nll, sigmoid_gate, swiglu, RowNll, SplitMix64,
 };
 
 /// One comparison of a device result with its reference.
@@ -250,6 +250,38 @@ fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
         let weights = random(&shape, rng, 1.0)?;
         checks.push(check(Case::new("swiglu_bf16", shape, &f, inputs, weights), dev)?);
     }
+    checks.extend(candle_free_checks(dev, rng)?);
+    Ok(checks)
+}
+
+/// The ops that stand in for candle's on eval's path (residual add, bias add, embedding lookup,
+/// heads-first copy) and Qwen3.5's norm with its f32 weight, forward and backward where they have one, against candle's own ops on the CPU.
+fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let shape = vec![8, 1024, 896];
+    let f = |x: &[Tensor]| residual_add(&x[0], &x[1]);
+    let inputs = vec![random(&shape, rng, 4.0)?, random(&shape, rng, 4.0)?];
+    checks.push(check(Case::new("add_bf16", shape.clone(), &f, inputs, random(&shape, rng, 1.0)?), dev)?);
+    let bias = random(&[896], rng, 2.0)?;
+    let f = |x: &[Tensor]| add_bias(&x[0], &bias.to_device(x[0].device())?.to_dtype(x[0].dtype())?);
+    let inputs = vec![random(&shape, rng, 4.0)?];
+    checks
+        .push(check(Case::new("add_bias_bf16", shape.clone(), &f, inputs, random(&shape, rng, 1.0)?), dev)?);
+    let (b, s, h, d) = (2, 300, 7, 64);
+    let f = |x: &[Tensor]| heads_first(&x[0]);
+    let (inputs, weights) = (vec![random(&[b, s, h, d], rng, 4.0)?], random(&[b, h, s, d], rng, 1.0)?);
+    checks.push(check(Case::new("heads_first_bf16", vec![b, s, h, d], &f, inputs, weights), dev)?);
+    let (vocab, dim, rows) = (5003, 896, 4096);
+    let table = random(&[vocab, dim], rng, 1.0)?;
+    let ids: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+    let ids = Tensor::from_vec(ids, (8, rows / 8), &Device::Cpu)?;
+    let f = |d: &Device, dtype: DType| embedding(&table.to_device(d)?.to_dtype(dtype)?, &ids.to_device(d)?);
+    checks.push(forward_check("embedding_bf16", vec![vocab, dim, rows], &f, dev, 1e-2)?);
+    // Qwen3.5's norm at qwen3.5-0.8b's hidden width, its weight `1 + w` in f32.
+    let w = (random(&[1024], rng, 0.5)? + 1.0)?;
+    let f = |x: &[Tensor]| rms_norm_f32_weight(&x[0], &w.to_device(x[0].device())?, 1e-6);
+    let (inputs, weights) = (vec![random(&[4096, 1024], rng, 4.0)?], random(&[4096, 1024], rng, 1.0)?);
+    checks.push(check(Case::new("rms_norm_f32w_bf16", vec![4096, 1024], &f, inputs, weights), dev)?);
     Ok(checks)
 }
 

@@ -7,13 +7,14 @@
 //! | --- | --- | --- |
 //! | [`causal_softmax`] | `causal_softmax_bf16` (+ backward) | one pass instead of ten over the scores |
 //! | [`row_nll`] | `row_nll_bf16` (+ backward) | no f32 copy of a `(rows, vocab)` block |
-//! | [`rms_norm`] | `rms_norm_bf16` (+ backward) | one pass; no f32 copy of the activations |
+//! | [`rms_norm`], [`rms_norm_f32_weight`] | `rms_norm_bf16`, `rms_norm_f32w_bf16` (+ backward) | one pass; no f32 copy of the activations |
 //! | [`rope_heads_first`] | `rope_bf16` (+ backward) | rotation and the heads-first transpose in one pass |
 //! | [`swiglu`] | `swiglu_bf16` (+ backward) | one pass instead of three |
 //! | [`gated_delta_rule`] | `gated_delta_prepare_bf16`, `gated_delta_rule_dk{32,64,128}` (+ backward, `gated_delta_prepare_backward_bf16`) | Gated DeltaNet's recurrence, its inputs prepared in parallel first |
 //! | [`causal_conv_silu`] | `causal_conv_silu_bf16` (+ backward) | one pass for prompt and one-token step |
 //! | [`gated_rms_norm`] | `gated_rms_norm_bf16` (+ backward) | one pass instead of about twelve |
 //! | [`sigmoid_gate`] | `sigmoid_gate_bf16` (+ backward) | reads the gate where `q_proj` wrote it |
+//! | [`residual_add`], [`add_bias`], [`embedding`], [`heads_first`] | `add_bf16`, `add_bias_bf16`, `embedding_bf16`, `heads_first_bf16` | no candle PTX module to compile on a fresh machine |
 //!
 //! The last four serve Qwen3.5's hybrid layers. Their forward kernels run only where no input takes a
 //! gradient (`forward_kernel`), so a gradient is never silently dropped; training joins the forward
@@ -32,6 +33,7 @@ pub mod jit;
 #[cfg(feature = "cuda")]
 mod launch;
 pub mod profile;
+mod residual;
 mod rms_norm;
 mod rng;
 mod rope;
@@ -50,7 +52,8 @@ pub use gated_rms_norm::gated_rms_norm;
 pub use gated_rms_norm::gated_rms_norm_backward;
 #[cfg(feature = "cuda")]
 pub use launch::EMBEDDED as EMBEDDED_FATBIN;
-pub use rms_norm::{rms_norm, FusedRmsNorm};
+pub use residual::{add_bias, embedding, heads_first, residual_add};
+pub use rms_norm::{rms_norm, rms_norm_f32_weight, FusedRmsNorm};
 pub use rng::SplitMix64;
 pub use rope::{rope, rope_heads_first, FusedRope};
 pub use row_nll::{row_nll, row_nll_backward, RowNll};

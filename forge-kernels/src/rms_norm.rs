@@ -1,6 +1,6 @@
 //! RMS norm, `x / sqrt(mean(x²) + eps) · w` over the last dimension. Like transformers, the statistics
 //! are taken in f32 whatever the model's dtype, and the result is cast back before the weight is
-//! applied. candle's fused `rms_norm` has no backward (gradients through it silently vanish), so the
+//! applied; or, in Qwen3.5's convention ([`rms_norm_f32_weight`]: the weight `1 + w` in f32), after. candle's fused `rms_norm` has no backward (gradients through it silently vanish), so the
 //! general path is elementary ops; forge's kernel (one pass, with a recomputing backward) serves while
 //! the weight is frozen.
 use candle_core::{DType, Tensor, D};
@@ -20,8 +20,21 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor>
     x32.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(w)
 }
 
+/// Qwen3.5's norm: `x / rms · w` with `w` in f32 (its `1 + weight`, formed at load), all in f32 and
+/// rounded once at the end, as transformers' `Qwen3_5RMSNorm`. The fused op where it runs (CUDA, a
+/// frozen weight), else elementary ops: about ten f32 passes, each kept for the backward in training.
+pub fn rms_norm_f32_weight(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if on_kernel(&[x]) && w.dtype() == DType::F32 && !w.device().is_cpu() && !w.track_op() {
+        return x.contiguous()?.apply_op2(w, FusedRmsNorm { eps });
+    }
+    let x32 = x.to_dtype(DType::F32)?;
+    let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    x32.broadcast_mul(&inv_rms)?.broadcast_mul(w)?.to_dtype(x.dtype())
+}
+
 /// The norm as one op: forge's CUDA kernel, and on the CPU the same rounding steps (its reference,
-/// which `forge kernels` checks it against). The backward recomputes the statistics in f32 from the
+/// which `forge kernels` checks it against). A bf16 weight is applied after rounding, an f32 one
+/// before ([`rms_norm_f32_weight`]). The backward recomputes the statistics in f32 from the
 /// kept input: `dx = r·(g·w) − x·r³·mean(x·g·w)` with `r = 1/√(mean(x²) + eps)`; the weight, frozen
 /// wherever this op is used, gets no gradient.
 pub struct FusedRmsNorm {
@@ -44,21 +57,32 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         use candle_core::backend::BackendStorage;
         use candle_core::CpuStorage;
         use half::bf16;
-        let (CpuStorage::BF16(x), CpuStorage::BF16(w)) = (x, w) else {
-            return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), "rms-norm"));
-        };
         let (Some((xs, xe)), Some((ws, we))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
             return Err(candle_core::Error::RequiresContiguous { op: "rms-norm" });
         };
-        let w = &w[ws..we];
+        // Each weight convention as a function of (x · r, weight index).
+        let scaled: Box<dyn Fn(f32, usize) -> f32> = match (x, w) {
+            (CpuStorage::BF16(_), CpuStorage::BF16(w)) => {
+                let w = w[ws..we].to_vec();
+                Box::new(move |v, j| bf16::from_f32(v).to_f32() * w[j].to_f32())
+            }
+            (CpuStorage::BF16(_), CpuStorage::F32(w)) => {
+                let w = w[ws..we].to_vec();
+                Box::new(move |v, j| v * w[j])
+            }
+            _ => return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), "rms-norm")),
+        };
+        let CpuStorage::BF16(x) = x else { unreachable!("matched above") };
+        let n = we - ws;
         let y: Vec<bf16> = x[xs..xe]
-            .chunks(w.len())
+            .chunks(n)
             .flat_map(|row| {
                 let mean = row.iter().map(|v| v.to_f32().powi(2)).sum::<f32>() / row.len() as f32;
                 let r = 1.0 / (mean + self.eps as f32).sqrt();
                 row.iter()
-                    .zip(w)
-                    .map(move |(v, w)| bf16::from_f32(bf16::from_f32(v.to_f32() * r).to_f32() * w.to_f32()))
+                    .enumerate()
+                    .map(|(j, v)| bf16::from_f32(scaled(v.to_f32() * r, j)))
+                    .collect::<Vec<_>>()
             })
             .collect();
         Ok((CpuStorage::BF16(y), xl.shape().clone()))
@@ -73,10 +97,11 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         wl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
         use crate::launch::{same_shape, Grid, Scalar};
+        use candle_core::backend::BackendStorage;
         let n = wl.shape().elem_count();
         let grid = Grid::PerRow { rows: xl.shape().elem_count() / n, threads: 256 };
         same_shape::<half::bf16>(
-            "rms_norm_bf16",
+            if w.dtype() == DType::F32 { "rms_norm_f32w_bf16" } else { "rms_norm_bf16" },
             &[(x, xl), (w, wl)],
             grid,
             &[Scalar::I32(n as i32), Scalar::F32(self.eps as f32)],
@@ -92,19 +117,18 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         section("rms norm backward", x.device(), || {
             #[cfg(feature = "cuda")]
-            if on_kernel(&[x, w]) {
+            if on_kernel(&[x]) && !w.device().is_cpu() {
                 use crate::launch::{launch_on_tensors, Grid, Scalar};
                 let n = w.elem_count();
                 let grid = Grid::PerRow { rows: x.elem_count() / n, threads: 256 };
                 let scalars = [Scalar::I32(n as i32), Scalar::F32(self.eps as f32)];
                 let dy = grad.to_dtype(DType::BF16)?;
-                let dx = launch_on_tensors::<half::bf16>(
-                    "rms_norm_backward_bf16",
-                    &[x, w, &dy],
-                    x.shape(),
-                    grid,
-                    &scalars,
-                )?;
+                let kernel = if w.dtype() == DType::F32 {
+                    "rms_norm_f32w_backward_bf16"
+                } else {
+                    "rms_norm_backward_bf16"
+                };
+                let dx = launch_on_tensors::<half::bf16>(kernel, &[x, w, &dy], x.shape(), grid, &scalars)?;
                 return Ok((Some(dx), None));
             }
             let x32 = x.to_dtype(DType::F32)?;
@@ -150,6 +174,19 @@ mod tests {
         for (a, b) in grad(true)?.iter().zip(grad(false)?) {
             assert!((a - b).abs() <= 2e-2 * (1.0 + b.abs()), "gradient {a} vs {b}");
         }
+        Ok(())
+    }
+
+    /// Qwen3.5's convention through the fused op's reference equals the elementary ops in f32 rounded
+    /// once: the weight (here `1 + w`, in f32) is applied before the cast.
+    #[test]
+    fn the_f32_weight_reference_rounds_once_after_the_weight() -> candle_core::Result<()> {
+        let x: Vec<f32> = (0..3 * 5).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+        let x = Tensor::from_vec(x, (3, 5), &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let w = Tensor::new(&[1.5f32, 0.75, 1.0, 1.25, 0.9], &Device::Cpu)?;
+        let fused = x.apply_op2_no_bwd(&w, &FusedRmsNorm { eps: 1e-6 })?.to_dtype(DType::F32)?;
+        let plain = rms_norm_f32_weight(&x, &w, 1e-6)?.to_dtype(DType::F32)?;
+        assert_eq!(fused.to_vec2::<f32>()?, plain.to_vec2::<f32>()?);
         Ok(())
     }
 }

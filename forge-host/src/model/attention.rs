@@ -124,7 +124,7 @@ impl Attention {
             let q = split(q, self.heads, &self.q_norm)?;
             let k = split(self.k_proj.forward(x)?, self.kv_heads, &self.k_norm)?;
             let v =
-                self.v_proj.forward(x)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?.contiguous()?;
+                forge_kernels::heads_first(&self.v_proj.forward(x)?.reshape((b, s, self.kv_heads, d))?)?;
             Ok((q, gate, k, v))
         })?;
         let (k, v) = match cache {

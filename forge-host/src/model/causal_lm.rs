@@ -219,7 +219,11 @@ impl CausalLm {
     /// Token embeddings `(batch, seq, hidden)` of `ids` `(batch, seq)`: the first layer's input.
     pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, seq) = ids.dims2()?;
-        self.embed_tokens.embedding(&ids.flatten_all()?)?.reshape((b, seq, self.config.hidden))
+        forge_kernels::embedding(&self.embed_tokens, &ids.flatten_all()?)?.reshape((
+            b,
+            seq,
+            self.config.hidden,
+        ))
     }
 
     /// Rotary tables for positions `past..past + seq`.
@@ -266,6 +270,15 @@ impl CausalLm {
     pub fn logits(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
         let hidden = self.hidden_states(ids, cache)?;
         frozen_matmul(&hidden, &self.lm_head)?.to_dtype(DType::F32)
+    }
+
+    /// The last position's logits of a one-sequence batch, on the host in f32 (what decoding picks the
+    /// next token from): the logits' cast and the pick happen on the host, so on CUDA decoding needs none
+    /// of candle's cast and reduce PTX modules, which a fresh machine compiles on first use.
+    pub fn last_logits(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> candle_core::Result<Vec<f32>> {
+        let logits = frozen_matmul(&self.hidden_states(ids, cache)?, &self.lm_head)?;
+        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
+        last.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.to_vec1::<f32>()
     }
 
     /// Next-token NLL `(batch, seq - 1)` in f32: position t predicts token t + 1. Logits are never

@@ -137,7 +137,7 @@ impl DecoderLayer {
             Some(g) => t.broadcast_mul(g),
             None => Ok(t),
         };
-        let x = (x + gated(attended)?)?;
+        let x = forge_kernels::residual_add(x, &gated(attended)?)?;
         let fed = section("mlp + norm", x.device(), || {
             self.mlp.forward_masked(
                 &self.post_attention_layernorm.forward(&x)?,
@@ -146,6 +146,6 @@ impl DecoderLayer {
                 observer,
             )
         })?;
-        x + gated(fed)?
+        forge_kernels::residual_add(&x, &gated(fed)?)
     }
 }

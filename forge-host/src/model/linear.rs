@@ -78,7 +78,7 @@ impl Module for Linear {
         }
         let base = frozen_matmul(x, &self.weight)?;
         let base = match &self.bias {
-            Some(b) => base.broadcast_add(b)?,
+            Some(b) => forge_kernels::add_bias(&base, b)?,
             None => base,
         };
         match &self.adapter {

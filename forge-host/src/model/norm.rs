@@ -6,7 +6,7 @@
 //!   `Qwen3_5RMSNorm`).
 //!
 //! Qwen3.5's linear attention has a third, gated norm; it lives with that layer.
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 
 use crate::loader::WeightScope;
 use crate::Result;
@@ -31,7 +31,12 @@ impl RmsNorm {
 /// Loads `weight` of width `dim` from `vb`; `offset` picks the `1 + w` convention.
 pub fn rms_norm(dim: usize, eps: f64, offset: bool, vb: WeightScope) -> Result<RmsNorm> {
     let weight = vb.get("weight", &[dim])?;
-    let weight = if offset { (weight.to_dtype(DType::F32)? + 1.0)? } else { weight };
+    // `1 + w` formed on the host: on CUDA the cast and add would each load one of candle's PTX modules.
+    let weight = if offset {
+        (weight.to_device(&Device::Cpu)?.to_dtype(DType::F32)? + 1.0)?.to_device(weight.device())?
+    } else {
+        weight
+    };
     Ok(RmsNorm { weight, eps, offset })
 }
 
@@ -40,9 +45,7 @@ impl Module for RmsNorm {
         if !self.offset {
             return forge_kernels::rms_norm(x, &self.weight, self.eps);
         }
-        let x32 = x.to_dtype(DType::F32)?;
-        let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-        x32.broadcast_mul(&inv_rms)?.broadcast_mul(&self.weight)?.to_dtype(x.dtype())
+        forge_kernels::rms_norm_f32_weight(x, &self.weight, self.eps)
     }
 }
 

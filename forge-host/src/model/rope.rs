@@ -70,8 +70,11 @@ impl RotaryEmbedding {
             angles.extend_from_slice(&row);
             angles.extend_from_slice(&row);
         }
-        let angles = Tensor::from_vec(angles, (1, 1, len, 2 * half), device)?;
-        Ok(RopeTables { cos: angles.cos()?.to_dtype(dtype)?, sin: angles.sin()?.to_dtype(dtype)? })
+        // Made on the host and moved in the model's dtype: on CUDA the unary and cast ops would each
+        // load one of candle's PTX modules, which a fresh machine compiles inside the first forward pass.
+        let angles = Tensor::from_vec(angles, (1, 1, len, 2 * half), &Device::Cpu)?;
+        let on_device = |t: Tensor| t.to_dtype(dtype)?.to_device(device);
+        Ok(RopeTables { cos: on_device(angles.cos()?)?, sin: on_device(angles.sin()?)? })
     }
 }
 
