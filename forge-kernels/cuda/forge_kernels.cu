@@ -984,9 +984,10 @@ extern "C" __global__ void embedding_bf16(const __nv_bfloat16 *__restrict__ tabl
     }
 }
 
-// x (batch, seq, heads, d) written heads-first, (batch, heads, seq, d): the values' layout for
-// attention, without candle's strided copy (its unary PTX module, 2.2 s to compile on a fresh H200).
-extern "C" __global__ void heads_first_bf16(const __nv_bfloat16 *__restrict__ x, __nv_bfloat16 *__restrict__ y,
+// x (a, b, c, d) written with its middle dimensions swapped, (a, c, b, d): the values made heads-first
+// for attention and attention's output tokens-first for o_proj, without candle's strided copy (its unary
+// PTX module, 2.2 s to compile on a fresh H200). Named for the first: seq = b, heads = c.
+extern "C" __global__ void transpose12_bf16(const __nv_bfloat16 *__restrict__ x, __nv_bfloat16 *__restrict__ y,
                                             long long n, int seq, int heads, int d) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         const int e = i % d;
@@ -1002,4 +1003,16 @@ extern "C" __global__ void add_bias_bf16(const __nv_bfloat16 *__restrict__ x, co
                                          __nv_bfloat16 *__restrict__ y, long long total, int n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
         y[i] = __float2bfloat16(__bfloat162float(x[i]) + __bfloat162float(bias[i % n]));
+}
+
+// x viewed as (outer, size, inner), bf16, contiguous: positions start .. start + len of its middle
+// dimension, written contiguous (outer, len, inner). A narrowed tensor that must be made contiguous
+// would otherwise take candle's strided copy (its unary module).
+extern "C" __global__ void narrow_bf16(const __nv_bfloat16 *__restrict__ x, __nv_bfloat16 *__restrict__ y, long long n,
+                                       int size, int inner, int start, int len) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long o = i / ((long long)len * inner);
+        const long long rest = i - o * len * inner;
+        y[i] = x[(o * size + start) * inner + rest];
+    }
 }

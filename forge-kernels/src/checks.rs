@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::gated_delta_rule::{self, Heads, Projections};
 use crate::{
-    add_bias, causal_conv_silu, causal_softmax, embedding, gated_rms_norm, heads_first, residual_add,
-    rms_norm, rms_norm_f32_weight, rope_heads_first, row_nll, sigmoid_gate, swiglu, RowNll, SplitMix64,
+    add_bias, causal_conv_silu, causal_softmax, embedding, gated_rms_norm, narrow, residual_add, rms_norm,
+    rms_norm_f32_weight, rope_heads_first, row_nll, sigmoid_gate, swiglu, transpose12, RowNll, SplitMix64,
 };
 
 /// One comparison of a device result with its reference.
@@ -268,9 +268,12 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     checks
         .push(check(Case::new("add_bias_bf16", shape.clone(), &f, inputs, random(&shape, rng, 1.0)?), dev)?);
     let (b, s, h, d) = (2, 300, 7, 64);
-    let f = |x: &[Tensor]| heads_first(&x[0]);
+    let f = |x: &[Tensor]| transpose12(&x[0]);
     let (inputs, weights) = (vec![random(&[b, s, h, d], rng, 4.0)?], random(&[b, h, s, d], rng, 1.0)?);
-    checks.push(check(Case::new("heads_first_bf16", vec![b, s, h, d], &f, inputs, weights), dev)?);
+    checks.push(check(Case::new("transpose12_bf16", vec![b, s, h, d], &f, inputs, weights), dev)?);
+    let x = random(&[8, 1024, 896], rng, 4.0)?;
+    let f = |d: &Device, dtype: DType| narrow(&x.to_device(d)?.to_dtype(dtype)?, 1, 3, 1000);
+    checks.push(forward_check("narrow_bf16", vec![8, 1024, 896], &f, dev, 1e-2)?);
     let (vocab, dim, rows) = (5003, 896, 4096);
     let table = random(&[vocab, dim], rng, 1.0)?;
     let ids: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();

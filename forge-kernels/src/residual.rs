@@ -1,5 +1,5 @@
-//! The residual stream's add, a linear layer's bias, the embedding lookup and the values' heads-first
-//! copy, on forge's kernels where they run. None is faster than candle's by more than a launch; they exist so that eval
+//! The residual stream's add, a linear layer's bias, the embedding lookup, attention's transposed
+//! copies and narrowed copies, on forge's kernels where they run. None is faster than candle's by more than a launch; they exist so that eval
 //! and generation never load candle's binary-op, indexing and unary PTX modules, which the driver
 //! compiles whole on a fresh machine (7.2 s, 1.9 s and 2.2 s on an H200, `forge kernels
 //! --candle-jit`), inside the first forward pass.
@@ -90,24 +90,44 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
     table.embedding(&ids.flatten_all()?)?.reshape(shape)
 }
 
-/// `x` `(batch, seq, heads, d)` as a contiguous `(batch, heads, seq, d)`; differentiable (the
-/// gradient goes back through candle's transpose).
-pub fn heads_first(x: &Tensor) -> candle_core::Result<Tensor> {
+/// `x` `(a, b, c, d)` with its middle dimensions swapped, contiguous: `(a, c, b, d)` — the values'
+/// `(batch, seq, heads, d)` made heads-first for attention, and attention's output made tokens-first
+/// for `o_proj`. Differentiable (the swap is its own inverse).
+pub fn transpose12(x: &Tensor) -> candle_core::Result<Tensor> {
     if on_kernel(&[x]) {
-        return x.contiguous()?.apply_op1(HeadsFirst);
+        return x.contiguous()?.apply_op1(Transpose12);
     }
     x.transpose(1, 2)?.contiguous()
 }
 
-struct HeadsFirst;
+/// `x.narrow(dim, start, len)`, contiguous. Differentiable (the backward pads the gradient with zeros
+/// through candle's ops).
+pub fn narrow(x: &Tensor, dim: usize, start: usize, len: usize) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if on_kernel(&[x]) && !x.track_op() {
+        use crate::launch::{launch_on_tensors, Grid, Scalar};
+        let dims = x.dims();
+        let (outer, size, inner) =
+            (dims[..dim].iter().product::<usize>(), dims[dim], dims[dim + 1..].iter().product::<usize>());
+        let mut shape = dims.to_vec();
+        shape[dim] = len;
+        let n = outer * len * inner;
+        let scalars = [Scalar::I64(n as i64), Scalar::I32(size as i32), Scalar::I32(inner as i32)];
+        let scalars = [&scalars[..], &[Scalar::I32(start as i32), Scalar::I32(len as i32)]].concat();
+        return launch_on_tensors::<half::bf16>("narrow_bf16", &[x], shape, Grid::Stride(n), &scalars);
+    }
+    x.narrow(dim, start, len)?.contiguous()
+}
 
-impl candle_core::CustomOp1 for HeadsFirst {
+struct Transpose12;
+
+impl candle_core::CustomOp1 for Transpose12 {
     fn name(&self) -> &'static str {
-        "heads-first"
+        "transpose12"
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("heads-first runs on forge's CUDA kernel only (the CPU takes candle's transpose)")
+        candle_core::bail!("transpose12 runs on forge's CUDA kernel only (the CPU takes candle's transpose)")
     }
 
     #[cfg(feature = "cuda")]
@@ -122,13 +142,13 @@ impl candle_core::CustomOp1 for HeadsFirst {
         let scalars =
             [Scalar::I64(n as i64), Scalar::I32(s as i32), Scalar::I32(h as i32), Scalar::I32(d as i32)];
         Ok((
-            launch::<half::bf16>("heads_first_bf16", &[(x, l)], n, Grid::Stride(n), &scalars)?,
+            launch::<half::bf16>("transpose12_bf16", &[(x, l)], n, Grid::Stride(n), &scalars)?,
             (b, h, s, d).into(),
         ))
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.transpose(1, 2)?.contiguous()?))
+        Ok(Some(transpose12(grad)?))
     }
 }
 

@@ -43,13 +43,13 @@ impl Dims {
     /// `(batch, kv_heads, groups·seq, d)` as `(batch, seq, heads·d)`, the layout `o_proj` reads.
     fn tokens_first(&self, t: &Tensor) -> candle_core::Result<Tensor> {
         let d = t.dim(3)?;
-        self.per_head(t)?.transpose(1, 2)?.contiguous()?.reshape((self.batch, self.seq, self.heads * d))
+        forge_kernels::transpose12(&self.per_head(t)?)?.reshape((self.batch, self.seq, self.heads * d))
     }
 
     /// The inverse of [`Dims::tokens_first`].
     fn grouped_from_tokens_first(&self, t: &Tensor) -> candle_core::Result<Tensor> {
         let d = t.dim(2)? / self.heads;
-        self.grouped(&t.reshape((self.batch, self.seq, self.heads, d))?.transpose(1, 2)?.contiguous()?)
+        self.grouped(&forge_kernels::transpose12(&t.reshape((self.batch, self.seq, self.heads, d))?)?)
     }
 }
 

@@ -124,7 +124,7 @@ impl Attention {
             let q = split(q, self.heads, &self.q_norm)?;
             let k = split(self.k_proj.forward(x)?, self.kv_heads, &self.k_norm)?;
             let v =
-                forge_kernels::heads_first(&self.v_proj.forward(x)?.reshape((b, s, self.kv_heads, d))?)?;
+                forge_kernels::transpose12(&self.v_proj.forward(x)?.reshape((b, s, self.kv_heads, d))?)?;
             Ok((q, gate, k, v))
         })?;
         let (k, v) = match cache {
@@ -161,7 +161,11 @@ impl Attention {
         }
         let (b, s, _) = x.dims3()?;
         let per_head = projected.reshape((b, s, self.heads, 2 * self.head_dim))?;
-        let query = per_head.narrow(3, 0, self.head_dim)?.reshape((b, s, self.heads * self.head_dim))?;
+        let query = forge_kernels::narrow(&per_head, 3, 0, self.head_dim)?.reshape((
+            b,
+            s,
+            self.heads * self.head_dim,
+        ))?;
         Ok((query, Some(projected)))
     }
 

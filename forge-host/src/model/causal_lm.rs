@@ -248,7 +248,7 @@ impl CausalLm {
     /// norm of the last layer's output `x` at every position but the last.
     pub fn predicting_rows(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, s, _) = x.dims3()?;
-        self.norm.forward(x)?.narrow(1, 0, s - 1)?.reshape((b * (s - 1), ()))
+        forge_kernels::narrow(&self.norm.forward(x)?, 1, 0, s - 1)?.reshape((b * (s - 1), ()))
     }
 
     /// The output projection `(vocab, hidden)` (the embeddings when tied).
@@ -260,7 +260,9 @@ impl CausalLm {
     pub fn nll_from_last_layer(&self, x: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let hidden = self.predicting_rows(x)?;
-        let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?;
+        // Shifted on the host: on CUDA the strided copy would load candle's unary PTX module.
+        let targets =
+            ids.to_device(&Device::Cpu)?.narrow(1, 1, s - 1)?.flatten_all()?.to_device(ids.device())?;
         section("final norm + lm_head + nll", x.device(), || {
             chunked_nll(&hidden, &self.lm_head, &targets)?.reshape((b, s - 1))
         })
