@@ -968,13 +968,6 @@ extern "C" __global__ void adamw8bit_f32(const float *__restrict__ param, const 
 // 1.9 s for its indexing ops on an H200 (`forge kernels --candle-jit`). The residual adds and the
 // embedding lookup are all that eval and generation need of those two modules, so forge runs its own.
 
-// a + b over n bf16 values, in f32 rounded once (as candle's bf16 add).
-extern "C" __global__ void add_bf16(const __nv_bfloat16 *__restrict__ a, const __nv_bfloat16 *__restrict__ b,
-                                    __nv_bfloat16 *__restrict__ y, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        y[i] = __float2bfloat16(__bfloat162float(a[i]) + __bfloat162float(b[i]));
-}
-
 // Rows `ids` of a (vocab, dim) bf16 table, gathered into (rows, dim).
 extern "C" __global__ void embedding_bf16(const __nv_bfloat16 *__restrict__ table, const unsigned int *__restrict__ ids,
                                           __nv_bfloat16 *__restrict__ y, long long n, int dim) {
@@ -998,9 +991,10 @@ extern "C" __global__ void transpose12_bf16(const __nv_bfloat16 *__restrict__ x,
     }
 }
 
-// x (rows, n) + bias (n), bf16, in f32 rounded once (as candle's broadcast add): a linear layer's bias.
+// x (rows, n) + bias (n), bf16, in f32 rounded once (as candle's add): a linear layer's bias, and with n
+// the whole length a residual add.
 extern "C" __global__ void add_bias_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ bias,
-                                         __nv_bfloat16 *__restrict__ y, long long total, int n) {
+                                         __nv_bfloat16 *__restrict__ y, long long total, long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
         y[i] = __float2bfloat16(__bfloat162float(x[i]) + __bfloat162float(bias[i % n]));
 }

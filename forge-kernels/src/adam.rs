@@ -7,7 +7,6 @@
 //!
 //! A kernel writes its results into a new buffer: the parameter's new values first, then the new
 //! state, which the caller keeps for the next step (a view of that buffer).
-#[cfg(feature = "cuda")]
 use candle_core::Tensor;
 
 /// One step's constants, computed on the host as the host optimizer computes them.
@@ -49,7 +48,7 @@ pub fn adam8bit_state_len(n: usize) -> usize {
 }
 
 /// AdamW with f32 moments: `param` and `grad` f32 of n values, `state` f32 `[m; n] ++ [v; n]`.
-/// Returns the new parameter (its shape) and the new state.
+/// Returns the new parameter (its shape) and the new state. Without the `cuda` feature, an error.
 #[cfg(feature = "cuda")]
 pub fn adamw_step(
     param: &Tensor,
@@ -67,6 +66,7 @@ pub fn adamw_step(
 
 /// AdamW with block-wise 8-bit moments: `state` as [`adam8bit_state_len`] describes, `maps` the
 /// signed then the unsigned 256-entry code book (f32). Returns the new parameter and the new state.
+/// Without the `cuda` feature, an error.
 #[cfg(feature = "cuda")]
 pub fn adamw8bit_step(
     param: &Tensor,
@@ -83,6 +83,23 @@ pub fn adamw8bit_step(
     let grid = Grid::PerRow { rows: n.div_ceil(256).min(65535), threads: 256 };
     let out = launch_on_tensors::<f32>("adamw8bit_f32", &inputs, n + len, grid, &step.scalars(n))?;
     Ok((out.narrow(0, 0, n)?.reshape(param.shape())?, out.narrow(0, n, len)?))
+}
+
+/// What the steps are without CUDA: callers check for a CUDA parameter first.
+#[cfg(not(feature = "cuda"))]
+pub fn adamw_step(_: &Tensor, _: &Tensor, _: &Tensor, _: &AdamStep) -> candle_core::Result<(Tensor, Tensor)> {
+    candle_core::bail!("the device AdamW step needs a build with the `cuda` feature")
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn adamw8bit_step(
+    _: &Tensor,
+    _: &Tensor,
+    _: &Tensor,
+    _: &Tensor,
+    _: &AdamStep,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    candle_core::bail!("the device AdamW step needs a build with the `cuda` feature")
 }
 
 #[cfg(feature = "cuda")]

@@ -261,7 +261,10 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     let shape = vec![8, 1024, 896];
     let f = |x: &[Tensor]| residual_add(&x[0], &x[1]);
     let inputs = vec![random(&shape, rng, 4.0)?, random(&shape, rng, 4.0)?];
-    checks.push(check(Case::new("add_bf16", shape.clone(), &f, inputs, random(&shape, rng, 1.0)?), dev)?);
+    checks.push(check(
+        Case::new("add_bias_bf16 (residual)", shape.clone(), &f, inputs, random(&shape, rng, 1.0)?),
+        dev,
+    )?);
     let bias = random(&[896], rng, 2.0)?;
     let f = |x: &[Tensor]| add_bias(&x[0], &bias.to_device(x[0].device())?.to_dtype(x[0].dtype())?);
     let inputs = vec![random(&shape, rng, 4.0)?];

@@ -14,7 +14,7 @@
 //! | [`causal_conv_silu`] | `causal_conv_silu_bf16` (+ backward) | one pass for prompt and one-token step |
 //! | [`gated_rms_norm`] | `gated_rms_norm_bf16` (+ backward) | one pass instead of about twelve |
 //! | [`sigmoid_gate`] | `sigmoid_gate_bf16` (+ backward) | reads the gate where `q_proj` wrote it |
-//! | [`residual_add`], [`add_bias`], [`embedding`], [`transpose12`], [`narrow`] | `add_bf16`, `add_bias_bf16`, `embedding_bf16`, `transpose12_bf16`, `narrow_bf16` | no candle PTX module to compile on a fresh machine |
+//! | [`residual_add`], [`add_bias`], [`embedding`], [`transpose12`], [`narrow`] | `add_bias_bf16`, `embedding_bf16`, `transpose12_bf16`, `narrow_bf16` | no candle PTX module to compile on a fresh machine |
 //!
 //! The last four serve Qwen3.5's hybrid layers. Their forward kernels run only where no input takes a
 //! gradient (`forward_kernel`), so a gradient is never silently dropped; training joins the forward

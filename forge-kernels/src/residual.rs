@@ -10,7 +10,7 @@ use crate::on_kernel;
 /// `a + b` for two tensors of one shape; differentiable (the gradient passes to both).
 pub fn residual_add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     if on_kernel(&[a, b]) && a.shape() == b.shape() {
-        return a.contiguous()?.apply_op2(&b.contiguous()?, ResidualAdd);
+        return a.contiguous()?.apply_op2(&b.contiguous()?, Add { second_takes_gradient: true });
     }
     a + b
 }
@@ -19,16 +19,21 @@ pub fn residual_add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
     if on_kernel(&[x, bias]) && !bias.track_op() && bias.rank() == 1 && x.dims().last() == Some(&bias.dim(0)?)
     {
-        return x.contiguous()?.apply_op2(bias, AddBias);
+        return x.contiguous()?.apply_op2(bias, Add { second_takes_gradient: false });
     }
     x.broadcast_add(bias)
 }
 
-struct AddBias;
+/// `a + b`, `b` repeated over `a`'s leading dimensions (a bias) or of `a`'s shape (a residual): one
+/// kernel, reading `b` at `i mod len(b)`.
+struct Add {
+    /// A residual's second term takes the gradient; a frozen bias none.
+    second_takes_gradient: bool,
+}
 
-impl CustomOp2 for AddBias {
+impl CustomOp2 for Add {
     fn name(&self) -> &'static str {
-        "add-bias"
+        "add"
     }
 
     fn cpu_fwd(
@@ -38,24 +43,23 @@ impl CustomOp2 for AddBias {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("add-bias runs on forge's CUDA kernel only (the CPU takes candle's add)")
+        candle_core::bail!("forge's add runs on its CUDA kernel only (the CPU takes candle's add)")
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        x: &candle_core::CudaStorage,
-        xl: &Layout,
+        a: &candle_core::CudaStorage,
+        al: &Layout,
         b: &candle_core::CudaStorage,
         bl: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use crate::launch::{same_shape, Grid, Scalar};
-        let (total, n) = (xl.shape().elem_count(), bl.shape().elem_count());
-        let scalars = [Scalar::I64(total as i64), Scalar::I32(n as i32)];
-        same_shape::<half::bf16>("add_bias_bf16", &[(x, xl), (b, bl)], Grid::Stride(total), &scalars)
+        let (total, n) = (al.shape().elem_count(), bl.shape().elem_count());
+        let scalars = [Scalar::I64(total as i64), Scalar::I64(n as i64)];
+        same_shape::<half::bf16>("add_bias_bf16", &[(a, al), (b, bl)], Grid::Stride(total), &scalars)
     }
 
-    /// The bias is frozen wherever this op runs ([`add_bias`]'s rule): it gets no gradient.
     fn bwd(
         &self,
         _: &Tensor,
@@ -63,7 +67,7 @@ impl CustomOp2 for AddBias {
         _: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.clone()), None))
+        Ok((Some(grad.clone()), self.second_takes_gradient.then(|| grad.clone())))
     }
 }
 
@@ -149,46 +153,5 @@ impl candle_core::CustomOp1 for Transpose12 {
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(transpose12(grad)?))
-    }
-}
-
-struct ResidualAdd;
-
-impl CustomOp2 for ResidualAdd {
-    fn name(&self) -> &'static str {
-        "residual-add"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("residual-add runs on forge's CUDA kernel only (the CPU takes candle's add)")
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        a: &candle_core::CudaStorage,
-        al: &Layout,
-        b: &candle_core::CudaStorage,
-        bl: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use crate::launch::{same_shape, Grid, Scalar};
-        let n = al.shape().elem_count();
-        same_shape::<half::bf16>("add_bf16", &[(a, al), (b, bl)], Grid::Stride(n), &[Scalar::I64(n as i64)])
-    }
-
-    fn bwd(
-        &self,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.clone()), Some(grad.clone())))
     }
 }

@@ -100,31 +100,12 @@ impl TrainOptimizer for AdamW {
         let s = self.advance(id, param.elem_count());
         let step = config.device_step(lr, s.t);
         let state = s.mv.on(param.device())?;
-        let (new_param, new_state) = device_step(param, grad, state, &step)?;
+        let (new_param, new_state) =
+            forge_kernels::adam::adamw_step(param.as_tensor(), grad, state, &step).map_err(device_error)?;
         param.set(&new_param).map_err(device_error)?;
         s.mv.set_device(new_state);
         Ok(true)
     }
-}
-
-#[cfg(feature = "cuda")]
-fn device_step(
-    param: &Var,
-    grad: &Tensor,
-    state: &Tensor,
-    step: &forge_kernels::adam::AdamStep,
-) -> Result<(Tensor, Tensor), StrategyError> {
-    forge_kernels::adam::adamw_step(param.as_tensor(), grad, state, step).map_err(device_error)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn device_step(
-    _: &Var,
-    _: &Tensor,
-    _: &Tensor,
-    _: &forge_kernels::adam::AdamStep,
-) -> Result<(Tensor, Tensor), StrategyError> {
-    unreachable!("steps_on_device is false without CUDA")
 }
 
 inventory::submit! {
