@@ -57,7 +57,7 @@ pub fn generate(model: &CausalLm, prompt: &[u32], config: &SamplingConfig) -> Re
     Ok(out)
 }
 
-/// The first index of the largest logit.
+/// The first index of the largest logit, as candle's argmax picks on the CPU.
 fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
@@ -106,5 +106,17 @@ mod tests {
             seen[sample(&logits, 1.0, 1.0, &mut rng) as usize] = true;
         }
         assert_eq!(seen, [true; 4]);
+    }
+
+    /// Greedy decoding picks on the host: the largest logit, the first of equal ones (bf16 logits tie
+    /// often), and the same index candle's argmax gives on the CPU.
+    #[test]
+    fn greedy_takes_the_first_of_the_largest_logits() -> candle_core::Result<()> {
+        let logits = [0.5f32, 3.0, -1.0, 3.0, 2.0];
+        assert_eq!(argmax(&logits), 1);
+        assert_eq!(argmax(&[-2.0, -1.0]), 1);
+        let on_cpu = Tensor::new(&logits, &candle_core::Device::Cpu)?.argmax(0)?.to_scalar::<u32>()?;
+        assert_eq!(argmax(&logits), on_cpu);
+        Ok(())
     }
 }
