@@ -41,6 +41,20 @@ impl<'a> WeightScope<'a> {
         self.store.load(&self.key(name), shape, self.dtype, &self.device)
     }
 
+    /// Loads `name` in the model's dtype, forms `f` of it in f32 on the host, and moves the result to
+    /// the model's device: the small parameters a layer keeps in f32 (Qwen3.5's `1 + w` norm weights,
+    /// its decay rates). On CUDA the cast and `f` would each load one of candle's PTX modules, which a
+    /// fresh machine compiles inside the first forward pass.
+    pub fn get_f32_with(
+        &self,
+        name: &str,
+        shape: &[usize],
+        f: impl FnOnce(Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<Tensor> {
+        let host = self.store.load(&self.key(name), shape, self.dtype, &Device::Cpu)?.to_dtype(DType::F32)?;
+        Ok(f(host)?.to_device(&self.device)?)
+    }
+
     /// Whether the checkpoint has `name` in this scope.
     pub fn contains(&self, name: &str) -> bool {
         self.store.contains(&self.key(name))

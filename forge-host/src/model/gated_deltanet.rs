@@ -14,7 +14,7 @@
 //!
 //! A layer cache holds the last `conv_kernel − 1` convolution inputs and the recurrent state (f32), so
 //! generation never recomputes the prompt.
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Module, Tensor};
 use forge_kernels::gated_delta_rule::{Heads, Projections};
 use forge_kernels::profile::section;
 
@@ -47,12 +47,6 @@ pub struct GatedDeltaNet {
 pub fn gated_deltanet(config: &ModelConfig, layer: usize, vb: WeightScope) -> Result<GatedDeltaNet> {
     let g = config.hybrid.clone().expect("linear attention layers belong to hybrid models");
     let (h, value_heads, vd) = (config.hidden, g.value_heads[layer], g.value_width(layer));
-    // Formed on the host, then moved: on CUDA the cast, exp and neg would each load one of candle's PTX
-    // modules, which a fresh machine compiles inside the first forward pass.
-    let f32_param = |name: &str, f: fn(Tensor) -> candle_core::Result<Tensor>| -> Result<Tensor> {
-        let stored = vb.get(name, &[value_heads])?;
-        Ok(f(stored.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)?.to_device(stored.device())?)
-    };
     Ok(GatedDeltaNet {
         in_proj_qkv: linear(h, g.conv_channels(layer), false, vb.pp("in_proj_qkv"))?,
         in_proj_z: linear(h, vd, false, vb.pp("in_proj_z"))?,
@@ -60,8 +54,8 @@ pub fn gated_deltanet(config: &ModelConfig, layer: usize, vb: WeightScope) -> Re
         in_proj_a: linear(h, value_heads, false, vb.pp("in_proj_a"))?,
         out_proj: linear(vd, h, false, vb.pp("out_proj"))?,
         conv: vb.get("conv1d.weight", &[g.conv_channels(layer), 1, g.conv_kernel])?.squeeze(1)?,
-        neg_a: f32_param("A_log", |a| a.exp()?.neg())?,
-        dt_bias: f32_param("dt_bias", Ok)?,
+        neg_a: vb.get_f32_with("A_log", &[value_heads], |a| a.exp()?.neg())?,
+        dt_bias: vb.get_f32_with("dt_bias", &[value_heads], Ok)?,
         norm_weight: vb.get("norm.weight", &[g.value_dim])?,
         eps: config.rms_norm_eps,
         layer,

@@ -6,7 +6,7 @@
 //!   `Qwen3_5RMSNorm`).
 //!
 //! Qwen3.5's linear attention has a third, gated norm; it lives with that layer.
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Module, Tensor};
 
 use crate::loader::WeightScope;
 use crate::Result;
@@ -30,13 +30,8 @@ impl RmsNorm {
 
 /// Loads `weight` of width `dim` from `vb`; `offset` picks the `1 + w` convention.
 pub fn rms_norm(dim: usize, eps: f64, offset: bool, vb: WeightScope) -> Result<RmsNorm> {
-    let weight = vb.get("weight", &[dim])?;
-    // `1 + w` formed on the host: on CUDA the cast and add would each load one of candle's PTX modules.
-    let weight = if offset {
-        (weight.to_device(&Device::Cpu)?.to_dtype(DType::F32)? + 1.0)?.to_device(weight.device())?
-    } else {
-        weight
-    };
+    let weight =
+        if offset { vb.get_f32_with("weight", &[dim], |w| w + 1.0)? } else { vb.get("weight", &[dim])? };
     Ok(RmsNorm { weight, eps, offset })
 }
 

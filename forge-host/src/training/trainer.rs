@@ -315,14 +315,13 @@ impl GradSums {
     /// Adds one micro-batch's gradients, each divided by the micro-batches of the step.
     fn add(&mut self, grads: Vec<Tensor>, accum: usize) -> Result<()> {
         match self {
-            GradSums::Device(sums) if sums.is_empty() => {
-                for g in grads {
-                    sums.push((g.to_dtype(DType::F32)? / accum as f64)?);
-                }
-            }
             GradSums::Device(sums) => {
-                for (sum, g) in sums.iter_mut().zip(grads) {
-                    *sum = (&*sum + (g.to_dtype(DType::F32)? / accum as f64)?)?;
+                for (i, g) in grads.into_iter().enumerate() {
+                    let g = (g.to_dtype(DType::F32)? / accum as f64)?;
+                    match sums.get_mut(i) {
+                        Some(sum) => *sum = (&*sum + g)?,
+                        None => sums.push(g),
+                    }
                 }
             }
             GradSums::Host(sums) => {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use candle_core::{Tensor, Var};
 use forge_api::{Optimizer, StateData, StateTensor, StrategyError};
 
-use super::on_device::{device_error, steps_on_device, Placed, TrainOptimizer};
+use super::on_device::{steps_on_device, Placed, TrainOptimizer};
 use super::{take, AdamConfig};
 use crate::strategies::{Builtin, Factory};
 
@@ -99,11 +99,7 @@ impl TrainOptimizer for AdamW {
         let config = self.config;
         let s = self.advance(id, param.elem_count());
         let step = config.device_step(lr, s.t);
-        let state = s.mv.on(param.device())?;
-        let (new_param, new_state) =
-            forge_kernels::adam::adamw_step(param.as_tensor(), grad, state, &step).map_err(device_error)?;
-        param.set(&new_param).map_err(device_error)?;
-        s.mv.set_device(new_state);
+        s.mv.step_on_device(param, |p, state| forge_kernels::adam::adamw_step(p, grad, state, &step))?;
         Ok(true)
     }
 }

@@ -32,21 +32,26 @@ struct AdamW8bit {
     device_maps: Option<Tensor>,
 }
 
-impl AdamW8bit {
-    /// Parameter `id`'s moments, zero before its first step, their step count advanced.
-    fn advance(&mut self, id: usize, n: usize) -> &mut Moments8 {
-        let (signed, unsigned) = (&self.signed, &self.unsigned);
-        let s = self.moments.entry(id).or_insert_with(|| Moments8 {
-            mv: Placed::host_state(
-                n,
-                QuantizedMoments { m: Quantized::zeros(signed, n), v: Quantized::zeros(unsigned, n) },
-            ),
-            t: 0,
-        });
-        s.t += 1;
-        s
-    }
+/// Parameter `id`'s moments in `moments`, zero before its first step (coded with the maps), their
+/// step count advanced. A free function, so that callers keep the maps borrowed beside it.
+fn advance<'a>(
+    moments: &'a mut BTreeMap<usize, Moments8>,
+    (signed, unsigned): (&DynamicMap, &DynamicMap),
+    id: usize,
+    n: usize,
+) -> &'a mut Moments8 {
+    let s = moments.entry(id).or_insert_with(|| Moments8 {
+        mv: Placed::host_state(
+            n,
+            QuantizedMoments { m: Quantized::zeros(signed, n), v: Quantized::zeros(unsigned, n) },
+        ),
+        t: 0,
+    });
+    s.t += 1;
+    s
+}
 
+impl AdamW8bit {
     fn maps_on(&mut self, device: &candle_core::Device) -> Result<Tensor, StrategyError> {
         if let Some(maps) = self.device_maps.as_ref().filter(|m| m.device().same_device(device)) {
             return Ok(maps.clone());
@@ -66,10 +71,10 @@ impl Optimizer for AdamW8bit {
         if params.len() < MIN_8BIT_SIZE {
             return self.small.update(id, params, grads, lr);
         }
-        let config = self.config;
-        let t = self.advance(id, params.len()).t;
-        let (signed, unsigned) = (&self.signed, &self.unsigned);
-        let s = self.moments.get_mut(&id).expect("advanced above").mv.host()?;
+        let AdamW8bit { config, signed, unsigned, moments, .. } = self;
+        let advanced = advance(moments, (signed, unsigned), id, params.len());
+        let t = advanced.t;
+        let s = advanced.mv.host()?;
         let (mut m, mut v) = ([0f32; BLOCK], [0f32; BLOCK]);
         for (b, (p, g)) in params.chunks_mut(BLOCK).zip(grads.chunks(BLOCK)).enumerate() {
             let n = p.len();
@@ -156,15 +161,11 @@ impl TrainOptimizer for AdamW8bit {
             return Ok(false);
         }
         let maps = self.maps_on(param.device())?;
-        let config = self.config;
-        let s = self.advance(id, param.elem_count());
-        let step = config.device_step(lr, s.t);
-        let state = s.mv.on(param.device())?;
-        let (new_param, new_state) =
-            forge_kernels::adam::adamw8bit_step(param.as_tensor(), grad, state, &maps, &step)
-                .map_err(device_error)?;
-        param.set(&new_param).map_err(device_error)?;
-        s.mv.set_device(new_state);
+        let s = advance(&mut self.moments, (&self.signed, &self.unsigned), id, param.elem_count());
+        let step = self.config.device_step(lr, s.t);
+        s.mv.step_on_device(param, |p, state| {
+            forge_kernels::adam::adamw8bit_step(p, grad, state, &maps, &step)
+        })?;
         Ok(true)
     }
 }

@@ -112,7 +112,7 @@ impl<H: HostState> Placed<H> {
     }
 
     /// The packed state on `device`, uploading it (once) if it is on the host.
-    pub fn on(&mut self, device: &candle_core::Device) -> Result<&Tensor, StrategyError> {
+    fn on(&mut self, device: &candle_core::Device) -> Result<&Tensor, StrategyError> {
         if let At::Host(h) = &self.at {
             let packed = h.pack();
             self.at = At::Device(Tensor::from_slice(&packed, packed.len(), device).map_err(device_error)?);
@@ -123,9 +123,18 @@ impl<H: HostState> Placed<H> {
         }
     }
 
-    /// The state a device step left.
-    pub fn set_device(&mut self, state: Tensor) {
-        self.at = At::Device(state);
+    /// One device step of `param`: `kernel` takes the parameter and this packed state (uploaded if it
+    /// was on the host) and returns the new parameter and state, which replace the old.
+    pub fn step_on_device(
+        &mut self,
+        param: &Var,
+        kernel: impl FnOnce(&Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor)>,
+    ) -> Result<(), StrategyError> {
+        let (new_param, new_state) =
+            kernel(param.as_tensor(), self.on(param.device())?).map_err(device_error)?;
+        param.set(&new_param).map_err(device_error)?;
+        self.at = At::Device(new_state);
+        Ok(())
     }
 
     /// Bytes held, wherever.
