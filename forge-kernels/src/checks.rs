@@ -327,7 +327,8 @@ pub fn random_projections(
 /// Qwen3.5's linear-attention kernels and the attention's output gate, forward only, against the CPU
 /// in f32 on the same bf16-representable inputs: tiny shapes, qwen3.5-0.8b's (16 key and 16 value
 /// heads of 128, 6144 convolution channels, 8 × 1024 tokens in the convolution) and 9b's (32 value
-/// heads), and one-token decoding steps from a state. The delta rule's reference is the CPU's chunked
+/// heads, 5 × 1024 tokens: two groups of sequences in the chunked form), and one-token decoding steps
+/// from a state. The delta rule's reference is the CPU's chunked
 /// form; both are f32, so they agree to rounding order (1e-4).
 fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
@@ -346,7 +347,7 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
     for (b, s, kh, vh, dk, with_state) in [
         (2, 70, 2, 4, 32, true),
         (2, 300, 16, 16, 128, false),
-        (2, 1024, 16, 32, 128, true),
+        (5, 1024, 16, 32, 128, true),
         (3, 1, 16, 16, 128, true),
     ] {
         let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dk };
@@ -362,7 +363,8 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
             let (out, state) = gated_delta_rule::from_projections(&p, state.as_ref(), heads)?;
             Tensor::cat(&[out.flatten_all()?, state.flatten_all()?], 0)
         };
-        checks.push(forward_check("gated_delta_rule_dk*", vec![b, s, kh, vh, dk], &f, dev, 1e-4)?);
+        let kernel = if s == 1 { "gated_delta_rule_dk*" } else { "gdn_chunk_* (forward)" };
+        checks.push(forward_check(kernel, vec![b, s, kh, vh, dk], &f, dev, 1e-4)?);
     }
     checks.extend(delta_rule_backward_checks(dev, rng)?);
     for (rows, n) in [(3 * 5 * 4, 32), (8 * 1024 * 16, 128)] {
@@ -390,14 +392,16 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
     Ok(checks)
 }
 
-/// The delta rule's three backward kernels against the host walk and candle's autograd through the
+/// The delta rule's backward on CUDA (the chunked form's kernels and products, then the preparation's
+/// backward kernel) against the host's token-by-token walk and candle's autograd through the
 /// preparation in f32, on the same inputs: key heads of 32, 64 and 128, value heads sharing key heads,
-/// lengths that are not multiples of the kernel's chunk, and qwen3.5-9b's 32 value heads over 1024
-/// tokens. The kernels' gradients are rounded to bf16 (the raw inputs' dtype) at the end, hence 1e-2.
+/// lengths that are not multiples of the chunk, and qwen3.5-9b's 32 value heads over 2 × 1024 tokens
+/// (two groups of sequences). The gradients are rounded to bf16 (the raw inputs' dtype) at the end,
+/// hence 1e-2.
 fn delta_rule_backward_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
     for (b, s, kh, vh, dk) in
-        [(2, 70, 2, 4, 32), (1, 100, 4, 8, 64), (2, 300, 16, 16, 128), (1, 1024, 16, 32, 128)]
+        [(2, 70, 2, 4, 32), (1, 100, 4, 8, 64), (2, 300, 16, 16, 128), (2, 1024, 16, 32, 128)]
     {
         let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dk };
         let [conv, a, beta, neg_a, dt_bias] = random_projections(b, s, heads, rng)?;
@@ -414,7 +418,7 @@ fn delta_rule_backward_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core
         let backward_rel_err = rel_diff(&grads(dev, DType::BF16)?, &grads(&Device::Cpu, DType::F32)?)?;
         let tolerance = 1e-2;
         checks.push(Check {
-            kernel: "gated_delta_rule_backward_dk*",
+            kernel: "gdn_chunk_* (backward)",
             shape: vec![b, s, kh, vh, dk],
             past: 0,
             forward_rel_err: 0.0,

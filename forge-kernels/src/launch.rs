@@ -26,15 +26,19 @@ pub enum Grid {
     PerRow { rows: usize, threads: u32 },
     /// Enough 256-thread blocks for `n` items, capped: the elementwise kernels loop over a grid stride.
     Stride(usize),
+    /// [`Grid::PerRow`] with `shared` bytes of dynamic shared memory a block (more than the 48 KiB a
+    /// kernel gets without asking is allowed for it at launch).
+    PerRowShared { rows: usize, threads: u32, shared: u32 },
 }
 
 impl Grid {
     fn config(self) -> LaunchConfig {
-        let (blocks, threads) = match self {
-            Grid::PerRow { rows, threads } => (rows as u32, threads),
-            Grid::Stride(n) => (n.div_ceil(256).clamp(1, 65535 * 8) as u32, 256),
+        let (blocks, threads, shared) = match self {
+            Grid::PerRow { rows, threads } => (rows as u32, threads, 0),
+            Grid::Stride(n) => (n.div_ceil(256).clamp(1, 65535 * 8) as u32, 256, 0),
+            Grid::PerRowShared { rows, threads, shared } => (rows as u32, threads, shared),
         };
-        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: shared }
     }
 }
 
@@ -72,21 +76,6 @@ fn function(dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
     module.load_function(name).map_err(|e| candle_core::Error::Msg(format!("CUDA kernel {name}: {e}")))
 }
 
-/// Multiprocessors of the CUDA device `t` lives on (the most blocks of one block per multiprocessor
-/// that run at once).
-pub fn multiprocessors(t: &Tensor) -> candle_core::Result<usize> {
-    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
-    let candle_core::Device::Cuda(dev) = t.device() else {
-        candle_core::bail!("multiprocessors: not a CUDA tensor");
-    };
-    let count = dev
-        .cuda_stream()
-        .context()
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .map_err(|e| candle_core::Error::Msg(format!("reading the multiprocessor count: {e}")))?;
-    Ok(count.max(1) as usize)
-}
-
 /// A borrowed input, viewed as the element type its storage holds.
 enum View<'a> {
     Bf16(CudaView<'a, bf16>),
@@ -122,6 +111,14 @@ pub fn launch<T: Output>(
     // SAFETY: every kernel writes each element of its output (the contract of this launcher).
     let mut out = unsafe { dev.alloc::<T>(len)? };
     let func = function(&dev, kernel)?;
+    if let Grid::PerRowShared { shared, .. } = grid {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            shared as i32,
+        )
+        .map_err(|e| candle_core::Error::Msg(format!("{kernel}: {shared} bytes of shared memory: {e}")))?;
+    }
     let stream = dev.cuda_stream();
     let mut builder = stream.launch_builder(&func);
     for v in &views {

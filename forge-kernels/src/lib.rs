@@ -10,7 +10,7 @@
 //! | [`rms_norm`], [`rms_norm_f32_weight`] | `rms_norm_bf16`, `rms_norm_f32w_bf16` (+ backward) | one pass; no f32 copy of the activations |
 //! | [`rope_heads_first`] | `rope_bf16` (+ backward) | rotation and the heads-first transpose in one pass |
 //! | [`swiglu`] | `swiglu_bf16` (+ backward) | one pass instead of three |
-//! | [`gated_delta_rule`] | `gated_delta_prepare_bf16`, `gated_delta_rule_dk{32,64,128}` (+ backward, `gated_delta_prepare_backward_bf16`) | Gated DeltaNet's recurrence, its inputs prepared in parallel first |
+//! | [`gated_delta_rule`] | `gated_delta_prepare_bf16`, `gdn_chunk_*` between cuBLAS products (+ backward, `gated_delta_prepare_backward_bf16`); `gated_delta_rule_dk{32,64,128}` for one-token steps | Gated DeltaNet's recurrence in its chunked form, its inputs prepared in parallel first |
 //! | [`causal_conv_silu`] | `causal_conv_silu_bf16` (+ backward) | one pass for prompt and one-token step |
 //! | [`gated_rms_norm`] | `gated_rms_norm_bf16` (+ backward) | one pass instead of about twelve |
 //! | [`sigmoid_gate`] | `sigmoid_gate_bf16` (+ backward) | reads the gate where `q_proj` wrote it |

@@ -1,8 +1,9 @@
 //! Gated DeltaNet's delta rule in the autograd graph. The rule runs outside it (forge-kernels: host
 //! loops on the CPU, CUDA kernels on the GPU), and its backward joins the graph here:
-//! `gated_delta_rule::backward_from_projections` gives the raw inputs' gradients (on CUDA three
-//! kernels; on the CPU the host walk and candle's autograd through the input preparation), recomputing
-//! the states a chunk at a time. So the graph keeps the layer's three raw inputs and nothing per token.
+//! `gated_delta_rule::backward_from_projections` gives the raw inputs' gradients (on CUDA the chunked
+//! form's kernels and batched products; on the CPU the host walk and candle's autograd through the
+//! input preparation), recomputing what it needs from the inputs. So the graph keeps the layer's three
+//! raw inputs and nothing per token.
 use candle_core::Tensor;
 use forge_kernels::gated_delta_rule::{backward_from_projections, from_projections, Heads, Projections};
 

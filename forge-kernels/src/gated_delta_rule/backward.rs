@@ -6,10 +6,9 @@ use rayon::prelude::*;
 use super::{host, prepare, row, Dims, Head, Heads, Inputs, Projections, CHUNK};
 
 /// The gradients of [`super::from_projections`] (from a zero state) with respect to its raw inputs
-/// `conv`, `a` and `b`, given the outputs' `d_out`; `neg_a` and `dt_bias` are frozen. On CUDA three
-/// kernels (value heads of at most 128, key heads of 32, 64 or 128, as Qwen3.5's): the preparation,
-/// `gated_delta_rule_backward_dk*` for the rule and `gated_delta_prepare_backward_bf16` back through
-/// the preparation. Elsewhere the host walk below for the rule and candle's autograd through the
+/// `conv`, `a` and `b`, given the outputs' `d_out`; `neg_a` and `dt_bias` are frozen. On CUDA (key
+/// heads of 32, 64 or 128, as Qwen3.5's) the chunked form's backward ([`super::chunked_device`]), then
+/// `gated_delta_prepare_backward_bf16` back through the preparation. Elsewhere the host walk below for the rule and candle's autograd through the
 /// preparation's elementary ops, the reference the kernels are checked against.
 pub fn backward_from_projections(
     p: &Projections,
@@ -19,9 +18,9 @@ pub fn backward_from_projections(
     #[cfg(feature = "cuda")]
     if crate::on_kernel(&[p.conv, p.a, p.b])
         && [32, 64, 128].contains(&heads.key_dim)
-        && heads.value_dim <= 128
+        && heads.value_dim.is_multiple_of(4)
     {
-        return on_device(p, heads, d_out);
+        return super::chunked_device::backward(p, heads, d_out);
     }
     let vars = [Var::from_tensor(p.conv)?, Var::from_tensor(p.a)?, Var::from_tensor(p.b)?];
     let inputs = Projections {
@@ -47,50 +46,6 @@ pub fn backward_from_projections(
             .ok_or_else(|| candle_core::Error::Msg("delta rule: no gradient".into()))
     };
     Ok([get(&vars[0])?, get(&vars[1])?, get(&vars[2])?])
-}
-
-/// The kernels. The rule's backward writes the prepared inputs' gradients, then its scratch (the states
-/// at each chunk's start and one chunk's states, per block); chunks of about √seq tokens (a multiple of
-/// the kernel's tile of 8) keep that scratch least, and one block per multiprocessor, each walking
-/// (sequence, head) pairs in turn, keeps it to what runs at once: 0.5 GiB at qwen3.5-9b's 256 pairs on
-/// an H200's 132 multiprocessors, where a block per pair took 1 GiB. The preparation's backward turns them into the raw
-/// inputs' gradients, and the buffer with the scratch is dropped.
-#[cfg(feature = "cuda")]
-fn on_device(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Result<[Tensor; 3]> {
-    use crate::launch::{launch_on_tensors, Grid, Scalar};
-    const TILE: usize = 8;
-    const MAX_VALUE_DIM: usize = 128;
-    let (b, s, width) = p.conv.dims3()?;
-    let prepared = super::projections::prepared_on_device(p, h)?;
-    let (rows, vrows, dk, dv) = (b * s, b * s * h.value_heads, h.key_dim, h.value_dim);
-    let warps = dv.div_ceil(1024 / dk);
-    let chunk = ((s as f64).sqrt().ceil() as usize).div_ceil(TILE).max(1) * TILE;
-    let per_block = (s.div_ceil(chunk) + chunk) * warps * 1024 + chunk * MAX_VALUE_DIM;
-    let kernel = match dk {
-        32 => "gated_delta_rule_backward_dk32",
-        64 => "gated_delta_rule_backward_dk64",
-        _ => "gated_delta_rule_backward_dk128",
-    };
-    let blocks = (b * h.value_heads).min(crate::launch::multiprocessors(p.conv)?);
-    let grads = launch_on_tensors::<f32>(
-        kernel,
-        &[&prepared, p.conv, &d_out.to_dtype(DType::F32)?],
-        2 * vrows * dk + vrows * dv + 2 * vrows + blocks * per_block,
-        Grid::PerRow { rows: blocks, threads: warps as u32 * 32 },
-        &[b, s, h.key_heads, h.value_heads, dv, chunk].map(|v| Scalar::I32(v as i32)),
-    )?;
-    let raw = launch_on_tensors::<half::bf16>(
-        "gated_delta_prepare_backward_bf16",
-        &[p.conv, p.a, p.b, p.neg_a, p.dt_bias, &grads],
-        rows * width + 2 * vrows,
-        Grid::PerRow { rows: rows * h.key_heads, threads: dk.div_ceil(32).min(4) as u32 * 32 },
-        &[rows, h.key_heads, h.value_heads, dk, dv].map(|v| Scalar::I32(v as i32)),
-    )?;
-    Ok([
-        raw.narrow(0, 0, rows * width)?.reshape((b, s, width))?,
-        raw.narrow(0, rows * width, vrows)?.reshape((b, s, h.value_heads))?,
-        raw.narrow(0, rows * width + vrows, vrows)?.reshape((b, s, h.value_heads))?,
-    ])
 }
 
 /// Gradients of `Σ d_out · out` for the recurrent form's inputs (the same tensors as [`recurrent`]

@@ -16,18 +16,19 @@
 //! [`from_projections`] is what the layer calls: it takes the layer's raw tensors (the convolution's
 //! output holding q, k and v, and the `a` and `b` projections), prepares them as above and runs the
 //! rule. On the CPU that is elementary ops then plain loops over each head (heads in parallel). On
-//! CUDA two kernels do it (`cuda/forge_kernels.cu`): `gated_delta_prepare_bf16` normalises q and k
-//! and forms g and β in parallel over tokens, then `gated_delta_rule_dk*` runs the recurrence, which
-//! touches state column j only through column j: `dk / 32` lanes keep one column of the state in
-//! registers (32 rows each) and walk the tokens, sharing only each tile of tokens' inputs. That is the
-//! recurrent form, computed in f32 in the order of the definition; the chunked form pays off only with
-//! tensor-core products within a chunk (flash-linear-attention's), and its UT solve is sequential
-//! within the chunk anyway. `forge kernels` holds the kernel to the CPU's chunked form.
+//! CUDA `gated_delta_prepare_bf16` normalises q and k and forms g and β in parallel over tokens; then
+//! more than one token takes the chunked form as cuBLAS products batched over every chunk with
+//! forge's kernels between them (`chunked_device.rs`, which says why and has the formulas), and a
+//! decoding step the recurrent kernel `gated_delta_rule_dk*` (one warp's lanes keep state columns in
+//! registers). `forge kernels` holds both to the CPU's forms.
 //!
 //! The files: this one holds the two forms on the CPU; `projections.rs` the preparation from the
-//! layer's raw tensors and the CUDA launch; `backward.rs` the backward pass (host loops, states
-//! recomputed a chunk at a time), which forge-host joins to the autograd graph.
+//! layer's raw tensors and the CUDA launches; `chunked_device.rs` the chunked form on CUDA, forward
+//! and backward; `backward.rs` the backward pass (on the host, the token-by-token walk with states
+//! recomputed a chunk at a time, the reference), which forge-host joins to the autograd graph.
 mod backward;
+#[cfg(feature = "cuda")]
+mod chunked_device;
 mod projections;
 
 use candle_core::{DType, Device, Tensor};

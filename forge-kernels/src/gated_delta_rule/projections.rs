@@ -43,7 +43,10 @@ pub fn from_projections(
         );
     }
     #[cfg(feature = "cuda")]
-    if crate::forward_kernel(&[p.conv, p.a, p.b]) && [32, 64, 128].contains(&heads.key_dim) {
+    if crate::forward_kernel(&[p.conv, p.a, p.b])
+        && [32, 64, 128].contains(&heads.key_dim)
+        && heads.value_dim.is_multiple_of(4)
+    {
         return on_device(p, state, heads);
     }
     let [q, k, v, g, beta] = prepare(p, heads)?;
@@ -97,19 +100,23 @@ fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
     x.gt(20.0)?.where_cond(x, &smooth)
 }
 
-/// The CUDA kernels: one prepares q, k, g and β in parallel over tokens; the recurrence then writes
-/// the outputs, then the final state, into one f32 buffer.
+/// On CUDA: more than one token takes the chunked form ([`super::chunked_device`]); a decoding step
+/// prepares q, k, g and β with one kernel, then the recurrence writes the outputs, then the final
+/// state, into one f32 buffer.
 #[cfg(feature = "cuda")]
 fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::Result<(Tensor, Tensor)> {
     use crate::launch::{launch_on_tensors, Grid, Scalar};
     let (b, s, _) = p.conv.dims3()?;
     let rows = b * s;
-    let prepared = prepared_on_device(p, h)?;
     let state_shape = (b, h.value_heads, h.key_dim, h.value_dim);
     let state = match state {
         Some(state) => state.clone(),
         None => Tensor::zeros(state_shape, DType::F32, p.conv.device())?,
     };
+    if s > 1 {
+        return super::chunked_device::forward(p, &state, h);
+    }
+    let prepared = prepared_on_device(p, h)?;
     let kernel = match h.key_dim {
         32 => "gated_delta_rule_dk32",
         64 => "gated_delta_rule_dk64",
@@ -132,11 +139,13 @@ fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::
 pub(super) fn prepared_on_device(p: &Projections, h: Heads) -> candle_core::Result<Tensor> {
     use crate::launch::{launch_on_tensors, Grid, Scalar};
     let rows = p.conv.dims3()?.0 * p.conv.dim(1)?;
-    launch_on_tensors::<f32>(
-        "gated_delta_prepare_bf16",
-        &[p.conv, p.a, p.b, p.neg_a, p.dt_bias],
-        2 * rows * h.key_heads * h.key_dim + 2 * rows * h.value_heads,
-        Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 },
-        &[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim].map(|v| Scalar::I32(v as i32)),
-    )
+    crate::profile::section("gated_delta_prepare_bf16", p.conv.device(), || {
+        launch_on_tensors::<f32>(
+            "gated_delta_prepare_bf16",
+            &[p.conv, p.a, p.b, p.neg_a, p.dt_bias],
+            2 * rows * h.key_heads * h.key_dim + 2 * rows * h.value_heads,
+            Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 },
+            &[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim].map(|v| Scalar::I32(v as i32)),
+        )
+    })
 }
