@@ -28,7 +28,7 @@
 //! sequences of a batch go through in groups that keep them under [`SCRATCH_BYTES`].
 use candle_core::{DType, Tensor};
 
-use super::projections::{prepared_on_device, Heads, Projections};
+use super::{Heads, Projections};
 use crate::launch::{launch_on_tensors, Grid, Scalar};
 use crate::profile::section;
 
@@ -74,11 +74,12 @@ fn group_size(batch: usize, seq: usize, h: Heads, backward: bool) -> usize {
     (SCRATCH_BYTES / per_sequence.max(1)).clamp(1, batch)
 }
 
-/// The projections of sequences `from .. from + n`.
+/// `p` for a group of sequences whose `conv`, `a` and `b` are `parts` (from [`slice`]).
 fn group<'a>(p: &Projections<'a>, parts: &'a [Tensor; 3]) -> Projections<'a> {
     Projections { conv: &parts[0], a: &parts[1], b: &parts[2], neg_a: p.neg_a, dt_bias: p.dt_bias }
 }
 
+/// `conv`, `a` and `b` of sequences `from .. from + n` (views: the batch is their first dimension).
 fn slice(p: &Projections, from: usize, n: usize) -> candle_core::Result<[Tensor; 3]> {
     Ok([p.conv.narrow(0, from, n)?, p.a.narrow(0, from, n)?, p.b.narrow(0, from, n)?])
 }
@@ -114,6 +115,21 @@ fn walk_grid(s: Shape) -> Grid {
 fn part(flat: &Tensor, sizes: &[usize], index: usize, shape: &[usize]) -> candle_core::Result<Tensor> {
     let start = sizes[..index].iter().sum();
     flat.narrow(0, start, sizes[index])?.reshape(shape)
+}
+
+/// `gated_delta_prepare_bf16`: q and k per key head (normalised, q scaled), then g and β per value
+/// head, in one f32 buffer, as both CUDA forms (this file's and decoding's recurrent step) read them.
+pub(super) fn prepared_on_device(p: &Projections, h: Heads) -> candle_core::Result<Tensor> {
+    let rows = p.conv.dims3()?.0 * p.conv.dim(1)?;
+    crate::profile::section("gated_delta_prepare_bf16", p.conv.device(), || {
+        launch_on_tensors::<f32>(
+            "gated_delta_prepare_bf16",
+            &[p.conv, p.a, p.b, p.neg_a, p.dt_bias],
+            2 * rows * h.key_heads * h.key_dim + 2 * rows * h.value_heads,
+            Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 },
+            &[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim].map(|v| Scalar::I32(v as i32)),
+        )
+    })
 }
 
 /// The forward's intermediates the backward reuses.

@@ -22,8 +22,9 @@
 //! decoding step the recurrent kernel `gated_delta_rule_dk*` (one warp's lanes keep state columns in
 //! registers). `forge kernels` holds both to the CPU's forms.
 //!
-//! The files: this one holds the two forms on the CPU; `projections.rs` the preparation from the
-//! layer's raw tensors and the CUDA launches; `chunked_device.rs` the chunked form on CUDA, forward
+//! The files: this one holds the call's types and the two forms on the CPU; `projections.rs` the
+//! preparation from the layer's raw tensors in elementary ops and the choice of form (and decoding's
+//! recurrent kernel); `chunked_device.rs` the preparation kernel and the chunked form on CUDA, forward
 //! and backward; `backward.rs` the backward pass (on the host, the token-by-token walk with states
 //! recomputed a chunk at a time, the reference), which forge-host joins to the autograd graph.
 mod backward;
@@ -35,7 +36,28 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 pub use backward::{backward, backward_from_projections};
-pub use projections::{from_projections, prepare, Heads, Projections};
+pub use projections::{from_projections, prepare};
+
+/// The head geometry of a linear-attention layer: key heads of `key_dim` (q and k), each serving
+/// `value_heads / key_heads` value heads of `value_dim`.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub key_heads: usize,
+    pub value_heads: usize,
+    pub key_dim: usize,
+    pub value_dim: usize,
+}
+
+/// A layer's raw inputs of the rule: `conv` `(batch, seq, 2·key_heads·key_dim + value_heads·value_dim)`
+/// is the convolution's output (q, k, v side by side), `a` and `b` `(batch, seq, value_heads)` the
+/// projections giving the decay and β, `neg_a` (`−exp(A_log)`) and `dt_bias` `(value_heads)` in f32.
+pub struct Projections<'a> {
+    pub conv: &'a Tensor,
+    pub a: &'a Tensor,
+    pub b: &'a Tensor,
+    pub neg_a: &'a Tensor,
+    pub dt_bias: &'a Tensor,
+}
 
 /// The chunk length transformers and flash-linear-attention use.
 pub const CHUNK: usize = 64;

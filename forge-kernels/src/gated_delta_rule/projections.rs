@@ -1,30 +1,10 @@
 //! The delta rule from a Gated DeltaNet layer's raw tensors: their preparation (q/k L2 norms, q's
 //! scale, the repeat of key heads to the value heads they serve, the decay and β) in elementary ops,
-//! then the CPU forms; or, on CUDA, the two kernels that do all of it.
+//! then the CPU forms; or, on CUDA, the preparation kernel, then the chunked form
+//! (`chunked_device.rs`) or, for a decoding step, the recurrent kernel.
 use candle_core::{DType, Tensor, D};
 
-use super::{chunked, recurrent};
-
-/// The head geometry of a linear-attention layer: key heads of `key_dim` (q and k), each serving
-/// `value_heads / key_heads` value heads of `value_dim`.
-#[derive(Clone, Copy, Debug)]
-pub struct Heads {
-    pub key_heads: usize,
-    pub value_heads: usize,
-    pub key_dim: usize,
-    pub value_dim: usize,
-}
-
-/// A layer's raw inputs of the rule: `conv` `(batch, seq, 2·key_heads·key_dim + value_heads·value_dim)`
-/// is the convolution's output (q, k, v side by side), `a` and `b` `(batch, seq, value_heads)` the
-/// projections giving the decay and β, `neg_a` (`−exp(A_log)`) and `dt_bias` `(value_heads)` in f32.
-pub struct Projections<'a> {
-    pub conv: &'a Tensor,
-    pub a: &'a Tensor,
-    pub b: &'a Tensor,
-    pub neg_a: &'a Tensor,
-    pub dt_bias: &'a Tensor,
-}
+use super::{chunked, recurrent, Heads, Projections};
 
 /// The rule from a layer's raw inputs, continuing from `state` `(batch, value_heads, key_dim,
 /// value_dim)` (f32) when given: the outputs `(batch, seq, value_heads, value_dim)` and the final
@@ -116,7 +96,7 @@ fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::
     if s > 1 {
         return super::chunked_device::forward(p, &state, h);
     }
-    let prepared = prepared_on_device(p, h)?;
+    let prepared = super::chunked_device::prepared_on_device(p, h)?;
     let kernel = match h.key_dim {
         32 => "gated_delta_rule_dk32",
         64 => "gated_delta_rule_dk64",
@@ -131,21 +111,4 @@ fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::
         launch_on_tensors::<f32>(kernel, &[&prepared, p.conv, &state], outputs + states, grid, &scalars)?;
     let out = flat.narrow(0, 0, outputs)?.reshape((b, s, h.value_heads, h.value_dim))?;
     Ok((out, flat.narrow(0, outputs, states)?.reshape(state_shape)?))
-}
-
-/// `gated_delta_prepare_bf16`: q and k per key head (normalised, q scaled), then g and β per value
-/// head, in one f32 buffer, as the forward and backward kernels read them.
-#[cfg(feature = "cuda")]
-pub(super) fn prepared_on_device(p: &Projections, h: Heads) -> candle_core::Result<Tensor> {
-    use crate::launch::{launch_on_tensors, Grid, Scalar};
-    let rows = p.conv.dims3()?.0 * p.conv.dim(1)?;
-    crate::profile::section("gated_delta_prepare_bf16", p.conv.device(), || {
-        launch_on_tensors::<f32>(
-            "gated_delta_prepare_bf16",
-            &[p.conv, p.a, p.b, p.neg_a, p.dt_bias],
-            2 * rows * h.key_heads * h.key_dim + 2 * rows * h.value_heads,
-            Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 },
-            &[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim].map(|v| Scalar::I32(v as i32)),
-        )
-    })
 }
