@@ -21,8 +21,9 @@
 //! The backward carries the state's adjoint back across chunks (dV' = P̃ᵀ·dO + (λ⊙K)·dh⁺,
 //! dh = e^G_last·dh⁺ + (γ⊙Q)ᵀ·dO − Wᵀ·dV'), then, every chunk at once: dT = [dV' | −dV'·hᵀ]·[β⊙V | βγ⊙K]ᵀ,
 //! dN = −Tᵀ·dT·Tᵀ, and the products back to Q, K, V, β and G; `gdn_chunk_grads` has the per-token
-//! sums. The derivation was checked against finite differences in float64; `forge kernels` holds these
-//! kernels to the host's forms (forward) and its token-by-token walk (backward).
+//! sums. `chunked_backward_test.rs` holds these formulas, written out in f64, to the host's
+//! token-by-token walk in CI; `forge kernels` holds the kernels to the host's forms (forward) and its
+//! walk (backward) on the GPU.
 //!
 //! Memory: a chunk row's intermediates are about 300 k floats at 128 × 128 heads (1.2 MB), so the
 //! sequences of a batch go through in groups that keep them under [`SCRATCH_BYTES`].

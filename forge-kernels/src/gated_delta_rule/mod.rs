@@ -28,6 +28,8 @@
 //! and backward; `backward.rs` the backward pass (on the host, the token-by-token walk with states
 //! recomputed a chunk at a time, the reference), which forge-host joins to the autograd graph.
 mod backward;
+#[cfg(test)]
+mod chunked_backward_test;
 #[cfg(feature = "cuda")]
 mod chunked_device;
 mod projections;
