@@ -26,7 +26,9 @@
 //! walk (backward) on the GPU.
 //!
 //! Memory: a chunk row's intermediates are about 300 k floats at 128 × 128 heads (1.2 MB), so the
-//! sequences of a batch go through in groups that keep them under [`SCRATCH_BYTES`].
+//! sequences of a batch go through in groups that keep them under [`SCRATCH_BYTES`]. A group is at
+//! least one sequence, so a long one goes over it: 2.4 GB for 4096 tokens at qwen3.5-9b's 32 value
+//! heads (splitting a sequence's heads into groups is what would bound it).
 use candle_core::{DType, Tensor};
 
 use super::{Heads, Projections};
