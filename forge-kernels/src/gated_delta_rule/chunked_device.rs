@@ -59,8 +59,26 @@ impl Shape {
     fn rows(&self) -> usize {
         self.items() * self.chunks
     }
-    fn i32s(&self, values: &[usize]) -> Vec<Scalar> {
-        values.iter().map(|&v| Scalar::I32(v as i32)).collect()
+}
+
+/// Sizes as the kernels' `int` scalars.
+fn i32s(values: &[usize]) -> Vec<Scalar> {
+    values.iter().map(|&v| Scalar::I32(v as i32)).collect()
+}
+
+/// The launch of the preparation kernel and of its backward over `rows` tokens: a block per (token,
+/// key head), and the sizes both take.
+fn preparation_launch(rows: usize, h: Heads) -> (Grid, Vec<Scalar>) {
+    let grid = Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 };
+    (grid, i32s(&[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim]))
+}
+
+/// Groups' results joined along the batch (no copy for one group).
+fn joined(parts: &[Tensor]) -> candle_core::Result<Tensor> {
+    if parts.len() == 1 {
+        Ok(parts[0].clone())
+    } else {
+        Tensor::cat(parts, 0)
     }
 }
 
@@ -124,13 +142,14 @@ fn part(flat: &Tensor, sizes: &[usize], index: usize, shape: &[usize]) -> candle
 /// head, in one f32 buffer, as both CUDA forms (this file's and decoding's recurrent step) read them.
 pub(super) fn prepared_on_device(p: &Projections, h: Heads) -> candle_core::Result<Tensor> {
     let rows = p.conv.dims3()?.0 * p.conv.dim(1)?;
-    crate::profile::section("gated_delta_prepare_bf16", p.conv.device(), || {
+    let (grid, scalars) = preparation_launch(rows, h);
+    section("gated_delta_prepare_bf16", p.conv.device(), || {
         launch_on_tensors::<f32>(
             "gated_delta_prepare_bf16",
             &[p.conv, p.a, p.b, p.neg_a, p.dt_bias],
             2 * rows * h.key_heads * h.key_dim + 2 * rows * h.value_heads,
-            Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 },
-            &[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim].map(|v| Scalar::I32(v as i32)),
+            grid,
+            &scalars,
         )
     })
 }
@@ -160,7 +179,7 @@ fn forward_parts(prepared: &Tensor, conv: &Tensor, state: &Tensor, s: Shape) -> 
         &[prepared, conv],
         sizes.iter().sum::<usize>(),
         Grid::PerRow { rows: bn, threads: THREADS },
-        &s.i32s(&[s.batch, s.seq, s.h.key_heads, s.h.value_heads, dk, dv]),
+        &i32s(&[s.batch, s.seq, s.h.key_heads, s.h.value_heads, dk, dv]),
     )?;
     let kq = part(&loaded, &sizes, 0, &[bn, 2 * C, dk])?;
     let k = part(&loaded, &sizes, 1, &[bn, C, dk])?;
@@ -185,7 +204,7 @@ fn forward_parts(prepared: &Tensor, conv: &Tensor, state: &Tensor, s: Shape) -> 
         &[&uw, &lk, &g, state],
         sizes.iter().sum::<usize>(),
         walk_grid(s),
-        &s.i32s(&[s.items(), s.chunks, dk, dv]),
+        &i32s(&[s.items(), s.chunks, dk, dv]),
     )?;
     Ok(Forward {
         hs: part(&walked, &sizes, 0, &[bn, dk, dv])?,
@@ -210,8 +229,7 @@ fn layout(a: &Tensor, b: &Tensor, s: Shape, to_layer: bool) -> candle_core::Resu
     let dv = s.h.value_dim;
     let len = if to_layer { s.batch * s.seq * s.h.value_heads * dv } else { s.rows() * C * dv };
     let shape = if to_layer { vec![s.batch, s.seq, s.h.value_heads, dv] } else { vec![s.rows(), C, dv] };
-    let mut scalars = s.i32s(&[s.batch, s.seq, s.h.value_heads, dv]);
-    scalars.push(Scalar::I32(to_layer as i32));
+    let scalars = i32s(&[s.batch, s.seq, s.h.value_heads, dv, to_layer as usize]);
     kernel("gdn_chunk_layout", &[a, b], shape, Grid::Stride(len), &scalars)
 }
 
@@ -234,9 +252,6 @@ fn forward_group(p: &Projections, state: &Tensor, h: Heads) -> candle_core::Resu
 pub(super) fn forward(p: &Projections, state: &Tensor, h: Heads) -> candle_core::Result<(Tensor, Tensor)> {
     let batch = p.conv.dim(0)?;
     let n = group_size(batch, p.conv.dim(1)?, h, false);
-    if n == batch {
-        return forward_group(p, state, h);
-    }
     let (mut outs, mut states) = (Vec::new(), Vec::new());
     for from in (0..batch).step_by(n) {
         let n = n.min(batch - from);
@@ -245,7 +260,7 @@ pub(super) fn forward(p: &Projections, state: &Tensor, h: Heads) -> candle_core:
         outs.push(o);
         states.push(st);
     }
-    Ok((Tensor::cat(&outs, 0)?, Tensor::cat(&states, 0)?))
+    Ok((joined(&outs)?, joined(&states)?))
 }
 
 /// The prepared inputs' gradients of one group (as `gated_delta_prepare_backward_bf16` reads them),
@@ -265,7 +280,7 @@ fn backward_group(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Res
         &[&bm, &a, &f.lk, &f.uw, &f.g, &d_o],
         sizes.iter().sum::<usize>(),
         walk_grid(s),
-        &s.i32s(&[s.items(), s.chunks, dk, dv]),
+        &i32s(&[s.items(), s.chunks, dk, dv]),
     )?;
     let dv2 = part(&walked, &sizes, 0, &[bn, 2 * C, dv])?;
     let dh = part(&walked, &sizes, 1, &[bn, dk, dv])?;
@@ -277,7 +292,7 @@ fn backward_group(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Res
         &[&dv2, &y1],
         (bn, C, dv + dk),
         Grid::Stride(bn * C * (dv + dk)),
-        &s.i32s(&[bn, dk, dv]),
+        &i32s(&[bn, dk, dv]),
     )?;
     let dx = product(&f.t.t()?, &z)?;
     let dt = product(&z, &f.x.t()?)?;
@@ -300,7 +315,7 @@ fn backward_group(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Res
         &[&prepared, p.conv, &y1, &y2, &dx, &f1, &f2, &eg, &f.hs, &dh],
         2 * vrows * dk + vrows * dv + 2 * vrows,
         Grid::PerRow { rows: bn, threads: 128 },
-        &s.i32s(&[s.batch, s.seq, h.key_heads, h.value_heads, dk, dv]),
+        &i32s(&[s.batch, s.seq, h.key_heads, h.value_heads, dk, dv]),
     )
 }
 
@@ -318,17 +333,17 @@ pub(super) fn backward(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core
         let g = group(p, &sliced);
         let grads = backward_group(&g, h, &d_out.narrow(0, from, n)?)?;
         let (rows, vrows) = (n * seq, n * seq * h.value_heads);
+        let (grid, scalars) = preparation_launch(rows, h);
         let raw = launch_on_tensors::<half::bf16>(
             "gated_delta_prepare_backward_bf16",
             &[g.conv, g.a, g.b, g.neg_a, g.dt_bias, &grads],
             rows * width + 2 * vrows,
-            Grid::PerRow { rows: rows * h.key_heads, threads: h.key_dim.div_ceil(32).min(4) as u32 * 32 },
-            &[rows, h.key_heads, h.value_heads, h.key_dim, h.value_dim].map(|v| Scalar::I32(v as i32)),
+            grid,
+            &scalars,
         )?;
         parts[0].push(raw.narrow(0, 0, rows * width)?.reshape((n, seq, width))?);
         parts[1].push(raw.narrow(0, rows * width, vrows)?.reshape((n, seq, h.value_heads))?);
         parts[2].push(raw.narrow(0, rows * width + vrows, vrows)?.reshape((n, seq, h.value_heads))?);
     }
-    let joined = |p: &[Tensor]| if p.len() == 1 { Ok(p[0].clone()) } else { Tensor::cat(p, 0) };
     Ok([joined(&parts[0])?, joined(&parts[1])?, joined(&parts[2])?])
 }
