@@ -20,6 +20,8 @@ def main(path, what):
         entry[0] += 1
         entry[1] += micros
     print(f"ncu gpu__time_duration.sum of one {what} training step's matched launches\n")
+    launches, micros = sum(c for c, _ in totals.values()), sum(m for _, m in totals.values())
+    print(f"{launches} launches, {micros / 1e3:.2f} ms in all\n")
     print("| kernel | launches | total ms | mean µs |\n| --- | --- | --- | --- |")
     for name, (count, micros) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
         print(f"| {name} | {count} | {micros / 1e3:.2f} | {micros / count:.1f} |")

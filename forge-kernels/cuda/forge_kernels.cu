@@ -62,17 +62,65 @@ extern "C" __global__ void causal_softmax_backward_bf16(const __nv_bfloat16 *__r
         dr[j] = __float2bfloat16(j < visible ? scale * __bfloat162float(pr[j]) * (__bfloat162float(gr[j]) - dot) : 0.f);
 }
 
-// logsumexp of a row of bf16 logits in f32, reading it once (a running max and sum, as flash
-// attention keeps its softmax statistics); every thread of the block gets it.
+// Eight bf16 at a 16-byte aligned address, as floats, in one load; and back, in one store. Loads of
+// a single bf16 each kept too few bytes in flight: the NLL's and the convolution's kernels ran at
+// 0.4-0.6 TB/s on an H200 (docs/BENCHMARKS.md, ninth session).
+__device__ __forceinline__ void load8(const __nv_bfloat16 *p, float (&v)[8]) {
+    const uint4 raw = *reinterpret_cast<const uint4 *>(p);
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __bfloat1622float2(h[i]);
+        v[2 * i] = f.x, v[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void store8(__nv_bfloat16 *p, const float (&v)[8]) {
+    uint4 raw;
+    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+    *reinterpret_cast<uint4 *>(p) = raw;
+}
+// Whether a row of n bf16 at p goes eight at a time.
+__device__ __forceinline__ bool by8(const __nv_bfloat16 *p, int n) {
+    return n % 8 == 0 && reinterpret_cast<unsigned long long>(p) % 16 == 0;
+}
+
+// A running max m and sum s of e^(v − m) (as flash attention keeps its softmax statistics), given
+// eight more values: one rescale for the eight.
+__device__ __forceinline__ void lse_add8(float &m, float &s, const float (&v)[8]) {
+    float top = v[0];
+#pragma unroll
+    for (int i = 1; i < 8; ++i) top = fmaxf(top, v[i]);
+    if (top > m) s *= __expf(m - top), m = top;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s += __expf(v[i] - m);
+}
+
+// logsumexp of a row of bf16 logits in f32, reading it once; every thread of the block gets it.
+// Eight values a load and two loads in flight a thread where the row allows.
 __device__ float row_logsumexp(const __nv_bfloat16 *__restrict__ x, int vocab, float *shared) {
     float m = -INFINITY, s = 0.f;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-        const float v = __bfloat162float(x[j]);
-        if (v > m) {
-            s = s * __expf(m - v) + 1.f;
-            m = v;
-        } else {
-            s += __expf(v - m);
+    if (by8(x, vocab)) {
+        const int vectors = vocab / 8, step = blockDim.x;
+        int j = threadIdx.x;
+        for (; j + step < vectors; j += 2 * step) {
+            float a[8], b[8];
+            load8(x + 8 * j, a);
+            load8(x + 8 * (j + step), b);
+            lse_add8(m, s, a);
+            lse_add8(m, s, b);
+        }
+        if (j < vectors) {
+            float a[8];
+            load8(x + 8 * j, a);
+            lse_add8(m, s, a);
+        }
+    } else {
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+            const float v = __bfloat162float(x[j]);
+            if (v > m) s = s * __expf(m - v) + 1.f, m = v;
+            else s += __expf(v - m);
         }
     }
     const float top = block_reduce<true>(m, shared);
@@ -102,9 +150,19 @@ extern "C" __global__ void row_nll_backward_bf16(const __nv_bfloat16 *__restrict
     __nv_bfloat16 *d = d_logits + row * vocab;
     const float lse = row_logsumexp(x, vocab, shared);
     const float g = grad[row];
-    const unsigned int t = targets[row];
+    const int t = (int)targets[row];
+    if (by8(x, vocab) && by8(d, vocab)) {
+        for (int j = threadIdx.x; j < vocab / 8; j += blockDim.x) {
+            float v[8];
+            load8(x + 8 * j, v);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) v[i] = g * (__expf(v[i] - lse) - (8 * j + i == t ? 1.f : 0.f));
+            store8(d + 8 * j, v);
+        }
+        return;
+    }
     for (int j = threadIdx.x; j < vocab; j += blockDim.x)
-        d[j] = __float2bfloat16(g * (__expf(__bfloat162float(x[j]) - lse) - (j == (int)t ? 1.f : 0.f)));
+        d[j] = __float2bfloat16(g * (__expf(__bfloat162float(x[j]) - lse) - (j == t ? 1.f : 0.f)));
 }
 
 // RMS norm of each row of `n` bf16 values, statistics in f32, in the two conventions transformers has:
@@ -283,64 +341,93 @@ extern "C" __global__ void swiglu_backward_bf16(const __nv_bfloat16 *__restrict_
 // ---- Qwen3.5's hybrid layers ----
 
 // Gated DeltaNet's causal depthwise convolution then SiLU, over x (batch, seq, channels) preceded by
-// `state` (batch, taps - 1, channels): the previous inputs, zeros at the start of a sequence. Writes
-// the outputs (batch, seq, channels), then the last taps - 1 inputs (the next state), into `y`. One
-// pass, f32 sums rounded once; replaces a concatenation, taps products and sums, and the SiLU.
+// `state` (batch, taps − 1, channels): the previous inputs, zeros at the start of a sequence. Writes
+// the outputs (batch, seq, channels), then the last taps − 1 inputs (the next state), into `y`. One
+// pass, f32 sums rounded once; replaces a concatenation, taps products and sums, and the SiLU. One
+// block per row of `y`, threads over groups of eight channels (channels % 8 == 0, taps == 4 as in
+// Qwen3.5), rows from 16-byte boundaries (src/causal_conv.rs sees to both).
+#define CONV_TAPS 4
+
+// The weights (channels, CONV_TAPS) of channels c .. c + 8 in four 16-byte loads: w[i][k] is channel
+// c + i's tap k. Read one value a load, consecutive threads' addresses 64 bytes apart, they cost more
+// than the rest of the convolution (414 µs a forward at qwen3.5-0.8b's 8 × 1024 × 6144, H200).
+__device__ __forceinline__ void conv_weights(const __nv_bfloat16 *w, int c, float (&wt)[8][CONV_TAPS]) {
+#pragma unroll
+    for (int q = 0; q < CONV_TAPS; ++q) {
+        float v[8];
+        load8(w + c * CONV_TAPS + 8 * q, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) wt[(8 * q + e) / CONV_TAPS][(8 * q + e) % CONV_TAPS] = v[e];
+    }
+}
 extern "C" __global__ void causal_conv_silu_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
                                                  const __nv_bfloat16 *__restrict__ state, __nv_bfloat16 *__restrict__ y,
                                                  int batch, int seq, int channels, int taps) {
-    const long long outputs = (long long)batch * seq * channels;
-    const long long total = outputs + (long long)batch * (taps - 1) * channels;
     const int before = taps - 1;
-    // Input `src` of sequence b, counted from the first new token (negative: from the state).
+    const long long row = blockIdx.x, outputs = (long long)batch * seq;
+    // Input src of sequence b, counted from the first new token (negative: from the state), channel c.
     const auto at = [&](int b, int src, int c) {
-        return __bfloat162float(src >= 0 ? x[((long long)b * seq + src) * channels + c]
-                                         : state[((long long)b * before + before + src) * channels + c]);
+        return src >= 0 ? x + ((long long)b * seq + src) * channels + c : state + ((long long)b * before + before + src) * channels + c;
     };
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
-         idx += (long long)gridDim.x * blockDim.x) {
-        if (idx < outputs) {
-            const long long row = idx / channels;  // one 64-bit division; the rest fit 32 bits
-            const int c = idx - row * channels, t = (int)row % seq, b = (int)row / seq;
-            float acc = 0.f;
-            for (int k = 0; k < taps; ++k) acc += at(b, t + k - before, c) * __bfloat162float(w[c * taps + k]);
-            y[idx] = __float2bfloat16(acc / (1.f + __expf(-acc)));
+    for (int c = 8 * threadIdx.x; c < channels; c += 8 * blockDim.x) {
+        float out[8];
+        if (row < outputs) {
+            const int b = (int)(row / seq), t = (int)(row % seq);
+            float wt[8][CONV_TAPS];
+            conv_weights(w, c, wt);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) out[i] = 0.f;
+#pragma unroll
+            for (int k = 0; k < CONV_TAPS; ++k) {
+                float v[8];
+                load8(at(b, t + k - before, c), v);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) out[i] += v[i] * wt[i][k];
+            }
+#pragma unroll
+            for (int i = 0; i < 8; ++i) out[i] = out[i] / (1.f + __expf(-out[i]));
         } else {
-            const long long j = idx - outputs;
-            const int c = j % channels;
-            const int p = (j / channels) % before;
-            const int b = j / channels / before;
-            y[idx] = __float2bfloat16(at(b, seq + p - before, c));
+            const int j = (int)(row - outputs), b = j / before, p = j % before;
+            load8(at(b, seq + p - before, c), out);
         }
+        store8(y + row * channels + c, out);
     }
 }
 
 // The backward of causal_conv_silu_bf16 from a zero state (training's case) for the inputs only (the
 // convolution's weights are frozen): dx[s] = Σ_k dy[t]·silu'(a[t])·w[k] over the outputs t = s + taps − 1 − k
 // that read x[s] through tap k, each pre-activation a[t] recomputed (taps products) rather than kept.
+// One block per input row, threads over groups of eight channels, as the forward.
 extern "C" __global__ void causal_conv_silu_backward_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
                                                           const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx,
                                                           int batch, int seq, int channels, int taps) {
-    const long long total = (long long)batch * seq * channels;
-    const int before = taps - 1;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
-         idx += (long long)gridDim.x * blockDim.x) {
-        const long long row = idx / channels;
-        const int c = idx - row * channels, s = (int)row % seq, b = (int)row / seq;
-        const long long base = (long long)b * seq * channels + c;
-        float acc = 0.f;
-        for (int k = 0; k < taps; ++k) {
+    const int before = taps - 1, s = (int)(blockIdx.x % seq);
+    const long long base = (long long)(blockIdx.x / seq) * seq * channels;
+    for (int c = 8 * threadIdx.x; c < channels; c += 8 * blockDim.x) {
+        float wt[8][CONV_TAPS], acc[8] = {};
+        conv_weights(w, c, wt);
+#pragma unroll
+        for (int k = 0; k < CONV_TAPS; ++k) {
             const int t = s + before - k;
             if (t >= seq) continue;
-            float a = 0.f;
-            for (int kk = 0; kk < taps; ++kk) {
+            float a[8] = {}, g[8];
+#pragma unroll
+            for (int kk = 0; kk < CONV_TAPS; ++kk) {
                 const int src = t + kk - before;
-                if (src >= 0) a += __bfloat162float(x[base + (long long)src * channels]) * __bfloat162float(w[c * taps + kk]);
+                if (src < 0) continue;
+                float v[8];
+                load8(x + base + (long long)src * channels + c, v);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) a[i] += v[i] * wt[i][kk];
             }
-            const float sig = 1.f / (1.f + __expf(-a));
-            acc += __bfloat162float(dy[base + (long long)t * channels]) * sig * (1.f + a * (1.f - sig)) * __bfloat162float(w[c * taps + k]);
+            load8(dy + base + (long long)t * channels + c, g);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const float sig = 1.f / (1.f + __expf(-a[i]));
+                acc[i] += g[i] * sig * (1.f + a[i] * (1.f - sig)) * wt[i][k];
+            }
         }
-        dx[idx] = __float2bfloat16(acc);
+        store8(dx + base + (long long)s * channels + c, acc);
     }
 }
 

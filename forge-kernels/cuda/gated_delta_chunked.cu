@@ -112,17 +112,30 @@ extern "C" __global__ void gdn_chunk_solve(const float *__restrict__ np, const f
     for (int e = threadIdx.x; e < GDN_C * GDN_C; e += blockDim.x) out[bn * cc + e] = t_s[e / GDN_C][e % GDN_C];
 }
 
-// The two walks (the state forward, its adjoint back) have one shape. Over the block's 32 state columns
-// col0 .. col0 + 32 (256 threads: column tid % 32, a run of consecutive rows from tid / 32), a chunk does
-//   o[t] = base[t] + sign1 · Σ_i m1[t][i]·s[i]   (t < C; written to `out` too)
+// The two walks (the state forward, its adjoint back) have one shape. A block of 256 threads (8 warps)
+// holds GDN_COLS columns of an item's state s (dk × dv, dk ≤ 128), two blocks a multiprocessor; a
+// chunk does
+//   o[t] = base[t] + sign1 · Σ_i m1[t][i]·s[i]   (t < C; written to `out`)
 //   s[i] = decay · s[i] + extra[i] + sign2 · Σ_t m2[t][i]·o[t]   (i < dk; `extra` may be null)
-// with m1 and m2 (C rows of dk) read from global memory. Only s is sequential: m1, m2, base and extra
-// are inputs, so each chunk's are loaded into registers while the chunk before computes and stored to
-// shared memory when it is done, and read from there four values at a time. Measured at qwen3.5-0.8b
-// (16 chunks a walk, H200): m1 and m2 read from global memory term by term, 3 ms a walk; through a
-// small tile, 0.9 ms; prefetched but read one value a load, 607 µs (bound by shared-memory loads);
-// four values a load, 304 µs, about a third of the FMA rate.
-// Dynamic shared memory: s (128 × 32), o (C × 32), m1 and m2 (C × dk each): 88 KiB at dk = 128.
+// with m1 and m2 (C rows of dk) in global memory. Both sums are products of a chunk's matrix with the
+// state's columns (C × dk × GDN_COLS multiply-adds each), done on tensor cores in TF32 (mma.sync
+// m16n8k8, f32 accumulators; the state is kept in f32 between chunks). Only s is sequential: each
+// chunk's m1 is copied into shared memory (cp.async) while the chunk before does its second product,
+// its m2 while the chunk's first product runs, and its base and extra are loaded into registers a
+// chunk ahead.
+// Measured at qwen3.5-0.8b (16 chunks a walk, H200), on CUDA cores in f32: m1 and m2 read from global
+// memory term by term, 3 ms a walk; through a small tile, 0.9 ms; prefetched into registers, 607 µs;
+// read four values a load, 304 µs, about a third of the FMA rate with one block a multiprocessor. On
+// tensor cores, 64 columns a block (one block a multiprocessor) and base and extra read when used:
+// 210 µs forward, 321 backward; 32 columns a block and both loaded a chunk ahead: 139 and 197 µs.
+// Shared memory, floats, each stride chosen so that a warp's fragment loads hit 32 banks:
+//   s (128 × GDN_LDS), o (C × GDN_LDS), m1 (C × GDN_LD1), m2 (C × GDN_LD2): 97 KiB.
+#define GDN_COLS 32
+#define GDN_LDS (GDN_COLS + 8)  // B fragments read (k = tig, n = g): 8·tig + g distinct mod 32
+#define GDN_LD1 (128 + 4)       // A fragments read (m = g, k = tig): 4·g + tig
+#define GDN_LD2 (128 + 8)       // Aᵀ fragments read m2[k = tig][m = g]: 8·tig + g
+#define GDN_WALK_FLOATS ((128 + GDN_C) * GDN_LDS + GDN_C * (GDN_LD1 + GDN_LD2))
+
 struct GdnWalk {
     const float *base, *extra, *m1, *m2;
     int ldb, ld1, ld2;
@@ -130,147 +143,220 @@ struct GdnWalk {
     float *out;
 };
 
-// Per thread: its 8 float4 of m1 and of m2 (C · dk ≤ 8192 floats over 256 threads), and its rows of
-// base and extra. A thread's rows are consecutive (8 of the C outputs, dk / 8 of the state's), so that
-// the walk reads m1 and m2 from shared memory four values at a time.
-struct GdnPrefetch {
-    float4 m1[8], m2[8];
-    float base[GDN_C / 8], extra[128 / 8];
+__device__ __forceinline__ unsigned gdn_tf32(float x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+// d += a·b for one 16 × 8 tile over 8 of the sum (fragments as the PTX ISA lays them out for m16n8k8).
+__device__ __forceinline__ void gdn_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Copies a chunk's matrix (C rows of dk from `src`, rows `ld` apart) into shared memory rows `lds`
+// apart, 16 bytes a copy, as one cp.async group (committed even when empty: the walk counts groups).
+__device__ void gdn_copy_async(float *dst, int lds, const float *src, int ld, int dk, bool any) {
+    if (any)
+        for (int e = threadIdx.x; e < GDN_C * dk / 4; e += blockDim.x) {
+            const int t = 4 * e / dk, i = 4 * e % dk;
+            const unsigned to = (unsigned)__cvta_generic_to_shared(dst + t * lds + i);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(src + (long long)t * ld + i));
+        }
+    asm volatile("cp.async.commit_group;");
+}
+
+// Waits for all but the newest cp.async group, then for the whole block.
+__device__ __forceinline__ void gdn_wait_older() {
+    asm volatile("cp.async.wait_group 1;");
+    __syncthreads();
+}
+
+// A walk's thread: its block's item and first state column, its warp's place in the fragments.
+struct GdnLane {
+    int item, col0, warp, g, tig;
+};
+__device__ GdnLane gdn_lane(int dv) {
+    const int tiles = (dv + GDN_COLS - 1) / GDN_COLS, lane = threadIdx.x % 32;
+    return {(int)(blockIdx.x / tiles), (int)(blockIdx.x % tiles) * GDN_COLS, (int)threadIdx.x / 32, lane / 4, lane % 4};
+}
+
+// What a chunk's two sums add to, at this thread's places in the fragments: base (rows t of o, as
+// gdn_walk_first holds them) and extra (rows of s, as gdn_state_fragment visits them), in pairs of
+// columns. Loaded a chunk ahead.
+struct GdnOperands {
+    float2 base[GDN_COLS / 16][2], extra[GDN_COLS / 8][2];
 };
 
-__device__ void gdn_prefetch(GdnPrefetch &p, const GdnWalk &w, int dk, int dv, int col) {
-    const int r0 = threadIdx.x / 32, quads = GDN_C * dk / 4, per = dk / 8;
+// The state's rows this warp keeps (16 · warp + g and + 8), its accumulator tiles' columns 8 · j + 2 · tig.
+// `visit(j, e, row, c)` for each of its 32 values, e indexing the fragment.
+template <typename Visit>
+__device__ __forceinline__ void gdn_state_fragment(const GdnLane &l, Visit visit) {
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-        const int e = threadIdx.x + 256 * k, t = 4 * e / dk, i = 4 * e % dk;
-        if (e < quads) {
-            p.m1[k] = *reinterpret_cast<const float4 *>(w.m1 + (long long)t * w.ld1 + i);
-            p.m2[k] = *reinterpret_cast<const float4 *>(w.m2 + (long long)t * w.ld2 + i);
-        }
-    }
-    const bool active = col < dv;
+    for (int j = 0; j < GDN_COLS / 8; ++j)
 #pragma unroll
-    for (int r = 0; r < GDN_C / 8; ++r) p.base[r] = active ? w.base[(r0 * (GDN_C / 8) + r) * w.ldb + col] : 0.f;
-#pragma unroll
-    for (int r = 0; r < 128 / 8; ++r)
-        p.extra[r] = w.extra && active && r < per ? w.extra[(long long)(r0 * per + r) * dv + col] : 0.f;
+        for (int e = 0; e < 4; ++e) visit(j, e, 16 * l.warp + l.g + 8 * (e / 2), 8 * j + 2 * l.tig + e % 2);
 }
 
-// One chunk from the prefetched `p` (its matrices already in shared memory `m1s`, `m2s`).
-__device__ void gdn_walk_chunk(float (*s)[32], float (*o)[32], const float *m1s, const float *m2s,
-                               const GdnPrefetch &p, const GdnWalk &w, int dk, int dv, int col) {
-    constexpr int R1 = GDN_C / 8, R2 = 128 / 8;
-    const int c = threadIdx.x % 32, r0 = threadIdx.x / 32, per = dk / 8;
-    float acc[R2];
+// The first sum's tile of this warp: rows r0 .. r0 + 16 of o, columns c0 .. c0 + GDN_COLS / 2.
+__device__ __forceinline__ int gdn_first_row(const GdnLane &l) { return 16 * (l.warp % 4); }
+__device__ __forceinline__ int gdn_first_col(const GdnLane &l) { return GDN_COLS / 2 * (l.warp / 4); }
+
+// The chunk's base and extra (null: zeros) at this thread's places; columns past dv read as zeros
+// (dv is a multiple of 4, so a pair is real or not as a whole).
+__device__ void gdn_operands(GdnOperands &p, const GdnWalk &w, const GdnLane &l, int dk, int dv) {
+    const int r0 = gdn_first_row(l), c0 = gdn_first_col(l);
 #pragma unroll
-    for (int r = 0; r < R2; ++r) acc[r] = 0.f;
-    for (int i = 0; i < dk; i += 4) {
-        const float s0 = s[i][c], s1 = s[i + 1][c], s2 = s[i + 2][c], s3 = s[i + 3][c];
+    for (int j = 0; j < GDN_COLS / 16; ++j)
 #pragma unroll
-        for (int r = 0; r < R1; ++r) {
-            const float4 m = *reinterpret_cast<const float4 *>(m1s + (r0 * R1 + r) * dk + i);
-            acc[r] += m.x * s0 + m.y * s1 + m.z * s2 + m.w * s3;
+        for (int h = 0; h < 2; ++h) {
+            const int t = r0 + l.g + 8 * h, col = l.col0 + c0 + 8 * j + 2 * l.tig;
+            p.base[j][h] = col < dv ? *reinterpret_cast<const float2 *>(w.base + (long long)t * w.ldb + col) : float2{0.f, 0.f};
+        }
+#pragma unroll
+    for (int j = 0; j < GDN_COLS / 8; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = 16 * l.warp + l.g + 8 * h, col = l.col0 + 8 * j + 2 * l.tig;
+            p.extra[j][h] = w.extra && row < dk && col < dv ? *reinterpret_cast<const float2 *>(w.extra + (long long)row * dv + col)
+                                                             : float2{0.f, 0.f};
+        }
+}
+
+// o = base + sign1 · m1·s for the chunk, each warp a 16 × GDN_COLS / 2 tile of o; written to w.out
+// (real columns) and, times sign2 and rounded to TF32, to `os` for the second product.
+__device__ void gdn_walk_first(const float *ss, float *os, const float *m1s, const GdnWalk &w, const GdnOperands &p,
+                               const GdnLane &l, int dk, int dv) {
+    constexpr int N = GDN_COLS / 16;
+    const int r0 = gdn_first_row(l), c0 = gdn_first_col(l);
+    float acc[N][4] = {};
+    for (int k = 0; k < dk; k += 8) {
+        const float *a = m1s + (r0 + l.g) * GDN_LD1 + k + l.tig;
+        const unsigned af[4] = {gdn_tf32(a[0]), gdn_tf32(a[8 * GDN_LD1]), gdn_tf32(a[4]), gdn_tf32(a[8 * GDN_LD1 + 4])};
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            const float *b = ss + (k + l.tig) * GDN_LDS + c0 + 8 * j + l.g;
+            const unsigned bf[2] = {gdn_tf32(b[0]), gdn_tf32(b[4 * GDN_LDS])};
+            gdn_mma(acc[j], af, bf);
         }
     }
 #pragma unroll
-    for (int r = 0; r < R1; ++r) {
-        const int t = r0 * R1 + r;
-        const float v = p.base[r] + w.sign1 * acc[r];
-        o[t][c] = v;
-        if (col < dv) w.out[t * dv + col] = v;
-        acc[r] = 0.f;
-    }
-    __syncthreads();
-    for (int t = 0; t < GDN_C; ++t) {
-        const float ov = o[t][c];
+    for (int j = 0; j < N; ++j)
 #pragma unroll
-        for (int r = 0; r < R2; r += 4) {
-            if (r < per) {
-                const float4 m = *reinterpret_cast<const float4 *>(m2s + t * dk + r0 * per + r);
-                acc[r] += m.x * ov, acc[r + 1] += m.y * ov, acc[r + 2] += m.z * ov, acc[r + 3] += m.w * ov;
+        for (int h = 0; h < 2; ++h) {
+            const int t = r0 + l.g + 8 * h, c = c0 + 8 * j + 2 * l.tig, col = l.col0 + c;
+            float2 o = {0.f, 0.f};
+            if (col < dv) {
+                o = {p.base[j][h].x + w.sign1 * acc[j][2 * h], p.base[j][h].y + w.sign1 * acc[j][2 * h + 1]};
+                *reinterpret_cast<float2 *>(w.out + (long long)t * dv + col) = o;
             }
+            os[t * GDN_LDS + c] = __uint_as_float(gdn_tf32(w.sign2 * o.x));
+            os[t * GDN_LDS + c + 1] = __uint_as_float(gdn_tf32(w.sign2 * o.y));
         }
-    }
+}
+
+// s = decay · s + extra + m2ᵀ·os in the warp's accumulators (its 16 rows of s, all the block's columns).
+__device__ void gdn_walk_second(float (&s)[GDN_COLS / 8][4], const float *os, const float *m2s, const GdnWalk &w,
+                                const GdnOperands &p, const GdnLane &l, int dk) {
+    gdn_state_fragment(l, [&](int j, int e, int, int) {
+        const float2 extra = p.extra[j][e / 2];
+        s[j][e] = w.decay * s[j][e] + (e % 2 ? extra.y : extra.x);
+    });
+    if (16 * l.warp >= dk) return;
+    for (int t = 0; t < GDN_C; t += 8) {
+        const float *a = m2s + (t + l.tig) * GDN_LD2 + 16 * l.warp + l.g;
+        const unsigned af[4] = {gdn_tf32(a[0]), gdn_tf32(a[8]), gdn_tf32(a[4 * GDN_LD2]), gdn_tf32(a[4 * GDN_LD2 + 8])};
 #pragma unroll
-    for (int r = 0; r < R2; ++r) {
-        const int i = r0 * per + r;
-        if (r < per) s[i][c] = w.decay * s[i][c] + p.extra[r] + w.sign2 * acc[r];
+        for (int j = 0; j < GDN_COLS / 8; ++j) {
+            const float *b = os + (t + l.tig) * GDN_LDS + 8 * j + l.g;
+            const unsigned bf[2] = {__float_as_uint(b[0]), __float_as_uint(b[4 * GDN_LDS])};
+            gdn_mma(s[j], af, bf);
+        }
     }
 }
 
-// Runs a walk over `chunks` chunks: chunk(k) gives the k-th chunk's operands; before each chunk the
-// state is handed to `at_start` (k, s) for writing out. After it, s holds the final state.
+// Runs a walk over `chunks` chunks from the state `s` (this thread's fragment): chunk(k) gives the k-th
+// chunk's operands; at each chunk's start the state is in shared memory `ss` (128 × GDN_LDS) and
+// handed to `at_start` (k, ss). After it, `s` holds the final state.
 template <typename Chunk, typename Start>
-__device__ void gdn_walk(float (*s)[32], int chunks, int dk, int dv, int col, Chunk chunk, Start at_start) {
+__device__ void gdn_walk(float (&s)[GDN_COLS / 8][4], const GdnLane &l, int chunks, int dk, int dv, Chunk chunk,
+                         Start at_start) {
     extern __shared__ float4 gdn_dynamic[];
-    float(*o)[32] = reinterpret_cast<float(*)[32]>(reinterpret_cast<float *>(gdn_dynamic) + 128 * 32);
-    float *m1s = reinterpret_cast<float *>(gdn_dynamic) + (128 + GDN_C) * 32, *m2s = m1s + GDN_C * dk;
-    GdnPrefetch p;
+    float *ss = reinterpret_cast<float *>(gdn_dynamic), *os = ss + 128 * GDN_LDS, *m1s = os + GDN_C * GDN_LDS;
+    float *m2s = m1s + GDN_C * GDN_LD1;
     GdnWalk w = chunk(0);
-    gdn_prefetch(p, w, dk, dv, col);
-    const int quads = GDN_C * dk / 4;
+    GdnOperands p;
+    gdn_operands(p, w, l, dk, dv);
+    gdn_copy_async(m1s, GDN_LD1, w.m1, w.ld1, dk, true);
+    gdn_copy_async(m2s, GDN_LD2, w.m2, w.ld2, dk, true);
     for (int k = 0; k < chunks; ++k) {
-        __syncthreads();  // the previous chunk is done with m1s, m2s and o
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-            const int e = threadIdx.x + 256 * q;
-            if (e < quads) reinterpret_cast<float4 *>(m1s)[e] = p.m1[q], reinterpret_cast<float4 *>(m2s)[e] = p.m2[q];
-        }
-        const GdnPrefetch now = p;
-        const GdnWalk current = w;
-        at_start(k, s);
+        const GdnWalk now = w;
+        const GdnOperands ops = p;
         if (k + 1 < chunks) {
             w = chunk(k + 1);
-            gdn_prefetch(p, w, dk, dv, col);
+            gdn_operands(p, w, l, dk, dv);
         }
-        __syncthreads();
-        gdn_walk_chunk(s, o, m1s, m2s, now, current, dk, dv, col);
+        gdn_state_fragment(l, [&](int j, int e, int row, int c) { ss[row * GDN_LDS + c] = s[j][e]; });
+        gdn_wait_older();  // this chunk's m1 is in, and the state
+        at_start(k, ss);
+        gdn_walk_first(ss, os, m1s, now, ops, l, dk, dv);
+        __syncthreads();  // m1s is free, os is written
+        gdn_copy_async(m1s, GDN_LD1, w.m1, w.ld1, dk, k + 1 < chunks);
+        gdn_wait_older();  // this chunk's m2 is in
+        gdn_walk_second(s, os, m2s, now, ops, l, dk);
+        __syncthreads();  // m2s and os are free
+        gdn_copy_async(m2s, GDN_LD2, w.m2, w.ld2, dk, k + 1 < chunks);
     }
-    __syncthreads();
+    asm volatile("cp.async.wait_all;");
 }
 
-// A walk's thread: its block's item, its state column (c within the block's 32), its first row.
-struct GdnColumn {
-    int item, c, col, r0;
-    bool active;
-};
-__device__ GdnColumn gdn_column(int dv) {
-    const int tiles = (dv + 31) / 32, c = threadIdx.x % 32, col = (blockIdx.x % tiles) * 32 + c;
-    return {(int)(blockIdx.x / tiles), c, col, (int)(threadIdx.x / 32), col < dv};
+// The walk's state from `from` (items, dk, dv), or zeros; `to` (items, dk, dv) from it.
+__device__ void gdn_state_in(float (&s)[GDN_COLS / 8][4], const GdnLane &l, const float *from, int dk, int dv) {
+    gdn_state_fragment(l, [&](int j, int e, int row, int c) {
+        const int col = l.col0 + c;
+        s[j][e] = from && row < dk && col < dv ? from[((long long)l.item * dk + row) * dv + col] : 0.f;
+    });
+}
+__device__ void gdn_state_out(const float (&s)[GDN_COLS / 8][4], const GdnLane &l, float *to, int dk, int dv) {
+    gdn_state_fragment(l, [&](int j, int e, int row, int c) {
+        const int col = l.col0 + c;
+        if (row < dk && col < dv) to[((long long)l.item * dk + row) * dv + col] = s[j][e];
+    });
 }
 
-// The carried state's 32 columns: the start of the walks' dynamic shared memory.
-__device__ float (*gdn_walk_state())[32] {
-    extern __shared__ float4 gdn_dynamic[];
-    return reinterpret_cast<float(*)[32]>(gdn_dynamic);
+// `ss`'s state (dk × the block's columns) into `to` (dk, dv), a row's columns by consecutive threads.
+__device__ void gdn_state_store(const float *ss, const GdnLane &l, float *to, int dk, int dv) {
+    for (int e = threadIdx.x; e < dk * GDN_COLS; e += blockDim.x) {
+        const int row = e / GDN_COLS, c = e % GDN_COLS;
+        if (l.col0 + c < dv) to[(long long)row * dv + l.col0 + c] = ss[row * GDN_LDS + c];
+    }
 }
 
-// The state carried across chunks, one block of 256 threads per (item, 32 state columns), the chunks
-// in order: with U and W the two parts of UW (B, C, dv + dk) = T·X, V' = U − W·h, then
-// h ← e^(G_last)·h + LKᵀ·V'. `out`: H (B, dk, dv), the state at each chunk's start; V' (B, C, dv);
-// the final states (items, dk, dv). `state` (items, dk, dv) is the first chunk's.
-extern "C" __global__ void __launch_bounds__(256) gdn_chunk_state(const float *__restrict__ uw, const float *__restrict__ lk,
-                                           const float *__restrict__ g, const float *__restrict__ state,
-                                           float *__restrict__ out, int items, int chunks, int dk, int dv) {
-    float(*s)[32] = gdn_walk_state();
-    const auto [item, c, col, r0, active] = gdn_column(dv);
+// The state carried across chunks, one block per (item, GDN_COLS state columns), the chunks in order:
+// with U and W the two parts of UW (B, C, dv + dk) = T·X, V' = U − W·h, then h ← e^(G_last)·h + LKᵀ·V'.
+// `out`: H (B, dk, dv), the state at each chunk's start; V' (B, C, dv); the final states (items, dk,
+// dv). `state` (items, dk, dv) is the first chunk's.
+extern "C" __global__ void __launch_bounds__(256, 2) gdn_chunk_state(const float *__restrict__ uw, const float *__restrict__ lk,
+                                                                  const float *__restrict__ g, const float *__restrict__ state,
+                                                                  float *__restrict__ out, int items, int chunks, int dk, int dv) {
+    const GdnLane l = gdn_lane(dv);
     const long long B = (long long)items * chunks;
     float *hs = out, *vp = out + B * dk * dv, *final_state = vp + B * GDN_C * dv;
-    for (int i = r0; i < dk; i += 8) s[i][c] = active ? state[((long long)item * dk + i) * dv + col] : 0.f;
+    float s[GDN_COLS / 8][4];
+    gdn_state_in(s, l, state, dk, dv);
     const auto chunk = [&](int n) {
-        const long long bn = (long long)item * chunks + n;
+        const long long bn = (long long)l.item * chunks + n;
         const float *u = uw + bn * GDN_C * (dv + dk);
         return GdnWalk{u, nullptr, u + dv, lk + bn * GDN_C * dk, dv + dk, dv + dk, dk, -1.f, 1.f,
                        __expf(g[bn * GDN_C + GDN_C - 1]), vp + bn * GDN_C * dv};
     };
-    const auto at_start = [&](int n, float(*s)[32]) {
-        const long long bn = (long long)item * chunks + n;
-        for (int i = r0; i < dk; i += 8)
-            if (active) hs[(bn * dk + i) * dv + col] = s[i][c];
+    const auto at_start = [&](int n, const float *ss) {
+        gdn_state_store(ss, l, hs + ((long long)l.item * chunks + n) * dk * dv, dk, dv);
     };
-    gdn_walk(s, chunks, dk, dv, col, chunk, at_start);
-    for (int i = r0; i < dk; i += 8)
-        if (active) final_state[((long long)item * dk + i) * dv + col] = s[i][c];
+    gdn_walk(s, l, chunks, dk, dv, chunk, at_start);
+    gdn_state_out(s, l, final_state, dk, dv);
 }
 
 // Between the chunk layout (B, C, dv) and the layer's (batch, seq, heads, dv): forward (to_layer = 1)
@@ -296,33 +382,34 @@ extern "C" __global__ void gdn_chunk_layout(const float *__restrict__ a, const f
     }
 }
 
-// The state's adjoint carried back across chunks, one block of 256 threads per (item, 32 columns),
-// the chunks from the last: dV' = A + LK·dh, then dh ← e^(G_last)·dh + Bm − Wᵀ·dV', from dh = 0 after
-// the last chunk. Bm (B, dk, dv) = (γ⊙Q)ᵀ·dO and A (B, C, dv) = P̃ᵀ·dO. `out`: DV2 (B, 2C, dv) =
-// [dO; dV'], then DH (B, dk, dv), the adjoint of the state after each chunk.
-extern "C" __global__ void __launch_bounds__(256) gdn_chunk_state_backward(const float *__restrict__ bms, const float *__restrict__ as,
+// The state's adjoint carried back across chunks, one block per (item, GDN_COLS columns), the chunks
+// from the last: dV' = A + LK·dh, then dh ← e^(G_last)·dh + Bm − Wᵀ·dV', from dh = 0 after the last
+// chunk. Bm (B, dk, dv) = (γ⊙Q)ᵀ·dO and A (B, C, dv) = P̃ᵀ·dO. `out`: DV2 (B, 2C, dv) = [dO; dV'],
+// then DH (B, dk, dv), the adjoint of the state after each chunk.
+extern "C" __global__ void __launch_bounds__(256, 2) gdn_chunk_state_backward(const float *__restrict__ bms, const float *__restrict__ as,
                                                     const float *__restrict__ lk, const float *__restrict__ uw,
                                                     const float *__restrict__ g, const float *__restrict__ d_o,
                                                     float *__restrict__ out, int items, int chunks, int dk, int dv) {
-    float(*s)[32] = gdn_walk_state();
-    const auto [item, c, col, r0, active] = gdn_column(dv);
+    const GdnLane l = gdn_lane(dv);
     const long long B = (long long)items * chunks;
     float *dv2 = out, *dhs = out + B * 2 * GDN_C * dv;
-    for (int i = r0; i < dk; i += 8) s[i][c] = 0.f;
+    float s[GDN_COLS / 8][4];
+    gdn_state_in(s, l, nullptr, dk, dv);
     const auto chunk = [&](int k) {
-        const long long bn = (long long)item * chunks + chunks - 1 - k;
+        const long long bn = (long long)l.item * chunks + chunks - 1 - k;
         return GdnWalk{as + bn * GDN_C * dv, bms + bn * dk * dv, lk + bn * GDN_C * dk, uw + bn * GDN_C * (dv + dk) + dv,
                        dv, dk, dv + dk, 1.f, -1.f, __expf(g[bn * GDN_C + GDN_C - 1]),
                        dv2 + (bn * 2 + 1) * GDN_C * dv};
     };
-    const auto at_start = [&](int k, float(*s)[32]) {
-        const long long bn = (long long)item * chunks + chunks - 1 - k;
-        for (int i = r0; i < dk; i += 8)
-            if (active) dhs[(bn * dk + i) * dv + col] = s[i][c];
-        for (int t = r0; t < GDN_C; t += 8)
-            if (active) dv2[(bn * 2 * GDN_C + t) * dv + col] = d_o[(bn * GDN_C + t) * dv + col];
+    const auto at_start = [&](int k, const float *ss) {
+        const long long bn = (long long)l.item * chunks + chunks - 1 - k;
+        gdn_state_store(ss, l, dhs + bn * dk * dv, dk, dv);
+        for (int e = threadIdx.x; e < GDN_C * GDN_COLS; e += blockDim.x) {
+            const int t = e / GDN_COLS, col = l.col0 + e % GDN_COLS;
+            if (col < dv) dv2[(bn * 2 * GDN_C + t) * dv + col] = d_o[(bn * GDN_C + t) * dv + col];
+        }
     };
-    gdn_walk(s, chunks, dk, dv, col, chunk, at_start);
+    gdn_walk(s, l, chunks, dk, dv, chunk, at_start);
 }
 
 // Z (B, C, dv + dk) = [dU | dW] = [dV' | −(dV'·hᵀ)], from DV2's second half and Y1's (B, 2C, dk).

@@ -25,15 +25,15 @@ pub fn causal_conv_silu(
     };
     let weight = weight.to_dtype(x.dtype())?;
     #[cfg(feature = "cuda")]
-    if forward_kernel(&[x, &weight, &before]) {
-        use crate::launch::{launch_on_tensors, Grid, Scalar};
+    if forward_kernel(&[x, &weight, &before]) && on_kernel_shape(channels, taps) {
+        use crate::launch::{aligned8, launch_on_tensors, Scalar};
         let (outputs, total) = (b * s * channels, (b * (s + taps - 1)) * channels);
         let scalars = [b, s, channels, taps].map(|v| Scalar::I32(v as i32));
         let flat = launch_on_tensors::<half::bf16>(
             "causal_conv_silu_bf16",
-            &[x, &weight, &before],
+            &[&aligned8(x)?, &aligned8(&weight)?, &aligned8(&before)?],
             total,
-            Grid::Stride(total),
+            grid(b * (s + taps - 1), channels),
             &scalars,
         )?;
         let out = flat.narrow(0, 0, outputs)?.reshape((b, s, channels))?;
@@ -50,25 +50,41 @@ pub fn causal_conv_silu(
     Ok((out.silu()?, tail))
 }
 
+/// Whether the kernels take `channels` and `taps`: they read eight channels a load, with their four
+/// taps' weights (Qwen3.5: 4 taps, channels a multiple of 128).
+pub fn on_kernel_shape(channels: usize, taps: usize) -> bool {
+    channels.is_multiple_of(8) && taps == 4
+}
+
+/// The kernels' launch over `rows` rows of `channels`: a block a row, a thread per eight channels.
+#[cfg(feature = "cuda")]
+fn grid(rows: usize, channels: usize) -> crate::launch::Grid {
+    let threads = (channels / 8).div_ceil(32).clamp(1, 8) as u32 * 32;
+    crate::launch::Grid::PerRow { rows, threads }
+}
+
 /// The gradient of [`causal_conv_silu`] (from a zero state) with respect to `x`, given the output's
 /// `dy`, by one CUDA kernel, which recomputes each pre-activation it needs from `x`, so the forward
 /// keeps nothing but `x`; the weights are frozen. Elsewhere candle's autograd through the elementary
 /// ops is the backward, and the reference `forge kernels` checks this one against.
 #[cfg(feature = "cuda")]
 pub fn causal_conv_silu_backward(x: &Tensor, weight: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
-    use crate::launch::{launch_on_tensors, Grid, Scalar};
+    use crate::launch::{aligned8, launch_on_tensors, Scalar};
     let weight = weight.to_dtype(x.dtype())?;
-    if !crate::on_kernel(&[x, &weight, dy]) {
-        candle_core::bail!("causal_conv_silu_backward takes bf16 tensors on a CUDA device");
-    }
     let (b, s, channels) = x.dims3()?;
-    let scalars = [b, s, channels, weight.dim(1)?].map(|v| Scalar::I32(v as i32));
-    let n = x.elem_count();
+    let taps = weight.dim(1)?;
+    if !crate::on_kernel(&[x, &weight, dy]) || !on_kernel_shape(channels, taps) {
+        candle_core::bail!(
+            "causal_conv_silu_backward takes bf16 tensors on a CUDA device, channels a multiple of 8 and \
+             4 taps (got {channels} channels, {taps} taps)"
+        );
+    }
+    let scalars = [b, s, channels, taps].map(|v| Scalar::I32(v as i32));
     launch_on_tensors::<half::bf16>(
         "causal_conv_silu_backward_bf16",
-        &[x, &weight, dy],
+        &[&aligned8(x)?, &aligned8(&weight)?, &aligned8(dy)?],
         x.shape(),
-        Grid::Stride(n),
+        grid(b * s, channels),
         &scalars,
     )
 }

@@ -328,8 +328,8 @@ pub fn random_projections(
 /// in f32 on the same bf16-representable inputs: tiny shapes, qwen3.5-0.8b's (16 key and 16 value
 /// heads of 128, 6144 convolution channels, 8 × 1024 tokens in the convolution) and 9b's (32 value
 /// heads, 5 × 1024 tokens: two groups of sequences in the chunked form), and one-token decoding steps
-/// from a state. The delta rule's reference is the CPU's chunked
-/// form; both are f32, so they agree to rounding order (1e-4).
+/// from a state. The delta rule's reference is the CPU's chunked form in f32: decoding's f32 step agrees
+/// to rounding order (1e-4), the chunked form's TF32 products within 2e-3.
 fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
     for (b, s, c, taps, with_state) in [(2, 5, 40, 4, true), (8, 1024, 6144, 4, false), (1, 1, 6144, 4, true)]
@@ -363,8 +363,10 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
             let (out, state) = gated_delta_rule::from_projections(&p, state.as_ref(), heads)?;
             Tensor::cat(&[out.flatten_all()?, state.flatten_all()?], 0)
         };
-        let kernel = if s == 1 { "gated_delta_rule_dk*" } else { "gdn_chunk_* (forward)" };
-        checks.push(forward_check(kernel, vec![b, s, kh, vh, dk], &f, dev, 1e-4)?);
+        // The chunked form's products are TF32 (chunked_device.rs says why), decoding's step f32.
+        let (kernel, tolerance) =
+            if s == 1 { ("gated_delta_rule_dk*", 1e-4) } else { ("gdn_chunk_* (forward)", 2e-3) };
+        checks.push(forward_check(kernel, vec![b, s, kh, vh, dk], &f, dev, tolerance)?);
     }
     checks.extend(delta_rule_backward_checks(dev, rng)?);
     for (rows, n) in [(3 * 5 * 4, 32), (8 * 1024 * 16, 128)] {

@@ -167,6 +167,17 @@ pub fn launch_on_tensors<T: Output>(
     Ok(Tensor::from_storage(Storage::Cuda(out), shape, BackpropOp::none(), false))
 }
 
+/// `t` as kernels that read eight bf16 a load take it: contiguous from a 16-byte boundary (a view that
+/// starts elsewhere is copied).
+pub fn aligned8(t: &Tensor) -> candle_core::Result<Tensor> {
+    let t = t.contiguous()?;
+    if t.layout().start_offset().is_multiple_of(8) {
+        Ok(t)
+    } else {
+        t.copy()
+    }
+}
+
 /// The output of a kernel whose output has its first input's shape, for a custom op's `cuda_fwd`.
 pub fn same_shape<T: Output>(
     kernel: &'static str,

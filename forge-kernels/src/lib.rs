@@ -43,9 +43,9 @@ mod swiglu;
 
 use candle_core::{DType, Tensor};
 
-pub use causal_conv::causal_conv_silu;
 #[cfg(feature = "cuda")]
 pub use causal_conv::causal_conv_silu_backward;
+pub use causal_conv::{causal_conv_silu, on_kernel_shape as conv_on_kernel_shape};
 pub use causal_softmax::{causal_softmax, causal_softmax_backward};
 pub use gated_rms_norm::gated_rms_norm;
 #[cfg(feature = "cuda")]

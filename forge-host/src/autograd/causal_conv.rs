@@ -13,7 +13,12 @@ pub fn causal_conv_silu(
     state: Option<&Tensor>,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    if x.track_op() && !weight.track_op() && state.is_none() && forge_kernels::on_kernel(&[x, weight]) {
+    if x.track_op()
+        && !weight.track_op()
+        && state.is_none()
+        && forge_kernels::on_kernel(&[x, weight])
+        && forge_kernels::conv_on_kernel_shape(x.dim(2)?, weight.dim(1)?)
+    {
         let detached = x.detach();
         let (out, tail) = forge_kernels::causal_conv_silu(&detached, weight, None)?;
         let weight = weight.clone();

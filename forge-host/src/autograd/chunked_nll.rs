@@ -2,10 +2,13 @@
 //!
 //! Full logits are `rows × vocab` floats: for a batch of 8 × 1024 tokens and a 150k vocabulary that is
 //! 5 GB in f32. Projecting a bounded number of rows at a time keeps the peak to one chunk, and the
-//! log-softmax is taken in f32 so bf16 models lose nothing in the loss. Training keeps the bound: the
-//! forward stores no logits, and the backward recomputes them chunk by chunk to form
-//! `(softmax − onehot) · W` (a graph through the chunks would keep every chunk's logits).
-use candle_core::Tensor;
+//! log-softmax is taken in f32 so bf16 models lose nothing in the loss. Training keeps the bound: no
+//! logits outlive their chunk. A row's gradient is a scalar times `(softmax − onehot)·W`, so training
+//! forms that product while the chunk's logits are at hand and keeps it (`rows × dim`, 16 MB at
+//! qwen3.5-0.8b's 8 × 1024 × 1024 in bf16); the backward only scales its rows. Recomputing the logits
+//! in the backward instead cost a third of the head's products: 6 ms of a 0.8b step on an H200
+//! (docs/BENCHMARKS.md, ninth session).
+use candle_core::{DType, Tensor};
 use forge_kernels::{row_nll, row_nll_backward};
 
 use super::custom_grad::with_gradient;
@@ -38,19 +41,23 @@ pub fn chunked_nll(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> candl
     let rows = hidden.dim(0)?;
     let chunk = rows_per_chunk(lm_head.dim(0)?);
     let flat = hidden.detach();
+    let logits = |start: usize, len: usize| flat.narrow(0, start, len)?.matmul(&lm_head.t()?);
+    if !hidden.track_op() {
+        return map_row_chunks(rows, chunk, |start, len| {
+            row_nll(&logits(start, len)?, &targets.narrow(0, start, len)?)
+        });
+    }
+    let mut unit_grads = Vec::new();
     let nll = map_row_chunks(rows, chunk, |start, len| {
-        let logits = flat.narrow(0, start, len)?.matmul(&lm_head.t()?)?;
-        row_nll(&logits, &targets.narrow(0, start, len)?)
+        let (logits, targets) = (logits(start, len)?, targets.narrow(0, start, len)?);
+        let ones = Tensor::ones(len, DType::F32, logits.device())?;
+        unit_grads.push(row_nll_backward(&logits, &targets, &ones)?.to_dtype(flat.dtype())?.matmul(lm_head)?);
+        row_nll(&logits, &targets)
     })?;
-    let (lm_head, targets) = (lm_head.clone(), targets.clone());
+    let unit_grads = Tensor::cat(&unit_grads, 0)?;
     with_gradient("row nll backward", hidden, nll, move |grad, _| {
-        map_row_chunks(rows, chunk, |start, len| {
-            let h = flat.narrow(0, start, len)?;
-            let logits = h.matmul(&lm_head.t()?)?;
-            let d_logits =
-                row_nll_backward(&logits, &targets.narrow(0, start, len)?, &grad.narrow(0, start, len)?)?;
-            d_logits.to_dtype(h.dtype())?.matmul(&lm_head)
-        })
+        let scale = grad.to_dtype(DType::F32)?.unsqueeze(1)?;
+        unit_grads.to_dtype(DType::F32)?.broadcast_mul(&scale)?.to_dtype(unit_grads.dtype())
     })
 }
 

@@ -170,6 +170,8 @@ pub fn train_from(
         progress.step += 1;
         if progress.step == first_step + 1 {
             after_first = Instant::now();
+            // FORGE_PROFILE then times the steps the speed counts (the first loads kernels).
+            forge_kernels::profile::reset();
         }
         let done =
             (progress.step - first_step) * config.grad_accum * config.batch_size * inputs.windows.seq_len();

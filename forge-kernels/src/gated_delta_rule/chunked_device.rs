@@ -7,8 +7,9 @@
 //! step are products over a chunk's 64 tokens, independent across chunks; only the state, carried from
 //! chunk to chunk (64 steps at 4096 tokens, not 4096), is sequential. Measured on the H200
 //! (docs/BENCHMARKS.md, eighth session): training 12% faster at 0.8b and 7% at 9b than with the
-//! recurrent kernels, the same peak memory; the two walks are 304 µs a call at 0.8b, the products run
-//! as cuBLAS's f32 SGEMM.
+//! recurrent kernels, the same peak memory. The walks then ran on CUDA cores (304 µs a call at 0.8b)
+//! and the products as cuBLAS's f32 SGEMM (about 30 TFLOP/s); both are TF32 on tensor cores now (the
+//! walks 139 µs forward and 197 µs backward; ninth session).
 //!
 //! Per chunk, with G the cumulative decay, γ = e^G, λ = e^(G_last − G), D_ij = e^(G_i − G_j), h the state
 //! at the chunk's start (the host's `chunk_step` is the same in loops):
@@ -39,7 +40,7 @@ use crate::profile::section;
 const C: usize = 64;
 /// The most the intermediates of one group of sequences may take.
 const SCRATCH_BYTES: usize = 1 << 30;
-/// Threads of the per-chunk kernels and of the state walks (8 rows of 32 state columns).
+/// Threads of the per-chunk kernels and of the state walks (8 warps).
 const THREADS: u32 = 256;
 
 /// The sizes of one group: `batch` sequences of `seq` tokens, `chunks` chunks each.
@@ -82,11 +83,20 @@ fn joined(parts: &[Tensor]) -> candle_core::Result<Tensor> {
     }
 }
 
-/// Floats of intermediates per chunk row, the backward's when `backward`.
+/// Floats of intermediates per chunk row at the group's peak, the backward's when `backward`.
 fn floats_per_row(dk: usize, dv: usize, backward: bool) -> usize {
-    let forward = C * (6 * dk + dv + 1) + 4 * C * C + C * (dv + dk) + dk * dv + 3 * C * dv;
-    let extra = 2 * dk * dv + 4 * C * dv + 5 * C * dk + 2 * C * (dv + dk) + 7 * C * C;
-    forward + if backward { extra } else { 0 }
+    // What the forward keeps: the loaded inputs, [N; P] and [T; P̃], UW, the states with V'.
+    let kept = C * (6 * dk + dv + 1) + 4 * C * C + C * (dv + dk) + dk * dv + C * dv;
+    if !backward {
+        return kept + 3 * C * dv; // the two outputs and their sum
+    }
+    // The backward's two highs (it drops each intermediate after its last use): the masks' input
+    // (dO, [dO; dV'] and dh, Y1, Y2, dX; Y3, Z in UW's place, dT, dN's product and its factor) and
+    // the end (no [N; P], T, Y3, Z, dT, dN; the masks' output, F1, F2 and the gradients instead).
+    let walked = C * dv + 2 * C * dv + dk * dv + 3 * C * dk + C * (dv + dk);
+    let masks = kept + walked + 4 * C * C;
+    let end = kept - 4 * C * C - C * (dv + dk) + walked + 2 * C * C + C + 3 * C * dk + C * (2 * dk + dv + 2);
+    masks.max(end)
 }
 
 /// Sequences per group, so that a group's intermediates stay under [`SCRATCH_BYTES`].
@@ -116,17 +126,44 @@ fn kernel(
     section(name, inputs[0].device(), || launch_on_tensors::<f32>(name, inputs, shape, grid, scalars))
 }
 
+/// cuBLAS's f32 products in TF32 while it lives: candle's switch is process-wide, so the setting found
+/// comes back on drop. The walks' tensor-core products are TF32 too. Why it is enough: TF32 keeps 11
+/// significant bits (unit roundoff 2⁻¹¹), bf16 8 (2⁻⁸), and the rule's outputs are rounded to bf16 by
+/// the next op (the gated norm writes bf16), its gradients to bf16 (the raw inputs' dtype); `forge
+/// kernels` holds the forward to the f32 reference within 2e-3 (half of bf16's unit roundoff).
+/// Measured at qwen3.5-0.8b on an H200, f32 SGEMM ran the products at about 30 TFLOP/s.
+struct Tf32Products(bool);
+
+impl Tf32Products {
+    fn on() -> Self {
+        let before = candle_core::cuda::gemm_reduced_precision_f32();
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        Tf32Products(before)
+    }
+}
+
+impl Drop for Tf32Products {
+    fn drop(&mut self) {
+        candle_core::cuda::set_gemm_reduced_precision_f32(self.0)
+    }
+}
+
 /// `a · b` (cuBLAS), batched over chunk rows, as one profile section for all the products.
 fn product(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     section("gated delta rule: products", a.device(), || a.matmul(b))
 }
 
+/// State columns a walk's block keeps (the kernels' `GDN_COLS`).
+const WALK_COLUMNS: usize = 32;
+
 /// The walks' launch: a block of 256 threads per 32 state columns of an item, with the state's columns,
-/// the chunk's outputs in them and the chunk's two matrices in shared memory (88 KiB at dk = 128).
+/// the chunk's outputs in them and the chunk's two matrices in shared memory (the kernels'
+/// `GDN_WALK_FLOATS`, 97 KiB).
 fn walk_grid(s: Shape) -> Grid {
-    let floats = (128 + C) * 32 + 2 * C * s.h.key_dim;
+    let stride = WALK_COLUMNS + 8;
+    let floats = (128 + C) * stride + C * (2 * 128 + 12);
     Grid::PerRowShared {
-        rows: s.items() * s.h.value_dim.div_ceil(32),
+        rows: s.items() * s.h.value_dim.div_ceil(WALK_COLUMNS),
         threads: THREADS,
         shared: floats as u32 * 4,
     }
@@ -250,6 +287,7 @@ fn forward_group(p: &Projections, state: &Tensor, h: Heads) -> candle_core::Resu
 /// The chunked form from a layer's raw inputs and `state` `(batch, value_heads, dk, dv)`: the outputs
 /// `(batch, seq, value_heads, dv)` and the final state, in f32.
 pub(super) fn forward(p: &Projections, state: &Tensor, h: Heads) -> candle_core::Result<(Tensor, Tensor)> {
+    let _tf32 = Tf32Products::on();
     let batch = p.conv.dim(0)?;
     let n = group_size(batch, p.conv.dim(1)?, h, false);
     let (mut outs, mut states) = (Vec::new(), Vec::new());
@@ -270,23 +308,26 @@ fn backward_group(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Res
     let (bn, dk, dv) = (s.rows(), h.key_dim, h.value_dim);
     let prepared = prepared_on_device(p, h)?;
     let zero = Tensor::zeros((s.batch, h.value_heads, dk, dv), DType::F32, p.conv.device())?;
-    let f = forward_parts(&prepared, p.conv, &zero, s)?;
+    // Each intermediate is dropped after its last use: the group's peak is what sizes the groups.
+    let Forward { kq, k, x, lk, qg, g, np, t, pt, uw, hs, vp, .. } =
+        forward_parts(&prepared, p.conv, &zero, s)?;
     let d_o = layout(d_out, d_out, s, false)?;
-    let bm = product(&f.qg.t()?, &d_o)?;
-    let a = product(&f.pt.t()?, &d_o)?;
+    let bm = product(&qg.t()?, &d_o)?;
+    let a = product(&pt.t()?, &d_o)?;
     let sizes = [bn * 2 * C * dv, bn * dk * dv];
     let walked = kernel(
         "gdn_chunk_state_backward",
-        &[&bm, &a, &f.lk, &f.uw, &f.g, &d_o],
+        &[&bm, &a, &lk, &uw, &g, &d_o],
         sizes.iter().sum::<usize>(),
         walk_grid(s),
         &i32s(&[s.items(), s.chunks, dk, dv]),
     )?;
+    drop((bm, a, uw));
     let dv2 = part(&walked, &sizes, 0, &[bn, 2 * C, dv])?;
     let dh = part(&walked, &sizes, 1, &[bn, dk, dv])?;
-    let y1 = product(&dv2, &f.hs.t()?)?;
-    let y2 = product(&f.vp, &dh.t()?)?;
-    let y3 = product(&d_o, &f.vp.t()?)?;
+    let y1 = product(&dv2, &hs.t()?)?;
+    let y2 = product(&vp, &dh.t()?)?;
+    let y3 = product(&d_o, &vp.t()?)?;
     let z = kernel(
         "gdn_chunk_pack_dz",
         &[&dv2, &y1],
@@ -294,26 +335,30 @@ fn backward_group(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Res
         Grid::Stride(bn * C * (dv + dk)),
         &i32s(&[bn, dk, dv]),
     )?;
-    let dx = product(&f.t.t()?, &z)?;
-    let dt = product(&z, &f.x.t()?)?;
-    let dnf = product(&f.t.t()?, &product(&dt, &f.t.t()?)?)?;
+    let dx = product(&t.t()?, &z)?;
+    let dt = product(&z, &x.t()?)?;
+    drop(z);
+    let dnf = product(&t.t()?, &product(&dt, &t.t()?)?)?;
+    drop((dt, t, pt));
     let sizes = [bn * 2 * C * C, bn * C];
     let masked = kernel(
         "gdn_chunk_masks_backward",
-        &[&dnf, &y3, &f.np, &f.g],
+        &[&dnf, &y3, &np, &g],
         sizes.iter().sum::<usize>(),
         Grid::PerRow { rows: bn, threads: THREADS },
         &[Scalar::I32(bn as i32)],
     )?;
+    drop((dnf, y3, np));
     let dnp = part(&masked, &sizes, 0, &[bn, 2 * C, C])?;
     let eg = part(&masked, &sizes, 1, &[bn, C])?;
-    let f1 = product(&dnp, &f.k)?;
-    let f2 = product(&dnp.t()?, &f.kq)?;
+    let f1 = product(&dnp, &k)?;
+    let f2 = product(&dnp.t()?, &kq)?;
     let vrows = s.batch * s.seq * h.value_heads;
     kernel(
         "gdn_chunk_grads",
-        &[&prepared, p.conv, &y1, &y2, &dx, &f1, &f2, &eg, &f.hs, &dh],
+        &[&prepared, p.conv, &y1, &y2, &dx, &f1, &f2, &eg, &hs, &dh],
         2 * vrows * dk + vrows * dv + 2 * vrows,
+        // A warp per token, four a block (16 were slower: 336 µs a call against 298 at 0.8b, H200).
         Grid::PerRow { rows: bn, threads: 128 },
         &i32s(&[s.batch, s.seq, h.key_heads, h.value_heads, dk, dv]),
     )
@@ -323,6 +368,7 @@ fn backward_group(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Res
 /// `d_out` `(batch, seq, value_heads, dv)`: per group, the chunked backward, then
 /// `gated_delta_prepare_backward_bf16` back through the preparation.
 pub(super) fn backward(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Result<[Tensor; 3]> {
+    let _tf32 = Tf32Products::on();
     let (batch, seq, width) = p.conv.dims3()?;
     let n = group_size(batch, seq, h, true);
     let d_out = d_out.to_dtype(DType::F32)?;
