@@ -22,6 +22,15 @@ __device__ GdnToken gdn_token(long long bn, int t, int chunks, int seq, int head
     return {(item / heads) * seq + s, h, h / (heads / key_heads), s < seq};
 }
 
+// The prepared inputs' parts, as gated_delta_prepare_bf16 writes them over `rows` tokens: q and k
+// (rows, key_heads · dk), then g and β (rows, heads).
+struct GdnPrepared {
+    const float *q, *k, *g, *beta;
+};
+__device__ GdnPrepared gdn_prepared(const float *p, long long rows, long long kd, int heads) {
+    return {p, p + rows * kd, p + 2 * rows * kd, p + 2 * rows * kd + rows * heads};
+}
+
 // A chunk's cumulative decays G (GDN_C) and its β into shared memory; returns nothing until both are
 // there for the whole block.
 __device__ void gdn_load_decays(const float *gp, const float *bp, long long bn, int chunks, int seq, int heads,
@@ -49,8 +58,9 @@ extern "C" __global__ void gdn_chunk_load(const float *__restrict__ prepared, co
     const int chunks = (seq + GDN_C - 1) / GDN_C;
     const long long bn = blockIdx.x, B = (long long)batch * heads * chunks, rows = (long long)batch * seq;
     const long long kd = (long long)key_heads * dk, width = 2 * kd + (long long)heads * dv;
-    const float *qp = prepared, *kp = prepared + rows * kd, *gp = prepared + 2 * rows * kd, *bp = gp + rows * heads;
-    gdn_load_decays(gp, bp, bn, chunks, seq, heads, key_heads, g_cum, beta);
+    const GdnPrepared in = gdn_prepared(prepared, rows, kd, heads);
+    const float *qp = in.q, *kp = in.k;
+    gdn_load_decays(in.g, in.beta, bn, chunks, seq, heads, key_heads, g_cum, beta);
     float *kq = out + bn * 2 * GDN_C * dk, *k_out = out + B * 2 * GDN_C * dk + bn * GDN_C * dk;
     float *x = out + B * 3 * GDN_C * dk + bn * GDN_C * (dv + dk);
     float *lk = out + B * GDN_C * (4 * dk + dv) + bn * GDN_C * dk;
@@ -469,9 +479,10 @@ extern "C" __global__ void gdn_chunk_grads(const float *__restrict__ prepared, c
     const int warps = blockDim.x / 32;
     const long long bn = blockIdx.x, rows = (long long)batch * seq, vrows = rows * heads;
     const long long kd = (long long)key_heads * dk, width = 2 * kd + (long long)heads * dv;
-    const float *qp = prepared, *kp = prepared + rows * kd, *gp = prepared + 2 * rows * kd, *bp = gp + vrows;
+    const GdnPrepared in = gdn_prepared(prepared, rows, kd, heads);
+    const float *qp = in.q, *kp = in.k;
     float *dq = out, *dkk = dq + vrows * dk, *dvv = dkk + vrows * dk, *dg = dvv + vrows * dv, *db = dg + vrows;
-    gdn_load_decays(gp, bp, bn, chunks, seq, heads, key_heads, g_cum, beta);
+    gdn_load_decays(in.g, in.beta, bn, chunks, seq, heads, key_heads, g_cum, beta);
     const float last = g_cum[GDN_C - 1];
     float lam_rl = 0.f;  // this warp's share of Σ λ Y2·K
     for (int t = warp; t < GDN_C; t += warps) {

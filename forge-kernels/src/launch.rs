@@ -11,7 +11,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaModule, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
-use candle_core::cuda_backend::CudaDType;
+use candle_core::cuda_backend::{CudaDType, DeviceId};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape, Storage, Tensor};
 use half::bf16;
@@ -57,23 +57,48 @@ impl Output for bf16 {}
 impl Output for f32 {}
 
 /// The module, loaded once per device.
-fn function(dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
-    static MODULES: OnceLock<Mutex<HashMap<candle_core::cuda_backend::DeviceId, Arc<CudaModule>>>> =
-        OnceLock::new();
+fn module(dev: &CudaDevice) -> candle_core::Result<Arc<CudaModule>> {
+    static MODULES: OnceLock<Mutex<HashMap<DeviceId, Arc<CudaModule>>>> = OnceLock::new();
     let mut modules = MODULES.get_or_init(Default::default).lock().expect("no panic while loading");
-    let module = match modules.get(&dev.id()) {
-        Some(m) => m.clone(),
+    if let Some(module) = modules.get(&dev.id()) {
+        return Ok(module.clone());
+    }
+    let module = dev
+        .cuda_stream()
+        .context()
+        .load_module(Ptx::from_binary(EMBEDDED.to_vec()))
+        .map_err(|e| candle_core::Error::Msg(format!("loading forge's CUDA kernels: {e}")))?;
+    modules.insert(dev.id(), module.clone());
+    Ok(module)
+}
+
+/// Kernel `name` on `dev`, allowed `shared` bytes of dynamic shared memory: looked up and allowed once
+/// per device (a training step launches thousands of kernels; each lookup and attribute is a driver
+/// call).
+fn function(dev: &CudaDevice, name: &'static str, shared: u32) -> candle_core::Result<CudaFunction> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+    /// Each kernel looked up, with the dynamic shared memory it is allowed.
+    type Functions = HashMap<(DeviceId, &'static str), (CudaFunction, u32)>;
+    static FUNCTIONS: OnceLock<Mutex<Functions>> = OnceLock::new();
+    let mut functions = FUNCTIONS.get_or_init(Default::default).lock().expect("no panic while loading");
+    let (func, allowed) = match functions.get(&(dev.id(), name)) {
+        Some(found) => found.clone(),
         None => {
-            let module = dev
-                .cuda_stream()
-                .context()
-                .load_module(Ptx::from_binary(EMBEDDED.to_vec()))
-                .map_err(|e| candle_core::Error::Msg(format!("loading forge's CUDA kernels: {e}")))?;
-            modules.insert(dev.id(), module.clone());
-            module
+            let func = module(dev)?
+                .load_function(name)
+                .map_err(|e| candle_core::Error::Msg(format!("CUDA kernel {name}: {e}")))?;
+            (func, 0)
         }
     };
-    module.load_function(name).map_err(|e| candle_core::Error::Msg(format!("CUDA kernel {name}: {e}")))
+    if shared > allowed {
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            shared as i32,
+        )
+        .map_err(|e| candle_core::Error::Msg(format!("{name}: {shared} bytes of shared memory: {e}")))?;
+    }
+    functions.insert((dev.id(), name), (func.clone(), allowed.max(shared)));
+    Ok(func)
 }
 
 /// A borrowed input, viewed as the element type its storage holds.
@@ -110,15 +135,8 @@ pub fn launch<T: Output>(
     let views = inputs.iter().map(|&input| view(kernel, input)).collect::<candle_core::Result<Vec<_>>>()?;
     // SAFETY: every kernel writes each element of its output (the contract of this launcher).
     let mut out = unsafe { dev.alloc::<T>(len)? };
-    let func = function(&dev, kernel)?;
-    if let Grid::PerRowShared { shared, .. } = grid {
-        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            shared as i32,
-        )
-        .map_err(|e| candle_core::Error::Msg(format!("{kernel}: {shared} bytes of shared memory: {e}")))?;
-    }
+    let shared = if let Grid::PerRowShared { shared, .. } = grid { shared } else { 0 };
+    let func = function(&dev, kernel, shared)?;
     let stream = dev.cuda_stream();
     let mut builder = stream.launch_builder(&func);
     for v in &views {
