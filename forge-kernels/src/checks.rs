@@ -344,15 +344,18 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
         };
         checks.push(forward_check("causal_conv_silu_bf16", vec![b, s, c, taps], &f, dev, 1e-2)?);
     }
-    for (b, s, kh, vh, dk, with_state) in [
-        (2, 70, 2, 4, 32, true),
-        (2, 300, 16, 16, 128, false),
-        (5, 1024, 16, 32, 128, true),
-        (3, 1, 16, 16, 128, true),
+    // (batch, tokens, key heads, value heads, key width, value width, from a state): value heads of 48
+    // leave the walks' second block of 32 state columns partly empty.
+    for (b, s, kh, vh, dk, dv, with_state) in [
+        (2, 70, 2, 4, 32, 32, true),
+        (2, 100, 2, 4, 64, 48, true),
+        (2, 300, 16, 16, 128, 128, false),
+        (5, 1024, 16, 32, 128, 128, true),
+        (3, 1, 16, 16, 128, 128, true),
     ] {
-        let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dk };
+        let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dv };
         let [conv, a, beta, neg_a, dt_bias] = random_projections(b, s, heads, rng)?;
-        let state = random(&[b, vh, dk, dk], rng, 0.5)?;
+        let state = random(&[b, vh, dk, dv], rng, 0.5)?;
         let f = |d: &Device, dtype: DType| {
             let on = |t: &Tensor| t.to_device(d)?.to_dtype(dtype);
             let f32_on = |t: &Tensor| t.to_device(d);
@@ -366,7 +369,7 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
         // The chunked form's products are TF32 (chunked_device.rs says why), decoding's step f32.
         let (kernel, tolerance) =
             if s == 1 { ("gated_delta_rule_dk*", 1e-4) } else { ("gdn_chunk_* (forward)", 2e-3) };
-        checks.push(forward_check(kernel, vec![b, s, kh, vh, dk], &f, dev, tolerance)?);
+        checks.push(forward_check(kernel, vec![b, s, kh, vh, dk, dv], &f, dev, tolerance)?);
     }
     checks.extend(delta_rule_backward_checks(dev, rng)?);
     for (rows, n) in [(3 * 5 * 4, 32), (8 * 1024 * 16, 128)] {
@@ -396,18 +399,21 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
 
 /// The delta rule's backward on CUDA (the chunked form's kernels and products, then the preparation's
 /// backward kernel) against the host's token-by-token walk and candle's autograd through the
-/// preparation in f32, on the same inputs: key heads of 32, 64 and 128, value heads sharing key heads,
-/// lengths that are not multiples of the chunk, and qwen3.5-9b's 32 value heads over 2 × 1024 tokens
-/// (two groups of sequences). The gradients are rounded to bf16 (the raw inputs' dtype) at the end,
-/// hence 1e-2.
+/// preparation in f32, on the same inputs: key heads of 32, 64 and 128, value heads sharing key heads
+/// (one of them 48 wide), lengths that are not multiples of the chunk, and qwen3.5-9b's 32 value heads
+/// over 3 × 1024 tokens (two groups of sequences: two, then one). The gradients are rounded to bf16 (the
+/// raw inputs' dtype) at the end, hence 1e-2.
 fn delta_rule_backward_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
-    for (b, s, kh, vh, dk) in
-        [(2, 70, 2, 4, 32), (1, 100, 4, 8, 64), (2, 300, 16, 16, 128), (2, 1024, 16, 32, 128)]
-    {
-        let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dk };
+    for (b, s, kh, vh, dk, dv) in [
+        (2, 70, 2, 4, 32, 32),
+        (1, 100, 4, 8, 64, 48),
+        (2, 300, 16, 16, 128, 128),
+        (3, 1024, 16, 32, 128, 128),
+    ] {
+        let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dv };
         let [conv, a, beta, neg_a, dt_bias] = random_projections(b, s, heads, rng)?;
-        let d_out = random(&[b, s, vh, dk], rng, 1.0)?;
+        let d_out = random(&[b, s, vh, dv], rng, 1.0)?;
         let grads = |d: &Device, dtype: DType| {
             let on = |t: &Tensor| t.to_device(d)?.to_dtype(dtype);
             let (conv, a, beta) = (on(&conv)?, on(&a)?, on(&beta)?);
@@ -421,7 +427,7 @@ fn delta_rule_backward_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core
         let tolerance = 1e-2;
         checks.push(Check {
             kernel: "gdn_chunk_* (backward)",
-            shape: vec![b, s, kh, vh, dk],
+            shape: vec![b, s, kh, vh, dk, dv],
             past: 0,
             forward_rel_err: 0.0,
             backward_rel_err: Some(backward_rel_err),
