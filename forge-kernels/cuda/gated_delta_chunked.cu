@@ -144,7 +144,6 @@ extern "C" __global__ void gdn_chunk_solve(const float *__restrict__ np, const f
 #define GDN_LDS (GDN_COLS + 8)  // B fragments read (k = tig, n = g): 8·tig + g distinct mod 32
 #define GDN_LD1 (128 + 4)       // A fragments read (m = g, k = tig): 4·g + tig
 #define GDN_LD2 (128 + 8)       // Aᵀ fragments read m2[k = tig][m = g]: 8·tig + g
-#define GDN_WALK_FLOATS ((128 + GDN_C) * GDN_LDS + GDN_C * (GDN_LD1 + GDN_LD2))
 
 struct GdnWalk {
     const float *base, *extra, *m1, *m2;

@@ -81,23 +81,27 @@ fn function(dev: &CudaDevice, name: &'static str, shared: u32) -> candle_core::R
     type Functions = HashMap<(DeviceId, &'static str), (CudaFunction, u32)>;
     static FUNCTIONS: OnceLock<Mutex<Functions>> = OnceLock::new();
     let mut functions = FUNCTIONS.get_or_init(Default::default).lock().expect("no panic while loading");
-    let (func, allowed) = match functions.get(&(dev.id(), name)) {
-        Some(found) => found.clone(),
-        None => {
-            let func = module(dev)?
-                .load_function(name)
-                .map_err(|e| candle_core::Error::Msg(format!("CUDA kernel {name}: {e}")))?;
-            (func, 0)
+    let key = (dev.id(), name);
+    if let Some((func, allowed)) = functions.get(&key) {
+        if *allowed >= shared {
+            return Ok(func.clone());
         }
+    }
+    // New, or asked for more shared memory than it was allowed so far.
+    let func = match functions.remove(&key) {
+        Some((func, _)) => func,
+        None => module(dev)?
+            .load_function(name)
+            .map_err(|e| candle_core::Error::Msg(format!("CUDA kernel {name}: {e}")))?,
     };
-    if shared > allowed {
+    if shared > 0 {
         func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             shared as i32,
         )
         .map_err(|e| candle_core::Error::Msg(format!("{name}: {shared} bytes of shared memory: {e}")))?;
     }
-    functions.insert((dev.id(), name), (func.clone(), allowed.max(shared)));
+    functions.insert(key, (func.clone(), shared));
     Ok(func)
 }
 

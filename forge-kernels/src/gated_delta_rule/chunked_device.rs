@@ -62,6 +62,13 @@ impl Shape {
     }
 }
 
+/// Whether the CUDA kernels take `h`: key heads of 32, 64 or 128 (the decoding kernel's variants, the
+/// walks' at most 128 state rows in steps of 16), value heads a multiple of 4 (the walks' 16-byte
+/// copies and pairs of columns). Qwen3.5's are 128 and 128.
+pub(super) fn takes(h: Heads) -> bool {
+    [32, 64, 128].contains(&h.key_dim) && h.value_dim.is_multiple_of(4)
+}
+
 /// Sizes as the kernels' `int` scalars.
 fn i32s(values: &[usize]) -> Vec<Scalar> {
     values.iter().map(|&v| Scalar::I32(v as i32)).collect()
@@ -156,12 +163,12 @@ fn product(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 /// State columns a walk's block keeps (the kernels' `GDN_COLS`).
 const WALK_COLUMNS: usize = 32;
 
-/// The walks' launch: a block of 256 threads per 32 state columns of an item, with the state's columns,
-/// the chunk's outputs in them and the chunk's two matrices in shared memory (the kernels'
-/// `GDN_WALK_FLOATS`, 97 KiB).
+/// The walks' launch: a block of 256 threads per 32 state columns of an item, with the state's 128
+/// rows of those columns, the chunk's outputs in them and the chunk's two matrices in shared memory,
+/// rows padded as the kernels' `GDN_LDS`, `GDN_LD1` and `GDN_LD2` (97 KiB).
 fn walk_grid(s: Shape) -> Grid {
-    let stride = WALK_COLUMNS + 8;
-    let floats = (128 + C) * stride + C * (2 * 128 + 12);
+    let (columns, m1, m2) = (WALK_COLUMNS + 8, 128 + 4, 128 + 8);
+    let floats = (128 + C) * columns + C * (m1 + m2);
     Grid::PerRowShared {
         rows: s.items() * s.h.value_dim.div_ceil(WALK_COLUMNS),
         threads: THREADS,

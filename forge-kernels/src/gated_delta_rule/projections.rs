@@ -23,10 +23,7 @@ pub fn from_projections(
         );
     }
     #[cfg(feature = "cuda")]
-    if crate::forward_kernel(&[p.conv, p.a, p.b])
-        && [32, 64, 128].contains(&heads.key_dim)
-        && heads.value_dim.is_multiple_of(4)
-    {
+    if crate::forward_kernel(&[p.conv, p.a, p.b]) && super::chunked_device::takes(heads) {
         return on_device(p, state, heads);
     }
     let [q, k, v, g, beta] = prepare(p, heads)?;
