@@ -1,10 +1,12 @@
 //! A thread-local "no gradient" switch, like `torch.no_grad()`: trainable parameters read inside
 //! [`no_grad`] are detached, so the forward pass builds no graph and keeps no activations. Gradient
-//! checkpointing runs its first pass this way.
+//! checkpointing runs its first pass this way. Beside it, a "keep what the backward would recompute"
+//! switch, on while checkpointing runs a layer again (its backward follows at once).
 use std::cell::Cell;
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
+    static KEEP: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether trainable parameters should join the graph.
@@ -12,14 +14,36 @@ pub fn grad_enabled() -> bool {
     ENABLED.with(Cell::get)
 }
 
+/// Whether ops should keep activations their backward would otherwise recompute (see
+/// [`keeping_activations`]).
+pub fn keep_activations() -> bool {
+    KEEP.with(Cell::get)
+}
+
 /// Runs `f` with gradients off, restoring the previous mode after (also on early return).
 pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
-    struct Restore(bool);
+    with_switch(&ENABLED, false, f)
+}
+
+/// Runs `f` with ops keeping what their backward would recompute. For a forward whose backward comes
+/// right after it (a checkpointed layer run again): what is kept would be recomputed at the start of
+/// the same backward, so the peak does not grow, and the products are not paid twice.
+pub fn keeping_activations<T>(f: impl FnOnce() -> T) -> T {
+    with_switch(&KEEP, true, f)
+}
+
+/// Runs `f` with `switch` set to `value`, restoring it after (also on early return).
+fn with_switch<T>(
+    switch: &'static std::thread::LocalKey<Cell<bool>>,
+    value: bool,
+    f: impl FnOnce() -> T,
+) -> T {
+    struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            ENABLED.with(|e| e.set(self.0));
+            self.0.with(|e| e.set(self.1));
         }
     }
-    let _restore = Restore(ENABLED.with(|e| e.replace(false)));
+    let _restore = Restore(switch, switch.with(|e| e.replace(value)));
     f()
 }

@@ -5,11 +5,11 @@
 //! without a graph that keeps only each decoder layer's input; then the head (final norm and loss)
 //! is differentiated from the last layer's output, and each layer, from the last to the first, is run
 //! again from its saved input with the graph on and differentiated against the gradient arriving from
-//! above (`∑ out · grad_out` has exactly that gradient). Peak activation memory is one layer's, plus
+//! above (`autograd::backward_from`). Peak activation memory is one layer's, plus
 //! one input per layer.
 use candle_core::{Tensor, Var};
 
-use crate::autograd::{chunked_kl, no_grad};
+use crate::autograd::{backward_from, chunked_kl, keeping_activations, no_grad};
 use crate::model::CausalLm;
 use forge_kernels::profile::section;
 
@@ -95,8 +95,8 @@ pub fn loss_and_grads(
             .ok_or_else(|| candle_core::Error::Msg("no gradient reached the last layer".into()))?;
         for i in (0..model.layers.len()).rev() {
             let input = Var::from_tensor(&inputs[i])?;
-            let out = model.layer_forward(i, input.as_tensor(), &rope)?;
-            let store = (out * &grad_out)?.sum_all()?.backward()?;
+            let out = keeping_activations(|| model.layer_forward(i, input.as_tensor(), &rope))?;
+            let store = backward_from(&out, &grad_out)?;
             collect(&store)?;
             if i > 0 {
                 grad_out = store.get(input.as_tensor()).cloned().ok_or_else(|| {
