@@ -9,7 +9,7 @@
 #
 # MODES is plain, checkpointed or both (the default); e.g. `qwen3.5-0.8b qwen3.5-9b:checkpointed`.
 # PEER_MODES (default: the same) limits the peer's rows, e.g. to skip what the issue already measured;
-# KERNELS=0 skips the kernel checks; STEP_LIMIT (default 300) caps each forge run's seconds.
+# FORGE_FLAGS adds to forge's runs (e.g. `--frozen-base int8` for qwen3.5-27b); KERNELS=0 skips the kernel checks; STEP_LIMIT (default 300) caps each forge run's seconds.
 # PROFILE_ARCH profiles 4 forge steps of that checkpoint (FORGE_PROFILE: time and memory by section),
 # with PROFILE_FLAGS added (e.g. --grad-checkpoint).
 # The peer is what users fall back to for training: transformers' own PyTorch loops for Gated
@@ -41,7 +41,7 @@ for spec in "${archs[@]}"; do
     [ $mode = checkpointed ] && flag=(--grad-checkpoint) && peer_flag=(--checkpointing)
     record forge "$arch train $mode" timeout "${STEP_LIMIT:-300}" "$forge" train -q --json --device cuda --model "$ck" --data "$data" --out "/tmp/lora-$mode" \
       --steps 6 --warmup-steps 0 --batch-size 8 --seq-len 1024 --rank 16 --alpha 32 --targets "$targets" \
-      --optimizer adamw --lr 1e-4 --clip-norm 0 "${flag[@]}"
+      --optimizer adamw --lr 1e-4 --clip-norm 0 "${flag[@]}" ${FORGE_FLAGS:-}
     peer_modes=${PEER_MODES:-$modes}
     [ "$peer_modes" = both ] || [ "$peer_modes" = "$mode" ] || continue
     PYTHONPATH= record peer "$arch train $mode" python3 "$peer/bench_torch.py" --model "$ck" --task train --batch 8 --seq 1024 \

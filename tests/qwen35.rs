@@ -354,34 +354,8 @@ fn gradients_through_both_layer_kinds_match_finite_differences() {
 /// differences above), with and without checkpointing alike, and saves PEFT's names.
 #[test]
 fn lora_trains_through_both_layer_kinds_with_or_without_checkpointing() {
-    let (m, code) = (tiny_qwen35(), data("code-train.jsonl"));
     let out = tempfile::tempdir().unwrap();
-    let train = |name: &str, extra: &[&str]| -> serde_json::Value {
-        let dir = out.path().join(name);
-        let mut args = vec![
-            "train",
-            "-q",
-            "--json",
-            "--model",
-            m.to_str().unwrap(),
-            "--data",
-            code.to_str().unwrap(),
-            "--out",
-            dir.to_str().unwrap(),
-            "--steps",
-            "4",
-            "--rank",
-            "8",
-            "--seq-len",
-            "128",
-            "--batch-size",
-            "2",
-            "--lr",
-            "1e-3",
-        ];
-        args.extend_from_slice(extra);
-        forge_json(&args)
-    };
+    let train = |name: &str, extra: &[&str]| train_tiny_qwen35(&out.path().join(name), extra);
     let (plain, checkpointed) = (train("plain", &[]), train("checkpointed", &["--grad-checkpoint"]));
     assert_eq!(plain["losses"], checkpointed["losses"], "checkpointing changed the losses");
     let losses: Vec<f64> = plain["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();

@@ -324,3 +324,30 @@ fn two_cpu_ranks_train_the_same_adapter_as_one_device() {
     assert!(forge_refuses(&args).contains("names cuda:0 twice"));
     assert!(!out.exists(), "a refused command wrote {}", out.display());
 }
+
+/// `--frozen-base int8`: every decoder linear layer's weight in int8 rows (half of bf16's bytes), the
+/// logits within the rounding's reach of the dense model's, and LoRA trains against it through both
+/// of Qwen3.5's layer kinds with checkpointing, its losses beside the dense base's.
+#[test]
+fn an_int8_frozen_base_stays_near_the_dense_one_and_trains() {
+    let (dense, mut int8) = (model(&tiny_qwen35()), model(&tiny_qwen35()));
+    let saved = int8.quantize_frozen_base().unwrap();
+    assert!(saved > 0, "nothing was quantized");
+    let diff = rel_diff(&int8.logits(&ids(), None).unwrap(), &dense.logits(&ids(), None).unwrap());
+    assert!(diff > 0.0 && diff < 2e-2, "int8 base moves the logits by {diff:e}");
+
+    let out = tempfile::tempdir().unwrap();
+    let train =
+        |base: &str| train_tiny_qwen35(&out.path().join(base), &["--grad-checkpoint", "--frozen-base", base]);
+    let (dense, int8) = (train("model"), train("int8"));
+    assert_eq!((dense["frozen_base"].as_str(), int8["frozen_base"].as_str()), (Some("model"), Some("int8")));
+    let losses = |v: &serde_json::Value| -> Vec<f64> {
+        v["losses"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap()).collect()
+    };
+    let (d, q) = (losses(&dense), losses(&int8));
+    assert_ne!(d, q, "the int8 base trained exactly as the dense one: was it used?");
+    for (a, b) in d.iter().zip(&q) {
+        assert!((a - b).abs() < 1e-2 * a, "losses {d:?} (dense) vs {q:?} (int8)");
+    }
+    assert!(q[3] < q[0], "{q:?}");
+}

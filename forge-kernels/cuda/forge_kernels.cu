@@ -850,6 +850,25 @@ extern "C" __global__ void add_bias_bf16(const __nv_bfloat16 *__restrict__ x, co
         y[i] = __float2bfloat16(__bfloat162float(x[i]) + __bfloat162float(bias[i % n]));
 }
 
+// A frozen weight's int8 rows back to bf16 (forge-kernels' int8_rows.rs): eight codes (one 8-byte load)
+// to eight bf16 (one 16-byte store) a thread and step, `(code - 128) * scale[row]`, rounded once. Rows are
+// a multiple of 8 wide, so a group never straddles two rows.
+extern "C" __global__ void dequant_rows_u8_bf16(const unsigned char *__restrict__ codes, const float *__restrict__ scales,
+                                                __nv_bfloat16 *__restrict__ w, long long groups, int cols) {
+    for (long long g = blockIdx.x * (long long)blockDim.x + threadIdx.x; g < groups; g += (long long)gridDim.x * blockDim.x) {
+        const long long i = g * 8;
+        const float s = scales[i / cols];
+        const uint2 c = *reinterpret_cast<const uint2 *>(codes + i);
+        __align__(16) __nv_bfloat16 v[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            const unsigned int byte = ((k < 4 ? c.x : c.y) >> (8 * (k & 3))) & 0xffu;
+            v[k] = __float2bfloat16(((float)byte - 128.f) * s);
+        }
+        *reinterpret_cast<uint4 *>(w + i) = *reinterpret_cast<const uint4 *>(v);
+    }
+}
+
 // x viewed as (outer, size, inner), bf16, contiguous: positions start .. start + len of its middle
 // dimension, written contiguous (outer, len, inner). A narrowed tensor that must be made contiguous
 // would otherwise take candle's strided copy (its unary module).

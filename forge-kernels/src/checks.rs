@@ -7,7 +7,8 @@ use serde::Serialize;
 use crate::gated_delta_rule::{self, Heads, Projections};
 use crate::{
     add_bias, causal_conv_silu, causal_softmax, embedding, gated_rms_norm, narrow, residual_add, rms_norm,
-    rms_norm_f32_weight, rope_heads_first, row_nll, sigmoid_gate, swiglu, transpose12, RowNll, SplitMix64,
+    rms_norm_f32_weight, rope_heads_first, row_nll, sigmoid_gate, swiglu, transpose12, Int8Rows, RowNll,
+    SplitMix64,
 };
 
 /// One comparison of a device result with its reference.
@@ -255,7 +256,7 @@ fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
 }
 
 /// The ops that stand in for candle's on eval's path (residual add, bias add, embedding lookup,
-/// heads-first copy) and Qwen3.5's norm with its f32 weight, forward and backward where they have one, against candle's own ops on the CPU.
+/// heads-first copy), the int8 base's dequantization and Qwen3.5's norm with its f32 weight, forward and backward where they have one, against candle's own ops on the CPU.
 fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
     let shape = vec![8, 1024, 896];
@@ -283,6 +284,10 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     let ids = Tensor::from_vec(ids, (8, rows / 8), &Device::Cpu)?;
     let f = |d: &Device, dtype: DType| embedding(&table.to_device(d)?.to_dtype(dtype)?, &ids.to_device(d)?);
     checks.push(forward_check("embedding_bf16", vec![vocab, dim, rows], &f, dev, 1e-2)?);
+    // A frozen base in int8 (rows of qwen3.5-27b's hidden width), quantized and given back on each side.
+    let w = random(&[1024, 5120], rng, 0.05)?;
+    let f = |d: &Device, dtype: DType| Int8Rows::quantize(&w.to_device(d)?.to_dtype(dtype)?)?.dequantize();
+    checks.push(forward_check("dequant_rows_u8_bf16", vec![1024, 5120], &f, dev, 1e-2)?);
     // Qwen3.5's norm at qwen3.5-0.8b's hidden width, its weight `1 + w` in f32.
     let w = (random(&[1024], rng, 0.5)? + 1.0)?;
     let f = |x: &[Tensor]| rms_norm_f32_weight(&x[0], &w.to_device(x[0].device())?, 1e-6);

@@ -110,6 +110,7 @@ enum View<'a> {
     Bf16(CudaView<'a, bf16>),
     F32(CudaView<'a, f32>),
     U32(CudaView<'a, u32>),
+    U8(CudaView<'a, u8>),
 }
 
 fn view<'a>(
@@ -122,6 +123,7 @@ fn view<'a>(
         DType::BF16 => View::Bf16(storage.as_cuda_slice::<bf16>()?.slice(start..end)),
         DType::F32 => View::F32(storage.as_cuda_slice::<f32>()?.slice(start..end)),
         DType::U32 => View::U32(storage.as_cuda_slice::<u32>()?.slice(start..end)),
+        DType::U8 => View::U8(storage.as_cuda_slice::<u8>()?.slice(start..end)),
         other => return Err(candle_core::Error::UnsupportedDTypeForOp(other, kernel)),
     })
 }
@@ -148,6 +150,7 @@ pub fn launch<T: Output>(
             View::Bf16(v) => builder.arg(v),
             View::F32(v) => builder.arg(v),
             View::U32(v) => builder.arg(v),
+            View::U8(v) => builder.arg(v),
         };
     }
     builder.arg(&mut out);

@@ -14,6 +14,7 @@
 //! | [`causal_conv_silu`] | `causal_conv_silu_bf16` (+ backward) | one pass for prompt and one-token step |
 //! | [`gated_rms_norm`] | `gated_rms_norm_bf16` (+ backward) | one pass instead of about twelve |
 //! | [`sigmoid_gate`] | `sigmoid_gate_bf16` (+ backward) | reads the gate where `q_proj` wrote it |
+//! | [`Int8Rows::dequantize`] | `dequant_rows_u8_bf16` | a frozen base in int8: a byte read and two written a weight |
 //! | [`residual_add`], [`add_bias`], [`embedding`], [`transpose12`], [`narrow`] | `add_bias_bf16`, `embedding_bf16`, `transpose12_bf16`, `narrow_bf16` | no candle PTX module to compile on a fresh machine |
 //!
 //! The last four serve Qwen3.5's hybrid layers. Their forward kernels run only where no input takes a
@@ -28,6 +29,7 @@ pub mod checks;
 pub mod fatbin;
 pub mod gated_delta_rule;
 mod gated_rms_norm;
+mod int8_rows;
 #[cfg(feature = "cuda")]
 pub mod jit;
 #[cfg(feature = "cuda")]
@@ -50,6 +52,7 @@ pub use causal_softmax::{causal_softmax, causal_softmax_backward};
 pub use gated_rms_norm::gated_rms_norm;
 #[cfg(feature = "cuda")]
 pub use gated_rms_norm::gated_rms_norm_backward;
+pub use int8_rows::Int8Rows;
 #[cfg(feature = "cuda")]
 pub use launch::EMBEDDED as EMBEDDED_FATBIN;
 pub use residual::{add_bias, embedding, narrow, residual_add, transpose12};

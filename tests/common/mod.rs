@@ -194,3 +194,32 @@ pub fn assert_greedy_matches(model: &std::path::Path, reference: &str) {
         assert_eq!(tokenizer.decode(&got).unwrap(), case["greedy_text"].as_str().unwrap());
     }
 }
+
+/// `forge train --json` of a small LoRA (rank 8, 4 steps of 2 × 128 code tokens, lr 1e-3) on
+/// `tiny-qwen35` into `out`, with `extra` flags.
+pub fn train_tiny_qwen35(out: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let (m, code) = (tiny_qwen35(), data("code-train.jsonl"));
+    let mut args = vec![
+        "train",
+        "-q",
+        "--json",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        code.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--rank",
+        "8",
+        "--seq-len",
+        "128",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+    ];
+    args.extend_from_slice(extra);
+    forge_json(&args)
+}

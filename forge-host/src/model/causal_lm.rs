@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::attention::AttentionObserver;
-use super::decoder_layer::{decoder_layer, DecoderLayer, LayerMasks};
+use super::decoder_layer::{decoder_layer, DecoderLayer, LayerMasks, LINEAR_MODULES};
 use super::kv_cache::KvCache;
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::{RopeTables, RotaryEmbedding};
@@ -130,6 +130,21 @@ impl CausalLm {
     /// Whether a mask removed layer `layer`.
     pub fn layer_removed(&self, layer: usize) -> bool {
         self.removed_layers[layer]
+    }
+
+    /// Stores every decoder linear layer's base weight as int8 rows (embeddings and the head stay as
+    /// they are); returns the device bytes this saved. For training against a frozen base
+    /// (`forge_kernels::Int8Rows` says what it costs).
+    pub fn quantize_frozen_base(&mut self) -> candle_core::Result<usize> {
+        let mut saved = 0;
+        for layer in &mut self.layers {
+            for (module, _) in LINEAR_MODULES {
+                if let Some(linear) = layer.linear_mut(module) {
+                    saved += linear.quantize_base()?;
+                }
+            }
+        }
+        Ok(saved)
     }
 
     /// The masks layer `i` runs under.

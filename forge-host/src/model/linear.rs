@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::{Module, Tensor};
+use forge_kernels::Int8Rows;
 
 use crate::autograd::frozen_matmul;
 use crate::loader::WeightScope;
@@ -28,10 +29,18 @@ pub trait LinearAdapter: Send + Sync {
     }
 }
 
+/// A layer's base weight: as loaded, or in int8 rows (`forge train --frozen-base int8`), made dense
+/// for each product that uses it.
+#[derive(Clone)]
+enum Base {
+    Dense(Tensor),
+    Int8(Int8Rows),
+}
+
 /// `y = x · Wᵀ + b`, then the adapter, if any.
 #[derive(Clone)]
 pub struct Linear {
-    weight: Tensor,
+    base: Base,
     bias: Option<Tensor>,
     adapter: Option<Arc<dyn LinearAdapter>>,
 }
@@ -39,12 +48,32 @@ pub struct Linear {
 impl Linear {
     /// A layer from its weight `(out, in)` and optional bias `(out)`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias, adapter: None }
+        Linear { base: Base::Dense(weight), bias, adapter: None }
     }
 
-    /// The base weight, `(out, in)`.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The base weight, `(out, in)`, in the model's dtype (made dense from int8 rows, if stored so).
+    pub fn weight(&self) -> candle_core::Result<Tensor> {
+        match &self.base {
+            Base::Dense(w) => Ok(w.clone()),
+            Base::Int8(rows) => rows.dequantize(),
+        }
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> candle_core::Result<(usize, usize)> {
+        match &self.base {
+            Base::Dense(w) => w.dims2(),
+            Base::Int8(rows) => rows.dims(),
+        }
+    }
+
+    /// Stores the base weight as int8 rows from now on; returns the bytes this saved.
+    pub fn quantize_base(&mut self) -> candle_core::Result<usize> {
+        let Base::Dense(w) = &self.base else { return Ok(0) };
+        let rows = Int8Rows::quantize(w)?;
+        let saved = (w.elem_count() * w.dtype().size_in_bytes()).saturating_sub(rows.bytes());
+        self.base = Base::Int8(rows);
+        Ok(saved)
     }
 
     /// The bias, if the layer has one.
@@ -72,11 +101,11 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: WeightScope) -> Res
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(fused) = self.adapter.as_ref().and_then(|a| a.fused(x, &self.weight, self.bias.as_ref()))
-        {
+        let weight = self.weight()?;
+        if let Some(fused) = self.adapter.as_ref().and_then(|a| a.fused(x, &weight, self.bias.as_ref())) {
             return fused;
         }
-        let base = frozen_matmul(x, &self.weight)?;
+        let base = frozen_matmul(x, &weight)?;
         let base = match &self.bias {
             Some(b) => forge_kernels::add_bias(&base, b)?,
             None => base,

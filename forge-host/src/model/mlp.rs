@@ -89,15 +89,15 @@ impl Mlp {
             };
             let hidden = grad.dim(candle_core::D::Minus1)?;
             let grad = grad.to_dtype(x0.dtype())?.reshape(((), hidden))?;
-            let mut d_gated = grad.matmul(mlp.down_proj.weight())?.reshape(gate.shape())?;
+            let mut d_gated = grad.matmul(&mlp.down_proj.weight()?)?.reshape(gate.shape())?;
             if let Some(mask) = &mask {
                 d_gated = d_gated.broadcast_mul(mask)?;
             }
             let (d_gate, d_up) = swiglu_backward(&gate, &up, &d_gated)?;
             drop((gate, up));
             let flat = |t: Tensor| t.reshape(((), t.dim(candle_core::D::Minus1)?));
-            let dx = (flat(d_gate)?.matmul(mlp.gate_proj.weight())?
-                + flat(d_up)?.matmul(mlp.up_proj.weight())?)?;
+            let dx = (flat(d_gate)?.matmul(&mlp.gate_proj.weight()?)?
+                + flat(d_up)?.matmul(&mlp.up_proj.weight()?)?)?;
             dx.reshape(x0.shape())
         })
     }

@@ -410,8 +410,8 @@ impl ScoringContext for ModelProbes<'_> {
             .iter()
             .zip(&heads)
             .map(|(layer, &n)| match &layer.mixer {
-                Mixer::Attention(a) => per_head(a.o_proj.weight(), n),
-                Mixer::Linear(l) => per_head(l.out_proj.weight(), n),
+                Mixer::Attention(a) => per_head(&a.o_proj.weight()?, n),
+                Mixer::Linear(l) => per_head(&l.out_proj.weight()?, n),
             })
             .collect::<candle_core::Result<_>>()
             .map_err(tensor_error)?;
@@ -419,7 +419,7 @@ impl ScoringContext for ModelProbes<'_> {
             .model
             .layers
             .iter()
-            .map(|layer| layer.mlp.down_proj.weight().to_dtype(DType::F32)?.sqr()?.sum(0)?.sqrt())
+            .map(|layer| layer.mlp.down_proj.weight()?.to_dtype(DType::F32)?.sqr()?.sum(0)?.sqrt())
             .collect::<candle_core::Result<_>>()
             .map_err(tensor_error)?;
         let o_heads = &o_heads;

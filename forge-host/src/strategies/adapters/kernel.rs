@@ -52,7 +52,7 @@ impl KernelAdapter {
         for (i, layer) in model.layers.iter_mut().enumerate() {
             for (module, _) in LINEAR_MODULES {
                 let Some(linear) = layer.linear_mut(module) else { continue };
-                let (out_dim, in_dim) = linear.weight().dims2()?;
+                let (out_dim, in_dim) = linear.dims()?;
                 let count = self.kernel.param_count(module, in_dim, out_dim);
                 if count == 0 {
                     continue;

@@ -200,7 +200,7 @@ fn wire(
             // A hybrid's layers have one mixer's modules or the other's.
             let Some(linear) = layer.linear_mut(target) else { continue };
             let path = module_path(&model_config, i, target);
-            let (out_dim, in_dim) = linear.weight().dims2()?;
+            let (out_dim, in_dim) = linear.dims()?;
             let (a, b) = weights(&path, (config.rank, in_dim), (out_dim, config.rank))?;
             let lora = Arc::new(LoraLinear {
                 a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,
