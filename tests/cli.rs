@@ -437,6 +437,7 @@ fn training_options_that_cannot_work_are_refused_before_loading() {
     train(&["--clip-norm", "NaN"], "--clip-norm is NaN; give a positive gradient-norm bound");
     train(&["--clip-norm=-1"], "--clip-norm is -1; give a positive gradient-norm bound");
     train(&["--steps", "0"], "--steps is 0; give at least 1");
+    train(&["--frozen-base", "int8"], "--frozen-base int8 needs --grad-checkpoint");
 }
 
 #[test]

@@ -86,8 +86,8 @@ pub struct TrainArgs {
     /// Recompute each decoder layer in the backward pass instead of storing its activations (less memory, more time).
     #[arg(long)]
     grad_checkpoint: bool,
-    /// How the frozen base weights of the decoder's linear layers are held. `int8`: rows of int8 codes,
-    /// one scale a row, made dense for each product (a layer's at a time under --grad-checkpoint):
+    /// How the frozen base weights of the decoder's linear layers are held. `int8` (with
+    /// --grad-checkpoint): rows of int8 codes, one scale a row, made dense a layer at a time:
     /// half of bf16's memory, e.g. qwen3.5-27b's 50 GiB of linear weights in 25 (QLoRA's idea). The
     /// adapter then learns against that rounded base; apply it to the model as usual. Embeddings and the
     /// head stay as loaded.
@@ -239,6 +239,14 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
         registry.optimizer(&args.optimizer, &Options::parse_pairs(&args.optimizer_opts)?)?;
     let section = args.section(adapter_given)?;
     section.validate(&adapter_options, "--")?;
+    if args.frozen_base == FrozenBase::Int8 && !args.grad_checkpoint {
+        // The products' backward closures hold the dense weight they used until the graph goes:
+        // without checkpointing that is every layer's at once.
+        return Err(bad_input!(
+            "--frozen-base int8 needs --grad-checkpoint: without it the backward keeps every layer's \
+             dense weights at once and int8 would save no memory; add --grad-checkpoint"
+        ));
+    }
     let config = section.train_config(rt.seed);
     let rank = RankSpec::from_env()?;
     let world = args.world(rank.as_ref())?;
