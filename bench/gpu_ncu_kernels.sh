@@ -2,8 +2,7 @@
 # Per-kernel GPU time of one forge training step, from Nsight Compute (no FORGE_PROFILE
 # synchronisation in between): ncu times each launch whose name matches KERNELS (default: the delta
 # rule's kernels and the GEMMs; `all`: every kernel), up to LAUNCHES of them (1400, or 6000 for
-# `all`), and
-# bench/ncu_table.py sums them by kernel.
+# `all`), and bench/ncu_table.py sums them by kernel.
 #
 #   bench/gpu_ncu_kernels.sh FORGE_BINARY PEER_DIR DATA_JSONL OUT_DIR [ARCH]   (default ARCH: qwen3.5-0.8b)
 #

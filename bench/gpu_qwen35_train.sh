@@ -9,7 +9,8 @@
 #
 # MODES is plain, checkpointed or both (the default); e.g. `qwen3.5-0.8b qwen3.5-9b:checkpointed`.
 # PEER_MODES (default: the same) limits the peer's rows, e.g. to skip what the issue already measured;
-# FORGE_FLAGS adds to forge's runs (e.g. `--frozen-base int8` for qwen3.5-27b); KERNELS=0 skips the kernel checks; STEP_LIMIT (default 300) caps each forge run's seconds.
+# FORGE_FLAGS adds to forge's runs (e.g. `--frozen-base int8` for qwen3.5-27b); KERNELS=0 skips the
+# kernel checks; STEP_LIMIT (default 300) caps each forge run's seconds.
 # PROFILE_ARCH profiles 4 forge steps of that checkpoint (FORGE_PROFILE: time and memory by section),
 # with PROFILE_FLAGS added (e.g. --grad-checkpoint).
 # The peer is what users fall back to for training: transformers' own PyTorch loops for Gated

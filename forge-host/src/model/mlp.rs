@@ -53,10 +53,7 @@ impl Mlp {
         if frozen && x.track_op() && !mask_trains && observer.is_none() {
             return self.frozen_forward(x, mask);
         }
-        let mut gated = swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
-        if let Some(mask) = mask {
-            gated = gated.broadcast_mul(mask)?;
-        }
+        let gated = masked_swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?, mask)?;
         if let Some(observer) = observer {
             observer.observe_mlp(layer, &gated)?;
         }
@@ -73,11 +70,7 @@ impl Mlp {
     fn frozen_forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let x0 = x.detach();
         let (gate, up) = (self.gate_proj.forward(&x0)?, self.up_proj.forward(&x0)?);
-        let mut gated = swiglu(&gate, &up)?;
-        if let Some(mask) = mask {
-            gated = gated.broadcast_mul(mask)?;
-        }
-        let out = self.down_proj.forward(&gated)?;
+        let out = self.down_proj.forward(&masked_swiglu(&gate, &up, mask)?)?;
         // Taken by the backward, so they go as soon as it has used them, not with the graph.
         let kept = Mutex::new(keep_activations().then_some((gate, up)));
         let (mlp, mask) = (self.clone(), mask.cloned());
@@ -100,6 +93,15 @@ impl Mlp {
                 + flat(d_up)?.matmul(&mlp.up_proj.weight()?)?)?;
             dx.reshape(x0.shape())
         })
+    }
+}
+
+/// `silu(gate) · up`, with `mask` `(channels)` on its channels when given.
+fn masked_swiglu(gate: &Tensor, up: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let gated = swiglu(gate, up)?;
+    match mask {
+        Some(mask) => gated.broadcast_mul(mask),
+        None => Ok(gated),
     }
 }
 
