@@ -10,7 +10,7 @@ use forge_host::loader::ModelFolder;
 use forge_host::model::CausalLm;
 use forge_host::strategies::adapters::{load_adapter, AttachedAdapter};
 use forge_host::strategies::Registry;
-use forge_host::training::loss_and_grads;
+use forge_host::training::{loss_and_grads, Backprop};
 
 fn model(path: &std::path::Path) -> CausalLm {
     CausalLm::load(&ModelFolder::open(path).unwrap(), DType::F32, &Device::Cpu).unwrap()
@@ -47,7 +47,7 @@ fn decoder_gradients_match_finite_differences() {
     let params = adapter.parameters();
     randomise(&params);
     let ids = ids();
-    let (_, grads) = loss_and_grads(&m, &ids, &params, false, None).unwrap();
+    let (_, grads) = loss_and_grads(&m, &ids, &params, false, None, Backprop::Graph).unwrap();
     let loss =
         |m: &CausalLm| m.next_token_nll(&ids).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     // A few entries of A and B of attention and MLP layers in both decoder layers.
@@ -71,6 +71,57 @@ fn decoder_gradients_match_finite_differences() {
     }
 }
 
+/// forge's tape (its own layer-wise backward) against candle's graph, through every op a decoder layer
+/// runs: Qwen3.5's hybrid (Gated DeltaNet and gated attention, pruned heads of both kinds and MLP
+/// channels masked, a removed layer) and Qwen3 (q/k norms, GQA), plain and checkpointed, strictly (an op
+/// the tape does not know would fail): the same loss and gradients.
+#[test]
+fn the_tape_gives_the_graphs_loss_and_gradients_through_both_layer_kinds() {
+    let masked_hybrid = || {
+        let mut m = model(&tiny_qwen35());
+        let mask = r#"{"pruned": {"3": [1, 4]}, "pruned_linear_heads": {"0": [2], "6": [0, 5]},
+            "pruned_mlp_channels": {"1": [3, 9, 100], "3": [0]}, "pruned_layers": [5]}"#;
+        m.apply_head_mask(&forge_api::HeadMask::from_json(mask).unwrap()).unwrap();
+        // A constant gate on a layer's residual updates (what a gate scorer's pass sees).
+        m.set_layer_gate(2, Some(Tensor::new(&[0.5f32], &Device::Cpu).unwrap()));
+        m
+    };
+    // Adapters on every linear layer, or on the mixers only (the MLP then runs frozen, one tape entry).
+    let mixers = "q_proj,v_proj,o_proj,in_proj_qkv,in_proj_z,out_proj";
+    let cases =
+        [(masked_hybrid(), "all-linear"), (model(&tiny_qwen3()), "all-linear"), (masked_hybrid(), mixers)];
+    for (mut m, targets) in cases {
+        let m = &mut m;
+        let adapter = lora(m, targets, 4);
+        let params = adapter.parameters();
+        randomise(&params);
+        for checkpoint in [false, true] {
+            let run = |backprop| loss_and_grads(m, &ids(), &params, checkpoint, None, backprop).unwrap();
+            let (graph_loss, graph) = run(Backprop::Graph);
+            for (tape_loss, tape) in [run(Backprop::StrictTape), run(Backprop::Tape)] {
+                assert!((graph_loss.loss - tape_loss.loss).abs() < 1e-6, "{graph_loss:?} vs {tape_loss:?}");
+                for (i, (a, b)) in tape.iter().zip(&graph).enumerate() {
+                    // The removed layer's adapter gets no gradient either way.
+                    let zero =
+                        |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() == 0.0;
+                    if zero(b) {
+                        assert!(
+                            zero(a),
+                            "parameter {i} (checkpoint {checkpoint}): a gradient only on the tape"
+                        );
+                        continue;
+                    }
+                    let diff = rel_diff(a, b);
+                    assert!(
+                        diff < 1e-5,
+                        "parameter {i} (checkpoint {checkpoint}): tape vs graph differ by {diff:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn every_lora_parameter_of_every_target_gets_a_finite_nonzero_gradient() {
     let mut m = model(&tiny_qwen3());
@@ -78,7 +129,7 @@ fn every_lora_parameter_of_every_target_gets_a_finite_nonzero_gradient() {
     let params = adapter.parameters();
     assert_eq!(params.len(), 8 * 7 * 2);
     randomise(&params);
-    let (_, grads) = loss_and_grads(&m, &ids(), &params, false, None).unwrap();
+    let (_, grads) = loss_and_grads(&m, &ids(), &params, false, None, Backprop::StrictTape).unwrap();
     for (i, g) in grads.iter().enumerate() {
         let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(norm.is_finite() && norm > 0.0, "parameter {i} has gradient norm {norm}");
@@ -91,8 +142,8 @@ fn checkpointed_and_plain_gradients_agree() {
     let adapter = lora(&mut m, "q_proj,v_proj,down_proj", 8);
     let params = adapter.parameters();
     randomise(&params);
-    let (loss_plain, plain) = loss_and_grads(&m, &ids(), &params, false, None).unwrap();
-    let (loss_ckpt, ckpt) = loss_and_grads(&m, &ids(), &params, true, None).unwrap();
+    let (loss_plain, plain) = loss_and_grads(&m, &ids(), &params, false, None, Backprop::Graph).unwrap();
+    let (loss_ckpt, ckpt) = loss_and_grads(&m, &ids(), &params, true, None, Backprop::Graph).unwrap();
     assert!((loss_plain.loss - loss_ckpt.loss).abs() < 1e-6);
     for (i, (a, b)) in ckpt.iter().zip(&plain).enumerate() {
         let diff = rel_diff(a, b);

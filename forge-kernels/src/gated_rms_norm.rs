@@ -13,7 +13,7 @@ use crate::forward_kernel;
 pub fn gated_rms_norm(o: &Tensor, z: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     let dtype = z.dtype();
     #[cfg(feature = "cuda")]
-    if forward_kernel(&[z, w]) && o.dtype() == DType::F32 && !o.track_op() {
+    if forward_kernel(&[z, w]) && o.dtype() == DType::F32 && !crate::tape::tracked(o) {
         use crate::launch::{launch_on_tensors, Grid, Scalar};
         let n = w.elem_count();
         let grid = Grid::PerRow { rows: o.elem_count() / n, threads: n.div_ceil(32).clamp(1, 4) as u32 * 32 };

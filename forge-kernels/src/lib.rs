@@ -42,6 +42,7 @@ mod rope;
 mod row_nll;
 mod sigmoid_gate;
 mod swiglu;
+pub mod tape;
 
 use candle_core::{DType, Tensor};
 
@@ -75,5 +76,5 @@ pub fn on_kernel(tensors: &[&Tensor]) -> bool {
 /// have no backward, and candle would drop the gradient without a word).
 #[cfg(feature = "cuda")]
 fn forward_kernel(tensors: &[&Tensor]) -> bool {
-    on_kernel(tensors) && tensors.iter().all(|t| !t.track_op())
+    on_kernel(tensors) && tensors.iter().all(|t| !tape::tracked(t))
 }

@@ -5,12 +5,20 @@
 //! --candle-jit`), inside the first forward pass.
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use crate::on_kernel;
+use crate::{on_kernel, tape};
 
 /// `a + b` for two tensors of one shape; differentiable (the gradient passes to both).
 pub fn residual_add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     if on_kernel(&[a, b]) && a.shape() == b.shape() {
-        return a.contiguous()?.apply_op2(&b.contiguous()?, Add { second_takes_gradient: true });
+        return tape::apply_op2(
+            &tape::contiguous(a)?,
+            &tape::contiguous(b)?,
+            Add { second_takes_gradient: true },
+        );
+    }
+    if tape::records(&[a, b]) {
+        let sum = (a.detach() + b.detach())?;
+        return tape::record("residual add", &[a, b], sum, |g| Ok(vec![Some(g.clone()), Some(g.clone())]));
     }
     a + b
 }
@@ -19,9 +27,9 @@ pub fn residual_add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
     if on_kernel(&[x, bias]) && !bias.track_op() && bias.rank() == 1 && x.dims().last() == Some(&bias.dim(0)?)
     {
-        return x.contiguous()?.apply_op2(bias, Add { second_takes_gradient: false });
+        return tape::apply_op2(&tape::contiguous(x)?, bias, Add { second_takes_gradient: false });
     }
-    x.broadcast_add(bias)
+    Ok(tape::through_graph("add bias", &[x, bias], |v| Ok((v[0].broadcast_add(&v[1])?, ())))?.0)
 }
 
 /// `a + b`, `b` repeated over `a`'s leading dimensions (a bias) or of `a`'s shape (a residual): one
@@ -99,14 +107,31 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
 /// for `o_proj`. Differentiable (the swap is its own inverse).
 pub fn transpose12(x: &Tensor) -> candle_core::Result<Tensor> {
     if on_kernel(&[x]) {
-        return x.contiguous()?.apply_op1(Transpose12);
+        return tape::apply_op1(&tape::contiguous(x)?, Transpose12);
     }
-    x.transpose(1, 2)?.contiguous()
+    Ok(tape::through_graph("transpose12", &[x], |v| Ok((v[0].transpose(1, 2)?.contiguous()?, ())))?.0)
 }
 
-/// `x.narrow(dim, start, len)`, contiguous. Differentiable (the backward pads the gradient with zeros
-/// through candle's ops).
+/// `x.narrow(dim, start, len)`, contiguous. Differentiable (the backward pads the gradient with zeros,
+/// on forge's tape or through candle's ops).
 pub fn narrow(x: &Tensor, dim: usize, start: usize, len: usize) -> candle_core::Result<Tensor> {
+    if tape::records(&[x]) {
+        let size = x.dim(dim)?;
+        return tape::record("narrow", &[x], narrow(&tape::detach(x)?, dim, start, len)?, move |g| {
+            let zeros = |n: usize| {
+                let mut dims = g.dims().to_vec();
+                dims[dim] = n;
+                Tensor::zeros(dims, g.dtype(), g.device())
+            };
+            let (before, after) = (zeros(start)?, zeros(size - start - len)?);
+            let parts: Vec<&Tensor> = [(start > 0, &before), (true, g), (start + len < size, &after)]
+                .into_iter()
+                .filter(|p| p.0)
+                .map(|p| p.1)
+                .collect();
+            Ok(vec![Some(Tensor::cat(&parts, dim)?)])
+        });
+    }
     #[cfg(feature = "cuda")]
     if on_kernel(&[x]) && !x.track_op() {
         use crate::launch::{launch_on_tensors, Grid, Scalar};

@@ -5,19 +5,22 @@
 //! the weight is frozen.
 use candle_core::{DType, Tensor, D};
 
-use crate::on_kernel;
 use crate::profile::section;
+use crate::{on_kernel, tape};
 
 /// The norm of `x` with weight `w`: the fused op where it runs and the weight takes no gradient (it
 /// gives the weight none), else elementary ops.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     if on_kernel(&[x, w]) && !w.track_op() {
-        return x.contiguous()?.apply_op2(w, FusedRmsNorm { eps });
+        return tape::apply_op2(&tape::contiguous(x)?, w, FusedRmsNorm { eps });
     }
-    let dtype = x.dtype();
-    let x32 = x.to_dtype(DType::F32)?;
-    let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    x32.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(w)
+    let norm = |v: &[Tensor]| {
+        let (x, w) = (&v[0], &v[1]);
+        let x32 = x.to_dtype(DType::F32)?;
+        let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+        Ok((x32.broadcast_mul(&inv_rms)?.to_dtype(x.dtype())?.broadcast_mul(w)?, ()))
+    };
+    Ok(tape::through_graph("rms norm", &[x, w], norm)?.0)
 }
 
 /// Qwen3.5's norm: `x / rms · w` with `w` in f32 (its `1 + weight`, formed at load), all in f32 and
@@ -25,11 +28,15 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor>
 /// frozen weight), else elementary ops: about ten f32 passes, each kept for the backward in training.
 pub fn rms_norm_f32_weight(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     if on_kernel(&[x]) && w.dtype() == DType::F32 && !w.device().is_cpu() && !w.track_op() {
-        return x.contiguous()?.apply_op2(w, FusedRmsNorm { eps });
+        return tape::apply_op2(&tape::contiguous(x)?, w, FusedRmsNorm { eps });
     }
-    let x32 = x.to_dtype(DType::F32)?;
-    let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    x32.broadcast_mul(&inv_rms)?.broadcast_mul(w)?.to_dtype(x.dtype())
+    let norm = |v: &[Tensor]| {
+        let (x, w) = (&v[0], &v[1]);
+        let x32 = x.to_dtype(DType::F32)?;
+        let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+        Ok((x32.broadcast_mul(&inv_rms)?.broadcast_mul(w)?.to_dtype(x.dtype())?, ()))
+    };
+    Ok(tape::through_graph("rms norm", &[x, w], norm)?.0)
 }
 
 /// The norm as one op: forge's CUDA kernel, and on the CPU the same rounding steps (its reference,

@@ -5,8 +5,8 @@
 //! through (Qwen3.5's partial RoPE: 64 of 256 in its full-attention heads), in the same pass.
 use candle_core::{DType, Tensor, D};
 
-use crate::on_kernel;
 use crate::profile::section;
+use crate::{on_kernel, tape};
 
 /// Rotates `x` `(batch, heads, seq, d)` by tables `cos` and `sin` `(1, 1, seq, d)`.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
@@ -22,8 +22,14 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tenso
 pub fn rope_heads_first(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     if on_kernel(&[x, cos, sin]) {
         let (cos, sin) = (cos.squeeze(0)?.squeeze(0)?, sin.squeeze(0)?.squeeze(0)?);
-        return x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, FusedRope);
+        return tape::apply_op3(&tape::contiguous(x)?, &cos.contiguous()?, &sin.contiguous()?, FusedRope);
     }
+    let rotate = |v: &[Tensor]| Ok((rope_heads_first_elementary(&v[0], &v[1], &v[2])?, ()));
+    Ok(tape::through_graph("rope", &[x, cos, sin], rotate)?.0)
+}
+
+/// [`rope_heads_first`] by candle's ops.
+fn rope_heads_first_elementary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     let x = x.transpose(1, 2)?.contiguous()?;
     let (d, rot) = (x.dim(D::Minus1)?, cos.dim(D::Minus1)?);
     if rot == d {

@@ -3,15 +3,15 @@
 //! kept for the backward, which recomputes the gate in f32.
 use candle_core::{DType, Tensor};
 
-use crate::on_kernel;
 use crate::profile::section;
+use crate::{on_kernel, tape};
 
 /// `silu(gate) · up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     if on_kernel(&[gate, up]) {
-        return gate.contiguous()?.apply_op2(&up.contiguous()?, FusedSwiglu);
+        return tape::apply_op2(&tape::contiguous(gate)?, &tape::contiguous(up)?, FusedSwiglu);
     }
-    gate.silu()? * up
+    Ok(tape::through_graph("swiglu", &[gate, up], |v| Ok(((v[0].silu()? * &v[1])?, ())))?.0)
 }
 
 /// [`swiglu`] as one op: forge's CUDA kernel, and on the CPU the same rounding steps (its reference).

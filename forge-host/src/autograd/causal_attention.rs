@@ -10,6 +10,7 @@ use candle_core::Tensor;
 
 use super::custom_grad::with_gradients;
 use forge_kernels::profile::section;
+use forge_kernels::tape;
 use forge_kernels::{causal_softmax, causal_softmax_backward};
 
 /// The sizes of one attention call.
@@ -71,13 +72,13 @@ pub fn causal_attention(
     }
     let scale = 1.0 / (head_dim as f64).sqrt();
     let dims = Dims { batch, heads, kv_heads, seq, scale, past };
-    let (q0, k0, v0) = (q.detach(), k.detach(), v.detach());
+    let (q0, k0, v0) = (tape::detach(q)?, tape::detach(k)?, tape::detach(v)?);
     let device = q.device();
     let scores = section("attention q·kᵀ", device, || scores(&q0, &k0, &dims))?;
     let probs = section("attention softmax", device, || causal_softmax(&scores, scale, past))?;
     drop(scores);
     let out = section("attention p·v", device, || dims.tokens_first(&dims.grouped(&probs)?.matmul(&v0)?))?;
-    let out = with_gradients("attention backward", [q, k, v], out, move |grad, _| {
+    let out = with_gradients("attention backward", [q, k, v], out, move |grad| {
         let (gq, gk, gv) = backward(&q0, &k0, &v0, grad, &dims)?;
         Ok([Some(gq), Some(gk), Some(gv)])
     })?;

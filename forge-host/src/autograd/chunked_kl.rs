@@ -47,7 +47,7 @@ pub fn chunked_kl(
         (p_t * (log_t - log_s)?)?.sum(D::Minus1)
     })?;
     let row_grads = Tensor::cat(&row_grads, 0)?;
-    with_gradient("chunked kl backward", student, kl, move |grad, _| {
+    with_gradient("chunked kl backward", student, kl, move |grad| {
         row_grads.broadcast_mul(&grad.to_dtype(row_grads.dtype())?.unsqueeze(1)?)
     })
 }

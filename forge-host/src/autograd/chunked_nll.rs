@@ -55,7 +55,7 @@ pub fn chunked_nll(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> candl
         row_nll(&logits, &targets)
     })?;
     let unit_grads = Tensor::cat(&unit_grads, 0)?;
-    with_gradient("row nll backward", hidden, nll, move |grad, _| {
+    with_gradient("row nll backward", hidden, nll, move |grad| {
         let scale = grad.to_dtype(DType::F32)?.unsqueeze(1)?;
         unit_grads.to_dtype(DType::F32)?.broadcast_mul(&scale)?.to_dtype(unit_grads.dtype())
     })

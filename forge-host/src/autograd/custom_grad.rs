@@ -4,25 +4,33 @@
 //! always computes both operands' gradients). The pattern used throughout forge: compute the output
 //! from detached inputs (no graph, no stored intermediates), then attach it to the inputs with a
 //! custom op whose forward passes the output through and whose backward is the closure given —
-//! written once here, tested against finite differences or elementary ops where it is used.
+//! written once here, tested against finite differences or elementary ops where it is used. While
+//! forge's tape records (training's layer-wise backward, `forge_kernels::tape`), the closure goes onto
+//! the tape instead and candle's graph is not built.
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor};
 
 use forge_kernels::profile::section;
+use forge_kernels::tape;
 
-type Backward1 = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
-type Backward2 = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<[Option<Tensor>; 2]> + Send + Sync>;
-type Backward3 = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<[Option<Tensor>; 3]> + Send + Sync>;
+type Backward1 = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
+type Backward2 = Box<dyn Fn(&Tensor) -> candle_core::Result<[Option<Tensor>; 2]> + Send + Sync>;
+type Backward3 = Box<dyn Fn(&Tensor) -> candle_core::Result<[Option<Tensor>; 3]> + Send + Sync>;
 
 /// `output` (computed from `input` outside the graph), whose gradient reaches `input` as
-/// `backward(grad_output, output)`; `name` names the backward in profiles (`FORGE_PROFILE`).
+/// `backward(grad_output)`; `name` names the backward in profiles (`FORGE_PROFILE`).
 pub fn with_gradient(
     name: &'static str,
     input: &Tensor,
     output: Tensor,
-    backward: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync + 'static,
+    backward: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Send + Sync + 'static,
 ) -> candle_core::Result<Tensor> {
+    if tape::records(&[input]) {
+        return tape::record(name, &[input], output, move |g| {
+            Ok(vec![Some(section(name, g.device(), || backward(g))?)])
+        });
+    }
     if !input.track_op() {
         return Ok(output);
     }
@@ -30,13 +38,18 @@ pub fn with_gradient(
 }
 
 /// `output` (computed from two inputs outside the graph), whose gradients reach them as
-/// `backward(grad_output, output)`, `None` for an input that gets none.
+/// `backward(grad_output)`, `None` for an input that gets none.
 pub fn with_two_gradients(
     name: &'static str,
     inputs: [&Tensor; 2],
     output: Tensor,
-    backward: impl Fn(&Tensor, &Tensor) -> candle_core::Result<[Option<Tensor>; 2]> + Send + Sync + 'static,
+    backward: impl Fn(&Tensor) -> candle_core::Result<[Option<Tensor>; 2]> + Send + Sync + 'static,
 ) -> candle_core::Result<Tensor> {
+    if tape::records(&inputs) {
+        return tape::record(name, &inputs, output, move |g| {
+            Ok(section(name, g.device(), || backward(g))?.into())
+        });
+    }
     if !inputs.iter().any(|t| t.track_op()) {
         return Ok(output);
     }
@@ -45,13 +58,18 @@ pub fn with_two_gradients(
 }
 
 /// `output` (computed from three inputs outside the graph), whose gradients reach them as
-/// `backward(grad_output, output)`, `None` for an input that gets none.
+/// `backward(grad_output)`, `None` for an input that gets none.
 pub fn with_gradients(
     name: &'static str,
     inputs: [&Tensor; 3],
     output: Tensor,
-    backward: impl Fn(&Tensor, &Tensor) -> candle_core::Result<[Option<Tensor>; 3]> + Send + Sync + 'static,
+    backward: impl Fn(&Tensor) -> candle_core::Result<[Option<Tensor>; 3]> + Send + Sync + 'static,
 ) -> candle_core::Result<Tensor> {
+    if tape::records(&inputs) {
+        return tape::record(name, &inputs, output, move |g| {
+            Ok(section(name, g.device(), || backward(g))?.into())
+        });
+    }
     if !inputs.iter().any(|t| t.track_op()) {
         return Ok(output);
     }
@@ -70,7 +88,7 @@ pub fn backward_from(
     let root = Tensor::zeros((), output.dtype(), output.device())?;
     let grad = grad.clone();
     // The root is differentiated only as the root, where its own gradient is 1.
-    with_gradient("backward from a gradient", output, root, move |_, _| Ok(grad.clone()))?.backward()
+    with_gradient("backward from a gradient", output, root, move |_| Ok(grad.clone()))?.backward()
 }
 
 /// The custom op: it holds the output computed outside the graph until candle asks for its result,
@@ -138,8 +156,8 @@ impl CustomOp1 for Joined<Backward1> {
         self.cuda_output()
     }
 
-    fn bwd(&self, _: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        section(self.name, grad.device(), || Ok(Some((self.backward)(grad, res)?)))
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        section(self.name, grad.device(), || Ok(Some((self.backward)(grad)?)))
     }
 }
 
@@ -173,10 +191,10 @@ impl CustomOp2 for Joined<Backward2> {
         &self,
         _: &Tensor,
         _: &Tensor,
-        res: &Tensor,
+        _: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let [a, b] = section(self.name, grad.device(), || (self.backward)(grad, res))?;
+        let [a, b] = section(self.name, grad.device(), || (self.backward)(grad))?;
         Ok((a, b))
     }
 }
@@ -216,10 +234,10 @@ impl CustomOp3 for Joined<Backward3> {
         _: &Tensor,
         _: &Tensor,
         _: &Tensor,
-        res: &Tensor,
+        _: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [a, b, c] = section(self.name, grad.device(), || (self.backward)(grad, res))?;
+        let [a, b, c] = section(self.name, grad.device(), || (self.backward)(grad))?;
         Ok((a, b, c))
     }
 }

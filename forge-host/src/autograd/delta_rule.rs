@@ -8,6 +8,7 @@ use candle_core::Tensor;
 use forge_kernels::gated_delta_rule::{backward_from_projections, from_projections, Heads, Projections};
 
 use super::with_gradients;
+use forge_kernels::tape;
 
 /// [`from_projections`], differentiable with respect to `conv`, `a` and `b` (the decay's constants
 /// `neg_a` and `dt_bias` are frozen base weights). The final state takes no gradient: only decoding
@@ -17,14 +18,14 @@ pub fn gated_delta_rule(
     state: Option<&Tensor>,
     heads: Heads,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    if ![p.conv, p.a, p.b].iter().any(|t| t.track_op()) {
+    if ![p.conv, p.a, p.b].iter().any(|t| tape::tracked(t)) {
         return from_projections(p, state, heads);
     }
-    let (conv, a, b) = (p.conv.detach(), p.a.detach(), p.b.detach());
+    let (conv, a, b) = (tape::detach(p.conv)?, tape::detach(p.a)?, tape::detach(p.b)?);
     let detached = Projections { conv: &conv, a: &a, b: &b, neg_a: p.neg_a, dt_bias: p.dt_bias };
     let (out, final_state) = from_projections(&detached, state, heads)?;
     let (neg_a, dt_bias) = (p.neg_a.clone(), p.dt_bias.clone());
-    let out = with_gradients("gated delta rule backward", [p.conv, p.a, p.b], out, move |grad, _| {
+    let out = with_gradients("gated delta rule backward", [p.conv, p.a, p.b], out, move |grad| {
         let raw = Projections { conv: &conv, a: &a, b: &b, neg_a: &neg_a, dt_bias: &dt_bias };
         Ok(backward_from_projections(&raw, heads, grad)?.map(Some))
     })?;

@@ -17,9 +17,10 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let (x_shape, in_dim) = (x.shape().clone(), x.dim(candle_core::D::Minus1)?);
     let mut out_dims = x_shape.dims().to_vec();
     *out_dims.last_mut().expect("a matmul input has at least one dimension") = w.dim(0)?;
-    let product = x.detach().reshape(((), in_dim))?.matmul(&w.t()?)?.reshape(out_dims)?;
+    let product =
+        forge_kernels::tape::detach(x)?.reshape(((), in_dim))?.matmul(&w.t()?)?.reshape(out_dims)?;
     let w = w.clone();
-    with_gradient("frozen matmul backward", x, product, move |grad, _| {
+    with_gradient("frozen matmul backward", x, product, move |grad| {
         grad.reshape(((), w.dim(0)?))?.matmul(&w)?.reshape(&x_shape)
     })
 }

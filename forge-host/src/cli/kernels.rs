@@ -17,6 +17,10 @@ pub struct KernelsArgs {
     /// JIT cache.
     #[arg(long)]
     candle_jit: bool,
+    /// Also check the layer-wise backward (forge's tape) against candle's graph on this model: bf16 on
+    /// the device, LoRA on every linear layer, 2 × 256 random tokens, plain and checkpointed.
+    #[arg(long, value_name = "DIR")]
+    model: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
@@ -32,6 +36,9 @@ pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
     let mut checks = forge_kernels::checks::all(&rt.device, &mut rng)?;
     checks.extend(crate::autograd::checks::all(&rt.device, &mut rng)?);
     checks.extend(crate::strategies::optimizer_checks::all(&rt.device, &mut rng)?);
+    if let Some(dir) = &args.model {
+        checks.extend(crate::training::checks::tape_against_graph(dir, &rt.device, &mut rng, (2, 256))?);
+    }
     let architectures = built_for()?;
     super::emit(&serde_json::json!({ "built_for": &architectures, "checks": &checks }), args.json, |_| {
         let lines = checks.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");

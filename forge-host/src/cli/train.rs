@@ -19,8 +19,8 @@ use crate::strategies::adapters::AttachedAdapter;
 use crate::strategies::Registry;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
-    check_devices, gpu_ranks, launch, load_teacher, save_optimizer_state, train, Communicator, Distill,
-    LocalGroup, RankSpec, TrainConfig, TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
+    check_devices, gpu_ranks, launch, load_teacher, save_optimizer_state, train, Backprop, Communicator,
+    Distill, LocalGroup, RankSpec, TrainConfig, TrainInputs, TrainReport, OPTIMIZER_STATE_FILE,
 };
 use crate::{bad_input, Result};
 
@@ -93,6 +93,12 @@ pub struct TrainArgs {
     /// head stay as loaded.
     #[arg(long, value_enum, default_value_t = FrozenBase::Model)]
     frozen_base: FrozenBase,
+    /// The backward pass: `tape`, forge's own, layer by layer, each op's backward and gradients kept
+    /// where they arrive; `graph`, candle's autograd (every node's gradient made as zeros, then added
+    /// to). Same losses and gradients either way [default: tape on a GPU, graph on the CPU, the faster
+    /// on each].
+    #[arg(long, value_enum)]
+    backward: Option<Backprop>,
     /// Distil from a teacher's logits: `base` (the model as loaded, before --mask and the adapter,
     /// sharing its weights) or another model folder with the same vocabulary.
     #[arg(long)]
@@ -247,7 +253,7 @@ pub fn run(args: TrainArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
              dense weights at once and int8 would save no memory; add --grad-checkpoint"
         ));
     }
-    let config = section.train_config(rt.seed);
+    let config = TrainConfig { backward: args.backward, ..section.train_config(rt.seed) };
     let rank = RankSpec::from_env()?;
     let world = args.world(rank.as_ref())?;
     let folder = args.model.open(&[])?;

@@ -17,6 +17,7 @@ use crate::loader::ModelConfig;
 use crate::loader::WeightScope;
 use crate::Result;
 use forge_kernels::profile::section;
+use forge_kernels::tape;
 
 /// Sees what each attention block computed, for probes that score heads: the attention probabilities
 /// `(batch, heads, seq, past + seq)` in f32 and the per-head outputs `(batch, heads, seq, head_dim)`
@@ -112,7 +113,7 @@ impl Attention {
         let d = self.head_dim;
         // RoPE tables narrower than a head (Qwen3.5's partial RoPE) turn only its first dimensions.
         let split = |t: Tensor, n: usize, norm: &Option<RmsNorm>| -> candle_core::Result<Tensor> {
-            let t = t.reshape((b, s, n, d))?;
+            let t = tape::reshape(&t, (b, s, n, d))?;
             let t = match norm {
                 Some(norm) => norm.forward(&t)?,
                 None => t,
@@ -123,8 +124,8 @@ impl Attention {
             let (q, gate) = self.query_and_gate(x)?;
             let q = split(q, self.heads, &self.q_norm)?;
             let k = split(self.k_proj.forward(x)?, self.kv_heads, &self.k_norm)?;
-            let v =
-                forge_kernels::transpose12(&self.v_proj.forward(x)?.reshape((b, s, self.kv_heads, d))?)?;
+            let v = tape::reshape(&self.v_proj.forward(x)?, (b, s, self.kv_heads, d))?;
+            let v = forge_kernels::transpose12(&v)?;
             Ok((q, gate, k, v))
         })?;
         let (k, v) = match cache {
@@ -141,7 +142,7 @@ impl Attention {
             Some(mask) => {
                 let columns =
                     mask.reshape((self.heads, 1))?.repeat((1, d))?.reshape((1, 1, self.heads * d))?;
-                out.broadcast_mul(&columns)?
+                tape::mask(&out, &columns)?
             }
             None => out,
         };
@@ -160,12 +161,9 @@ impl Attention {
             return Ok((projected, None));
         }
         let (b, s, _) = x.dims3()?;
-        let per_head = projected.reshape((b, s, self.heads, 2 * self.head_dim))?;
-        let query = forge_kernels::narrow(&per_head, 3, 0, self.head_dim)?.reshape((
-            b,
-            s,
-            self.heads * self.head_dim,
-        ))?;
+        let per_head = tape::reshape(&projected, (b, s, self.heads, 2 * self.head_dim))?;
+        let query = forge_kernels::narrow(&per_head, 3, 0, self.head_dim)?;
+        let query = tape::reshape(&query, (b, s, self.heads * self.head_dim))?;
         Ok((query, Some(projected)))
     }
 

@@ -134,7 +134,7 @@ impl DecoderLayer {
             })?,
         };
         let gated = |t: Tensor| match masks.gate {
-            Some(g) => t.broadcast_mul(g),
+            Some(g) => forge_kernels::tape::mask(&t, g),
             None => Ok(t),
         };
         let x = forge_kernels::residual_add(x, &gated(attended)?)?;

@@ -17,6 +17,7 @@
 use candle_core::{Module, Tensor};
 use forge_kernels::gated_delta_rule::{Heads, Projections};
 use forge_kernels::profile::section;
+use forge_kernels::tape;
 
 use super::attention::AttentionObserver;
 use super::kv_cache::LayerCache;
@@ -104,15 +105,15 @@ impl GatedDeltaNet {
         }
         let Heads { value_heads, value_dim, .. } = self.heads;
         section("linear attention: gated norm + out_proj", device, || {
-            let z = self.in_proj_z.forward(x)?.reshape((b, s, value_heads, value_dim))?;
+            let z = tape::reshape(&self.in_proj_z.forward(x)?, (b, s, value_heads, value_dim))?;
             let mut normed = crate::autograd::gated_rms_norm(&out, &z, &self.norm_weight, self.eps)?;
             if let Some(mask) = head_mask {
-                normed = normed.broadcast_mul(&mask.reshape((1, 1, value_heads, 1))?)?;
+                normed = tape::mask(&normed, &mask.reshape((1, 1, value_heads, 1))?)?;
             }
             if let Some(observer) = observer {
                 observer.observe_linear(self.layer, &normed.transpose(1, 2)?)?;
             }
-            self.out_proj.forward(&normed.reshape((b, s, value_heads * value_dim))?)
+            self.out_proj.forward(&tape::reshape(&normed, (b, s, value_heads * value_dim))?)
         })
     }
 }

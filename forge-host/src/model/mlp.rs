@@ -2,7 +2,7 @@
 use std::sync::Mutex;
 
 use candle_core::{Module, Tensor};
-use forge_kernels::{swiglu, swiglu_backward};
+use forge_kernels::{swiglu, swiglu_backward, tape};
 
 use super::attention::AttentionObserver;
 use super::linear::{linear, Linear};
@@ -50,7 +50,7 @@ impl Mlp {
         let frozen = [&self.gate_proj, &self.up_proj, &self.down_proj].iter().all(|l| !l.has_adapter());
         // A trainable mask (scorers differentiate through it) needs the graph's own backward.
         let mask_trains = mask.is_some_and(|m| m.track_op());
-        if frozen && x.track_op() && !mask_trains && observer.is_none() {
+        if frozen && tape::tracked(x) && !mask_trains && observer.is_none() {
             return self.frozen_forward(x, mask);
         }
         let gated = masked_swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?, mask)?;
@@ -68,13 +68,13 @@ impl Mlp {
     /// takes them as the forward left them: two of the block's three products fewer (about 75 ms of
     /// qwen3.5-9b's step, by arithmetic), for no more peak (the backward would hold them at that point).
     fn frozen_forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let x0 = x.detach();
+        let x0 = tape::detach(x)?;
         let (gate, up) = (self.gate_proj.forward(&x0)?, self.up_proj.forward(&x0)?);
         let out = self.down_proj.forward(&masked_swiglu(&gate, &up, mask)?)?;
         // Taken by the backward, so they go as soon as it has used them, not with the graph.
         let kept = Mutex::new(keep_activations().then_some((gate, up)));
         let (mlp, mask) = (self.clone(), mask.cloned());
-        with_gradient("mlp backward", x, out, move |grad, _| {
+        with_gradient("mlp backward", x, out, move |grad| {
             let taken = kept.lock().expect("no panic while holding the kept activations").take();
             let (gate, up) = match taken {
                 Some(both) => both,
@@ -100,7 +100,7 @@ impl Mlp {
 fn masked_swiglu(gate: &Tensor, up: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let gated = swiglu(gate, up)?;
     match mask {
-        Some(mask) => gated.broadcast_mul(mask),
+        Some(mask) => tape::mask(&gated, mask),
         None => Ok(gated),
     }
 }

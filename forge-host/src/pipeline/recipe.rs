@@ -154,6 +154,7 @@ impl TrainSection {
             clip_norm: (self.clip_norm > 0.0).then_some(self.clip_norm),
             seed,
             grad_checkpoint: self.grad_checkpoint,
+            backward: None,
         }
     }
 

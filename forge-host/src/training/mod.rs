@@ -2,6 +2,7 @@
 //! gradients with or without per-layer recomputation, data-parallel ranks, and the optimizer's state
 //! on disk.
 mod checkpoint;
+pub mod checks;
 mod comm;
 mod nccl;
 mod ranks;
@@ -10,7 +11,7 @@ mod state;
 mod teacher;
 mod trainer;
 
-pub use checkpoint::{loss_and_grads, Distill, LossParts};
+pub use checkpoint::{loss_and_grads, Backprop, Distill, LossParts};
 pub use comm::{Communicator, LocalGroup, LocalRank};
 pub use ranks::{check_devices, gpu_ranks, launch, RankOuts, RankSpec};
 pub use schedule::learning_rate;

@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor, Var};
 use forge_api::Optimizer;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{loss_and_grads, Distill};
+use super::checkpoint::{loss_and_grads, Backprop, Distill};
 use super::comm::Communicator;
 use super::schedule::learning_rate;
 use crate::data::TokenWindows;
@@ -36,6 +36,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Recompute each decoder layer in the backward pass instead of keeping its activations.
     pub grad_checkpoint: bool,
+    /// The backward pass; None: the device's ([`Backprop::for_device`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backward: Option<Backprop>,
 }
 
 /// What a training run did.
@@ -264,7 +267,9 @@ fn optimizer_step(
         }
         let ids = Tensor::from_vec(ids, (shard, seq_len), model.device())?;
         let (l, grads) = section("train forward + backward", model.device(), || {
-            loss_and_grads(model, &ids, inputs.params, config.grad_checkpoint, inputs.distill.as_ref())
+            let backward = config.backward.unwrap_or_else(|| Backprop::for_device(model.device()));
+            let checkpoint = config.grad_checkpoint;
+            loss_and_grads(model, &ids, inputs.params, checkpoint, inputs.distill.as_ref(), backward)
         })?;
         let share = 1.0 / config.grad_accum as f64;
         loss += l.loss as f64 * share;

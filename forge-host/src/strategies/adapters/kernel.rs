@@ -143,11 +143,16 @@ impl LinearAdapter for KernelLinear {
         let params =
             if grad_enabled() { self.params.as_tensor().clone() } else { self.params.as_detached_tensor() };
         let rows = x.elem_count() / self.in_dim;
-        // Kernels run on host buffers; moving there and back are ops candle differentiates.
-        let x = x.reshape((rows, self.in_dim))?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        let op = KernelOp { kernel: self.kernel.clone(), in_dim: self.in_dim, out_dim: self.out_dim };
-        let delta = x.apply_op2(&params.to_device(&Device::Cpu)?, op)?;
-        base + delta.to_device(base.device())?.to_dtype(base.dtype())?.reshape(base.shape())?
+        // Kernels run on host buffers; moving there and back are ops candle differentiates (on forge's
+        // tape, as one entry differentiated by candle's graph).
+        let adapted = |v: &[Tensor]| -> candle_core::Result<(Tensor, ())> {
+            let (x, base, params) = (&v[0], &v[1], &v[2]);
+            let x = x.reshape((rows, self.in_dim))?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            let op = KernelOp { kernel: self.kernel.clone(), in_dim: self.in_dim, out_dim: self.out_dim };
+            let delta = x.apply_op2(&params.to_device(&Device::Cpu)?, op)?;
+            Ok(((base + delta.to_device(base.device())?.to_dtype(base.dtype())?.reshape(base.shape())?)?, ()))
+        };
+        Ok(forge_kernels::tape::through_graph("adapter kernel", &[x, base, &params], adapted)?.0)
     }
 }
 

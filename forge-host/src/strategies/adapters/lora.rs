@@ -22,6 +22,7 @@ use crate::model::linear::LinearAdapter;
 use crate::model::CausalLm;
 use crate::strategies::{Builtin, Factory};
 use crate::{bad_input, Result};
+use forge_kernels::tape;
 use forge_kernels::SplitMix64;
 
 #[derive(Clone, Debug)]
@@ -122,13 +123,18 @@ impl LinearAdapter for LoraLinear {
         } else {
             (self.a.as_detached_tensor(), self.b.as_detached_tensor())
         };
-        let in_dim = x.dim(candle_core::D::Minus1)?;
-        let mut x = x.reshape(((), in_dim))?;
-        if self.dropout > 0.0 && self.training.load(Ordering::Relaxed) {
-            x = candle_nn::ops::dropout(&x, self.dropout as f32)?;
-        }
-        let low = x.matmul(&a.to_dtype(x.dtype())?.t()?)?.matmul(&b.to_dtype(x.dtype())?.t()?)?;
-        base + (low * self.scale)?.reshape(base.shape())?
+        let dropout = if self.training.load(Ordering::Relaxed) { self.dropout } else { 0.0 };
+        // On forge's tape (training's layer-wise backward) as one entry differentiated by candle's graph.
+        let adapted = |v: &[Tensor]| -> candle_core::Result<(Tensor, ())> {
+            let (x, base, a, b) = (&v[0], &v[1], &v[2], &v[3]);
+            let mut x = x.reshape(((), x.dim(candle_core::D::Minus1)?))?;
+            if dropout > 0.0 {
+                x = candle_nn::ops::dropout(&x, dropout as f32)?;
+            }
+            let low = x.matmul(&a.to_dtype(x.dtype())?.t()?)?.matmul(&b.to_dtype(x.dtype())?.t()?)?;
+            Ok(((base + (low * self.scale)?.reshape(base.shape())?)?, ()))
+        };
+        Ok(tape::through_graph("lora", &[x, base, &a, &b], adapted)?.0)
     }
 
     /// Training without dropout: `x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ` computed outside the graph (the same ops
@@ -151,7 +157,7 @@ impl LinearAdapter for LoraLinear {
             let dtype = x.dtype();
             // Flattened outside the graph, as `frozen_matmul` does.
             let (x_shape, in_dim) = (x.shape().clone(), x.dim(candle_core::D::Minus1)?);
-            let x0 = x.detach().reshape(((), in_dim))?;
+            let x0 = tape::detach(x)?.reshape(((), in_dim))?;
             let (a0, b0) = (a.detach().to_dtype(dtype)?, b.detach().to_dtype(dtype)?);
             let low = x0.matmul(&a0.t()?)?;
             let base = x0.matmul(&weight.t()?)?;
@@ -166,7 +172,7 @@ impl LinearAdapter for LoraLinear {
             let (weight, master) = (weight.clone(), a.dtype());
             // The scale goes on the rank-sized factors, never on a full-sized product.
             let (scaled_a, scaled_b, scaled_low) = ((&a0 * scale)?, (&b0 * scale)?, (&low * scale)?);
-            with_gradients("lora backward", [x, &a, &b], out, move |grad, _| {
+            with_gradients("lora backward", [x, &a, &b], out, move |grad| {
                 let grad = grad.to_dtype(dtype)?.reshape(((), weight.dim(0)?))?;
                 let dx = (grad.matmul(&weight)? + grad.matmul(&b0)?.matmul(&scaled_a)?)?.reshape(&x_shape)?;
                 let da = grad.matmul(&scaled_b)?.t()?.matmul(&x0)?.to_dtype(master)?;
