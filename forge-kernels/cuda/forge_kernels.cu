@@ -82,7 +82,7 @@ __device__ __forceinline__ void store8(__nv_bfloat16 *p, const float (&v)[8]) {
     *reinterpret_cast<uint4 *>(p) = raw;
 }
 // Whether a row of n bf16 at p goes eight at a time.
-__device__ __forceinline__ bool by8(const __nv_bfloat16 *p, int n) {
+__device__ __forceinline__ bool by8(const __nv_bfloat16 *p, long long n) {
     return n % 8 == 0 && reinterpret_cast<unsigned long long>(p) % 16 == 0;
 }
 
@@ -183,11 +183,33 @@ __device__ void rms_norm(const __nv_bfloat16 *__restrict__ x, const W *__restric
     const __nv_bfloat16 *xr = x + row * n;
     __nv_bfloat16 *yr = y + row * n;
     float s = 0.f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float v = __bfloat162float(xr[j]);
-        s += v * v;
+    // Eight values a load where the rows allow (a uniform branch: every row is aligned alike): 1.5 TB/s
+    // a value at a time on an H200 (qwen3.5-9b, ncu).
+    const bool vectors = by8(xr, n) && by8(yr, n);
+    if (vectors) {
+        for (int j = threadIdx.x; j < n / 8; j += blockDim.x) {
+            float v[8];
+            load8(xr + 8 * j, v);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) s += v[k] * v[k];
+        }
+    } else {
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            const float v = __bfloat162float(xr[j]);
+            s += v * v;
+        }
     }
     const float r = rsqrtf(block_reduce<false>(s, shared) / n + eps);
+    if (vectors) {
+        for (int j = threadIdx.x; j < n / 8; j += blockDim.x) {
+            float v[8];
+            load8(xr + 8 * j, v);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) v[k] = normed(v[k], r, w[8 * j + k]);
+            store8(yr + 8 * j, v);
+        }
+        return;
+    }
     for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = __float2bfloat16(normed(__bfloat162float(xr[j]), r, w[j]));
 }
 
@@ -294,13 +316,26 @@ extern "C" __global__ void rope_bf16(const __nv_bfloat16 *__restrict__ x, const 
 }
 
 // SwiGLU's gate: y = bf16(silu(gate)) · up, elementwise over bf16, rounding as the two elementary ops do.
+__device__ __forceinline__ float swiglu_one(float g, float up) {
+    return __bfloat162float(__float2bfloat16(g / (1.f + __expf(-g)))) * up;
+}
+// Eight values a thread and step where the buffers allow: 1.3 TB/s a value at a time on an H200
+// (qwen3.5-9b's 8 × 1024 × 12288, ncu).
 extern "C" __global__ void swiglu_bf16(const __nv_bfloat16 *__restrict__ gate, const __nv_bfloat16 *__restrict__ up,
                                        __nv_bfloat16 *__restrict__ y, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        const float g = __bfloat162float(gate[i]);
-        const float silu = __bfloat162float(__float2bfloat16(g / (1.f + __expf(-g))));
-        y[i] = __float2bfloat16(silu * __bfloat162float(up[i]));
+    const long long start = blockIdx.x * (long long)blockDim.x + threadIdx.x, step = (long long)gridDim.x * blockDim.x;
+    if (by8(gate, n) && by8(up, n) && by8(y, n)) {
+        for (long long i = start; i < n / 8; i += step) {
+            float g[8], u[8];
+            load8(gate + 8 * i, g);
+            load8(up + 8 * i, u);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) g[k] = swiglu_one(g[k], u[k]);
+            store8(y + 8 * i, g);
+        }
+        return;
     }
+    for (long long i = start; i < n; i += step) y[i] = __float2bfloat16(swiglu_one(__bfloat162float(gate[i]), __bfloat162float(up[i])));
 }
 
 // The gradient of rope_bf16's input given dy laid out (batch, heads, seq, d), written (batch, seq,
@@ -846,7 +881,22 @@ extern "C" __global__ void transpose12_bf16(const __nv_bfloat16 *__restrict__ x,
 // the whole length a residual add.
 extern "C" __global__ void add_bias_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ bias,
                                          __nv_bfloat16 *__restrict__ y, long long total, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
+    const long long start = blockIdx.x * (long long)blockDim.x + threadIdx.x, step = (long long)gridDim.x * blockDim.x;
+    // Eight values a load, one index division for the eight (none for a residual, n = total): 1.2 TB/s
+    // a value at a time with a division each on an H200 (ncu).
+    if (by8(x, total) && by8(bias, n) && by8(y, total)) {
+        for (long long i = start; i < total / 8; i += step) {
+            const long long e = 8 * i;
+            float a[8], b[8];
+            load8(x + e, a);
+            load8(bias + (n == total ? e : e % n), b);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) a[k] += b[k];
+            store8(y + e, a);
+        }
+        return;
+    }
+    for (long long i = start; i < total; i += step)
         y[i] = __float2bfloat16(__bfloat162float(x[i]) + __bfloat162float(bias[i % n]));
 }
 

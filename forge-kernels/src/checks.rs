@@ -6,9 +6,9 @@ use serde::Serialize;
 
 use crate::gated_delta_rule::{self, Heads, Projections};
 use crate::{
-    add_bias, causal_conv_silu, causal_softmax, embedding, gated_rms_norm, narrow, residual_add, rms_norm,
-    rms_norm_f32_weight, rope_heads_first, row_nll, sigmoid_gate, swiglu, transpose12, Int8Rows, RowNll,
-    SplitMix64,
+    add_bias, add_matmul, causal_conv_silu, causal_softmax, embedding, gated_rms_norm, narrow, residual_add,
+    rms_norm, rms_norm_f32_weight, rope_heads_first, row_nll, sigmoid_gate, swiglu, transpose12, Int8Rows,
+    RowNll, SplitMix64,
 };
 
 /// One comparison of a device result with its reference.
@@ -228,7 +228,8 @@ fn row_nll_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec
 /// (H200, 2026-12-02); against f32 the kernel's error is bounded by two bf16 roundings, about 4e-3.
 fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
-    for (rows, n) in [(7, 96), (8192, 896), (3, 4096)] {
+    // Rows a multiple of 8 wide go eight values a load; 100 wide, one at a time.
+    for (rows, n) in [(7, 96), (8192, 896), (3, 4096), (5, 100)] {
         let w = random(&[n], rng, 2.0)?.to_dtype(DType::BF16)?;
         let f = |x: &[Tensor]| rms_norm(&x[0], &w.to_device(x[0].device())?, 1e-6);
         let (inputs, weights) = (vec![random(&[rows, n], rng, 4.0)?], random(&[rows, n], rng, 1.0)?);
@@ -259,18 +260,22 @@ fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
 /// heads-first copy), the int8 base's dequantization and Qwen3.5's norm with its f32 weight, forward and backward where they have one, against candle's own ops on the CPU.
 fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
-    let shape = vec![8, 1024, 896];
-    let f = |x: &[Tensor]| residual_add(&x[0], &x[1]);
-    let inputs = vec![random(&shape, rng, 4.0)?, random(&shape, rng, 4.0)?];
-    checks.push(check(
-        Case::new("add_bias_bf16 (residual)", shape.clone(), &f, inputs, random(&shape, rng, 1.0)?),
-        dev,
-    )?);
-    let bias = random(&[896], rng, 2.0)?;
-    let f = |x: &[Tensor]| add_bias(&x[0], &bias.to_device(x[0].device())?.to_dtype(x[0].dtype())?);
-    let inputs = vec![random(&shape, rng, 4.0)?];
-    checks
-        .push(check(Case::new("add_bias_bf16", shape.clone(), &f, inputs, random(&shape, rng, 1.0)?), dev)?);
+    // Eight values a load (896 wide), and one at a time (10 wide).
+    for shape in [vec![8, 1024, 896], vec![3, 7, 10]] {
+        let f = |x: &[Tensor]| residual_add(&x[0], &x[1]);
+        let inputs = vec![random(&shape, rng, 4.0)?, random(&shape, rng, 4.0)?];
+        checks.push(check(
+            Case::new("add_bias_bf16 (residual)", shape.clone(), &f, inputs, random(&shape, rng, 1.0)?),
+            dev,
+        )?);
+        let bias = random(&shape[2..], rng, 2.0)?;
+        let f = |x: &[Tensor]| add_bias(&x[0], &bias.to_device(x[0].device())?.to_dtype(x[0].dtype())?);
+        let inputs = vec![random(&shape, rng, 4.0)?];
+        checks.push(check(
+            Case::new("add_bias_bf16", shape.clone(), &f, inputs, random(&shape, rng, 1.0)?),
+            dev,
+        )?);
+    }
     let (b, s, h, d) = (2, 300, 7, 64);
     let f = |x: &[Tensor]| transpose12(&x[0]);
     let (inputs, weights) = (vec![random(&[b, s, h, d], rng, 4.0)?], random(&[b, h, s, d], rng, 1.0)?);
@@ -284,6 +289,15 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     let ids = Tensor::from_vec(ids, (8, rows / 8), &Device::Cpu)?;
     let f = |d: &Device, dtype: DType| embedding(&table.to_device(d)?.to_dtype(dtype)?, &ids.to_device(d)?);
     checks.push(forward_check("embedding_bf16", vec![vocab, dim, rows], &f, dev, 1e-2)?);
+    // A product added into another, as LoRA's output and input gradient take it: plain and transposed
+    // operands, at qwen3.5-9b's hidden width and rank 16.
+    let (c, a, b) =
+        (random(&[4096, 4096], rng, 4.0)?, random(&[4096, 16], rng, 1.0)?, random(&[4096, 16], rng, 1.0)?);
+    let f = |d: &Device, dtype: DType| {
+        let on = |t: &Tensor| t.to_device(d)?.to_dtype(dtype);
+        add_matmul(on(&c)?, &on(&a)?, &on(&b)?.t()?, 0.5)
+    };
+    checks.push(forward_check("add_matmul (cuBLAS, beta 1)", vec![4096, 16, 4096], &f, dev, 1e-2)?);
     // A frozen base in int8 (rows of qwen3.5-27b's hidden width), quantized and given back on each side.
     let w = random(&[1024, 5120], rng, 0.05)?;
     let f = |d: &Device, dtype: DType| Int8Rows::quantize(&w.to_device(d)?.to_dtype(dtype)?)?.dequantize();

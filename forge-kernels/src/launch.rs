@@ -26,6 +26,9 @@ pub enum Grid {
     PerRow { rows: usize, threads: u32 },
     /// Enough 256-thread blocks for `n` items, capped: the elementwise kernels loop over a grid stride.
     Stride(usize),
+    /// [`Grid::Stride`] for kernels that take eight values a thread and step where `n` and the buffers
+    /// allow: an eighth of the threads when `n` is a multiple of 8 (the loop covers the rest either way).
+    Stride8(usize),
     /// [`Grid::PerRow`] with `shared` bytes of dynamic shared memory a block (more than the 48 KiB a
     /// kernel gets without asking is allowed for it at launch).
     PerRowShared { rows: usize, threads: u32, shared: u32 },
@@ -36,6 +39,7 @@ impl Grid {
         let (blocks, threads, shared) = match self {
             Grid::PerRow { rows, threads } => (rows as u32, threads, 0),
             Grid::Stride(n) => (n.div_ceil(256).clamp(1, 65535 * 8) as u32, 256, 0),
+            Grid::Stride8(n) => return Grid::Stride(if n % 8 == 0 { n / 8 } else { n }).config(),
             Grid::PerRowShared { rows, threads, shared } => (rows as u32, threads, shared),
         };
         LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: shared }

@@ -15,6 +15,7 @@
 //! | [`gated_rms_norm`] | `gated_rms_norm_bf16` (+ backward) | one pass instead of about twelve |
 //! | [`sigmoid_gate`] | `sigmoid_gate_bf16` (+ backward) | reads the gate where `q_proj` wrote it |
 //! | [`Int8Rows::dequantize`] | `dequant_rows_u8_bf16` | a frozen base in int8: a byte read and two written a weight |
+//! | [`add_matmul`] | cuBLAS's GEMM with β = 1, into the sum | a product added to another without writing it and reading both back |
 //! | [`residual_add`], [`add_bias`], [`embedding`], [`transpose12`], [`narrow`] | `add_bias_bf16`, `embedding_bf16`, `transpose12_bf16`, `narrow_bf16` | no candle PTX module to compile on a fresh machine |
 //!
 //! The last four serve Qwen3.5's hybrid layers. Their forward kernels run only where no input takes a
@@ -23,6 +24,7 @@
 //! [`sigmoid_gate_backward`], [`gated_delta_rule::backward_from_projections`]) in forge-host's
 //! autograd, each of which is its kernel on CUDA and candle's autograd or the host walk elsewhere.
 pub mod adam;
+mod add_matmul;
 mod causal_conv;
 mod causal_softmax;
 pub mod checks;
@@ -46,6 +48,7 @@ pub mod tape;
 
 use candle_core::{DType, Tensor};
 
+pub use add_matmul::add_matmul;
 #[cfg(feature = "cuda")]
 pub use causal_conv::causal_conv_silu_backward;
 pub use causal_conv::{causal_conv_silu, on_kernel_shape as conv_on_kernel_shape};

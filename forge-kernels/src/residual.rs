@@ -65,7 +65,7 @@ impl CustomOp2 for Add {
         use crate::launch::{same_shape, Grid, Scalar};
         let (total, n) = (al.shape().elem_count(), bl.shape().elem_count());
         let scalars = [Scalar::I64(total as i64), Scalar::I64(n as i64)];
-        same_shape::<half::bf16>("add_bias_bf16", &[(a, al), (b, bl)], Grid::Stride(total), &scalars)
+        same_shape::<half::bf16>("add_bias_bf16", &[(a, al), (b, bl)], Grid::Stride8(total), &scalars)
     }
 
     fn bwd(

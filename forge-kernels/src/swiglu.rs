@@ -63,7 +63,7 @@ impl candle_core::CustomOp2 for FusedSwiglu {
         same_shape::<half::bf16>(
             "swiglu_bf16",
             &[(gate, gl), (up, ul)],
-            Grid::Stride(n),
+            Grid::Stride8(n),
             &[Scalar::I64(n as i64)],
         )
     }

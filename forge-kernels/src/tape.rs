@@ -193,8 +193,10 @@ impl Tape {
                 // A gradient computed by candle's graph (an elementary entry's) carries that graph;
                 // kept, it would keep every layer's activations alive through the gradients below it.
                 let g = g.detach();
+                // forge's add where it runs (eight values a thread; candle's add took ~150 µs where it
+                // takes ~45 at qwen3.5-9b's hidden width, H200).
                 let sum = match grads.remove(&id) {
-                    Some(earlier) => (earlier + g)?,
+                    Some(earlier) => crate::residual_add(&earlier, &g)?,
                     None => g,
                 };
                 grads.insert(id, sum);

@@ -2,7 +2,7 @@
 use std::sync::Mutex;
 
 use candle_core::{Module, Tensor};
-use forge_kernels::{swiglu, swiglu_backward, tape};
+use forge_kernels::{add_matmul, swiglu, swiglu_backward, tape};
 
 use super::attention::AttentionObserver;
 use super::linear::{linear, Linear};
@@ -89,8 +89,8 @@ impl Mlp {
             let (d_gate, d_up) = swiglu_backward(&gate, &up, &d_gated)?;
             drop((gate, up));
             let flat = |t: Tensor| t.reshape(((), t.dim(candle_core::D::Minus1)?));
-            let dx = (flat(d_gate)?.matmul(&mlp.gate_proj.weight()?)?
-                + flat(d_up)?.matmul(&mlp.up_proj.weight()?)?)?;
+            let through_gate = flat(d_gate)?.matmul(&mlp.gate_proj.weight()?)?;
+            let dx = add_matmul(through_gate, &flat(d_up)?, &mlp.up_proj.weight()?, 1.0)?;
             dx.reshape(x0.shape())
         })
     }

@@ -22,8 +22,8 @@ use crate::model::linear::LinearAdapter;
 use crate::model::CausalLm;
 use crate::strategies::{Builtin, Factory};
 use crate::{bad_input, Result};
-use forge_kernels::tape;
 use forge_kernels::SplitMix64;
+use forge_kernels::{add_matmul, tape};
 
 #[derive(Clone, Debug)]
 struct LoraConfig {
@@ -137,18 +137,18 @@ impl LinearAdapter for LoraLinear {
         Ok(tape::through_graph("lora", &[x, base, &a, &b], adapted)?.0)
     }
 
-    /// Training without dropout: `x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ` computed outside the graph (the same ops
-    /// as `forward`), joined to x, A and B with the backward g·W + s·(g·B)·A, s·(g·B)ᵀ·x and
-    /// s·gᵀ·(x·Aᵀ). Through candle's autograd the graph kept the base output, the low-rank product and
-    /// its scaled copy, each as large as the output, for every adapted layer.
+    /// Without dropout: `x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ`, the low-rank product added into the base one as
+    /// cuBLAS writes it (`add_matmul`; the same ops as `forward` elsewhere). Training joins it to x, A
+    /// and B outside the graph with the backward g·W + s·(g·B)·A, s·(g·B)ᵀ·x and s·gᵀ·(x·Aᵀ): through
+    /// candle's autograd the graph kept the base output, the low-rank product and its scaled copy, each
+    /// as large as the output, for every adapted layer.
     fn fused(
         &self,
         x: &Tensor,
         weight: &Tensor,
         bias: Option<&Tensor>,
     ) -> Option<candle_core::Result<Tensor>> {
-        let training_dropout = self.dropout > 0.0 && self.training.load(Ordering::Relaxed);
-        if !grad_enabled() || training_dropout {
+        if self.dropout > 0.0 && self.training.load(Ordering::Relaxed) {
             return None;
         }
         let (a, b) = (self.a.as_tensor().clone(), self.b.as_tensor().clone());
@@ -165,16 +165,19 @@ impl LinearAdapter for LoraLinear {
                 Some(bias) => base.broadcast_add(bias)?,
                 None => base,
             };
-            let out = (base + (low.matmul(&b0.t()?)? * scale)?)?;
             let mut out_dims = x_shape.dims().to_vec();
             *out_dims.last_mut().expect("a linear input has at least one dimension") = weight.dim(0)?;
-            let out = out.reshape(out_dims)?;
+            let out = add_matmul(base, &low, &b0.t()?, scale)?.reshape(out_dims)?;
+            if !grad_enabled() {
+                return Ok(out);
+            }
             let (weight, master) = (weight.clone(), a.dtype());
             // The scale goes on the rank-sized factors, never on a full-sized product.
             let (scaled_a, scaled_b, scaled_low) = ((&a0 * scale)?, (&b0 * scale)?, (&low * scale)?);
             with_gradients("lora backward", [x, &a, &b], out, move |grad| {
                 let grad = grad.to_dtype(dtype)?.reshape(((), weight.dim(0)?))?;
-                let dx = (grad.matmul(&weight)? + grad.matmul(&b0)?.matmul(&scaled_a)?)?.reshape(&x_shape)?;
+                let dx = add_matmul(grad.matmul(&weight)?, &grad.matmul(&b0)?, &scaled_a, 1.0)?
+                    .reshape(&x_shape)?;
                 let da = grad.matmul(&scaled_b)?.t()?.matmul(&x0)?.to_dtype(master)?;
                 let db = grad.t()?.matmul(&scaled_low)?.to_dtype(master)?;
                 Ok([Some(dx), Some(da), Some(db)])
