@@ -136,7 +136,9 @@ pub fn loss_and_grads(
         (false, Some(strict)) => {
             let (top, tape) = tape::record_with(&[], strict, || model.last_layer(ids))?;
             let (parts, grad_top) = head_and_its_gradient(model, &top, ids, distill, &mut collected)?;
-            let grads = section("train backward", ids.device(), || tape.backward(&top, grad_top))?;
+            let grads = section("train backward", ids.device(), || {
+                tape.backward(&top, grad_top, forge_kernels::residual_add)
+            })?;
             collected.add(|t| grads.get(t).cloned())?;
             parts
         }
@@ -210,7 +212,7 @@ fn checkpointed(
             Some(strict) => {
                 let input = &inputs[i];
                 let (out, tape) = tape::record_with(&[input], strict, || rerun(input))?;
-                let grads = tape.backward(&out, grad_out.clone())?;
+                let grads = tape.backward(&out, grad_out.clone(), forge_kernels::residual_add)?;
                 collected.add(|t| grads.get(t).cloned())?;
                 grads.get(input).cloned()
             }
