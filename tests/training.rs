@@ -47,7 +47,9 @@ fn decoder_gradients_match_finite_differences() {
     let params = adapter.parameters();
     randomise(&params);
     let ids = ids();
-    let (_, grads) = loss_and_grads(&m, &ids, &params, false, None, Backprop::Graph).unwrap();
+    // Both backwards: candle's graph, and forge's tape run strictly.
+    let backward = |backprop| loss_and_grads(&m, &ids, &params, false, None, backprop).unwrap().1;
+    let grads = [backward(Backprop::Graph), backward(Backprop::StrictTape)];
     let loss =
         |m: &CausalLm| m.next_token_nll(&ids).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     // A few entries of A and B of attention and MLP layers in both decoder layers.
@@ -63,11 +65,13 @@ fn decoder_gradients_match_finite_differences() {
         };
         let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
         var.set(&Tensor::from_vec(base, var.shape(), &Device::Cpu).unwrap()).unwrap();
-        let analytic = grads[p].flatten_all().unwrap().to_vec1::<f32>().unwrap()[entry] as f64;
-        assert!(
-            (numeric - analytic).abs() < 2e-4 + 0.02 * analytic.abs(),
-            "param {p}[{entry}]: numeric {numeric} vs analytic {analytic}"
-        );
+        for (grads, by) in grads.iter().zip(["graph", "tape"]) {
+            let analytic = grads[p].flatten_all().unwrap().to_vec1::<f32>().unwrap()[entry] as f64;
+            assert!(
+                (numeric - analytic).abs() < 2e-4 + 0.02 * analytic.abs(),
+                "param {p}[{entry}]: numeric {numeric} vs analytic {analytic} ({by})"
+            );
+        }
     }
 }
 
