@@ -381,24 +381,35 @@ fn a_plugin_adapter_trains_reloads_with_its_plugin_and_merges() {
     let (m, p) = (s(model.path()), s(&lowrank));
     let train_data = data("code-train.jsonl");
     let train = ["train", "-q", "--json", "--plugin", p, "--model", m, "--data", s(&train_data)];
-    let report = forge_json(
-        &[
-            &train[..],
+    let run = |out: &std::path::Path, backward: &str| {
+        forge_json(
             &[
-                "--out",
-                s(&adapter),
-                "--adapter",
-                "lowrank",
-                "--adapter-opt",
-                "rank=4",
-                "--adapter-opt",
-                "targets=q_proj,down_proj",
-            ],
-            &["--steps", "3", "--batch-size", "2", "--seq-len", "32", "--lr", "1e-2"],
-        ]
-        .concat(),
-    );
+                &train[..],
+                &[
+                    "--out",
+                    s(out),
+                    "--adapter",
+                    "lowrank",
+                    "--adapter-opt",
+                    "rank=4",
+                    "--adapter-opt",
+                    "targets=q_proj,down_proj",
+                    "--backward",
+                    backward,
+                ],
+                &["--steps", "3", "--batch-size", "2", "--seq-len", "32", "--lr", "1e-2"],
+            ]
+            .concat(),
+        )
+    };
+    let report = run(&adapter, "graph");
     assert_eq!(report["adapter"], "lowrank");
+    // The plugin's kernel on forge's tape (one entry through candle's graph): the same losses.
+    let on_tape = run(&work.path().join("adapter-tape"), "tape");
+    for (a, b) in report["losses"].as_array().unwrap().iter().zip(on_tape["losses"].as_array().unwrap()) {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        assert!((a - b).abs() < 1e-5 * a.abs(), "losses by the graph {a} and the tape {b}");
+    }
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(
