@@ -95,8 +95,8 @@ pub struct TrainArgs {
     frozen_base: FrozenBase,
     /// The backward pass: `tape`, forge's own, layer by layer, each op's backward and gradients kept
     /// where they arrive; `graph`, candle's autograd (every node's gradient made as zeros, then added
-    /// to). Same losses and gradients either way [default: tape on a GPU, graph on the CPU, the faster
-    /// on each].
+    /// to). The same losses and gradients, up to the order a tensor's gradients are summed in
+    /// [default: tape on a GPU, graph on the CPU, the faster on each].
     #[arg(long, value_enum)]
     backward: Option<Backprop>,
     /// Distil from a teacher's logits: `base` (the model as loaded, before --mask and the adapter,
