@@ -45,9 +45,14 @@ pub fn recording() -> bool {
     TAPE.with(|t| t.borrow().is_some())
 }
 
+/// Whether a recording tape knows `id` (a leaf or an output of its entries).
+fn on_tape(id: TensorId) -> bool {
+    TAPE.with(|tape| tape.borrow().as_ref().is_some_and(|r| r.on_tape.contains(&id)))
+}
+
 /// Whether `t` takes a gradient: it is on candle's graph (or a variable), or on the recording tape.
 pub fn tracked(t: &Tensor) -> bool {
-    t.track_op() || TAPE.with(|tape| tape.borrow().as_ref().is_some_and(|r| r.on_tape.contains(&t.id())))
+    t.track_op() || on_tape(t.id())
 }
 
 /// Whether an op on `inputs` should record onto the tape: one records and an input is on it.
@@ -67,8 +72,8 @@ pub fn record(
     TAPE.with(|tape| {
         let mut tape = tape.borrow_mut();
         let Some(rec) = tape.as_mut() else { candle_core::bail!("{name}: recorded while no tape records") };
-        let on_tape = |t: &Tensor| t.is_variable() || rec.on_tape.contains(&t.id());
-        if inputs.iter().any(|t| t.track_op() && !on_tape(t)) {
+        let known = |t: &Tensor| t.is_variable() || rec.on_tape.contains(&t.id());
+        if inputs.iter().any(|t| t.track_op() && !known(t)) {
             candle_core::bail!(
                 "{name}: an input comes from an op that joined candle's graph, not forge's tape, so its \
                  gradient would be lost; that op needs a tape entry (forge_kernels::tape)"
@@ -80,7 +85,7 @@ pub fn record(
                  (compute it from inputs taken off the tape with forge_kernels::tape::detach)"
             );
         }
-        let ids = inputs.iter().map(|t| on_tape(t).then(|| t.id())).collect();
+        let ids = inputs.iter().map(|t| known(t).then(|| t.id())).collect();
         // An output sharing an input's id (an op that returned its input) gets an id of its own.
         let output = if inputs.iter().any(|t| t.id() == output.id()) {
             output.reshape(output.shape())?
@@ -135,8 +140,7 @@ pub fn record_with<T>(
 /// Ops compute their forward from this before recording. No copy for a contiguous `t`.
 pub fn detach(t: &Tensor) -> candle_core::Result<Tensor> {
     let d = t.detach();
-    let on_tape = TAPE.with(|tape| tape.borrow().as_ref().is_some_and(|r| r.on_tape.contains(&d.id())));
-    if on_tape {
+    if on_tape(d.id()) {
         d.reshape(d.shape())
     } else {
         Ok(d)

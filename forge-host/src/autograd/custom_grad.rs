@@ -27,9 +27,7 @@ pub fn with_gradient(
     backward: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Send + Sync + 'static,
 ) -> candle_core::Result<Tensor> {
     if tape::records(&[input]) {
-        return tape::record(name, &[input], output, move |g| {
-            Ok(vec![Some(section(name, g.device(), || backward(g))?)])
-        });
+        return on_tape(name, &[input], output, move |g| Ok([Some(backward(g)?)]));
     }
     if !input.track_op() {
         return Ok(output);
@@ -46,9 +44,7 @@ pub fn with_two_gradients(
     backward: impl Fn(&Tensor) -> candle_core::Result<[Option<Tensor>; 2]> + Send + Sync + 'static,
 ) -> candle_core::Result<Tensor> {
     if tape::records(&inputs) {
-        return tape::record(name, &inputs, output, move |g| {
-            Ok(section(name, g.device(), || backward(g))?.into())
-        });
+        return on_tape(name, &inputs, output, backward);
     }
     if !inputs.iter().any(|t| t.track_op()) {
         return Ok(output);
@@ -66,15 +62,24 @@ pub fn with_gradients(
     backward: impl Fn(&Tensor) -> candle_core::Result<[Option<Tensor>; 3]> + Send + Sync + 'static,
 ) -> candle_core::Result<Tensor> {
     if tape::records(&inputs) {
-        return tape::record(name, &inputs, output, move |g| {
-            Ok(section(name, g.device(), || backward(g))?.into())
-        });
+        return on_tape(name, &inputs, output, backward);
     }
     if !inputs.iter().any(|t| t.track_op()) {
         return Ok(output);
     }
     let [a, b, c] = inputs;
     a.apply_op3(b, c, Joined::new(name, output, Box::new(backward) as Backward3)?)
+}
+
+/// `output` recorded on forge's tape with `backward`, timed under `name` in profiles as the joined
+/// op's backward is.
+fn on_tape<const N: usize>(
+    name: &'static str,
+    inputs: &[&Tensor],
+    output: Tensor,
+    backward: impl Fn(&Tensor) -> candle_core::Result<[Option<Tensor>; N]> + 'static,
+) -> candle_core::Result<Tensor> {
+    tape::record(name, inputs, output, move |g| Ok(section(name, g.device(), || backward(g))?.into()))
 }
 
 /// The gradients of everything `output` depends on, given the gradient `grad` arriving at `output`
