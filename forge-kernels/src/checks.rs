@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Serialize;
 
-use crate::gated_delta_rule::{self, Heads, Projections};
+use crate::gated_delta_rule::{self, Heads, Kept, Projections};
 use crate::{
     add_bias, add_matmul, causal_conv_silu, causal_softmax, embedding, gated_rms_norm, narrow, residual_add,
     rms_norm, rms_norm_f32_weight, rope_heads_first, row_nll, sigmoid_gate, swiglu, transpose12, Int8Rows,
@@ -420,8 +420,10 @@ fn hybrid_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
 /// backward kernel) against the host's token-by-token walk and candle's autograd through the
 /// preparation in f32, on the same inputs: key heads of 32, 64 and 128, value heads sharing key heads
 /// (one of them 48 wide), lengths that are not multiples of the chunk, and qwen3.5-9b's 32 value heads
-/// over 3 × 1024 tokens (two groups of sequences: two, then one). The gradients are rounded to bf16 (the
-/// raw inputs' dtype) at the end, hence 1e-2.
+/// over 3 × 1024 tokens (two groups of sequences: two, then one). Each case twice: recomputing the
+/// forward's intermediates, and taking those a forward kept (`from_projections_keeping`, a
+/// checkpointed layer's second pass), which runs in the forward's groups. The gradients are rounded
+/// to bf16 (the raw inputs' dtype) at the end, hence 1e-2.
 fn delta_rule_backward_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
     for (b, s, kh, vh, dk, dv) in [
@@ -433,26 +435,33 @@ fn delta_rule_backward_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core
         let heads = Heads { key_heads: kh, value_heads: vh, key_dim: dk, value_dim: dv };
         let [conv, a, beta, neg_a, dt_bias] = random_projections(b, s, heads, rng)?;
         let d_out = random(&[b, s, vh, dv], rng, 1.0)?;
-        let grads = |d: &Device, dtype: DType| {
+        let grads = |d: &Device, dtype: DType, keep: bool| {
             let on = |t: &Tensor| t.to_device(d)?.to_dtype(dtype);
             let (conv, a, beta) = (on(&conv)?, on(&a)?, on(&beta)?);
             let (neg_a, dt_bias) = (neg_a.to_device(d)?, dt_bias.to_device(d)?);
             let p = Projections { conv: &conv, a: &a, b: &beta, neg_a: &neg_a, dt_bias: &dt_bias };
-            let grads = gated_delta_rule::backward_from_projections(&p, heads, &d_out.to_device(d)?)?;
+            let kept =
+                if keep { gated_delta_rule::from_projections_keeping(&p, heads)?.2 } else { Kept::default() };
+            let grads = gated_delta_rule::backward_from_projections(&p, heads, &d_out.to_device(d)?, kept)?;
             let flat = grads.iter().map(|g| g.to_dtype(DType::F32)?.flatten_all());
             Tensor::cat(&flat.collect::<candle_core::Result<Vec<_>>>()?, 0)
         };
-        let backward_rel_err = rel_diff(&grads(dev, DType::BF16)?, &grads(&Device::Cpu, DType::F32)?)?;
-        let tolerance = 1e-2;
-        checks.push(Check {
-            kernel: "gdn_chunk_* (backward)",
-            shape: vec![b, s, kh, vh, dk, dv],
-            past: 0,
-            forward_rel_err: 0.0,
-            backward_rel_err: Some(backward_rel_err),
-            tolerance,
-            pass: backward_rel_err < tolerance,
-        });
+        let reference = grads(&Device::Cpu, DType::F32, false)?;
+        for (kernel, keep) in
+            [("gdn_chunk_* (backward)", false), ("gdn_chunk_* (backward, kept forward)", true)]
+        {
+            let backward_rel_err = rel_diff(&grads(dev, DType::BF16, keep)?, &reference)?;
+            let tolerance = 1e-2;
+            checks.push(Check {
+                kernel,
+                shape: vec![b, s, kh, vh, dk, dv],
+                past: 0,
+                forward_rel_err: 0.0,
+                backward_rel_err: Some(backward_rel_err),
+                tolerance,
+                pass: backward_rel_err < tolerance,
+            });
+        }
     }
     Ok(checks)
 }

@@ -3,23 +3,26 @@
 use candle_core::{DType, Tensor, Var};
 use rayon::prelude::*;
 
-use super::{host, prepare, row, Dims, Head, Heads, Inputs, Projections, CHUNK};
+use super::{host, prepare, row, Dims, Head, Heads, Inputs, Kept, Projections, CHUNK};
 
 /// The gradients of [`super::from_projections`] (from a zero state) with respect to its raw inputs
 /// `conv`, `a` and `b`, given the outputs' `d_out`; `neg_a` and `dt_bias` are frozen. On CUDA (key
 /// heads of 32, 64 or 128, as Qwen3.5's) the chunked form's backward ([`super::chunked_device`]), then
 /// `gated_delta_prepare_backward_bf16` back through the preparation. Elsewhere the host walk below for
 /// the rule and candle's autograd through the preparation's elementary ops, the reference the kernels
-/// are checked against.
+/// are checked against. What a forward `kept` ([`super::from_projections_keeping`]) is taken instead
+/// of recomputed.
 pub fn backward_from_projections(
     p: &Projections,
     heads: Heads,
     d_out: &Tensor,
+    kept: Kept,
 ) -> candle_core::Result<[Tensor; 3]> {
     #[cfg(feature = "cuda")]
     if crate::on_kernel(&[p.conv, p.a, p.b]) && super::chunked_device::takes(heads) {
-        return super::chunked_device::backward(p, heads, d_out);
+        return super::chunked_device::backward(p, heads, d_out, kept.groups);
     }
+    let _ = kept; // the host's walk recomputes its states in any case
     let vars = [Var::from_tensor(p.conv)?, Var::from_tensor(p.a)?, Var::from_tensor(p.b)?];
     let inputs = Projections {
         conv: vars[0].as_tensor(),

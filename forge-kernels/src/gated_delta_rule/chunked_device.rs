@@ -29,7 +29,13 @@
 //! Memory: a chunk row's intermediates are about 300 k floats at 128 × 128 heads (1.2 MB), so the
 //! sequences of a batch go through in groups that keep them under [`SCRATCH_BYTES`]. A group is at
 //! least one sequence, so a long one goes over it: 2.4 GB for 4096 tokens at qwen3.5-9b's 32 value
-//! heads (splitting a sequence's heads into groups is what would bound it).
+//! heads (splitting a sequence's heads into groups is what would bound it). A forward whose backward
+//! follows at once (a checkpointed layer run again) keeps each group's solve, products and state walk
+//! (half of a row's intermediates; the inputs' chunk layout is one cheap kernel to make again), and
+//! the backward then goes through the forward's groups, each dropping its part when done. Why: the
+//! backward recomputed them, the rule's forward run a third time a step. At qwen3.5-27b (8 × 1024,
+//! 48 value heads) that keeps 1.4 GB, and a backward group of two sequences then peaks 1.3 GB where
+//! one of one did 0.65 GB.
 use candle_core::{DType, Tensor};
 
 use super::{Heads, Projections};
@@ -198,24 +204,29 @@ pub(super) fn prepared_on_device(p: &Projections, h: Heads) -> candle_core::Resu
     })
 }
 
-/// The forward's intermediates the backward reuses.
-struct Forward {
+/// The chunk layout of a group's prepared inputs (`gdn_chunk_load`): cheap to make again, and half of
+/// a chunk row's intermediates, so a kept forward ([`Kept`]) leaves them out.
+struct Loaded {
     kq: Tensor,
     k: Tensor,
     x: Tensor,
     lk: Tensor,
     qg: Tensor,
     g: Tensor,
+}
+
+/// The rest of the forward's intermediates, which the backward reuses: the products, the solve and
+/// the state walk.
+struct Walked {
     np: Tensor,
     t: Tensor,
     pt: Tensor,
     uw: Tensor,
     hs: Tensor,
     vp: Tensor,
-    final_state: Tensor,
 }
 
-fn forward_parts(prepared: &Tensor, conv: &Tensor, state: &Tensor, s: Shape) -> candle_core::Result<Forward> {
+fn load(prepared: &Tensor, conv: &Tensor, s: Shape) -> candle_core::Result<Loaded> {
     let (bn, dk, dv) = (s.rows(), s.h.key_dim, s.h.value_dim);
     let sizes = [bn * 2 * C * dk, bn * C * dk, bn * C * (dv + dk), bn * C * dk, bn * C * dk, bn * C];
     let loaded = kernel(
@@ -225,46 +236,43 @@ fn forward_parts(prepared: &Tensor, conv: &Tensor, state: &Tensor, s: Shape) -> 
         Grid::PerRow { rows: bn, threads: THREADS },
         &i32s(&[s.batch, s.seq, s.h.key_heads, s.h.value_heads, dk, dv]),
     )?;
-    let kq = part(&loaded, &sizes, 0, &[bn, 2 * C, dk])?;
-    let k = part(&loaded, &sizes, 1, &[bn, C, dk])?;
-    let x = part(&loaded, &sizes, 2, &[bn, C, dv + dk])?;
-    let lk = part(&loaded, &sizes, 3, &[bn, C, dk])?;
-    let qg = part(&loaded, &sizes, 4, &[bn, C, dk])?;
-    let g = part(&loaded, &sizes, 5, &[bn, C])?;
-    let np = product(&kq, &k.t()?)?;
+    Ok(Loaded {
+        kq: part(&loaded, &sizes, 0, &[bn, 2 * C, dk])?,
+        k: part(&loaded, &sizes, 1, &[bn, C, dk])?,
+        x: part(&loaded, &sizes, 2, &[bn, C, dv + dk])?,
+        lk: part(&loaded, &sizes, 3, &[bn, C, dk])?,
+        qg: part(&loaded, &sizes, 4, &[bn, C, dk])?,
+        g: part(&loaded, &sizes, 5, &[bn, C])?,
+    })
+}
+
+/// The solve, its products and the state walk over a group's loaded chunks, from `state`; with the
+/// final state.
+fn walk(l: &Loaded, state: &Tensor, s: Shape) -> candle_core::Result<(Walked, Tensor)> {
+    let (bn, dk, dv) = (s.rows(), s.h.key_dim, s.h.value_dim);
+    let np = product(&l.kq, &l.k.t()?)?;
     let solved = kernel(
         "gdn_chunk_solve",
-        &[&np, &g],
+        &[&np, &l.g],
         2 * bn * C * C,
         Grid::PerRow { rows: bn, threads: THREADS },
         &[Scalar::I32(bn as i32)],
     )?;
     let t = part(&solved, &[bn * C * C; 2], 0, &[bn, C, C])?;
     let pt = part(&solved, &[bn * C * C; 2], 1, &[bn, C, C])?;
-    let uw = product(&t, &x)?;
+    let uw = product(&t, &l.x)?;
     let sizes = [bn * dk * dv, bn * C * dv, s.items() * dk * dv];
     let walked = kernel(
         "gdn_chunk_state",
-        &[&uw, &lk, &g, state],
+        &[&uw, &l.lk, &l.g, state],
         sizes.iter().sum::<usize>(),
         walk_grid(s),
         &i32s(&[s.items(), s.chunks, dk, dv]),
     )?;
-    Ok(Forward {
-        hs: part(&walked, &sizes, 0, &[bn, dk, dv])?,
-        vp: part(&walked, &sizes, 1, &[bn, C, dv])?,
-        final_state: part(&walked, &sizes, 2, &[s.batch, s.h.value_heads, dk, dv])?,
-        kq,
-        k,
-        x,
-        lk,
-        qg,
-        g,
-        np,
-        t,
-        pt,
-        uw,
-    })
+    let hs = part(&walked, &sizes, 0, &[bn, dk, dv])?;
+    let vp = part(&walked, &sizes, 1, &[bn, C, dv])?;
+    let final_state = part(&walked, &sizes, 2, &[s.batch, s.h.value_heads, dk, dv])?;
+    Ok((Walked { np, t, pt, uw, hs, vp }, final_state))
 }
 
 /// Between the chunk layout and the layer's: `a + b` into `(batch, seq, heads, dv)`, or `a` (the
@@ -282,42 +290,77 @@ fn shape_of(p: &Projections, h: Heads) -> candle_core::Result<Shape> {
     Ok(Shape { batch, seq, chunks: seq.div_ceil(C), h })
 }
 
-/// The rule over one group: outputs `(batch, seq, value_heads, dv)` and the final state, f32.
-fn forward_group(p: &Projections, state: &Tensor, h: Heads) -> candle_core::Result<(Tensor, Tensor)> {
+/// A group's intermediates kept by a forward for the backward that follows it: sequences `from ..
+/// from + n` and what [`walk`] made of them.
+pub(super) struct KeptGroup {
+    from: usize,
+    n: usize,
+    walked: Walked,
+}
+
+/// The rule over one group: outputs `(batch, seq, value_heads, dv)` and the final state, f32, and
+/// what [`walk`] made when `keep`.
+fn forward_group(
+    p: &Projections,
+    state: &Tensor,
+    h: Heads,
+    keep: bool,
+) -> candle_core::Result<(Tensor, Tensor, Option<Walked>)> {
     let s = shape_of(p, h)?;
-    let f = forward_parts(&prepared_on_device(p, h)?, p.conv, state, s)?;
-    let o1 = product(&f.qg, &f.hs)?;
-    let o2 = product(&f.pt, &f.vp)?;
-    Ok((layout(&o1, &o2, s, true)?, f.final_state))
+    let loaded = load(&prepared_on_device(p, h)?, p.conv, s)?;
+    let (walked, final_state) = walk(&loaded, state, s)?;
+    let o1 = product(&loaded.qg, &walked.hs)?;
+    let o2 = product(&walked.pt, &walked.vp)?;
+    Ok((layout(&o1, &o2, s, true)?, final_state, keep.then_some(walked)))
 }
 
 /// The chunked form from a layer's raw inputs and `state` `(batch, value_heads, dk, dv)`: the outputs
-/// `(batch, seq, value_heads, dv)` and the final state, in f32.
-pub(super) fn forward(p: &Projections, state: &Tensor, h: Heads) -> candle_core::Result<(Tensor, Tensor)> {
+/// `(batch, seq, value_heads, dv)` and the final state, in f32; with `keep`, each group's solve,
+/// products and state walk for [`backward`] (about 230 KB a chunk row at 128 × 128 heads: 1.4 GB for
+/// qwen3.5-27b's 8 × 1024 tokens, held until the backward has used each group).
+pub(super) fn forward(
+    p: &Projections,
+    state: &Tensor,
+    h: Heads,
+    keep: bool,
+) -> candle_core::Result<(Tensor, Tensor, Vec<KeptGroup>)> {
     let _tf32 = Tf32Products::on();
     let batch = p.conv.dim(0)?;
     let n = group_size(batch, p.conv.dim(1)?, h, false);
-    let (mut outs, mut states) = (Vec::new(), Vec::new());
+    let (mut outs, mut states, mut kept) = (Vec::new(), Vec::new(), Vec::new());
     for from in (0..batch).step_by(n) {
         let n = n.min(batch - from);
         let parts = slice(p, from, n)?;
-        let (o, st) = forward_group(&group(p, &parts), &state.narrow(0, from, n)?, h)?;
+        let (o, st, walked) = forward_group(&group(p, &parts), &state.narrow(0, from, n)?, h, keep)?;
         outs.push(o);
         states.push(st);
+        kept.extend(walked.map(|walked| KeptGroup { from, n, walked }));
     }
-    Ok((joined(&outs)?, joined(&states)?))
+    Ok((joined(&outs)?, joined(&states)?, kept))
 }
 
 /// The prepared inputs' gradients of one group (as `gated_delta_prepare_backward_bf16` reads them),
-/// from a zero state, given `d_out` `(batch, seq, value_heads, dv)` in f32.
-fn backward_group(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Result<Tensor> {
+/// from a zero state, given `d_out` `(batch, seq, value_heads, dv)` in f32; the forward's solve,
+/// products and walk are `kept` or made again.
+fn backward_group(
+    p: &Projections,
+    h: Heads,
+    d_out: &Tensor,
+    kept: Option<Walked>,
+) -> candle_core::Result<Tensor> {
     let s = shape_of(p, h)?;
     let (bn, dk, dv) = (s.rows(), h.key_dim, h.value_dim);
     let prepared = prepared_on_device(p, h)?;
-    let zero = Tensor::zeros((s.batch, h.value_heads, dk, dv), DType::F32, p.conv.device())?;
+    let loaded = load(&prepared, p.conv, s)?;
+    let walked = match kept {
+        Some(walked) => walked,
+        None => {
+            let zero = Tensor::zeros((s.batch, h.value_heads, dk, dv), DType::F32, p.conv.device())?;
+            walk(&loaded, &zero, s)?.0
+        }
+    };
     // Each intermediate is dropped after its last use: the group's peak is what sizes the groups.
-    let Forward { kq, k, x, lk, qg, g, np, t, pt, uw, hs, vp, .. } =
-        forward_parts(&prepared, p.conv, &zero, s)?;
+    let (Loaded { kq, k, x, lk, qg, g }, Walked { np, t, pt, uw, hs, vp }) = (loaded, walked);
     let d_o = layout(d_out, d_out, s, false)?;
     let bm = product(&qg.t()?, &d_o)?;
     let a = product(&pt.t()?, &d_o)?;
@@ -373,18 +416,32 @@ fn backward_group(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Res
 
 /// The gradients of the layer's raw inputs `[conv, a, b]` (bf16) for the rule from a zero state, given
 /// `d_out` `(batch, seq, value_heads, dv)`: per group, the chunked backward, then
-/// `gated_delta_prepare_backward_bf16` back through the preparation.
-pub(super) fn backward(p: &Projections, h: Heads, d_out: &Tensor) -> candle_core::Result<[Tensor; 3]> {
+/// `gated_delta_prepare_backward_bf16` back through the preparation. The groups are those a forward
+/// `kept` (one that kept nothing leaves groups sized for the backward's own peak, each recomputing
+/// its forward); a kept group goes as soon as its backward has run.
+pub(super) fn backward(
+    p: &Projections,
+    h: Heads,
+    d_out: &Tensor,
+    kept: Vec<KeptGroup>,
+) -> candle_core::Result<[Tensor; 3]> {
     let _tf32 = Tf32Products::on();
     let (batch, seq, width) = p.conv.dims3()?;
-    let n = group_size(batch, seq, h, true);
+    let groups: Vec<(usize, usize, Option<Walked>)> = if kept.is_empty() {
+        let n = group_size(batch, seq, h, true);
+        (0..batch).step_by(n).map(|from| (from, n.min(batch - from), None)).collect()
+    } else {
+        kept.into_iter().map(|k| (k.from, k.n, Some(k.walked))).collect()
+    };
+    if groups.iter().map(|g| g.1).sum::<usize>() != batch {
+        candle_core::bail!("gated delta rule: the kept forward was of another batch than {batch} sequences");
+    }
     let d_out = d_out.to_dtype(DType::F32)?;
     let mut parts: [Vec<Tensor>; 3] = Default::default();
-    for from in (0..batch).step_by(n) {
-        let n = n.min(batch - from);
+    for (from, n, walked) in groups {
         let sliced = slice(p, from, n)?;
         let g = group(p, &sliced);
-        let grads = backward_group(&g, h, &d_out.narrow(0, from, n)?)?;
+        let grads = backward_group(&g, h, &d_out.narrow(0, from, n)?, walked)?;
         let (rows, vrows) = (n * seq, n * seq * h.value_heads);
         let (grid, scalars) = preparation_launch(rows, h);
         let raw = launch_on_tensors::<half::bf16>(

@@ -38,7 +38,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 pub use backward::{backward, backward_from_projections};
-pub use projections::{from_projections, prepare};
+pub use projections::{from_projections, from_projections_keeping, prepare};
 
 /// The head geometry of a linear-attention layer: key heads of `key_dim` (q and k), each serving
 /// `value_heads / key_heads` value heads of `value_dim`.
@@ -59,6 +59,15 @@ pub struct Projections<'a> {
     pub b: &'a Tensor,
     pub neg_a: &'a Tensor,
     pub dt_bias: &'a Tensor,
+}
+
+/// What [`from_projections_keeping`] leaves for the backward: on CUDA, per group of sequences, the
+/// chunked form's solve, products and state walk (the inputs' chunk layout, half of a chunk row's
+/// intermediates and one cheap kernel to make, is made again); nothing elsewhere.
+#[derive(Default)]
+pub struct Kept {
+    #[cfg(feature = "cuda")]
+    groups: Vec<chunked_device::KeptGroup>,
 }
 
 /// The chunk length transformers and flash-linear-attention use.

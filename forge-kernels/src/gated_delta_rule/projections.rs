@@ -4,7 +4,7 @@
 //! (`chunked_device.rs`) or, for a decoding step, the recurrent kernel.
 use candle_core::{DType, Tensor, D};
 
-use super::{chunked, recurrent, Heads, Projections};
+use super::{chunked, recurrent, Heads, Kept, Projections};
 
 /// The rule from a layer's raw inputs, continuing from `state` `(batch, value_heads, key_dim,
 /// value_dim)` (f32) when given: the outputs `(batch, seq, value_heads, value_dim)` and the final
@@ -32,6 +32,26 @@ pub fn from_projections(
     } else {
         chunked(&q, &k, &v, &g, &beta, state)
     }
+}
+
+/// [`from_projections`] from a zero state, for a backward that follows at once (a checkpointed layer
+/// run again): on CUDA the chunked form keeps its solve, products and state walk ([`Kept`]), which
+/// [`super::backward_from_projections`] then takes instead of recomputing them; elsewhere nothing is
+/// kept (the host's backward walks the recurrence again in any case).
+pub fn from_projections_keeping(
+    p: &Projections,
+    heads: Heads,
+) -> candle_core::Result<(Tensor, Tensor, Kept)> {
+    #[cfg(feature = "cuda")]
+    if crate::forward_kernel(&[p.conv, p.a, p.b]) && super::chunked_device::takes(heads) && p.conv.dim(1)? > 1
+    {
+        let (b, h) = (p.conv.dim(0)?, heads);
+        let zero = Tensor::zeros((b, h.value_heads, h.key_dim, h.value_dim), DType::F32, p.conv.device())?;
+        let (out, state, groups) = super::chunked_device::forward(p, &zero, heads, true)?;
+        return Ok((out, state, Kept { groups }));
+    }
+    let (out, state) = from_projections(p, None, heads)?;
+    Ok((out, state, Kept::default()))
 }
 
 /// q, k (L2-normalised, q scaled by `1/√dk`, repeated to the value heads), v, g and β in f32, as the
@@ -91,7 +111,8 @@ fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::
         None => Tensor::zeros(state_shape, DType::F32, p.conv.device())?,
     };
     if s > 1 {
-        return super::chunked_device::forward(p, &state, h);
+        let (out, state, _) = super::chunked_device::forward(p, &state, h, false)?;
+        return Ok((out, state));
     }
     let prepared = super::chunked_device::prepared_on_device(p, h)?;
     let kernel = match h.key_dim {
