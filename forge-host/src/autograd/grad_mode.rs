@@ -1,7 +1,8 @@
 //! A thread-local "no gradient" switch, like `torch.no_grad()`: trainable parameters read inside
 //! [`no_grad`] are detached, so the forward pass builds no graph and keeps no activations. Gradient
 //! checkpointing runs its first pass this way. Beside it, a "keep what the backward would recompute"
-//! switch, on while checkpointing runs a layer again (its backward follows at once).
+//! switch, on while checkpointing runs a layer again (its backward follows at once, and the layer's
+//! output is read by nobody).
 use std::cell::Cell;
 
 thread_local! {
@@ -20,6 +21,14 @@ pub fn keep_activations() -> bool {
     KEEP.with(Cell::get)
 }
 
+/// Whether the output of the layer running now is read by nobody: true while a checkpointed layer runs
+/// again ([`keeping_activations`]), whose output is only where the gradient from above arrives (the
+/// next layer's input was kept by the first pass). A block that makes the layer's output may then
+/// leave its values unmade.
+pub fn layer_output_unread() -> bool {
+    KEEP.with(Cell::get)
+}
+
 /// Runs `f` with gradients off, restoring the previous mode after (also on early return).
 pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
     with_switch(&ENABLED, false, f)
@@ -27,7 +36,9 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
 
 /// Runs `f` with ops keeping what their backward would recompute. For a forward whose backward comes
 /// right after it (a checkpointed layer run again): what is kept would be recomputed at the start of
-/// the same backward, so the peak does not grow, and the products are not paid twice.
+/// the same backward, so the peak does not grow, and the products are not paid twice. The layer's
+/// output is then read by nobody ([`layer_output_unread`]): callers hand it only to the backward, as
+/// the place the gradient from above arrives.
 pub fn keeping_activations<T>(f: impl FnOnce() -> T) -> T {
     with_switch(&KEEP, true, f)
 }

@@ -24,5 +24,5 @@ pub use custom_grad::{backward_from, with_gradient, with_gradients, with_two_gra
 pub use delta_rule::gated_delta_rule;
 pub use frozen_matmul::frozen_matmul;
 pub use gated_norm::gated_rms_norm;
-pub use grad_mode::{grad_enabled, keep_activations, keeping_activations, no_grad};
+pub use grad_mode::{grad_enabled, keep_activations, keeping_activations, layer_output_unread, no_grad};
 pub use output_gate::sigmoid_gate;
