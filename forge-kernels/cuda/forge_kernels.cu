@@ -661,27 +661,31 @@ GATED_DELTA_RULE(64)
 GATED_DELTA_RULE(128)
 
 // 1 / rms of a row of the delta rule's f32 output as the gated norm takes it (rounded to bf16 first),
-// over the block.
-__device__ float gated_norm_inverse_rms(const float *o, int n, float eps, float *shared) {
+// over the warp that holds the row.
+__device__ float gated_norm_inverse_rms(const float *o, int n, float eps) {
     float s = 0.f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    for (int j = threadIdx.x % 32; j < n; j += 32) {
         const float v = __bfloat162float(__float2bfloat16(o[j]));
         s += v * v;
     }
-    return 1.f / sqrtf(block_reduce<false>(s, shared) / n + eps);
+    return 1.f / sqrtf(warp_sum(s) / n + eps);
 }
+
+// The row of the gated norm's kernels a thread works on: one warp a row (rows are one value head, 128
+// values in Qwen3.5, so a block a row spent its time in two block-wide reductions).
+__device__ long long gated_norm_row() { return (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; }
 
 // Gated DeltaNet's output norm per value head of n values: y = bf16(bf16(bf16(o)/rms) · w) · silu(z),
 // with o the delta rule's f32 output, rounded as transformers' `Qwen3_5RMSNormGated` rounds in bf16
-// (the weight scales by w, not 1 + w). One block per row; replaces about twelve elementary ops.
+// (the weight scales by w, not 1 + w). One warp per row; replaces about twelve elementary ops.
 extern "C" __global__ void gated_rms_norm_bf16(const float *__restrict__ o, const __nv_bfloat16 *__restrict__ z,
                                                const __nv_bfloat16 *__restrict__ w, __nv_bfloat16 *__restrict__ y, int n,
-                                               float eps) {
-    __shared__ float shared[32];
-    const long long row = blockIdx.x;
+                                               float eps, long long rows) {
+    const long long row = gated_norm_row();
+    if (row >= rows) return;  // the whole warp: the reduction below is the warp's own
     const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
-    const float inv = gated_norm_inverse_rms(o + row * n, n, eps, shared);
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float inv = gated_norm_inverse_rms(o + row * n, n, eps);
+    for (int j = threadIdx.x % 32; j < n; j += 32) {
         const float normed = r(r(r(o[row * n + j]) * inv) * __bfloat162float(w[j]));
         const float g = __bfloat162float(z[row * n + j]);
         y[row * n + j] = __float2bfloat16(normed * (g / (1.f + __expf(-g))));
@@ -690,24 +694,24 @@ extern "C" __global__ void gated_rms_norm_bf16(const float *__restrict__ o, cons
 
 // The backward of gated_rms_norm_bf16 for o and z (the weight is frozen), in f32 from the f32 statistics:
 // with x̂ = o/rms and n = x̂·w, y = n·silu(z): dz = dy·n·silu'(z), and dx̂ = dy·silu(z)·w gives
-// do = (dx̂ − x̂·mean(dx̂·x̂)) / rms. Writes do (rows, n), then dz (rows, n). One block per row.
+// do = (dx̂ − x̂·mean(dx̂·x̂)) / rms. Writes do (rows, n), then dz (rows, n). One warp per row.
 extern "C" __global__ void gated_rms_norm_backward_bf16(const float *__restrict__ o, const __nv_bfloat16 *__restrict__ z,
                                                         const __nv_bfloat16 *__restrict__ w, const __nv_bfloat16 *__restrict__ dy,
                                                         float *__restrict__ out, int n, float eps, long long rows) {
-    __shared__ float shared[32];
-    const long long row = blockIdx.x;
+    const long long row = gated_norm_row();
+    if (row >= rows) return;
     const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
-    const float inv = gated_norm_inverse_rms(o + row * n, n, eps, shared);
+    const float inv = gated_norm_inverse_rms(o + row * n, n, eps);
     float dot = 0.f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    for (int j = threadIdx.x % 32; j < n; j += 32) {
         const float g = __bfloat162float(z[row * n + j]), sig = 1.f / (1.f + __expf(-g));
         const float xhat = r(o[row * n + j]) * inv, d = __bfloat162float(dy[row * n + j]);
         const float dxhat = d * g * sig * __bfloat162float(w[j]);
         dot += dxhat * xhat;
         out[rows * n + row * n + j] = d * xhat * __bfloat162float(w[j]) * sig * (1.f + g * (1.f - sig));
     }
-    const float mean = block_reduce<false>(dot, shared) / n;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float mean = warp_sum(dot) / n;
+    for (int j = threadIdx.x % 32; j < n; j += 32) {
         const float g = __bfloat162float(z[row * n + j]), sig = 1.f / (1.f + __expf(-g));
         const float xhat = r(o[row * n + j]) * inv, d = __bfloat162float(dy[row * n + j]);
         out[row * n + j] = (d * g * sig * __bfloat162float(w[j]) - xhat * mean) * inv;
