@@ -84,7 +84,8 @@ pub fn causal_conv_silu_backward(x: &Tensor, weight: &Tensor, dy: &Tensor) -> ca
         "causal_conv_silu_backward_bf16",
         &[&aligned8(x)?, &aligned8(&weight)?, &aligned8(dy)?],
         x.shape(),
-        grid(b * s, channels),
+        // The kernel's CONV_TILE (4) tokens a row.
+        grid(b * s.div_ceil(4), channels),
         &scalars,
     )
 }
