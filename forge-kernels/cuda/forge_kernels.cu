@@ -429,72 +429,40 @@ extern "C" __global__ void causal_conv_silu_bf16(const __nv_bfloat16 *__restrict
     }
 }
 
-// Consecutive tokens of one sequence a thread of the convolution's backward takes.
-#define CONV_TILE 4
-
 // The backward of causal_conv_silu_bf16 from a zero state (training's case) for the inputs only (the
-// convolution's weights are frozen): dx[s] = Σ_k e[t]·w[k] over the outputs t = s + taps − 1 − k that
-// read x[s] through tap k, with e[t] = dy[t]·silu'(a[t]) and each pre-activation a[t] recomputed rather
-// than kept. A thread takes CONV_TILE inputs of eight channels: it makes the e of the CONV_TILE + taps − 1
-// outputs they reach once each, sliding a window of inputs, where one thread an input made each e once
-// per tap (four times the products, 80 loads for every four inputs against 17 now).
+// convolution's weights are frozen): dx[s] = Σ_k dy[t]·silu'(a[t])·w[k] over the outputs t = s + taps − 1 − k
+// that read x[s] through tap k, each pre-activation a[t] recomputed (taps products) rather than kept.
+// One block per input row, threads over groups of eight channels, as the forward.
 extern "C" __global__ void causal_conv_silu_backward_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
                                                           const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx,
                                                           int batch, int seq, int channels, int taps) {
-    constexpr int before = CONV_TAPS - 1, reach = CONV_TILE + before;
-    const int tiles = (seq + CONV_TILE - 1) / CONV_TILE, s0 = (int)(blockIdx.x % tiles) * CONV_TILE;
-    const long long base = (long long)(blockIdx.x / tiles) * seq * channels;
+    const int before = taps - 1, s = (int)(blockIdx.x % seq);
+    const long long base = (long long)(blockIdx.x / seq) * seq * channels;
     for (int c = 8 * threadIdx.x; c < channels; c += 8 * blockDim.x) {
-        float wt[8][CONV_TAPS], window[CONV_TAPS][8], e[reach][8];
+        float wt[8][CONV_TAPS], acc[8] = {};
         conv_weights(w, c, wt);
-        // window[k] is input t − before + k of output t; primed with the inputs before the tile (zeros
-        // before the sequence's start).
 #pragma unroll
-        for (int k = 1; k < CONV_TAPS; ++k) {
-            const int src = s0 - CONV_TAPS + k;
-            if (src >= 0) {
-                load8(x + base + (long long)src * channels + c, window[k]);
-            } else {
+        for (int k = 0; k < CONV_TAPS; ++k) {
+            const int t = s + before - k;
+            if (t >= seq) continue;
+            float a[8] = {}, g[8];
 #pragma unroll
-                for (int i = 0; i < 8; ++i) window[k][i] = 0.f;
+            for (int kk = 0; kk < CONV_TAPS; ++kk) {
+                const int src = t + kk - before;
+                if (src < 0) continue;
+                float v[8];
+                load8(x + base + (long long)src * channels + c, v);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) a[i] += v[i] * wt[i][kk];
             }
-        }
-#pragma unroll
-        for (int j = 0; j < reach; ++j) {
-            const int t = s0 + j;
-#pragma unroll
-            for (int k = 0; k < before; ++k) {
-#pragma unroll
-                for (int i = 0; i < 8; ++i) window[k][i] = window[k + 1][i];
-            }
-            float g[8];
-            if (t < seq) {
-                load8(x + base + (long long)t * channels + c, window[before]);
-                load8(dy + base + (long long)t * channels + c, g);
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; ++i) window[before][i] = g[i] = 0.f;
-            }
+            load8(dy + base + (long long)t * channels + c, g);
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
-                float a = 0.f;
-#pragma unroll
-                for (int k = 0; k < CONV_TAPS; ++k) a += window[k][i] * wt[i][k];
-                const float sig = 1.f / (1.f + __expf(-a));
-                e[j][i] = g[i] * sig * (1.f + a * (1.f - sig));
+                const float sig = 1.f / (1.f + __expf(-a[i]));
+                acc[i] += g[i] * sig * (1.f + a[i] * (1.f - sig)) * wt[i][k];
             }
         }
-#pragma unroll
-        for (int s = 0; s < CONV_TILE; ++s) {
-            if (s0 + s >= seq) break;
-            float acc[8] = {};
-#pragma unroll
-            for (int k = 0; k < CONV_TAPS; ++k) {
-#pragma unroll
-                for (int i = 0; i < 8; ++i) acc[i] += e[s + before - k][i] * wt[i][k];
-            }
-            store8(dx + base + (long long)(s0 + s) * channels + c, acc);
-        }
+        store8(dx + base + (long long)s * channels + c, acc);
     }
 }
 

@@ -84,8 +84,7 @@ pub fn causal_conv_silu_backward(x: &Tensor, weight: &Tensor, dy: &Tensor) -> ca
         "causal_conv_silu_backward_bf16",
         &[&aligned8(x)?, &aligned8(&weight)?, &aligned8(dy)?],
         x.shape(),
-        // The kernel's CONV_TILE (4) tokens a row.
-        grid(b * s.div_ceil(4), channels),
+        grid(b * s, channels),
         &scalars,
     )
 }
