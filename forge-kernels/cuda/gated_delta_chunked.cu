@@ -46,6 +46,9 @@ __device__ void gdn_load_decays(const float *gp, const float *bp, long long bn, 
     __syncthreads();
 }
 
+// `v · s`, each of the four.
+__device__ float4 gdn_scale4(float4 v, float s) { return make_float4(v.x * s, v.y * s, v.z * s, v.w * s); }
+
 // Gathers each chunk's inputs from the prepared ones (as gated_delta_prepare_bf16 writes them) and the
 // values (in `conv`), in the forms the products take. `out`, each part over all B chunk rows:
 // KQ (B, 2C, dk) = [β⊙K; Q], K (B, C, dk), X (B, C, dv + dk) = [β⊙V | βγ⊙K], LK (B, C, dk) = λ⊙K,
@@ -67,20 +70,29 @@ extern "C" __global__ void gdn_chunk_load(const float *__restrict__ prepared, co
     float *qg = out + B * GDN_C * (5 * dk + dv) + bn * GDN_C * dk;
     float *g_out = out + B * GDN_C * (6 * dk + dv) + bn * GDN_C;
     const float last = g_cum[GDN_C - 1];
-    for (int e = threadIdx.x; e < GDN_C * dk; e += blockDim.x) {
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    // Four values a thread (dk and dv are multiples of four, every part 16-byte aligned): one token
+    // lookup and one decay each per four values, and 16-byte stores.
+    for (int e = 4 * threadIdx.x; e < GDN_C * dk; e += 4 * blockDim.x) {
         const int t = e / dk, i = e % dk;
         const GdnToken tok = gdn_token(bn, t, chunks, seq, heads, key_heads);
         const long long at = (tok.row * key_heads + tok.kh) * dk + i;
-        const float q = tok.real ? qp[at] : 0.f, k = tok.real ? kp[at] : 0.f, gamma = __expf(g_cum[t]);
-        kq[e] = beta[t] * k, kq[GDN_C * dk + e] = q, k_out[e] = k;
-        x[t * (dv + dk) + dv + i] = beta[t] * gamma * k;
-        lk[e] = __expf(last - g_cum[t]) * k, qg[e] = gamma * q;
+        const float4 q = tok.real ? *(const float4 *)(qp + at) : zero, k = tok.real ? *(const float4 *)(kp + at) : zero;
+        const float gamma = __expf(g_cum[t]);
+        *(float4 *)(kq + e) = gdn_scale4(k, beta[t]), *(float4 *)(kq + GDN_C * dk + e) = q, *(float4 *)(k_out + e) = k;
+        *(float4 *)(x + t * (dv + dk) + dv + i) = gdn_scale4(k, beta[t] * gamma);
+        *(float4 *)(lk + e) = gdn_scale4(k, __expf(last - g_cum[t])), *(float4 *)(qg + e) = gdn_scale4(q, gamma);
     }
-    for (int e = threadIdx.x; e < GDN_C * dv; e += blockDim.x) {
+    for (int e = 4 * threadIdx.x; e < GDN_C * dv; e += 4 * blockDim.x) {
         const int t = e / dv, c = e % dv;
         const GdnToken tok = gdn_token(bn, t, chunks, seq, heads, key_heads);
-        const float v = tok.real ? __bfloat162float(conv[tok.row * width + 2 * kd + (long long)tok.h * dv + c]) : 0.f;
-        x[t * (dv + dk) + c] = beta[t] * v;
+        float4 v = zero;
+        if (tok.real) {
+            const auto *pair = (const __nv_bfloat162 *)(conv + tok.row * width + 2 * kd + (long long)tok.h * dv + c);
+            const float2 lo = __bfloat1622float2(pair[0]), hi = __bfloat1622float2(pair[1]);
+            v = make_float4(lo.x, lo.y, hi.x, hi.y);
+        }
+        *(float4 *)(x + t * (dv + dk) + c) = gdn_scale4(v, beta[t]);
     }
     if (threadIdx.x < GDN_C) g_out[threadIdx.x] = g_cum[threadIdx.x];
 }
@@ -370,23 +382,26 @@ extern "C" __global__ void __launch_bounds__(256, 2) gdn_chunk_state(const float
 
 // Between the chunk layout (B, C, dv) and the layer's (batch, seq, heads, dv): forward (to_layer = 1)
 // writes a + b's real tokens in the layer's layout; backward (0) gathers `a` from it into chunks,
-// padding zero (`b` unread).
-extern "C" __global__ void gdn_chunk_layout(const float *__restrict__ a, const float *__restrict__ b,
-                                            float *__restrict__ out, int batch, int seq, int heads, int dv,
+// padding zero (`b` unread). Four values a thread (dv is a multiple of four, the buffers 16-byte
+// aligned): the index arithmetic, 64-bit divisions, was most of its time with one.
+extern "C" __global__ void gdn_chunk_layout(const float4 *__restrict__ a, const float4 *__restrict__ b,
+                                            float4 *__restrict__ out, int batch, int seq, int heads, int dv,
                                             int to_layer) {
-    const int chunks = (seq + GDN_C - 1) / GDN_C;
-    const long long chunked = (long long)batch * heads * chunks * GDN_C * dv, layer = (long long)batch * seq * heads * dv;
+    const int chunks = (seq + GDN_C - 1) / GDN_C, dv4 = dv / 4;
+    const long long chunked = (long long)batch * heads * chunks * GDN_C * dv4, layer = (long long)batch * seq * heads * dv4;
     const long long n = to_layer ? layer : chunked;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n; e += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(e % dv4);
         if (to_layer) {
-            const int c = e % dv, h = (e / dv) % heads;
-            const long long row = e / dv / heads, bs = row / seq, s = row % seq;
-            const long long at = (((bs * heads + h) * chunks + s / GDN_C) * GDN_C + s % GDN_C) * dv + c;
-            out[e] = a[at] + b[at];
+            const long long row = e / dv4 / heads, bs = row / seq;
+            const int h = (int)((e / dv4) % heads), s = (int)(row % seq);
+            const long long at = (((bs * heads + h) * chunks + s / GDN_C) * GDN_C + s % GDN_C) * dv4 + c;
+            const float4 x = a[at], y = b[at];
+            out[e] = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
         } else {
-            const int c = e % dv, t = (e / dv) % GDN_C;
-            const long long bn = e / dv / GDN_C, item = bn / chunks, s = (bn % chunks) * GDN_C + t;
-            out[e] = s < seq ? a[(((item / heads) * seq + s) * heads + item % heads) * dv + c] : 0.f;
+            const int t = (int)((e / dv4) % GDN_C);
+            const long long bn = e / dv4 / GDN_C, item = bn / chunks, s = (bn % chunks) * GDN_C + t;
+            out[e] = s < seq ? a[(((item / heads) * seq + s) * heads + item % heads) * dv4 + c] : make_float4(0.f, 0.f, 0.f, 0.f);
         }
     }
 }
@@ -421,14 +436,21 @@ extern "C" __global__ void __launch_bounds__(256, 2) gdn_chunk_state_backward(co
     gdn_walk(s, l, chunks, dk, dv, chunk, at_start);
 }
 
-// Z (B, C, dv + dk) = [dU | dW] = [dV' | −(dV'·hᵀ)], from DV2's second half and Y1's (B, 2C, dk).
-extern "C" __global__ void gdn_chunk_pack_dz(const float *__restrict__ dv2, const float *__restrict__ y1,
-                                             float *__restrict__ out, int B, int dk, int dv) {
-    const long long n = (long long)B * GDN_C * (dv + dk);
+// Z (B, C, dv + dk) = [dU | dW] = [dV' | −(dV'·hᵀ)], from DV2's second half and Y1's (B, 2C, dk). Four
+// values a thread, as gdn_chunk_layout (dk and dv are multiples of four).
+extern "C" __global__ void gdn_chunk_pack_dz(const float4 *__restrict__ dv2, const float4 *__restrict__ y1,
+                                             float4 *__restrict__ out, int B, int dk, int dv) {
+    const int dk4 = dk / 4, dv4 = dv / 4, width = dk4 + dv4;
+    const long long n = (long long)B * GDN_C * width;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n; e += (long long)gridDim.x * blockDim.x) {
-        const int c = e % (dv + dk);
-        const long long bt = e / (dv + dk), bn = bt / GDN_C, t = bt % GDN_C;
-        out[e] = c < dv ? dv2[((bn * 2 + 1) * GDN_C + t) * dv + c] : -y1[((bn * 2 + 1) * GDN_C + t) * dk + c - dv];
+        const int c = (int)(e % width);
+        const long long bt = e / width, bn = bt / GDN_C, t = bt % GDN_C;
+        if (c < dv4) {
+            out[e] = dv2[((bn * 2 + 1) * GDN_C + t) * dv4 + c];
+        } else {
+            const float4 y = y1[((bn * 2 + 1) * GDN_C + t) * dk4 + c - dv4];
+            out[e] = make_float4(-y.x, -y.y, -y.z, -y.w);
+        }
     }
 }
 

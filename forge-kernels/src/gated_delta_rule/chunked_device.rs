@@ -282,7 +282,8 @@ fn layout(a: &Tensor, b: &Tensor, s: Shape, to_layer: bool) -> candle_core::Resu
     let len = if to_layer { s.batch * s.seq * s.h.value_heads * dv } else { s.rows() * C * dv };
     let shape = if to_layer { vec![s.batch, s.seq, s.h.value_heads, dv] } else { vec![s.rows(), C, dv] };
     let scalars = i32s(&[s.batch, s.seq, s.h.value_heads, dv, to_layer as usize]);
-    kernel("gdn_chunk_layout", &[a, b], shape, Grid::Stride(len), &scalars)
+    // Four values a thread (the kernel's float4s; [`takes`] asks dv to be a multiple of four).
+    kernel("gdn_chunk_layout", &[a, b], shape, Grid::Stride(len / 4), &scalars)
 }
 
 fn shape_of(p: &Projections, h: Heads) -> candle_core::Result<Shape> {
@@ -382,7 +383,7 @@ fn backward_group(
         "gdn_chunk_pack_dz",
         &[&dv2, &y1],
         (bn, C, dv + dk),
-        Grid::Stride(bn * C * (dv + dk)),
+        Grid::Stride(bn * C * (dv + dk) / 4),
         &i32s(&[bn, dk, dv]),
     )?;
     let dx = product(&t.t()?, &z)?;
