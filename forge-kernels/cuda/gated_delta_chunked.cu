@@ -383,7 +383,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) gdn_chunk_state(const float
 // Between the chunk layout (B, C, dv) and the layer's (batch, seq, heads, dv): forward (to_layer = 1)
 // writes a + b's real tokens in the layer's layout; backward (0) gathers `a` from it into chunks,
 // padding zero (`b` unread). Four values a thread (dv is a multiple of four, the buffers 16-byte
-// aligned): the index arithmetic, 64-bit divisions, was most of its time with one.
+// aligned): the index arithmetic, 64-bit divisions, was most of its time with one (109 → 34 µs a call
+// at qwen3.5-27b, two sequences, H200).
 extern "C" __global__ void gdn_chunk_layout(const float4 *__restrict__ a, const float4 *__restrict__ b,
                                             float4 *__restrict__ out, int batch, int seq, int heads, int dv,
                                             int to_layer) {

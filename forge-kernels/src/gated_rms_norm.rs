@@ -31,7 +31,9 @@ pub fn gated_rms_norm(o: &Tensor, z: &Tensor, w: &Tensor, eps: f64) -> candle_co
     normed.to_dtype(DType::F32)?.mul(&z.to_dtype(DType::F32)?.silu()?)?.to_dtype(dtype)
 }
 
-/// The launch of both kernels: a warp per row (a value head, 128 values in Qwen3.5), eight a block.
+/// The launch of both kernels: a warp per row (a value head, 128 values in Qwen3.5), eight a block. A
+/// block a row spent its time in two block-wide reductions: at qwen3.5-27b's 8 × 1024 × 48 rows on an
+/// H200 (ncu) 307 → 177 µs forward, 513 → 352 µs backward.
 #[cfg(feature = "cuda")]
 fn warp_per_row(rows: usize) -> crate::launch::Grid {
     crate::launch::Grid::PerRow { rows: rows.div_ceil(8), threads: 256 }

@@ -35,7 +35,10 @@
 //! the backward then goes through the forward's groups, each dropping its part when done. Why: the
 //! backward recomputed them, the rule's forward run a third time a step. At qwen3.5-27b (8 × 1024,
 //! 48 value heads) that keeps 1.4 GB, and a backward group of two sequences then peaks 1.3 GB where
-//! one of one did 0.65 GB.
+//! one of one did 0.65 GB. Measured on an H200 together with the MLP's unread down product
+//! (docs/BENCHMARKS.md, twelfth session): 27b 2,599 → 2,785 tokens/s, 9b 8,341 → 8,687; peak memory
+//! 9b 21.1 → 22.0 GiB, 27b 36.3 → 37.6 (keeping the chunk layout as well would take 9b past half
+//! of the peer's 45.5 GiB).
 use candle_core::{DType, Tensor};
 
 use super::{Heads, Projections};
