@@ -1,10 +1,13 @@
 //! `forge kernels`: forge-kernels' checks of every fused op, forge's checks of the composite ops built
 //! on them, and the optimizers' device step against their host step, on a device against the CPU —
 //! so a GPU build can be trusted before it is timed.
+use candle_core::DType;
 use clap::Args;
 use forge_kernels::SplitMix64;
 
 use super::Runtime;
+use crate::loader::ModelFolder;
+use crate::training::{self, checks::tape_against_graph, checks::ON_MODEL, checks::ON_RANDOM_HYBRID};
 use crate::{bad_input, Error, Result};
 
 #[derive(Args, Debug)]
@@ -17,8 +20,9 @@ pub struct KernelsArgs {
     /// JIT cache.
     #[arg(long)]
     candle_jit: bool,
-    /// Also check the layer-wise backward (forge's tape) against candle's graph on this model: bf16 on
-    /// the device, LoRA on every linear layer, 2 × 256 random tokens, plain and checkpointed.
+    /// The layer-wise backward (forge's tape) is checked against candle's graph on a Qwen3.5 hybrid of
+    /// random weights (bf16 on the device, LoRA on every linear layer, 2 × 256 random tokens, plain and
+    /// checkpointed); this checks it on this model as well.
     #[arg(long, value_name = "DIR")]
     model: Option<std::path::PathBuf>,
 }
@@ -36,8 +40,11 @@ pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
     let mut checks = forge_kernels::checks::all(&rt.device, &mut rng)?;
     checks.extend(crate::autograd::checks::all(&rt.device, &mut rng)?);
     checks.extend(crate::strategies::optimizer_checks::all(&rt.device, &mut rng)?);
+    let on_device = (DType::BF16, &rt.device);
+    let random = training::checks::random_hybrid(rt.seed)?;
+    checks.extend(tape_against_graph(&random, on_device, &mut rng, (2, 256), ON_RANDOM_HYBRID)?);
     if let Some(dir) = &args.model {
-        checks.extend(crate::training::checks::tape_against_graph(dir, &rt.device, &mut rng, (2, 256))?);
+        checks.extend(tape_against_graph(&ModelFolder::open(dir)?, on_device, &mut rng, (2, 256), ON_MODEL)?);
     }
     let architectures = built_for()?;
     super::emit(&serde_json::json!({ "built_for": &architectures, "checks": &checks }), args.json, |_| {

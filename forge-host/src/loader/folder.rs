@@ -29,6 +29,11 @@ impl ModelFolder {
         Ok(folder)
     }
 
+    /// A model of `config` with random weights ([`WeightStore::random`]) and no folder behind it.
+    pub fn random(config: ModelConfig, seed: u64) -> Self {
+        ModelFolder { path: PathBuf::from("(random weights)"), config, weights: WeightStore::random(seed) }
+    }
+
     /// A config with fewer layers than the weights would silently run a truncated model (perplexity
     /// 178 instead of 10 on tiny-qwen3 cut to 4 of 8 layers); fewer weights than layers fail at load
     /// with the missing tensor's name.

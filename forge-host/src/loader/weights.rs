@@ -28,6 +28,8 @@ struct Entry {
 pub struct WeightStore {
     files: Vec<(PathBuf, memmap2::Mmap)>,
     entries: HashMap<String, Entry>,
+    /// The seed of a store of random weights ([`WeightStore::random`]), which has no files.
+    random: Option<u64>,
     /// The names [`WeightStore::load`] has read, so that tensors nothing used can be named.
     read: Mutex<HashSet<String>>,
 }
@@ -100,7 +102,7 @@ impl WeightStore {
             }
             files.push((path.clone(), map));
         }
-        Ok(WeightStore { files, entries, read: Mutex::default() })
+        Ok(WeightStore { files, entries, read: Mutex::default(), random: None })
     }
 
     /// Whether the checkpoint has a tensor of this name.
@@ -143,8 +145,23 @@ impl WeightStore {
         by_dtype.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
     }
 
+    /// A store with no files whose every [`WeightStore::load`] gives values of the asked shape, drawn
+    /// uniformly from `seed` and the name with a spread of 1/√(last dimension) (so that products keep
+    /// their inputs' scale through the layers): a model of whatever geometry a config describes, to
+    /// check ops on without a checkpoint (`forge kernels`). It holds no names: `contains` is false.
+    pub fn random(seed: u64) -> Self {
+        WeightStore { files: Vec::new(), entries: HashMap::new(), read: Mutex::default(), random: Some(seed) }
+    }
+
     /// Loads `name`, checking it has `shape`, converted to `dtype` on `device`.
     pub fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        if let Some(seed) = self.random {
+            let named = name.bytes().fold(seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+            let mut rng = forge_kernels::SplitMix64::new(named);
+            let spread = 1.0 / (shape.last().copied().unwrap_or(1).max(1) as f32).sqrt();
+            let values = (0..shape.iter().product::<usize>()).map(|_| (2.0 * rng.next_f64() as f32 - 1.0) * spread);
+            return Ok(Tensor::from_vec(values.collect(), shape, device)?.to_dtype(dtype)?);
+        }
         let entry = self.entries.get(name).ok_or_else(|| {
             bad_input!(
                 "tensor `{name}` is missing from {} (expected shape {shape:?}); is the checkpoint complete and of the architecture its config.json names?",
