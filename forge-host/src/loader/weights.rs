@@ -159,7 +159,8 @@ impl WeightStore {
             let named = name.bytes().fold(seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
             let mut rng = forge_kernels::SplitMix64::new(named);
             let spread = 1.0 / (shape.last().copied().unwrap_or(1).max(1) as f32).sqrt();
-            let values = (0..shape.iter().product::<usize>()).map(|_| (2.0 * rng.next_f64() as f32 - 1.0) * spread);
+            let values =
+                (0..shape.iter().product::<usize>()).map(|_| (2.0 * rng.next_f64() as f32 - 1.0) * spread);
             return Ok(Tensor::from_vec(values.collect(), shape, device)?.to_dtype(dtype)?);
         }
         let entry = self.entries.get(name).ok_or_else(|| {

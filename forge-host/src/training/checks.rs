@@ -41,8 +41,10 @@ pub const ON_RANDOM_HYBRID: Names = (
     "layer-wise backward (tape) vs graph, random hybrid, checkpointed",
 );
 /// The checks' names on `--model`'s model.
-pub const ON_MODEL: Names =
-    ("layer-wise backward (tape) vs graph, --model", "layer-wise backward (tape) vs graph, --model, checkpointed");
+pub const ON_MODEL: Names = (
+    "layer-wise backward (tape) vs graph, --model",
+    "layer-wise backward (tape) vs graph, --model, checkpointed",
+);
 
 /// The checks on `folder`'s model, loaded on `device` in `dtype`, LoRA of rank 8 on every linear layer
 /// (B made non-zero, so that A's gradients are too), on `batch × seq` random tokens; `what` names the
