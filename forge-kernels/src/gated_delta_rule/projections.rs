@@ -15,23 +15,8 @@ pub fn from_projections(
     state: Option<&Tensor>,
     heads: Heads,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    if !heads.value_heads.is_multiple_of(heads.key_heads) {
-        candle_core::bail!(
-            "gated delta rule: {} value heads cannot share {} key heads",
-            heads.value_heads,
-            heads.key_heads
-        );
-    }
-    #[cfg(feature = "cuda")]
-    if crate::forward_kernel(&[p.conv, p.a, p.b]) && super::chunked_device::takes(heads) {
-        return on_device(p, state, heads);
-    }
-    let [q, k, v, g, beta] = prepare(p, heads)?;
-    if q.dim(1)? == 1 && state.is_some() {
-        recurrent(&q, &k, &v, &g, &beta, state)
-    } else {
-        chunked(&q, &k, &v, &g, &beta, state)
-    }
+    let (out, state, _) = forms(p, state, heads, false)?;
+    Ok((out, state))
 }
 
 /// [`from_projections`] from a zero state, for a backward that follows at once (a checkpointed layer
@@ -42,15 +27,34 @@ pub fn from_projections_keeping(
     p: &Projections,
     heads: Heads,
 ) -> candle_core::Result<(Tensor, Tensor, Kept)> {
-    #[cfg(feature = "cuda")]
-    if crate::forward_kernel(&[p.conv, p.a, p.b]) && super::chunked_device::takes(heads) && p.conv.dim(1)? > 1
-    {
-        let (b, h) = (p.conv.dim(0)?, heads);
-        let zero = Tensor::zeros((b, h.value_heads, h.key_dim, h.value_dim), DType::F32, p.conv.device())?;
-        let (out, state, groups) = super::chunked_device::forward(p, &zero, heads, true)?;
-        return Ok((out, state, Kept { groups }));
+    forms(p, None, heads, true)
+}
+
+/// The choice of form for both, with what the chunked form on CUDA kept when `keep`.
+fn forms(
+    p: &Projections,
+    state: Option<&Tensor>,
+    heads: Heads,
+    keep: bool,
+) -> candle_core::Result<(Tensor, Tensor, Kept)> {
+    if !heads.value_heads.is_multiple_of(heads.key_heads) {
+        candle_core::bail!(
+            "gated delta rule: {} value heads cannot share {} key heads",
+            heads.value_heads,
+            heads.key_heads
+        );
     }
-    let (out, state) = from_projections(p, None, heads)?;
+    #[cfg(feature = "cuda")]
+    if crate::forward_kernel(&[p.conv, p.a, p.b]) && super::chunked_device::takes(heads) {
+        return on_device(p, state, heads, keep);
+    }
+    let _ = keep; // the host's forms keep nothing: its backward walks the recurrence again
+    let [q, k, v, g, beta] = prepare(p, heads)?;
+    let (out, state) = if q.dim(1)? == 1 && state.is_some() {
+        recurrent(&q, &k, &v, &g, &beta, state)?
+    } else {
+        chunked(&q, &k, &v, &g, &beta, state)?
+    };
     Ok((out, state, Kept::default()))
 }
 
@@ -99,9 +103,14 @@ fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// On CUDA: more than one token takes the chunked form ([`super::chunked_device`]); a decoding step
 /// prepares q, k, g and β with one kernel, then the recurrence writes the outputs, then the final
-/// state, into one f32 buffer.
+/// state, into one f32 buffer (and keeps nothing: decoding does not train).
 #[cfg(feature = "cuda")]
-fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::Result<(Tensor, Tensor)> {
+fn on_device(
+    p: &Projections,
+    state: Option<&Tensor>,
+    h: Heads,
+    keep: bool,
+) -> candle_core::Result<(Tensor, Tensor, Kept)> {
     use crate::launch::{launch_on_tensors, Grid, Scalar};
     let (b, s, _) = p.conv.dims3()?;
     let rows = b * s;
@@ -111,8 +120,8 @@ fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::
         None => Tensor::zeros(state_shape, DType::F32, p.conv.device())?,
     };
     if s > 1 {
-        let (out, state, _) = super::chunked_device::forward(p, &state, h, false)?;
-        return Ok((out, state));
+        let (out, state, groups) = super::chunked_device::forward(p, &state, h, keep)?;
+        return Ok((out, state, Kept { groups }));
     }
     let prepared = super::chunked_device::prepared_on_device(p, h)?;
     let kernel = match h.key_dim {
@@ -128,5 +137,5 @@ fn on_device(p: &Projections, state: Option<&Tensor>, h: Heads) -> candle_core::
     let flat =
         launch_on_tensors::<f32>(kernel, &[&prepared, p.conv, &state], outputs + states, grid, &scalars)?;
     let out = flat.narrow(0, 0, outputs)?.reshape((b, s, h.value_heads, h.value_dim))?;
-    Ok((out, flat.narrow(0, outputs, states)?.reshape(state_shape)?))
+    Ok((out, flat.narrow(0, outputs, states)?.reshape(state_shape)?, Kept::default()))
 }
