@@ -59,6 +59,7 @@ pub enum Scalar {
 pub trait Output: DeviceRepr + CudaDType {}
 impl Output for bf16 {}
 impl Output for f32 {}
+impl Output for u32 {}
 
 /// The module, loaded once per device.
 fn module(dev: &CudaDevice) -> candle_core::Result<Arc<CudaModule>> {

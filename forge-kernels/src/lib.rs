@@ -5,6 +5,8 @@
 //!
 //! | op | kernel | why fused |
 //! | --- | --- | --- |
+//! | [`flash_attention`], [`flash_attention_at`] | `flash_attention_d{64,128,256}_bf16`, `flash_attention_at_*` (forward) | no score-sized tensor: q·kᵀ, the softmax and p·v on chip; the second reads the position from the device, for captured decoding |
+//! | [`argmax_rows`] | `argmax_rows_bf16` | greedy decoding's pick inside a captured step, the host's tie rule |
 //! | [`causal_softmax`] | `causal_softmax_bf16` (+ backward) | one pass instead of ten over the scores |
 //! | [`row_nll`] | `row_nll_bf16` (+ backward) | no f32 copy of a `(rows, vocab)` block |
 //! | [`rms_norm`], [`rms_norm_f32_weight`] | `rms_norm_bf16`, `rms_norm_f32w_bf16` (+ backward) | one pass; no f32 copy of the activations |
@@ -25,10 +27,12 @@
 //! autograd, each of which is its kernel on CUDA and candle's autograd or the host walk elsewhere.
 pub mod adam;
 mod add_matmul;
+mod argmax;
 mod causal_conv;
 mod causal_softmax;
 pub mod checks;
 pub mod fatbin;
+mod flash_attention;
 pub mod gated_delta_rule;
 mod gated_rms_norm;
 mod int8_rows;
@@ -50,9 +54,13 @@ use candle_core::{DType, Tensor};
 
 pub use add_matmul::add_matmul;
 #[cfg(feature = "cuda")]
+pub use argmax::argmax_rows;
+pub use argmax::first_argmax;
+#[cfg(feature = "cuda")]
 pub use causal_conv::causal_conv_silu_backward;
 pub use causal_conv::{causal_conv_silu, on_kernel_shape as conv_on_kernel_shape};
 pub use causal_softmax::{causal_softmax, causal_softmax_backward};
+pub use flash_attention::{flash_attention, flash_attention_at, takes_head_dim};
 pub use gated_rms_norm::gated_rms_norm;
 #[cfg(feature = "cuda")]
 pub use gated_rms_norm::gated_rms_norm_backward;

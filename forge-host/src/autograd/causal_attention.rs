@@ -5,13 +5,14 @@
 //! probabilities for the backward, and the backward made f32 copies of both: about 0.5 GB a layer at
 //! 8 × 1024 on qwen2.5-0.5b, most of the memory of a LoRA step. Here the forward runs outside the graph
 //! and only q, k and v are kept; the backward recomputes the probabilities from them with one more
-//! q·kᵀ, as flash attention does.
+//! q·kᵀ, as flash attention does. On CUDA the forward is forge's flash-attention kernel where no
+//! observer asks for the probabilities; it writes no score-sized tensor at all.
 use candle_core::Tensor;
 
 use super::custom_grad::with_gradients;
 use forge_kernels::profile::section;
 use forge_kernels::tape;
-use forge_kernels::{causal_softmax, causal_softmax_backward};
+use forge_kernels::{causal_softmax, causal_softmax_backward, flash_attention};
 
 /// The sizes of one attention call.
 #[derive(Clone, Copy)]
@@ -57,14 +58,15 @@ impl Dims {
 /// Attends `q` `(batch, heads, seq, head_dim)` over `k` and `v` `(batch, kv_heads, past + seq, head_dim)`,
 /// where query position i sees keys `0..=past + i`. Returns the output `(batch, seq, heads · head_dim)`
 /// (the heads' outputs side by side, as `o_proj` reads them: the transpose happens outside the graph,
-/// where it costs the backward no extra copy) and, outside the graph (for observers), the
-/// probabilities `(batch, heads, seq, past + seq)`.
+/// where it costs the backward no extra copy) and, when `probabilities` asks for them (observers),
+/// outside the graph, the probabilities `(batch, heads, seq, past + seq)`.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     past: usize,
-) -> candle_core::Result<(Tensor, Tensor)> {
+    probabilities: bool,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let (batch, heads, seq, head_dim) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     if heads % kv_heads != 0 {
@@ -74,10 +76,21 @@ pub fn causal_attention(
     let dims = Dims { batch, heads, kv_heads, seq, scale, past };
     let (q0, k0, v0) = (tape::detach(q)?, tape::detach(k)?, tape::detach(v)?);
     let device = q.device();
-    let scores = section("attention q·kᵀ", device, || scores(&q0, &k0, &dims))?;
-    let probs = section("attention softmax", device, || causal_softmax(&scores, scale, past))?;
-    drop(scores);
-    let out = section("attention p·v", device, || dims.tokens_first(&dims.grouped(&probs)?.matmul(&v0)?))?;
+    let flash = match probabilities {
+        false => section("attention (flash)", device, || flash_attention(&q0, &k0, &v0, past))?,
+        true => None,
+    };
+    let (out, probs) = match flash {
+        Some(out) => (out, None),
+        None => {
+            let scores = section("attention q·kᵀ", device, || scores(&q0, &k0, &dims))?;
+            let probs = section("attention softmax", device, || causal_softmax(&scores, scale, past))?;
+            drop(scores);
+            let out =
+                section("attention p·v", device, || dims.tokens_first(&dims.grouped(&probs)?.matmul(&v0)?))?;
+            (out, probabilities.then_some(probs))
+        }
+    };
     let out = with_gradients("attention backward", [q, k, v], out, move |grad| {
         let (gq, gk, gv) = backward(&q0, &k0, &v0, grad, &dims)?;
         Ok([Some(gq), Some(gk), Some(gv)])
@@ -178,7 +191,7 @@ mod tests {
         for past in [0, 2] {
             let (want, want_grads) = gradients(&|q, k, v| reference(q, k, v, past), past, DType::F64)?;
             let (got, got_grads) =
-                gradients(&|q, k, v| Ok(causal_attention(q, k, v, past)?.0), past, DType::F32)?;
+                gradients(&|q, k, v| Ok(causal_attention(q, k, v, past, false)?.0), past, DType::F32)?;
             assert!(rel_diff(&got, &want)? < 1e-6, "past {past}: output");
             for (name, (g, w)) in ["q", "k", "v"].iter().zip(got_grads.iter().zip(&want_grads)) {
                 assert!(rel_diff(g, w)? < 1e-5, "past {past}: gradient of {name} off by {}", rel_diff(g, w)?);
@@ -190,7 +203,8 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() -> candle_core::Result<()> {
         let past = 1;
-        let (_, analytic) = gradients(&|q, k, v| Ok(causal_attention(q, k, v, past)?.0), past, DType::F32)?;
+        let (_, analytic) =
+            gradients(&|q, k, v| Ok(causal_attention(q, k, v, past, false)?.0), past, DType::F32)?;
         let [q, k, v, weights] = inputs(past, DType::F64)?;
         let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> candle_core::Result<f64> {
             (reference(q, k, v, past)? * &weights)?.sum_all()?.to_scalar::<f64>()
@@ -223,9 +237,11 @@ mod tests {
     #[test]
     fn nothing_is_joined_without_a_tracked_input() -> candle_core::Result<()> {
         let [q, k, v, _] = inputs(0, DType::F32)?;
-        let (out, probs) = causal_attention(&q, &k, &v, 0)?;
+        let (out, probs) = causal_attention(&q, &k, &v, 0, true)?;
+        let probs = probs.expect("asked for");
         assert!(!out.track_op() && !probs.track_op());
         assert_eq!(probs.dims4()?, (2, 4, 3, 3));
+        assert!(causal_attention(&q, &k, &v, 0, false)?.1.is_none());
         Ok(())
     }
 }

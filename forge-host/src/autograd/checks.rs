@@ -16,17 +16,30 @@ use super::{
 /// vocabulary.
 pub fn all(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
-    // bf16 operands of every matmul, as the peer's SDPA kernels have them.
-    for ((b, heads, kv, seq, d), past) in [((2, 4, 2, 7, 16), 3), ((2, 14, 2, 1024, 64), 0)] {
+    // bf16 operands of every matmul, as the peer's SDPA kernels have them. Head sizes 64, 128 and 256
+    // take the flash kernel's forward on CUDA: partial query and key tiles, cached keys before the
+    // queries, one decoded token; 16 takes the score matrix.
+    let shapes = [
+        ((2, 4, 2, 7, 16), 3),
+        ((2, 14, 2, 1024, 64), 0),
+        ((1, 8, 2, 300, 128), 45),
+        ((1, 16, 8, 1, 128), 200),
+        ((2, 8, 2, 130, 256), 3),
+    ];
+    for ((b, heads, kv, seq, d), past) in shapes {
         let inputs = vec![
             random(&[b, heads, seq, d], rng, 2.0)?,
             random(&[b, kv, past + seq, d], rng, 2.0)?,
             random(&[b, kv, past + seq, d], rng, 1.0)?,
         ];
         let weights = random(&[b, seq, heads * d], rng, 1.0)?;
-        let f = |x: &[Tensor]| Ok(causal_attention(&x[0], &x[1], &x[2], past)?.0);
+        let f = |x: &[Tensor]| Ok(causal_attention(&x[0], &x[1], &x[2], past, false)?.0);
         let shape = vec![b, heads, kv, seq, d];
-        let case = Case::new("causal_attention", shape, &f, inputs, weights).past(past).tolerance(2e-2);
+        let kernel = match d {
+            64 | 128 | 256 => "flash_attention_bf16 + recomputing backward",
+            _ => "causal_attention",
+        };
+        let case = Case::new(kernel, shape, &f, inputs, weights).past(past).tolerance(2e-2);
         checks.push(check(case, dev)?);
     }
     checks.extend(delta_rule_checks(dev, rng)?);

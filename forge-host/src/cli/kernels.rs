@@ -40,6 +40,7 @@ pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
     let mut checks = forge_kernels::checks::all(&rt.device, &mut rng)?;
     checks.extend(crate::autograd::checks::all(&rt.device, &mut rng)?);
     checks.extend(crate::strategies::optimizer_checks::all(&rt.device, &mut rng)?);
+    checks.extend(crate::generate::checks::all(&rt.device, &mut rng)?);
     let on_device = (DType::BF16, &rt.device);
     let random = training::checks::random_hybrid(rt.seed)?;
     checks.extend(tape_against_graph(&random, on_device, &mut rng, (2, 256), ON_RANDOM_HYBRID)?);

@@ -8,7 +8,7 @@
 //! dtype, as transformers' attention does.
 use candle_core::{Module, Tensor};
 
-use super::kv_cache::LayerCache;
+use super::kv_cache::{Cached, LayerCache};
 use super::linear::{linear, Linear};
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::RopeTables;
@@ -128,11 +128,13 @@ impl Attention {
             let v = forge_kernels::transpose12(&v)?;
             Ok((q, gate, k, v))
         })?;
-        let (k, v) = match cache {
-            Some(cache) => cache.append(&k, &v)?,
-            None => (k, v),
+        let (out, probs) = match cache.map(|c| c.append(&k, &v)).transpose()? {
+            Some(Cached::At { k, v, past_at }) => {
+                (forge_kernels::flash_attention_at(&q, &k, &v, &past_at)?, None)
+            }
+            Some(Cached::All(k, v)) => causal_attention(&q, &k, &v, past, observer.is_some())?,
+            None => causal_attention(&q, &k, &v, past, observer.is_some())?,
         };
-        let (out, probs) = causal_attention(&q, &k, &v, past)?;
         let out = match gate {
             Some(projected) => crate::autograd::sigmoid_gate(&out, &projected, d)?,
             None => out,
@@ -146,7 +148,7 @@ impl Attention {
             }
             None => out,
         };
-        if let Some(observer) = observer {
+        if let (Some(observer), Some(probs)) = (observer, probs) {
             let heads_out = out.reshape((b, s, self.heads, d))?.transpose(1, 2)?;
             observer.observe(self.layer, &probs, &heads_out)?;
         }

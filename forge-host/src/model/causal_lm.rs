@@ -214,7 +214,10 @@ impl CausalLm {
     ) -> candle_core::Result<Tensor> {
         let seq = ids.dim(1)?;
         let past = cache.as_ref().map_or(0, |c| c.seen());
-        let rope = self.rope(past, seq)?;
+        let rope = match cache.as_ref().and_then(|c| c.rope_at_position()) {
+            Some(rope) => rope?,
+            None => self.rope(past, seq)?,
+        };
         let mut x = self.embed(ids)?;
         for (i, layer) in self.layers.iter().enumerate().filter(|&(i, _)| !self.removed_layers[i]) {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));

@@ -1,28 +1,76 @@
 //! What each layer keeps of the tokens seen so far, so generation computes each position once:
 //! keys and values for attention; for Qwen3.5's linear attention, the last convolution inputs and the
 //! recurrent state (constant in sequence length).
+//!
+//! A cache grows by concatenation, or is fixed: buffers of a set capacity written in place at a
+//! position kept on the device. A decoding step over a fixed cache does the same work with the same
+//! buffers whatever the position, so it can be captured once as a CUDA graph and replayed
+//! (`generate::graph`).
 use candle_core::{Tensor, D};
+
+use super::rope::RopeTables;
 
 /// One layer's cache.
 #[derive(Clone, Default)]
 pub struct LayerCache {
-    /// Attention: keys and values, `(batch, kv_heads, seen, head_dim)` each.
+    /// Attention: keys and values, `(batch, kv_heads, seen, head_dim)` each; in a fixed cache
+    /// `(batch, kv_heads, capacity, head_dim)`, filled up to the position.
     kv: Option<(Tensor, Tensor)>,
+    /// A fixed cache's position: one u32 on the device, shared by every layer.
+    at: Option<Tensor>,
     /// Linear attention: the last `conv_kernel − 1` inputs of the convolution `(batch, taps − 1, channels)`.
     pub(crate) conv: Option<Tensor>,
     /// Linear attention: the delta rule's state `(batch, value_heads, key_dim, value_dim)`, f32.
     pub(crate) delta: Option<Tensor>,
 }
 
+/// The keys and values attention reads after [`LayerCache::append`].
+pub enum Cached {
+    /// All positions so far, `(batch, kv_heads, seen, head_dim)`.
+    All(Tensor, Tensor),
+    /// A fixed cache's buffers and its position (the count of positions before this step's) on the
+    /// device.
+    At { k: Tensor, v: Tensor, past_at: Tensor },
+}
+
 impl LayerCache {
-    /// Appends this step's keys and values and returns all of them.
-    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    /// Appends this step's keys and values `(batch, kv_heads, seq, head_dim)`; a fixed cache takes one
+    /// position a step, written at its position.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<Cached> {
+        if let (Some(at), Some((ck, cv))) = (&self.at, &self.kv) {
+            let (b, heads, seq, d) = k.dims4()?;
+            if seq != 1 {
+                candle_core::bail!("a fixed KV cache takes one position a step, not {seq}");
+            }
+            let index = at.reshape((1, 1, 1, 1))?.broadcast_as((b, heads, 1, d))?.contiguous()?;
+            ck.scatter_set(&index, &k.contiguous()?, 2)?;
+            cv.scatter_set(&index, &v.contiguous()?, 2)?;
+            return Ok(Cached::At { k: ck.clone(), v: cv.clone(), past_at: at.clone() });
+        }
         let kv = match &self.kv {
             None => (k.clone(), v.clone()),
             Some((pk, pv)) => (Tensor::cat(&[pk, k], D::Minus2)?, Tensor::cat(&[pv, v], D::Minus2)?),
         };
         self.kv = Some(kv.clone());
-        Ok(kv)
+        Ok(Cached::All(kv.0, kv.1))
+    }
+
+    /// This layer's keys and values copied into zeroed buffers of `capacity` positions (a removed
+    /// layer's empty cache stays empty).
+    fn fixed(&self, capacity: usize, at: &Tensor) -> candle_core::Result<LayerCache> {
+        if self.conv.is_some() || self.delta.is_some() {
+            candle_core::bail!("a linear-attention layer's cache cannot be fixed");
+        }
+        let Some((k, v)) = &self.kv else {
+            return Ok(LayerCache::default());
+        };
+        let buffer = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let (b, heads, _, d) = t.dims4()?;
+            let buffer = Tensor::zeros((b, heads, capacity, d), t.dtype(), t.device())?;
+            buffer.slice_set(t, 2, 0)?;
+            Ok(buffer)
+        };
+        Ok(LayerCache { kv: Some((buffer(k)?, buffer(v)?)), at: Some(at.clone()), ..Default::default() })
     }
 }
 
@@ -31,12 +79,43 @@ impl LayerCache {
 pub struct KvCache {
     layers: Vec<LayerCache>,
     seen: usize,
+    /// A fixed cache's position on the device and the rotary tables of every position it holds.
+    fixed: Option<(Tensor, RopeTables)>,
 }
 
 impl KvCache {
     /// An empty cache for `layers` layers.
     pub fn new(layers: usize) -> Self {
-        KvCache { layers: vec![LayerCache::default(); layers], seen: 0 }
+        KvCache { layers: vec![LayerCache::default(); layers], seen: 0, fixed: None }
+    }
+
+    /// This cache as a fixed one of `capacity` positions (`rope` the rotary tables of positions
+    /// `0..capacity`), its position on the device set to the positions seen. Only attention layers'
+    /// caches can be fixed.
+    pub fn fixed(&self, capacity: usize, rope: RopeTables) -> candle_core::Result<KvCache> {
+        if capacity <= self.seen {
+            candle_core::bail!("a fixed cache of {capacity} positions cannot hold the {} seen", self.seen);
+        }
+        let device = rope.device();
+        let at = Tensor::from_slice(&[self.seen as u32], 1, &device)?;
+        let layers =
+            self.layers.iter().map(|l| l.fixed(capacity, &at)).collect::<candle_core::Result<_>>()?;
+        Ok(KvCache { layers, seen: self.seen, fixed: Some((at, rope)) })
+    }
+
+    /// Moves a fixed cache's position on the device to `seen` (the host's count follows).
+    pub fn set_position(&mut self, seen: usize) -> candle_core::Result<()> {
+        let Some((at, rope)) = &self.fixed else {
+            candle_core::bail!("only a fixed cache has a position on the device");
+        };
+        at.slice_set(&Tensor::from_slice(&[seen as u32], 1, &rope.device())?, 0, 0)?;
+        self.seen = seen;
+        Ok(())
+    }
+
+    /// A fixed cache's rotary tables at its position on the device; `None` for a growing cache.
+    pub(crate) fn rope_at_position(&self) -> Option<candle_core::Result<RopeTables>> {
+        self.fixed.as_ref().map(|(at, rope)| rope.at(at))
     }
 
     /// Positions already cached: where the next token's position starts.
@@ -50,5 +129,46 @@ impl KvCache {
 
     pub(crate) fn advance(&mut self, tokens: usize) {
         self.seen += tokens;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::{RopeConfig, RopeScaling};
+    use crate::model::rope::RotaryEmbedding;
+    use candle_core::{DType, Device};
+
+    fn kv(seq: usize, from: f32) -> candle_core::Result<Tensor> {
+        Tensor::arange(from, from + (2 * seq * 4) as f32, &Device::Cpu)?.reshape((1, 2, seq, 4))
+    }
+
+    /// A fixed cache holds what the growing one had, takes each step's keys at its position on the
+    /// device, and picks that position's rotary rows there.
+    #[test]
+    fn a_fixed_cache_writes_at_its_position_on_the_device() -> candle_core::Result<()> {
+        let mut cache = KvCache::new(1);
+        cache.layer(0).append(&kv(3, 0.0)?, &kv(3, 100.0)?)?;
+        cache.advance(3);
+        let rotary = RotaryEmbedding::new(&RopeConfig { theta: 10000.0, scaling: RopeScaling::Default }, 4);
+        let mut fixed = cache.fixed(8, rotary.tables(0, 8, DType::F32, &Device::Cpu)?)?;
+        fixed.set_position(5)?;
+        let Cached::At { k, v, past_at } = fixed.layer(0).append(&kv(1, -9.0)?, &kv(1, -90.0)?)? else {
+            panic!("a fixed cache gives its buffers")
+        };
+        assert_eq!(past_at.to_vec1::<u32>()?, [5]);
+        let rows = |t: &Tensor, from, len| t.narrow(2, from, len)?.flatten_all()?.to_vec1::<f32>();
+        assert_eq!(rows(&k, 0, 3)?, kv(3, 0.0)?.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(rows(&v, 5, 1)?, kv(1, -90.0)?.flatten_all()?.to_vec1::<f32>()?);
+        assert!(rows(&k, 3, 2)?.iter().chain(&rows(&k, 6, 2)?).all(|&x| x == 0.0));
+        let at = fixed.rope_at_position().expect("a fixed cache has rotary rows")?;
+        let want = rotary.tables(5, 1, DType::F32, &Device::Cpu)?;
+        let x = kv(1, 1.0)?.reshape((1, 2, 1, 4))?;
+        assert_eq!(
+            at.apply(&x)?.flatten_all()?.to_vec1::<f32>()?,
+            want.apply(&x)?.flatten_all()?.to_vec1::<f32>()?
+        );
+        assert!(fixed.layer(0).append(&kv(2, 0.0)?, &kv(2, 0.0)?).is_err(), "two positions in one step");
+        Ok(())
     }
 }

@@ -79,6 +79,17 @@ impl RotaryEmbedding {
 }
 
 impl RopeTables {
+    /// The rows of these tables at the positions `at` (u32 on the tables' device, read there: a
+    /// captured decoding step does not bake its position in).
+    pub fn at(&self, at: &Tensor) -> candle_core::Result<RopeTables> {
+        Ok(RopeTables { cos: self.cos.index_select(at, 2)?, sin: self.sin.index_select(at, 2)? })
+    }
+
+    /// The device the tables are on.
+    pub fn device(&self) -> Device {
+        self.cos.device().clone()
+    }
+
     /// Rotates `x` shaped `(batch, seq, heads, head_dim)` and returns it heads-first,
     /// `(batch, heads, seq, head_dim)`, as attention needs it.
     pub fn apply_heads_first(&self, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -42,11 +42,31 @@ impl std::str::FromStr for DeviceChoice {
 pub fn parse_device(choice: DeviceChoice) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda(n) if cfg!(feature = "cuda") => Device::new_cuda(n)
-            .map_err(|e| bad_input!("cannot open CUDA device {n}: {e}; is a GPU present and its driver loaded?")),
+        DeviceChoice::Cuda(n) if cfg!(feature = "cuda") => {
+            let device = Device::new_cuda(n).map_err(|e| {
+                bad_input!("cannot open CUDA device {n}: {e}; is a GPU present and its driver loaded?")
+            })?;
+            untracked(&device);
+            Ok(device)
+        }
         DeviceChoice::Cuda(_) => Err(bad_input!(
             "this forge was built without CUDA; rebuild with `cargo build --release --features cuda`, or use --device cpu"
         )),
+    }
+}
+
+/// Turns off cudarc's event tracking for every buffer `device` allocates from now on. cudarc creates
+/// two CUDA events with each allocation and destroys them with it, to order uses across streams; it
+/// records them only when a context has several streams, but creates them always: four driver calls
+/// an op, in generation (launch-bound) a share of each token's host time. forge runs each device on
+/// its one stream (candle's), so there is nothing for the events to order.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn untracked(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        // SAFETY: forge creates no second stream on a device (candle's own is the only one), so no
+        // buffer is used on a stream other than the one that allocated it.
+        unsafe { cuda.disable_event_tracking() };
     }
 }
 

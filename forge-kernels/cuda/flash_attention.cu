@@ -1,0 +1,228 @@
+// Causal attention of grouped query heads in one pass (FlashAttention 2's forward): each block takes 64
+// query rows of one head, four warps of 16, and walks the keys they may see in tiles, keeping the
+// scores, the running softmax and the output in registers on mma.sync (m16n8k16, bf16 in, f32 out), so
+// no (seq × seq) score or probability matrix is ever written. The tiles' memory layouts are the ones
+// the PTX ISA documents for that instruction, which is what the WMMA attempt in docs/BENCHMARKS.md
+// lacked (its fragments went through shared memory on every tile and ran eval at half the speed).
+//
+// Included by forge_kernels.cu. Inputs q (batch, heads, seq, D), k and v (batch, kv_heads, kv_rows, D)
+// with kv_rows ≥ past + seq (a fixed-size cache has more), bf16, contiguous and 16-byte aligned; out
+// (batch, seq, heads · D), the layout o_proj reads. Query position i sees keys 0 ..= past + i. The softmax is f32 (exp2 of scaled scores); the
+// probabilities enter the second product as bf16, as in FlashAttention and the peer's SDPA kernels.
+
+#define FA_ROWS 64  // query rows a block
+// bf16 of padding after each shared row: rows then start 16 bytes apart modulo 128, so the eight rows
+// one fragment load or ldmatrix phase touches fall in different banks.
+#define FA_PAD 8
+
+__device__ __forceinline__ void fa_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two f32 as a bf16 pair, the first in the low half (the lower column of a fragment).
+__device__ __forceinline__ unsigned fa_pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&v);
+}
+
+__device__ __forceinline__ unsigned fa_word(const __nv_bfloat16 *p) { return *reinterpret_cast<const unsigned *>(p); }
+
+// Copies `rows` rows of D bf16 (`ld` apart in global memory) into shared rows D + FA_PAD apart, 16 bytes
+// a cp.async; rows from `valid` on are filled with zeros (keys past the end must not bring NaNs into
+// the second product, where their probability 0 multiplies them).
+template <int D>
+__device__ void fa_copy(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int rows, int valid) {
+    constexpr int CHUNKS = D / 8;
+    for (int e = threadIdx.x; e < rows * CHUNKS; e += blockDim.x) {
+        const int r = e / CHUNKS, c = e % CHUNKS * 8;
+        const unsigned to = (unsigned)__cvta_generic_to_shared(dst + r * (D + FA_PAD) + c);
+        const bool in = r < valid;
+        const __nv_bfloat16 *from = in ? src + (long long)r * D + c : src;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(to), "l"(from), "r"(in ? 16 : 0));
+    }
+}
+
+__device__ __forceinline__ void fa_commit() { asm volatile("cp.async.commit_group;"); }
+
+// Waits for all but the newest cp.async group, then for the whole block.
+__device__ __forceinline__ void fa_wait_older() {
+    asm volatile("cp.async.wait_group 1;");
+    __syncthreads();
+}
+
+// One block's work. BC keys a tile; QREG keeps the warp's query fragments in registers for the whole
+// walk (D ≤ 128), otherwise they are read from shared memory for each tile (D = 256 would spill).
+// Shared memory: the query tile, one key tile and one value tile. The value tile of step j loads
+// while its scores are computed, the key tile of step j + 1 while its values are summed.
+template <int D, int BC, bool QREG>
+__device__ void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bfloat16 *__restrict__ k,
+                                const __nv_bfloat16 *__restrict__ v, __nv_bfloat16 *__restrict__ out, int batch,
+                                int heads, int kv_heads, int seq, int past, int kv_rows, float scale_log2) {
+    extern __shared__ __align__(16) __nv_bfloat16 fa_shared[];
+    constexpr int LD = D + FA_PAD;
+    __nv_bfloat16 *sq = fa_shared, *sk = sq + FA_ROWS * LD, *sv = sk + BC * LD;
+    const int per_block_row = batch * heads, q_blocks = (seq + FA_ROWS - 1) / FA_ROWS;
+    // The blocks with the most keys start first, so the short ones fill the tail.
+    const int q0 = (q_blocks - 1 - (int)(blockIdx.x / per_block_row)) * FA_ROWS;
+    const int b = blockIdx.x % per_block_row / heads, h = blockIdx.x % heads, kvh = h / (heads / kv_heads);
+    const int total = past + seq, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int row0 = q0 + warp * 16 + g;  // this thread's rows: row0 and row0 + 8
+    const __nv_bfloat16 *kh = k + (long long)(b * kv_heads + kvh) * kv_rows * D;
+    const __nv_bfloat16 *vh = v + (long long)(b * kv_heads + kvh) * kv_rows * D;
+    const int tiles = (past + min(q0 + FA_ROWS, seq) + BC - 1) / BC;
+
+    fa_copy<D>(sq, q + ((long long)(b * heads + h) * seq + q0) * D, FA_ROWS, seq - q0);
+    fa_copy<D>(sk, kh, BC, total);
+    fa_commit();
+    float o[D / 8][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    unsigned qf[QREG ? D / 16 : 1][4];
+    const __nv_bfloat16 *qrow = sq + (warp * 16 + g) * LD + 2 * t;
+    for (int j = 0; j < tiles; ++j) {
+        fa_copy<D>(sv, vh + (long long)j * BC * D, BC, total - j * BC);
+        fa_commit();
+        fa_wait_older();  // the query and key tiles
+        float s[BC / 8][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            unsigned a[4];
+            if (QREG && j > 0) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) a[i] = qf[QREG ? kk : 0][i];
+            } else {
+                const __nv_bfloat16 *p = qrow + kk * 16;
+                a[0] = fa_word(p), a[1] = fa_word(p + 8 * LD), a[2] = fa_word(p + 8), a[3] = fa_word(p + 8 * LD + 8);
+                if (QREG)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) qf[QREG ? kk : 0][i] = a[i];
+            }
+#pragma unroll
+            for (int n = 0; n < BC / 8; ++n) {
+                const __nv_bfloat16 *kr = sk + (n * 8 + g) * LD + kk * 16 + 2 * t;
+                fa_mma(s[n], a, fa_word(kr), fa_word(kr + 8));
+            }
+        }
+        __syncthreads();  // every warp is done with this key tile
+        if (j + 1 < tiles) fa_copy<D>(sk, kh + (long long)(j + 1) * BC * D, BC, total - (j + 1) * BC);
+        fa_commit();
+        const int key0 = j * BC;
+        if (key0 + BC - 1 > past + q0 + warp * 16)  // the tile reaches past some row of this warp
+#pragma unroll
+            for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (key0 + n * 8 + 2 * t + (e & 1) > past + row0 + (e >> 1) * 8) s[n][e] = -INFINITY;
+        // The online softmax: each row's max so far (the four threads of a group share a row), the
+        // output and sum rescaled to it. Key 0 is in every row's first tile, so the max is finite from
+        // the first tile on and no -inf − -inf arises.
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = m[r];
+#pragma unroll
+            for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]) * scale_log2);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float alpha = exp2f(m[r] - mx);
+            m[r] = mx, l[r] *= alpha;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) o[n][2 * r] *= alpha, o[n][2 * r + 1] *= alpha;
+#pragma unroll
+            for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const float p = exp2f(s[n][2 * r + c] * scale_log2 - mx);
+                    s[n][2 * r + c] = p, l[r] += p;
+                }
+        }
+        fa_wait_older();  // the value tile
+        // The probabilities' accumulator tiles are the next product's A fragments: two 16 × 8 tiles
+        // side by side are one 16 × 16 (the FlashAttention 2 register reuse).
+#pragma unroll
+        for (int kc = 0; kc < BC / 16; ++kc) {
+            const unsigned a[4] = {fa_pack(s[2 * kc][0], s[2 * kc][1]), fa_pack(s[2 * kc][2], s[2 * kc][3]),
+                                   fa_pack(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                                   fa_pack(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+            // ldmatrix .trans: lanes 8i..8i+7 address matrix i's rows (keys); matrices 0 and 1 are the
+            // two key halves of dimensions 16·dn .. +8, 2 and 3 those of the next 8.
+            const int mi = lane / 8;
+            const __nv_bfloat16 *vrow = sv + (kc * 16 + lane % 8 + (mi & 1) * 8) * LD + (mi >> 1) * 8;
+#pragma unroll
+            for (int dn = 0; dn < D / 16; ++dn) {
+                unsigned b0, b1, b2, b3;
+                const unsigned at = (unsigned)__cvta_generic_to_shared(vrow + dn * 16);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                             : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
+                             : "r"(at));
+                fa_mma(o[2 * dn], a, b0, b1);
+                fa_mma(o[2 * dn + 1], a, b2, b3);
+            }
+        }
+        __syncthreads();  // every warp is done with this value tile
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        const int row = row0 + 8 * r;
+        if (row >= seq) continue;
+        const float inv = 1.f / l[r];
+        __nv_bfloat16 *dst = out + ((long long)(b * seq + row) * heads + h) * D + 2 * t;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+            *reinterpret_cast<__nv_bfloat162 *>(dst + n * 8) =
+                __floats2bfloat162_rn(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+    }
+}
+
+// Each head size twice: with the cached positions given (past + seq keys a head), and reading them
+// from device memory (`past_at`, keys `kv_rows` apart: a fixed-size cache), which a captured decoding
+// step replays unchanged while the position moves.
+#define FA_KERNEL(D, BC, QREG)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128) flash_attention_d##D##_bf16(                                     \
+        const __nv_bfloat16 *__restrict__ q, const __nv_bfloat16 *__restrict__ k, const __nv_bfloat16 *__restrict__ v, \
+        __nv_bfloat16 *__restrict__ out, int batch, int heads, int kv_heads, int seq, int past, float scale_log2) {     \
+        flash_attention<D, BC, QREG>(q, k, v, out, batch, heads, kv_heads, seq, past, past + seq, scale_log2);         \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128) flash_attention_at_d##D##_bf16(                                  \
+        const __nv_bfloat16 *__restrict__ q, const __nv_bfloat16 *__restrict__ k, const __nv_bfloat16 *__restrict__ v, \
+        const unsigned *__restrict__ past_at, __nv_bfloat16 *__restrict__ out, int batch, int heads, int kv_heads,     \
+        int seq, int kv_rows, float scale_log2) {                                                                      \
+        flash_attention<D, BC, QREG>(q, k, v, out, batch, heads, kv_heads, seq, (int)*past_at, kv_rows, scale_log2);   \
+    }
+FA_KERNEL(64, 64, true)
+FA_KERNEL(128, 64, true)
+FA_KERNEL(256, 32, false)
+
+// The first index of each row's largest value (bf16 logits, `vocab` a row), one block of 1024 threads a
+// row: what the host's argmax over the same logits picks, so greedy decoding on the device (inside a
+// captured step) and on the host agree token for token, ties included.
+extern "C" __global__ void argmax_rows_bf16(const __nv_bfloat16 *__restrict__ x, unsigned *__restrict__ out, int vocab) {
+    __shared__ float best[32];
+    __shared__ int where[32];
+    const __nv_bfloat16 *row = x + (long long)blockIdx.x * vocab;
+    float m = -INFINITY;
+    int at = vocab;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+        const float v = __bfloat162float(row[j]);
+        if (v > m) m = v, at = j;  // a thread's indices rise, so the first of its ties stays
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float om = __shfl_xor_sync(0xffffffffu, m, o);
+        const int oa = __shfl_xor_sync(0xffffffffu, at, o);
+        if (om > m || (om == m && oa < at)) m = om, at = oa;
+    }
+    if (threadIdx.x % 32 == 0) best[threadIdx.x / 32] = m, where[threadIdx.x / 32] = at;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        m = threadIdx.x < blockDim.x / 32 ? best[threadIdx.x] : -INFINITY;
+        at = threadIdx.x < blockDim.x / 32 ? where[threadIdx.x] : vocab;
+        for (int o = 16; o > 0; o >>= 1) {
+            const float om = __shfl_xor_sync(0xffffffffu, m, o);
+            const int oa = __shfl_xor_sync(0xffffffffu, at, o);
+            if (om > m || (om == m && oa < at)) m = om, at = oa;
+        }
+        // A row of NaNs alone leaves `vocab`; index 0 then, as the host's fold would give.
+        if (threadIdx.x == 0) out[blockIdx.x] = at < vocab ? at : 0;
+    }
+}
