@@ -1,7 +1,9 @@
 //! Causal attention of grouped query heads as one kernel (`cuda/flash_attention.cu`): the scores and
 //! probabilities stay on chip, where the path it replaces writes and reads back the bf16
 //! `(batch, heads, seq, total)` scores and probabilities between three launches (q·kᵀ, the softmax,
-//! p·v). On qwen2.5-0.5b's eval those three were 153 of 400 ms (FORGE_PROFILE, NVIDIA H200).
+//! p·v). On qwen2.5-0.5b's eval those three were 153 of 400 ms (FORGE_PROFILE, NVIDIA H200); with
+//! this kernel its eval went from 241,542 to 376,656 tokens/s on the same card (the peer's SDPA:
+//! 236,782), and qwen3-1.7b's to 1.38 × the peer's (docs/BENCHMARKS.md, session 13).
 //!
 //! Forward only, like the crate's other forward kernels: it runs where no input takes a gradient, and
 //! training joins it to the recomputing backward in forge-host's `causal_attention`.

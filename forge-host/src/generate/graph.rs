@@ -3,7 +3,9 @@
 //! third of a millisecond: generation ran at 3–8 % of the bandwidth limit. Here the step is captured
 //! once and replayed: its buffers are fixed (a KV cache of set capacity, written in place), and what
 //! moves between tokens — the position, the last token — is read from device memory, so the same
-//! graph serves every position up to the capacity (one graph, not one a length).
+//! graph serves every position up to the capacity (one graph, not one a length). Measured on an
+//! H200, 128 new tokens, capture included: qwen2.5-0.5b 129 → 334–351 tokens/s, qwen3-1.7b 105 →
+//! 220–243 (the PyTorch peer: 41 and 40).
 //!
 //! What candle does inside the captured region: its allocations are stream-ordered
 //! (`cuMemAllocAsync`), which capture turns into the graph's own allocation nodes, freed inside the
