@@ -35,9 +35,9 @@ pub fn all(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>
         let weights = random(&[b, seq, heads * d], rng, 1.0)?;
         let f = |x: &[Tensor]| Ok(causal_attention(&x[0], &x[1], &x[2], past, false)?.0);
         let shape = vec![b, heads, kv, seq, d];
-        let kernel = match d {
-            64 | 128 | 256 => "flash_attention_bf16 + recomputing backward",
-            _ => "causal_attention",
+        let kernel = match forge_kernels::takes_head_dim(d) {
+            true => "flash_attention_bf16 + recomputing backward",
+            false => "causal_attention",
         };
         let case = Case::new(kernel, shape, &f, inputs, weights).past(past).tolerance(2e-2);
         checks.push(check(case, dev)?);

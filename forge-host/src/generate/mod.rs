@@ -53,9 +53,7 @@ pub(crate) fn generate_as(
     let mut picker =
         Picker { temperature: config.temperature, top_p: config.top_p, rng: SplitMix64::new(config.seed) };
     let input = Tensor::from_slice(prompt, (1, prompt.len()), model.device())?;
-    // No graph: an adapter's parameters are read detached, and the fused kernels stay in use.
-    let first = picker.pick(&crate::autograd::no_grad(|| model.last_logits(&input, Some(&mut cache)))?);
-    let mut out = vec![first];
+    let mut out = vec![next_op_by_op(model, &input, &mut cache, &mut picker)?];
     #[cfg(feature = "cuda")]
     if graph {
         let positions = prompt.len() + config.max_new_tokens;
@@ -66,9 +64,20 @@ pub(crate) fn generate_as(
     }
     decode(&mut out, config, |last| {
         let input = Tensor::from_slice(&[last], (1, 1), model.device())?;
-        Ok(picker.pick(&crate::autograd::no_grad(|| model.last_logits(&input, Some(&mut cache)))?))
+        next_op_by_op(model, &input, &mut cache, &mut picker)
     })?;
     Ok((out, false))
+}
+
+/// The token after `input` `(1, seq)`, run op by op over the growing cache.
+fn next_op_by_op(
+    model: &CausalLm,
+    input: &Tensor,
+    cache: &mut KvCache,
+    picker: &mut Picker,
+) -> candle_core::Result<u32> {
+    // No graph: an adapter's parameters are read detached, and the fused kernels stay in use.
+    Ok(picker.pick(&crate::autograd::no_grad(|| model.last_logits(input, Some(cache)))?))
 }
 
 fn check(prompt: &[u32], config: &SamplingConfig) -> Result<()> {

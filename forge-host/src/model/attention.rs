@@ -128,12 +128,13 @@ impl Attention {
             let v = forge_kernels::transpose12(&v)?;
             Ok((q, gate, k, v))
         })?;
-        let (out, probs) = match cache.map(|c| c.append(&k, &v)).transpose()? {
-            Some(Cached::At { k, v, past_at }) => {
-                (forge_kernels::flash_attention_at(&q, &k, &v, &past_at)?, None)
-            }
-            Some(Cached::All(k, v)) => causal_attention(&q, &k, &v, past, observer.is_some())?,
-            None => causal_attention(&q, &k, &v, past, observer.is_some())?,
+        let cached = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => Cached::All(k, v),
+        };
+        let (out, probs) = match cached {
+            Cached::At { k, v, past_at } => (forge_kernels::flash_attention_at(&q, &k, &v, &past_at)?, None),
+            Cached::All(k, v) => causal_attention(&q, &k, &v, past, observer.is_some())?,
         };
         let out = match gate {
             Some(projected) => crate::autograd::sigmoid_gate(&out, &projected, d)?,

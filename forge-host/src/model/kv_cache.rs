@@ -105,10 +105,10 @@ impl KvCache {
 
     /// Moves a fixed cache's position on the device to `seen` (the host's count follows).
     pub fn set_position(&mut self, seen: usize) -> candle_core::Result<()> {
-        let Some((at, rope)) = &self.fixed else {
+        let Some((at, _)) = &self.fixed else {
             candle_core::bail!("only a fixed cache has a position on the device");
         };
-        at.slice_set(&Tensor::from_slice(&[seen as u32], 1, &rope.device())?, 0, 0)?;
+        at.slice_set(&Tensor::from_slice(&[seen as u32], 1, at.device())?, 0, 0)?;
         self.seen = seen;
         Ok(())
     }
