@@ -27,19 +27,17 @@ __device__ __forceinline__ unsigned fa_pack(float lo, float hi) {
     return *reinterpret_cast<unsigned *>(&v);
 }
 
-__device__ __forceinline__ unsigned fa_word(const __nv_bfloat16 *p) { return *reinterpret_cast<const unsigned *>(p); }
-
 // Copies `rows` rows of D bf16 (`ld` apart in global memory) into shared rows D + FA_PAD apart, 16 bytes
 // a cp.async; rows from `valid` on are filled with zeros (keys past the end must not bring NaNs into
 // the second product, where their probability 0 multiplies them).
 template <int D>
-__device__ void fa_copy(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int rows, int valid) {
+__device__ void fa_copy(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int rows, int valid, long long ld = D) {
     constexpr int CHUNKS = D / 8;
     for (int e = threadIdx.x; e < rows * CHUNKS; e += blockDim.x) {
         const int r = e / CHUNKS, c = e % CHUNKS * 8;
         const unsigned to = (unsigned)__cvta_generic_to_shared(dst + r * (D + FA_PAD) + c);
         const bool in = r < valid;
-        const __nv_bfloat16 *from = in ? src + (long long)r * D + c : src;
+        const __nv_bfloat16 *from = in ? src + r * ld + c : src;
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(to), "l"(from), "r"(in ? 16 : 0));
     }
 }
@@ -50,6 +48,146 @@ __device__ __forceinline__ void fa_commit() { asm volatile("cp.async.commit_grou
 __device__ __forceinline__ void fa_wait_older() {
     asm volatile("cp.async.wait_group 1;");
     __syncthreads();
+}
+
+// Waits for every cp.async group, then for the whole block.
+__device__ __forceinline__ void fa_wait_all() {
+    asm volatile("cp.async.wait_group 0;");
+    __syncthreads();
+}
+
+// Four 8 × 8 bf16 matrices from shared memory, lanes 8i..8i+7 giving matrix i's row addresses; each
+// thread gets row lane / 4, columns 2 · (lane % 4) and the next of each: the m16n8k16 fragments'
+// layout, one instruction for what takes eight 32-bit loads.
+__device__ __forceinline__ void fa_ldsm(unsigned (&r)[4], const __nv_bfloat16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((unsigned)__cvta_generic_to_shared(p)));
+}
+
+// The lane's address in a 16-row A tile at `a` (shared rows D + FA_PAD apart) for fa_ldsm: matrices 0
+// to 3 are rows 0-7 and 8-15 of columns 0-7, then of columns 8-15 (a0..a3 of the fragment).
+template <int D>
+__device__ __forceinline__ const __nv_bfloat16 *fa_a_lane(const __nv_bfloat16 *a, int lane) {
+    return a + (lane % 8 + (lane / 8 & 1) * 8) * (D + FA_PAD) + lane / 16 * 8;
+}
+
+// The lane's address in a B tile of rows at `b` for fa_ldsm: matrices 0 to 3 are columns 0-7 and 8-15
+// of rows 0-7, then of rows 8-15 (b0, b1 of two 8-row n tiles).
+template <int D>
+__device__ __forceinline__ const __nv_bfloat16 *fa_b_lane(const __nv_bfloat16 *b, int lane) {
+    return b + (lane % 8 + lane / 16 * 8) * (D + FA_PAD) + (lane / 8 & 1) * 8;
+}
+
+// acc (16 × N) += A · Bᵀ over columns 16·kk .. +16: `af` the A fragment, `b` the lane's fa_b_lane.
+template <int D, int N>
+__device__ __forceinline__ void fa_times_rows(float (&acc)[N / 8][4], const unsigned (&af)[4], const __nv_bfloat16 *b,
+                                              int kk) {
+#pragma unroll
+    for (int n = 0; n < N / 8; n += 2) {
+        unsigned bf[4];
+        fa_ldsm(bf, b + n * 8 * (D + FA_PAD) + kk * 16);
+        fa_mma(acc[n], af, bf[0], bf[1]);
+        fa_mma(acc[n + 1], af, bf[2], bf[3]);
+    }
+}
+
+// acc (16 × N) += A · Bᵀ over D: A the warp's 16 shared rows at `a`, B N shared rows at `b` (the
+// backward's q·kᵀ, dO·vᵀ, k·qᵀ and v·dOᵀ).
+template <int D, int N>
+__device__ __forceinline__ void fa_rows_by_rows(float (&acc)[N / 8][4], const __nv_bfloat16 *a, const __nv_bfloat16 *b,
+                                                int lane) {
+    const __nv_bfloat16 *al = fa_a_lane<D>(a, lane), *bl = fa_b_lane<D>(b, lane);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        unsigned af[4];
+        fa_ldsm(af, al + kk * 16);
+        fa_times_rows<D, N>(acc, af, bl, kk);
+    }
+}
+
+// out (16 × D) += S · B: S the warp's 16 × K f32 accumulator tiles (probabilities or their
+// gradients), rounded to bf16, B K shared rows of D. An accumulator tile pair of 16 × 8 is one 16 × 16
+// A fragment as it lies in the registers (the FlashAttention 2 register reuse); B's fragments come
+// from ldmatrix .trans: lanes 8i..8i+7 address matrix i's rows, matrices 0 and 1 the two row halves of
+// columns 16·dn .. +8, 2 and 3 those of the next 8.
+template <int D, int K>
+__device__ __forceinline__ void fa_acc_by_rows(float (&out)[D / 8][4], const float (&s)[K / 8][4],
+                                               const __nv_bfloat16 *sb, int lane) {
+    constexpr int LD = D + FA_PAD;
+    const int mi = lane / 8;
+#pragma unroll
+    for (int kc = 0; kc < K / 16; ++kc) {
+        const unsigned a[4] = {fa_pack(s[2 * kc][0], s[2 * kc][1]), fa_pack(s[2 * kc][2], s[2 * kc][3]),
+                               fa_pack(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                               fa_pack(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+        const __nv_bfloat16 *row = sb + (kc * 16 + lane % 8 + (mi & 1) * 8) * LD + (mi >> 1) * 8;
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+            unsigned b0, b1, b2, b3;
+            const unsigned at = (unsigned)__cvta_generic_to_shared(row + dn * 16);
+            asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                         : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
+                         : "r"(at));
+            fa_mma(out[2 * dn], a, b0, b1);
+            fa_mma(out[2 * dn + 1], a, b2, b3);
+        }
+    }
+}
+
+// Sets the scores of keys a row may not see to -inf: `key` is the key of the thread's first column
+// (tile start + 2t), `last` the last key its first row (g) sees; the second row (g + 8) sees 8 more.
+template <int BC>
+__device__ __forceinline__ void fa_mask(float (&s)[BC / 8][4], int key, int last) {
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            if (key + n * 8 + (e & 1) > last + (e >> 1) * 8) s[n][e] = -INFINITY;
+}
+
+// The online softmax over one key tile: each row's max so far m (the four threads of a group share a
+// row), its sum l rescaled to it by alpha (which the caller applies to what else it sums), and the
+// scores turned into exp2(s · scale_log2 − m). Key 0 is in every row's first tile, so the max is
+// finite from the first tile on and no -inf − -inf arises.
+template <int BC>
+__device__ __forceinline__ void fa_online_softmax(float (&s)[BC / 8][4], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                                  float scale_log2) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float mx = m[r];
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]) * scale_log2);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        alpha[r] = exp2f(m[r] - mx);
+        m[r] = mx, l[r] *= alpha[r];
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const float p = exp2f(s[n][2 * r + c] * scale_log2 - mx);
+                s[n][2 * r + c] = p, l[r] += p;
+            }
+    }
+}
+
+// Sums a row's value over the four threads of its group.
+__device__ __forceinline__ float fa_group_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// The query rows of a block: the first, the batch item, the head and its KV head. The blocks with the
+// most keys start first, so the short ones fill the tail.
+struct FaRows {
+    int q0, b, h, kvh;
+};
+__device__ __forceinline__ FaRows fa_rows(int batch, int heads, int kv_heads, int seq) {
+    const int per_block_row = batch * heads, q_blocks = (seq + FA_ROWS - 1) / FA_ROWS;
+    const int h = blockIdx.x % heads;
+    return {(q_blocks - 1 - (int)(blockIdx.x / per_block_row)) * FA_ROWS, (int)(blockIdx.x % per_block_row / heads), h,
+            h / (heads / kv_heads)};
 }
 
 // One block's work. BC keys a tile; QREG keeps the warp's query fragments in registers for the whole
@@ -63,10 +201,8 @@ __device__ void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_
     extern __shared__ __align__(16) __nv_bfloat16 fa_shared[];
     constexpr int LD = D + FA_PAD;
     __nv_bfloat16 *sq = fa_shared, *sk = sq + FA_ROWS * LD, *sv = sk + BC * LD;
-    const int per_block_row = batch * heads, q_blocks = (seq + FA_ROWS - 1) / FA_ROWS;
-    // The blocks with the most keys start first, so the short ones fill the tail.
-    const int q0 = (q_blocks - 1 - (int)(blockIdx.x / per_block_row)) * FA_ROWS;
-    const int b = blockIdx.x % per_block_row / heads, h = blockIdx.x % heads, kvh = h / (heads / kv_heads);
+    const FaRows at = fa_rows(batch, heads, kv_heads, seq);
+    const int q0 = at.q0, b = at.b, h = at.h, kvh = at.kvh;
     const int total = past + seq, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = q0 + warp * 16 + g;  // this thread's rows: row0 and row0 + 8
     const __nv_bfloat16 *kh = k + (long long)(b * kv_heads + kvh) * kv_rows * D;
@@ -78,7 +214,7 @@ __device__ void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_
     fa_commit();
     float o[D / 8][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     unsigned qf[QREG ? D / 16 : 1][4];
-    const __nv_bfloat16 *qrow = sq + (warp * 16 + g) * LD + 2 * t;
+    const __nv_bfloat16 *qlane = fa_a_lane<D>(sq + warp * 16 * LD, lane), *klane = fa_b_lane<D>(sk, lane);
     for (int j = 0; j < tiles; ++j) {
         fa_copy<D>(sv, vh + (long long)j * BC * D, BC, total - j * BC);
         fa_commit();
@@ -91,79 +227,31 @@ __device__ void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_
 #pragma unroll
                 for (int i = 0; i < 4; ++i) a[i] = qf[QREG ? kk : 0][i];
             } else {
-                const __nv_bfloat16 *p = qrow + kk * 16;
-                a[0] = fa_word(p), a[1] = fa_word(p + 8 * LD), a[2] = fa_word(p + 8), a[3] = fa_word(p + 8 * LD + 8);
+                fa_ldsm(a, qlane + kk * 16);
                 if (QREG)
 #pragma unroll
                     for (int i = 0; i < 4; ++i) qf[QREG ? kk : 0][i] = a[i];
             }
-#pragma unroll
-            for (int n = 0; n < BC / 8; ++n) {
-                const __nv_bfloat16 *kr = sk + (n * 8 + g) * LD + kk * 16 + 2 * t;
-                fa_mma(s[n], a, fa_word(kr), fa_word(kr + 8));
-            }
+            fa_times_rows<D, BC>(s, a, klane, kk);
         }
         __syncthreads();  // every warp is done with this key tile
         if (j + 1 < tiles) fa_copy<D>(sk, kh + (long long)(j + 1) * BC * D, BC, total - (j + 1) * BC);
         fa_commit();
-        const int key0 = j * BC;
-        if (key0 + BC - 1 > past + q0 + warp * 16)  // the tile reaches past some row of this warp
+        if (j * BC + BC - 1 > past + q0 + warp * 16)  // the tile reaches past some row of this warp
+            fa_mask<BC>(s, j * BC + 2 * t, past + row0);
+        float alpha[2];
+        fa_online_softmax<BC>(s, m, l, alpha, scale_log2);
 #pragma unroll
-            for (int n = 0; n < BC / 8; ++n)
+        for (int n = 0; n < D / 8; ++n)
 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (key0 + n * 8 + 2 * t + (e & 1) > past + row0 + (e >> 1) * 8) s[n][e] = -INFINITY;
-        // The online softmax: each row's max so far (the four threads of a group share a row), the
-        // output and sum rescaled to it. Key 0 is in every row's first tile, so the max is finite from
-        // the first tile on and no -inf − -inf arises.
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = m[r];
-#pragma unroll
-            for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]) * scale_log2);
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float alpha = exp2f(m[r] - mx);
-            m[r] = mx, l[r] *= alpha;
-#pragma unroll
-            for (int n = 0; n < D / 8; ++n) o[n][2 * r] *= alpha, o[n][2 * r + 1] *= alpha;
-#pragma unroll
-            for (int n = 0; n < BC / 8; ++n)
-#pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    const float p = exp2f(s[n][2 * r + c] * scale_log2 - mx);
-                    s[n][2 * r + c] = p, l[r] += p;
-                }
-        }
+            for (int e = 0; e < 4; ++e) o[n][e] *= alpha[e >> 1];
         fa_wait_older();  // the value tile
-        // The probabilities' accumulator tiles are the next product's A fragments: two 16 × 8 tiles
-        // side by side are one 16 × 16 (the FlashAttention 2 register reuse).
-#pragma unroll
-        for (int kc = 0; kc < BC / 16; ++kc) {
-            const unsigned a[4] = {fa_pack(s[2 * kc][0], s[2 * kc][1]), fa_pack(s[2 * kc][2], s[2 * kc][3]),
-                                   fa_pack(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                                   fa_pack(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-            // ldmatrix .trans: lanes 8i..8i+7 address matrix i's rows (keys); matrices 0 and 1 are the
-            // two key halves of dimensions 16·dn .. +8, 2 and 3 those of the next 8.
-            const int mi = lane / 8;
-            const __nv_bfloat16 *vrow = sv + (kc * 16 + lane % 8 + (mi & 1) * 8) * LD + (mi >> 1) * 8;
-#pragma unroll
-            for (int dn = 0; dn < D / 16; ++dn) {
-                unsigned b0, b1, b2, b3;
-                const unsigned at = (unsigned)__cvta_generic_to_shared(vrow + dn * 16);
-                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                             : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
-                             : "r"(at));
-                fa_mma(o[2 * dn], a, b0, b1);
-                fa_mma(o[2 * dn + 1], a, b2, b3);
-            }
-        }
+        fa_acc_by_rows<D, BC>(o, s, sv, lane);
         __syncthreads();  // every warp is done with this value tile
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        l[r] = fa_group_sum(l[r]);
         const int row = row0 + 8 * r;
         if (row >= seq) continue;
         const float inv = 1.f / l[r];

@@ -6,7 +6,8 @@
 //! 236,782), and qwen3-1.7b's to 1.38 × the peer's (docs/BENCHMARKS.md, session 13).
 //!
 //! Forward only, like the crate's other forward kernels: it runs where no input takes a gradient, and
-//! training joins it to the recomputing backward in forge-host's `causal_attention`.
+//! training joins it to [`flash_attention_backward`] (`cuda/flash_attention_backward.cu`, heads of 64
+//! and 128) or, elsewhere, to the recomputing backward in forge-host's `causal_attention`.
 use candle_core::Tensor;
 
 /// The head sizes the kernel is built for (Qwen2.5-0.5b's 64, Qwen3's and Llama's 128, Qwen3.5's
@@ -19,6 +20,38 @@ fn kernel_for(head_dim: usize) -> Option<(&'static str, &'static str, usize)> {
         128 => Some(("flash_attention_d128_bf16", "flash_attention_at_d128_bf16", 64)),
         256 => Some(("flash_attention_d256_bf16", "flash_attention_at_d256_bf16", 32)),
         _ => None,
+    }
+}
+
+/// The head sizes the backward kernels are built for, with the query tile of the dk/dv walk (heads of
+/// 256 would not fit its two accumulators in the registers).
+#[cfg(feature = "cuda")]
+fn backward_kernels_for(head_dim: usize) -> Option<([&'static str; 3], usize)> {
+    match head_dim {
+        64 => Some((
+            ["flash_attention_stats_d64_bf16", "flash_attention_dq_d64_bf16", "flash_attention_dkv_d64_bf16"],
+            64,
+        )),
+        128 => Some((
+            [
+                "flash_attention_stats_d128_bf16",
+                "flash_attention_dq_d128_bf16",
+                "flash_attention_dkv_d128_bf16",
+            ],
+            32,
+        )),
+        _ => None,
+    }
+}
+
+/// Whether [`flash_attention_backward`] takes heads of `head_dim` on CUDA.
+pub fn backward_takes_head_dim(head_dim: usize) -> bool {
+    #[cfg(feature = "cuda")]
+    return backward_kernels_for(head_dim).is_some();
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = head_dim;
+        false
     }
 }
 
@@ -83,6 +116,125 @@ pub fn flash_attention_at(
 #[cfg(not(feature = "cuda"))]
 pub fn flash_attention_at(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor) -> candle_core::Result<Tensor> {
     candle_core::bail!("flash_attention_at needs forge built with the cuda feature")
+}
+
+/// The gradients of [`flash_attention`]'s `q`, `k` and `v` (in their shapes) from its output `out` and
+/// the output's gradient `grad`, both `(batch, seq, heads · d)`, without a score-sized tensor; `None`
+/// where the kernels do not take the inputs (not bf16 on CUDA, heads other than 64 or 128), and the
+/// caller computes them another way. Three launches (four when several blocks share a KV head): see
+/// `cuda/flash_attention_backward.cu`.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn flash_attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    grad: &Tensor,
+    past: usize,
+) -> candle_core::Result<Option<[Tensor; 3]>> {
+    #[cfg(feature = "cuda")]
+    if crate::on_kernel(&[q, k, v, out, grad]) {
+        if let Some((kernels, query_tile)) = backward_kernels_for(q.dim(3)?) {
+            return backward(kernels, query_tile, [q, k, v, out, grad], past).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// [`flash_attention_backward`]'s launches.
+#[cfg(feature = "cuda")]
+fn backward(
+    [stats_kernel, dq_kernel, dkv_kernel]: [&'static str; 3],
+    query_tile: usize,
+    inputs: [&Tensor; 5],
+    past: usize,
+) -> candle_core::Result<[Tensor; 3]> {
+    use crate::launch::{aligned8, launch_on_tensors, Grid, Scalar};
+    const ROWS: usize = 64;
+    // Blocks of dk/dv below which the KV head's query heads are split over several blocks (their sums
+    // added after): about eight blocks of 128 threads for each of an H100's or H200's 132 SMs.
+    const ENOUGH_BLOCKS: usize = 1024;
+    let [q, k, v, out, grad] = inputs;
+    let (q, k, v, out, grad) = (aligned8(q)?, aligned8(k)?, aligned8(v)?, aligned8(out)?, aligned8(grad)?);
+    let (batch, heads, seq, d) = q.dims4()?;
+    let (kv_heads, total) = (k.dim(1)?, k.dim(2)?);
+    let rows = (batch, seq, heads * d);
+    if heads % kv_heads != 0
+        || total != past + seq
+        || k.dims4()? != (batch, kv_heads, total, d)
+        || v.dims4()? != k.dims4()?
+        || out.dims3()? != rows
+        || grad.dims3()? != rows
+    {
+        candle_core::bail!(
+            "flash attention backward: q {:?}, k {:?}, v {:?}, output {:?} and its gradient {:?} with {past} \
+             cached positions do not describe grouped causal attention",
+            q.dims(),
+            k.dims(),
+            v.dims(),
+            out.dims(),
+            grad.dims()
+        );
+    }
+    let dims = [batch, heads, kv_heads, seq, past].map(|n| Scalar::I32(n as i32));
+    let scale = 1.0 / (d as f64).sqrt();
+    let scale_log2 = Scalar::F32((std::f64::consts::LOG2_E * scale) as f32);
+    let shared = |rows: usize| (rows * (d + 8) * 2) as u32;
+    let query_blocks = seq.div_ceil(ROWS) * batch * heads;
+    let stats = launch_on_tensors::<f32>(
+        stats_kernel,
+        &[&q, &k, &out, &grad],
+        (2, batch, heads, seq),
+        Grid::PerRowShared { rows: query_blocks, threads: 128, shared: shared(2 * ROWS) },
+        &[&dims[..], &[scale_log2]].concat(),
+    )?;
+    let with_scales = [&dims[..], &[scale_log2, Scalar::F32(scale as f32)]].concat();
+    let dq = launch_on_tensors::<half::bf16>(
+        dq_kernel,
+        &[&q, &k, &v, &grad, &stats],
+        (batch, heads, seq, d),
+        Grid::PerRowShared { rows: query_blocks, threads: 128, shared: shared(4 * ROWS) },
+        &with_scales,
+    )?;
+    let groups = heads / kv_heads;
+    let key_tiles = total.div_ceil(ROWS);
+    let per_block = (1..=groups)
+        .rev()
+        .find(|p| groups % p == 0 && batch * heads / p * key_tiles >= ENOUGH_BLOCKS)
+        .unwrap_or(1);
+    let slots = heads / per_block;
+    let mut scalars = dims.to_vec();
+    scalars.push(Scalar::I32(per_block as i32));
+    scalars.extend_from_slice(&with_scales[dims.len()..]);
+    let dkv = launch_on_tensors::<half::bf16>(
+        dkv_kernel,
+        &[&q, &k, &v, &grad, &stats],
+        (2, batch, slots, total, d),
+        Grid::PerRowShared {
+            rows: key_tiles * batch * slots,
+            threads: 128,
+            shared: shared(2 * ROWS + 2 * query_tile) + (2 * query_tile * 4) as u32,
+        },
+        &scalars,
+    )?;
+    let dkv = match per_block < groups {
+        true => {
+            let len = 2 * batch * kv_heads * total * d;
+            launch_on_tensors::<half::bf16>(
+                "flash_attention_group_sum_bf16",
+                &[&dkv],
+                (2, batch, kv_heads, total, d),
+                Grid::Stride(len),
+                &[
+                    Scalar::I64(len as i64),
+                    Scalar::I32((slots / kv_heads) as i32),
+                    Scalar::I64((total * d) as i64),
+                ],
+            )?
+        }
+        false => dkv,
+    };
+    Ok([dq, dkv.get(0)?, dkv.get(1)?])
 }
 
 /// One launch of either form: `past_at` given, the cached positions are read from it and `past` is

@@ -6,6 +6,7 @@
 //! | op | kernel | why fused |
 //! | --- | --- | --- |
 //! | [`flash_attention`], [`flash_attention_at`] | `flash_attention_d{64,128,256}_bf16`, `flash_attention_at_*` (forward) | no score-sized tensor: q·kᵀ, the softmax and p·v on chip; the second reads the position from the device, for captured decoding |
+//! | [`flash_attention_backward`] | `flash_attention_{stats,dq,dkv}_d{64,128}_bf16`, `flash_attention_group_sum_bf16` | the probabilities and their gradient made again tile by tile on chip, no score-sized tensor |
 //! | [`argmax_rows`] | `argmax_rows_bf16` | greedy decoding's pick inside a captured step, the host's tie rule |
 //! | [`causal_softmax`] | `causal_softmax_bf16` (+ backward) | one pass instead of ten over the scores |
 //! | [`row_nll`] | `row_nll_bf16` (+ backward) | no f32 copy of a `(rows, vocab)` block |
@@ -60,7 +61,9 @@ pub use argmax::first_argmax;
 pub use causal_conv::causal_conv_silu_backward;
 pub use causal_conv::{causal_conv_silu, on_kernel_shape as conv_on_kernel_shape};
 pub use causal_softmax::{causal_softmax, causal_softmax_backward};
-pub use flash_attention::{flash_attention, flash_attention_at, takes_head_dim};
+pub use flash_attention::{
+    backward_takes_head_dim, flash_attention, flash_attention_at, flash_attention_backward, takes_head_dim,
+};
 pub use gated_rms_norm::gated_rms_norm;
 #[cfg(feature = "cuda")]
 pub use gated_rms_norm::gated_rms_norm_backward;

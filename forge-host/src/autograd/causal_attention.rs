@@ -1,5 +1,6 @@
 //! Causal attention of grouped query heads, `softmax(scale · q·kᵀ + mask) · v`, with a backward that
-//! recomputes the probabilities.
+//! recomputes the probabilities: on CUDA at heads of 64 and 128, forge's flash-attention backward,
+//! which makes them again tile by tile on chip; elsewhere through the score matrix.
 //!
 //! Through candle's autograd, training kept every layer's `(batch, heads, seq, seq)` scores and
 //! probabilities for the backward, and the backward made f32 copies of both: about 0.5 GB a layer at
@@ -12,7 +13,7 @@ use candle_core::Tensor;
 use super::custom_grad::with_gradients;
 use forge_kernels::profile::section;
 use forge_kernels::tape;
-use forge_kernels::{causal_softmax, causal_softmax_backward, flash_attention};
+use forge_kernels::{causal_softmax, causal_softmax_backward, flash_attention, flash_attention_backward};
 
 /// The sizes of one attention call.
 #[derive(Clone, Copy)]
@@ -91,8 +92,12 @@ pub fn causal_attention(
             (out, probabilities.then_some(probs))
         }
     };
+    let kept = out.clone();
     let out = with_gradients("attention backward", [q, k, v], out, move |grad| {
-        let (gq, gk, gv) = backward(&q0, &k0, &v0, grad, &dims)?;
+        let [gq, gk, gv] = match flash_attention_backward(&q0, &k0, &v0, &kept, grad, past)? {
+            Some(grads) => grads,
+            None => backward(&q0, &k0, &v0, grad, &dims)?,
+        };
         Ok([Some(gq), Some(gk), Some(gv)])
     })?;
     Ok((out, probs))
@@ -112,7 +117,7 @@ fn backward(
     v: &Tensor,
     grad: &Tensor,
     dims: &Dims,
-) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+) -> candle_core::Result<[Tensor; 3]> {
     let probs = causal_softmax(&scores(q, k, dims)?, dims.scale, dims.past)?;
     let grad = dims.grouped_from_tokens_first(&grad.to_dtype(q.dtype())?)?;
     let grad_probs = dims.per_head(&grad.matmul(&v.t()?)?)?;
@@ -123,7 +128,7 @@ fn backward(
     drop(probs);
     let gq = dims.per_head(&grad_scores.matmul(k)?)?;
     let gk = grad_scores.t()?.matmul(&dims.grouped(q)?)?;
-    Ok((gq, gk, gv))
+    Ok([gq, gk, gv])
 }
 
 #[cfg(test)]

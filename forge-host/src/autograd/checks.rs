@@ -17,13 +17,15 @@ use super::{
 pub fn all(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
     // bf16 operands of every matmul, as the peer's SDPA kernels have them. Head sizes 64, 128 and 256
-    // take the flash kernel's forward on CUDA: partial query and key tiles, cached keys before the
-    // queries, one decoded token; 16 takes the score matrix.
+    // take the flash kernel's forward on CUDA, 64 and 128 its backward too: partial query and key tiles,
+    // cached keys before the queries, one decoded token, KV heads shared by 7, 4 and 2 query heads (dk
+    // and dv summed over several blocks, or in one where there are enough blocks: the fifth shape); 16 takes the score matrix.
     let shapes = [
         ((2, 4, 2, 7, 16), 3),
         ((2, 14, 2, 1024, 64), 0),
         ((1, 8, 2, 300, 128), 45),
         ((1, 16, 8, 1, 128), 200),
+        ((16, 32, 16, 256, 128), 0),
         ((2, 8, 2, 130, 256), 3),
     ];
     for ((b, heads, kv, seq, d), past) in shapes {
@@ -35,9 +37,10 @@ pub fn all(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>
         let weights = random(&[b, seq, heads * d], rng, 1.0)?;
         let f = |x: &[Tensor]| Ok(causal_attention(&x[0], &x[1], &x[2], past, false)?.0);
         let shape = vec![b, heads, kv, seq, d];
-        let kernel = match forge_kernels::takes_head_dim(d) {
-            true => "flash_attention_bf16 + recomputing backward",
-            false => "causal_attention",
+        let kernel = match (forge_kernels::takes_head_dim(d), forge_kernels::backward_takes_head_dim(d)) {
+            (true, true) => "flash_attention_bf16 + flash backward",
+            (true, false) => "flash_attention_bf16 + recomputing backward",
+            _ => "causal_attention",
         };
         let case = Case::new(kernel, shape, &f, inputs, weights).past(past).tolerance(2e-2);
         checks.push(check(case, dev)?);
