@@ -41,6 +41,8 @@ pub fn run(args: KernelsArgs, rt: &Runtime) -> Result<()> {
     checks.extend(crate::autograd::checks::all(&rt.device, &mut rng)?);
     checks.extend(crate::strategies::optimizer_checks::all(&rt.device, &mut rng)?);
     checks.extend(crate::generate::checks::all(&rt.device, &mut rng)?);
+    #[cfg(feature = "cuda")]
+    checks.extend(crate::loader::upload::check(&rt.device, &mut rng)?);
     let on_device = (DType::BF16, &rt.device);
     let random = training::checks::random_hybrid(rt.seed)?;
     checks.extend(tape_against_graph(&random, on_device, &mut rng, (2, 256), ON_RANDOM_HYBRID)?);

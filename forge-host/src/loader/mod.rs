@@ -3,6 +3,8 @@
 mod config;
 mod folder;
 mod scope;
+#[cfg(feature = "cuda")]
+pub mod upload;
 mod weights;
 
 pub use config::{Architecture, Hybrid, LayerKind, ModelConfig, RopeConfig, RopeScaling};

@@ -3,7 +3,8 @@
 //! Headers are parsed and validated once at open (offsets contiguous, sizes matching dtype × shape,
 //! the file exactly as long as the header says), so a truncated or corrupt file fails there with its
 //! name instead of deep inside a forward pass. Tensor bytes stay in the page cache until a layer asks
-//! for them, and are converted straight to the target dtype and device.
+//! for them, and are converted straight to the target dtype and device; on CUDA, large tensors go up
+//! through pinned buffers that every core fills (`upload`).
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ pub struct WeightStore {
     random: Option<u64>,
     /// The names [`WeightStore::load`] has read, so that tensors nothing used can be named.
     read: Mutex<HashSet<String>>,
+    /// The pinned buffers large tensors go up through, made at the first and kept for the device.
+    #[cfg(feature = "cuda")]
+    staging: Mutex<Option<(candle_core::cuda_backend::DeviceId, super::upload::Staging)>>,
 }
 
 impl WeightStore {
@@ -102,7 +106,7 @@ impl WeightStore {
             }
             files.push((path.clone(), map));
         }
-        Ok(WeightStore { files, entries, read: Mutex::default(), random: None })
+        Ok(WeightStore { files, entries, random: None, ..Self::empty() })
     }
 
     /// Whether the checkpoint has a tensor of this name.
@@ -150,7 +154,18 @@ impl WeightStore {
     /// their inputs' scale through the layers): a model of whatever geometry a config describes, to
     /// check ops on without a checkpoint (`forge kernels`). It holds no names: `contains` is false.
     pub fn random(seed: u64) -> Self {
-        WeightStore { files: Vec::new(), entries: HashMap::new(), read: Mutex::default(), random: Some(seed) }
+        WeightStore { random: Some(seed), ..Self::empty() }
+    }
+
+    fn empty() -> Self {
+        WeightStore {
+            files: Vec::new(),
+            entries: HashMap::new(),
+            random: None,
+            read: Mutex::default(),
+            #[cfg(feature = "cuda")]
+            staging: Mutex::default(),
+        }
     }
 
     /// Loads `name`, checking it has `shape`, converted to `dtype` on `device`.
@@ -179,8 +194,26 @@ impl WeightStore {
         self.read.lock().expect("no panic while holding the read set").insert(name.to_string());
         let bytes = &self.files[entry.file].1[entry.start..entry.end];
         // Convert where the data first lands: on the GPU, bf16 goes up as is; on the CPU, one pass to f32.
-        let tensor = Tensor::from_raw_buffer(bytes, entry.dtype, shape, device)?;
+        let tensor = match device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(cuda) if bytes.len() >= super::upload::STAGED_FROM => {
+                self.staged(bytes, entry, cuda)?
+            }
+            _ => Tensor::from_raw_buffer(bytes, entry.dtype, shape, device)?,
+        };
         Ok(tensor.to_dtype(dtype)?)
+    }
+
+    /// [`WeightStore::load`]'s upload of a large tensor to a GPU, through the staging buffers.
+    #[cfg(feature = "cuda")]
+    fn staged(&self, bytes: &[u8], entry: &Entry, cuda: &candle_core::CudaDevice) -> Result<Tensor> {
+        use super::upload::Staging;
+        let mut staging = self.staging.lock().expect("no panic while uploading");
+        if staging.as_ref().is_none_or(|(id, _)| *id != cuda.id()) {
+            *staging = Some((cuda.id(), Staging::new(cuda)?));
+        }
+        let (_, staging) = staging.as_mut().expect("made above");
+        Ok(staging.upload(bytes, entry.dtype, &entry.shape, cuda)?)
     }
 
     /// Names no [`WeightStore::load`] has read, sorted.
