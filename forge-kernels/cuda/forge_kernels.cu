@@ -175,33 +175,53 @@ __device__ __forceinline__ float normed(float v, float r, __nv_bfloat16 w) {
 }
 __device__ __forceinline__ float normed(float v, float r, float w) { return v * r * w; }
 
-template <typename W>
+// The row a block normalizes and the threads that share it; with WARP, a warp's (rows of at most a few
+// hundred values, such as Qwen3's q/k norms over heads of 128: a block of 256 threads on a row of 128
+// left 240 of them idle and took 62 of qwen3-4b's 142 ms of eval with the q/k/v section, H200).
+struct NormRow {
+    long long row;
+    int first, step;
+};
+template <bool WARP>
+__device__ __forceinline__ NormRow norm_row() {
+    if (WARP) return {blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32, (int)(threadIdx.x % 32), 32};
+    return {blockIdx.x, (int)threadIdx.x, (int)blockDim.x};
+}
+template <bool WARP>
+__device__ __forceinline__ float row_sum(float v, float *shared) {
+    if (!WARP) return block_reduce<false>(v, shared);
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+template <typename W, bool WARP>
 __device__ void rms_norm(const __nv_bfloat16 *__restrict__ x, const W *__restrict__ w, __nv_bfloat16 *__restrict__ y,
-                         int n, float eps) {
+                         int n, float eps, long long rows) {
     __shared__ float shared[32];
-    const long long row = blockIdx.x;
-    const __nv_bfloat16 *xr = x + row * n;
-    __nv_bfloat16 *yr = y + row * n;
+    const NormRow at = norm_row<WARP>();
+    if (WARP && at.row >= rows) return;  // a whole warp: no block-wide barrier follows
+    const __nv_bfloat16 *xr = x + at.row * n;
+    __nv_bfloat16 *yr = y + at.row * n;
     float s = 0.f;
     // Eight values a load where the rows allow (a uniform branch: every row is aligned alike): 1.5 TB/s
     // a value at a time on an H200 (qwen3.5-9b, ncu).
     const bool vectors = by8(xr, n) && by8(yr, n);
     if (vectors) {
-        for (int j = threadIdx.x; j < n / 8; j += blockDim.x) {
+        for (int j = at.first; j < n / 8; j += at.step) {
             float v[8];
             load8(xr + 8 * j, v);
 #pragma unroll
             for (int k = 0; k < 8; ++k) s += v[k] * v[k];
         }
     } else {
-        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        for (int j = at.first; j < n; j += at.step) {
             const float v = __bfloat162float(xr[j]);
             s += v * v;
         }
     }
-    const float r = rsqrtf(block_reduce<false>(s, shared) / n + eps);
+    const float r = rsqrtf(row_sum<WARP>(s, shared) / n + eps);
     if (vectors) {
-        for (int j = threadIdx.x; j < n / 8; j += blockDim.x) {
+        for (int j = at.first; j < n / 8; j += at.step) {
             float v[8];
             load8(xr + 8 * j, v);
 #pragma unroll
@@ -210,16 +230,7 @@ __device__ void rms_norm(const __nv_bfloat16 *__restrict__ x, const W *__restric
         }
         return;
     }
-    for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = __float2bfloat16(normed(__bfloat162float(xr[j]), r, w[j]));
-}
-
-extern "C" __global__ void rms_norm_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
-                                         __nv_bfloat16 *__restrict__ y, int n, float eps) {
-    rms_norm(x, w, y, n, eps);
-}
-extern "C" __global__ void rms_norm_f32w_bf16(const __nv_bfloat16 *__restrict__ x, const float *__restrict__ w,
-                                              __nv_bfloat16 *__restrict__ y, int n, float eps) {
-    rms_norm(x, w, y, n, eps);
+    for (int j = at.first; j < n; j += at.step) yr[j] = __float2bfloat16(normed(__bfloat162float(xr[j]), r, w[j]));
 }
 
 __device__ __forceinline__ float weight_value(__nv_bfloat16 w) { return __bfloat162float(w); }
@@ -227,37 +238,51 @@ __device__ __forceinline__ float weight_value(float w) { return w; }
 
 // The gradient of x for y = x / rms(x) · w given dy, per row of n values, in f32 (ignoring the forward's
 // rounding to bf16, as the elementary ops' backward does; the same for both weight conventions): with
-// r = 1 / rms(x) and gw = dy · w, dx = gw · r - x · r³ · mean(x · gw). One block per row, three reads
-// and one write.
-template <typename W>
+// r = 1 / rms(x) and gw = dy · w, dx = gw · r - x · r³ · mean(x · gw). Three reads and one write.
+template <typename W, bool WARP>
 __device__ void rms_norm_backward(const __nv_bfloat16 *__restrict__ x, const W *__restrict__ w,
-                                  const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx, int n, float eps) {
+                                  const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx, int n, float eps,
+                                  long long rows) {
     __shared__ float shared[32];
-    const long long row = blockIdx.x;
-    const __nv_bfloat16 *xr = x + row * n, *gr = dy + row * n;
-    __nv_bfloat16 *dr = dx + row * n;
+    const NormRow at = norm_row<WARP>();
+    if (WARP && at.row >= rows) return;
+    const __nv_bfloat16 *xr = x + at.row * n, *gr = dy + at.row * n;
+    __nv_bfloat16 *dr = dx + at.row * n;
     float sq = 0.f, dot = 0.f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    for (int j = at.first; j < n; j += at.step) {
         const float v = __bfloat162float(xr[j]);
         sq += v * v;
         dot += v * __bfloat162float(gr[j]) * weight_value(w[j]);
     }
-    const float r = rsqrtf(block_reduce<false>(sq, shared) / n + eps);
-    const float c = r * r * r * block_reduce<false>(dot, shared) / n;
-    for (int j = threadIdx.x; j < n; j += blockDim.x)
+    const float r = rsqrtf(row_sum<WARP>(sq, shared) / n + eps);
+    const float c = r * r * r * row_sum<WARP>(dot, shared) / n;
+    for (int j = at.first; j < n; j += at.step)
         dr[j] = __float2bfloat16(__bfloat162float(gr[j]) * weight_value(w[j]) * r - __bfloat162float(xr[j]) * c);
 }
 
-extern "C" __global__ void rms_norm_backward_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
-                                                  const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx,
-                                                  int n, float eps) {
-    rms_norm_backward(x, w, dy, dx, n, eps);
-}
-extern "C" __global__ void rms_norm_f32w_backward_bf16(const __nv_bfloat16 *__restrict__ x, const float *__restrict__ w,
-                                                       const __nv_bfloat16 *__restrict__ dy, __nv_bfloat16 *__restrict__ dx,
-                                                       int n, float eps) {
-    rms_norm_backward(x, w, dy, dx, n, eps);
-}
+// Each norm kernel for a block a row (`_bf16`) and a warp a row (`_warp_bf16`, `rows` rows), with a
+// bf16 and an f32 weight.
+#define RMS_NORM_KERNELS(NAME, WARP)                                                                                 \
+    extern "C" __global__ void rms_norm##NAME(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w, \
+                                             __nv_bfloat16 *__restrict__ y, int n, float eps, long long rows) {       \
+        rms_norm<__nv_bfloat16, WARP>(x, w, y, n, eps, rows);                                                       \
+    }                                                                                                                \
+    extern "C" __global__ void rms_norm_f32w##NAME(const __nv_bfloat16 *__restrict__ x, const float *__restrict__ w,    \
+                                                  __nv_bfloat16 *__restrict__ y, int n, float eps, long long rows) {  \
+        rms_norm<float, WARP>(x, w, y, n, eps, rows);                                                               \
+    }                                                                                                                \
+    extern "C" __global__ void rms_norm_backward##NAME(                                                              \
+        const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w, const __nv_bfloat16 *__restrict__ dy, \
+        __nv_bfloat16 *__restrict__ dx, int n, float eps, long long rows) {                                          \
+        rms_norm_backward<__nv_bfloat16, WARP>(x, w, dy, dx, n, eps, rows);                                         \
+    }                                                                                                                \
+    extern "C" __global__ void rms_norm_f32w_backward##NAME(                                                         \
+        const __nv_bfloat16 *__restrict__ x, const float *__restrict__ w, const __nv_bfloat16 *__restrict__ dy,       \
+        __nv_bfloat16 *__restrict__ dx, int n, float eps, long long rows) {                                          \
+        rms_norm_backward<float, WARP>(x, w, dy, dx, n, eps, rows);                                                 \
+    }
+RMS_NORM_KERNELS(_bf16, false)
+RMS_NORM_KERNELS(_warp_bf16, true)
 
 // Where slot `idx` of a (batch, seq, heads, d) tensor lives, with the first `rot` dimensions of each
 // head rotated (all of them but in Qwen3.5's partial RoPE) and the rest passed through: its offsets

@@ -228,8 +228,10 @@ fn row_nll_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec
 /// (H200, 2026-12-02); against f32 the kernel's error is bounded by two bf16 roundings, about 4e-3.
 fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
-    // Rows a multiple of 8 wide go eight values a load; 100 wide, one at a time.
-    for (rows, n) in [(7, 96), (8192, 896), (3, 4096), (5, 100)] {
+    // Rows a multiple of 8 wide go eight values a load; 100 wide, one at a time. Rows of up to 256 take
+    // a warp each (a q/k norm over qwen3-4b's 32 heads of 128 at 4 × 1024 tokens, and partial blocks of
+    // eight rows), longer ones a block.
+    for (rows, n) in [(7, 96), (8192, 896), (3, 4096), (5, 100), (4 * 1024 * 32, 128), (13, 256)] {
         let w = random(&[n], rng, 2.0)?.to_dtype(DType::BF16)?;
         let f = |x: &[Tensor]| rms_norm(&x[0], &w.to_device(x[0].device())?, 1e-6);
         let (inputs, weights) = (vec![random(&[rows, n], rng, 4.0)?], random(&[rows, n], rng, 1.0)?);
@@ -302,11 +304,14 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     let w = random(&[1024, 5120], rng, 0.05)?;
     let f = |d: &Device, dtype: DType| Int8Rows::quantize(&w.to_device(d)?.to_dtype(dtype)?)?.dequantize();
     checks.push(forward_check("dequant_rows_u8_bf16", vec![1024, 5120], &f, dev, 1e-2)?);
-    // Qwen3.5's norm at qwen3.5-0.8b's hidden width, its weight `1 + w` in f32.
-    let w = (random(&[1024], rng, 0.5)? + 1.0)?;
-    let f = |x: &[Tensor]| rms_norm_f32_weight(&x[0], &w.to_device(x[0].device())?, 1e-6);
-    let (inputs, weights) = (vec![random(&[4096, 1024], rng, 4.0)?], random(&[4096, 1024], rng, 1.0)?);
-    checks.push(check(Case::new("rms_norm_f32w_bf16", vec![4096, 1024], &f, inputs, weights), dev)?);
+    // Qwen3.5's norm at qwen3.5-0.8b's hidden width and over its attention heads of 256 (a warp a row),
+    // its weight `1 + w` in f32.
+    for (rows, n) in [(4096, 1024), (2 * 1024 * 8 + 3, 256)] {
+        let w = (random(&[n], rng, 0.5)? + 1.0)?;
+        let f = |x: &[Tensor]| rms_norm_f32_weight(&x[0], &w.to_device(x[0].device())?, 1e-6);
+        let (inputs, weights) = (vec![random(&[rows, n], rng, 4.0)?], random(&[rows, n], rng, 1.0)?);
+        checks.push(check(Case::new("rms_norm_f32w_bf16", vec![rows, n], &f, inputs, weights), dev)?);
+    }
     Ok(checks)
 }
 

@@ -10,17 +10,29 @@
 //! and 128) or, elsewhere, to the recomputing backward in forge-host's `causal_attention`.
 use candle_core::Tensor;
 
-/// The head sizes the kernel is built for (Qwen2.5-0.5b's 64, Qwen3's and Llama's 128, Qwen3.5's
-/// 256), with the key tile each takes: 256 wide rows take tiles of 32 so that the output accumulator
-/// fits the registers.
+/// One head size's forward kernels: the plain one with the query rows a block takes (two row tiles a
+/// warp where the registers hold them), the one reading the position from the device (one row tile
+/// a warp: a decoded token is one row), and the key tile both take.
 #[cfg(feature = "cuda")]
-fn kernel_for(head_dim: usize) -> Option<(&'static str, &'static str, usize)> {
-    match head_dim {
-        64 => Some(("flash_attention_d64_bf16", "flash_attention_at_d64_bf16", 64)),
-        128 => Some(("flash_attention_d128_bf16", "flash_attention_at_d128_bf16", 64)),
-        256 => Some(("flash_attention_d256_bf16", "flash_attention_at_d256_bf16", 32)),
-        _ => None,
-    }
+struct Forward {
+    kernel: &'static str,
+    rows: usize,
+    at_kernel: &'static str,
+    key_tile: usize,
+}
+
+/// The head sizes the kernel is built for (Qwen2.5-0.5b's 64, Qwen3's and Llama's 128, Qwen3.5's
+/// 256): rows of 256 take key tiles of 32 and one row tile a warp, so that the output accumulator fits
+/// the registers.
+#[cfg(feature = "cuda")]
+fn kernel_for(head_dim: usize) -> Option<Forward> {
+    let (kernel, rows, at_kernel, key_tile) = match head_dim {
+        64 => ("flash_attention_d64_bf16", 128, "flash_attention_at_d64_bf16", 64),
+        128 => ("flash_attention_d128_bf16", 128, "flash_attention_at_d128_bf16", 64),
+        256 => ("flash_attention_d256_bf16", 64, "flash_attention_at_d256_bf16", 32),
+        _ => return None,
+    };
+    Some(Forward { kernel, rows, at_kernel, key_tile })
 }
 
 /// The head sizes the backward kernels are built for, with the query tile of the dk/dv walk (heads of
@@ -80,12 +92,12 @@ pub fn flash_attention(
 ) -> candle_core::Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     if crate::forward_kernel(&[q, k, v]) {
-        if let Some((kernel, _, key_tile)) = kernel_for(q.dim(3)?) {
+        if let Some(f) = kernel_for(q.dim(3)?) {
             let (rows, seq) = (k.dim(2)?, q.dim(2)?);
             if rows != past + seq {
                 candle_core::bail!("flash attention: {rows} keys a head for {past} cached and {seq} new");
             }
-            return launch(kernel, key_tile, [q, k, v], None, rows, past).map(Some);
+            return launch((f.kernel, f.rows, f.key_tile), [q, k, v], None, rows, past).map(Some);
         }
     }
     Ok(None)
@@ -103,8 +115,8 @@ pub fn flash_attention_at(
     past_at: &Tensor,
 ) -> candle_core::Result<Tensor> {
     match kernel_for(q.dim(3)?) {
-        Some((_, kernel, key_tile)) if crate::forward_kernel(&[q, k, v]) => {
-            launch(kernel, key_tile, [q, k, v], Some(past_at), k.dim(2)?, 0)
+        Some(f) if crate::forward_kernel(&[q, k, v]) => {
+            launch((f.at_kernel, 64, f.key_tile), [q, k, v], Some(past_at), k.dim(2)?, 0)
         }
         _ => candle_core::bail!(
             "flash_attention_at takes bf16 on CUDA with heads of 64, 128 or 256, untracked"
@@ -237,19 +249,17 @@ fn backward(
     Ok([dq, dkv.get(0)?, dkv.get(1)?])
 }
 
-/// One launch of either form: `past_at` given, the cached positions are read from it and `past` is
-/// not passed; otherwise `past` is.
+/// One launch of either form, `rows` query rows and `key_tile` keys a block: `past_at` given, the
+/// cached positions are read from it and `past` is not passed; otherwise `past` is.
 #[cfg(feature = "cuda")]
 fn launch(
-    kernel: &'static str,
-    key_tile: usize,
+    (kernel, rows, key_tile): (&'static str, usize, usize),
     [q, k, v]: [&Tensor; 3],
     past_at: Option<&Tensor>,
     kv_rows: usize,
     past: usize,
 ) -> candle_core::Result<Tensor> {
     use crate::launch::{aligned8, launch_on_tensors, Grid, Scalar};
-    const ROWS: usize = 64;
     let (batch, heads, seq, d) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     if heads % kv_heads != 0 || k.dims4()? != (batch, kv_heads, kv_rows, d) || v.dims4()? != k.dims4()? {
@@ -260,8 +270,8 @@ fn launch(
             v.dims()
         );
     }
-    // The query tile, one key tile and one value tile, rows padded by 8 bf16.
-    let shared = ((ROWS + 2 * key_tile) * (d + 8) * 2) as u32;
+    // The query rows, one key tile and one value tile, rows padded by 8 bf16.
+    let shared = ((rows + 2 * key_tile) * (d + 8) * 2) as u32;
     let scale_log2 = std::f64::consts::LOG2_E / (d as f64).sqrt();
     let last = if past_at.is_some() { kv_rows } else { past };
     let mut scalars: Vec<Scalar> =
@@ -274,7 +284,7 @@ fn launch(
         kernel,
         &inputs,
         (batch, seq, heads * d),
-        Grid::PerRowShared { rows: seq.div_ceil(ROWS) * batch * heads, threads: 128, shared },
+        Grid::PerRowShared { rows: seq.div_ceil(rows) * batch * heads, threads: 128, shared },
         &scalars,
     )
 }

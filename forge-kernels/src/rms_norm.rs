@@ -103,16 +103,10 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         w: &candle_core::CudaStorage,
         wl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        use crate::launch::{same_shape, Grid, Scalar};
         use candle_core::backend::BackendStorage;
-        let n = wl.shape().elem_count();
-        let grid = Grid::PerRow { rows: xl.shape().elem_count() / n, threads: 256 };
-        same_shape::<half::bf16>(
-            if w.dtype() == DType::F32 { "rms_norm_f32w_bf16" } else { "rms_norm_bf16" },
-            &[(x, xl), (w, wl)],
-            grid,
-            &[Scalar::I32(n as i32), Scalar::F32(self.eps as f32)],
-        )
+        let (n, len) = (wl.shape().elem_count(), xl.shape().elem_count());
+        let (kernel, grid, scalars) = norm_launch(true, w.dtype() == DType::F32, n, len, self.eps);
+        crate::launch::same_shape::<half::bf16>(kernel, &[(x, xl), (w, wl)], grid, &scalars)
     }
 
     fn bwd(
@@ -125,17 +119,17 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         section("rms norm backward", x.device(), || {
             #[cfg(feature = "cuda")]
             if on_kernel(&[x]) && !w.device().is_cpu() {
-                use crate::launch::{launch_on_tensors, Grid, Scalar};
-                let n = w.elem_count();
-                let grid = Grid::PerRow { rows: x.elem_count() / n, threads: 256 };
-                let scalars = [Scalar::I32(n as i32), Scalar::F32(self.eps as f32)];
+                let f32_weight = w.dtype() == DType::F32;
+                let (kernel, grid, scalars) =
+                    norm_launch(false, f32_weight, w.elem_count(), x.elem_count(), self.eps);
                 let dy = grad.to_dtype(DType::BF16)?;
-                let kernel = if w.dtype() == DType::F32 {
-                    "rms_norm_f32w_backward_bf16"
-                } else {
-                    "rms_norm_backward_bf16"
-                };
-                let dx = launch_on_tensors::<half::bf16>(kernel, &[x, w, &dy], x.shape(), grid, &scalars)?;
+                let dx = crate::launch::launch_on_tensors::<half::bf16>(
+                    kernel,
+                    &[x, w, &dy],
+                    x.shape(),
+                    grid,
+                    &scalars,
+                )?;
                 return Ok((Some(dx), None));
             }
             let x32 = x.to_dtype(DType::F32)?;
@@ -146,6 +140,38 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
             Ok((Some(dx.to_dtype(x.dtype())?), None))
         })
     }
+}
+
+/// The kernel, grid and scalars of a norm (`forward`, else its backward) over rows of `n` values, `len`
+/// in all: rows of up to 256 values (Qwen3's q/k norms over a head) take a warp each, eight to a
+/// block; longer rows (the hidden states) a block each.
+#[cfg(feature = "cuda")]
+fn norm_launch(
+    forward: bool,
+    f32_weight: bool,
+    n: usize,
+    len: usize,
+    eps: f64,
+) -> (&'static str, crate::launch::Grid, [crate::launch::Scalar; 3]) {
+    use crate::launch::{Grid, Scalar};
+    const WARPS: usize = 8;
+    let rows = len / n;
+    let warp = n <= 256;
+    let kernel = match (forward, f32_weight, warp) {
+        (true, false, false) => "rms_norm_bf16",
+        (true, true, false) => "rms_norm_f32w_bf16",
+        (false, false, false) => "rms_norm_backward_bf16",
+        (false, true, false) => "rms_norm_f32w_backward_bf16",
+        (true, false, true) => "rms_norm_warp_bf16",
+        (true, true, true) => "rms_norm_f32w_warp_bf16",
+        (false, false, true) => "rms_norm_backward_warp_bf16",
+        (false, true, true) => "rms_norm_f32w_backward_warp_bf16",
+    };
+    let grid = match warp {
+        true => Grid::PerRow { rows: rows.div_ceil(WARPS), threads: (32 * WARPS) as u32 },
+        false => Grid::PerRow { rows, threads: 256 },
+    };
+    (kernel, grid, [Scalar::I32(n as i32), Scalar::F32(eps as f32), Scalar::I64(rows as i64)])
 }
 
 #[cfg(test)]
