@@ -153,6 +153,61 @@ pub fn flash_attention_backward(
     Ok(None)
 }
 
+/// Query rows a block of the statistics and dq walks, keys a block of the dk/dv walk.
+#[cfg(feature = "cuda")]
+const BACKWARD_ROWS: usize = 64;
+
+/// dk and dv `(2, batch, kv_heads, past + seq, d)` from `[q, k, v, dO, stats]`; `scalars` are the dims,
+/// then the scales.
+#[cfg(feature = "cuda")]
+fn keys_and_values(
+    kernel: &'static str,
+    query_tile: usize,
+    inputs: [&Tensor; 5],
+    scalars: &[crate::launch::Scalar],
+) -> candle_core::Result<Tensor> {
+    use crate::launch::{launch_on_tensors, Grid, Scalar};
+    // Blocks of dk/dv below which the KV head's query heads are split over several blocks (their sums
+    // added after): about eight blocks of 128 threads for each of an H100's or H200's 132 SMs.
+    const ENOUGH_BLOCKS: usize = 1024;
+    let (batch, heads, _, d) = inputs[0].dims4()?;
+    let (kv_heads, total) = (inputs[1].dim(1)?, inputs[1].dim(2)?);
+    let (groups, key_tiles) = (heads / kv_heads, total.div_ceil(BACKWARD_ROWS));
+    let per_block = (1..=groups)
+        .rev()
+        .find(|p| groups % p == 0 && batch * heads / p * key_tiles >= ENOUGH_BLOCKS)
+        .unwrap_or(1);
+    let slots = heads / per_block;
+    // The five dims, the heads a block takes, the two scales.
+    let mut with_heads = scalars[..5].to_vec();
+    with_heads.push(Scalar::I32(per_block as i32));
+    with_heads.extend_from_slice(&scalars[5..]);
+    let padded = (2 * BACKWARD_ROWS + 2 * query_tile) * (d + 8) * 2;
+    let dkv = launch_on_tensors::<half::bf16>(
+        kernel,
+        &inputs,
+        (2, batch, slots, total, d),
+        Grid::PerRowShared {
+            rows: key_tiles * batch * slots,
+            threads: 128,
+            shared: (padded + 2 * query_tile * 4) as u32,
+        },
+        &with_heads,
+    )?;
+    if per_block == groups {
+        return Ok(dkv);
+    }
+    let len = 2 * batch * kv_heads * total * d;
+    let parts = Scalar::I32((slots / kv_heads) as i32);
+    launch_on_tensors::<half::bf16>(
+        "flash_attention_group_sum_bf16",
+        &[&dkv],
+        (2, batch, kv_heads, total, d),
+        Grid::Stride(len),
+        &[Scalar::I64(len as i64), parts, Scalar::I64((total * d) as i64)],
+    )
+}
+
 /// [`flash_attention_backward`]'s launches.
 #[cfg(feature = "cuda")]
 fn backward(
@@ -162,10 +217,6 @@ fn backward(
     past: usize,
 ) -> candle_core::Result<[Tensor; 3]> {
     use crate::launch::{aligned8, launch_on_tensors, Grid, Scalar};
-    const ROWS: usize = 64;
-    // Blocks of dk/dv below which the KV head's query heads are split over several blocks (their sums
-    // added after): about eight blocks of 128 threads for each of an H100's or H200's 132 SMs.
-    const ENOUGH_BLOCKS: usize = 1024;
     let [q, k, v, out, grad] = inputs;
     let (q, k, v, out, grad) = (aligned8(q)?, aligned8(k)?, aligned8(v)?, aligned8(out)?, aligned8(grad)?);
     let (batch, heads, seq, d) = q.dims4()?;
@@ -192,12 +243,12 @@ fn backward(
     let scale = 1.0 / (d as f64).sqrt();
     let scale_log2 = Scalar::F32((std::f64::consts::LOG2_E * scale) as f32);
     let shared = |rows: usize| (rows * (d + 8) * 2) as u32;
-    let query_blocks = seq.div_ceil(ROWS) * batch * heads;
+    let query_blocks = seq.div_ceil(BACKWARD_ROWS) * batch * heads;
     let stats = launch_on_tensors::<f32>(
         stats_kernel,
         &[&q, &k, &out, &grad],
         (2, batch, heads, seq),
-        Grid::PerRowShared { rows: query_blocks, threads: 128, shared: shared(2 * ROWS) },
+        Grid::PerRowShared { rows: query_blocks, threads: 128, shared: shared(2 * BACKWARD_ROWS) },
         &[&dims[..], &[scale_log2]].concat(),
     )?;
     let with_scales = [&dims[..], &[scale_log2, Scalar::F32(scale as f32)]].concat();
@@ -205,47 +256,10 @@ fn backward(
         dq_kernel,
         &[&q, &k, &v, &grad, &stats],
         (batch, heads, seq, d),
-        Grid::PerRowShared { rows: query_blocks, threads: 128, shared: shared(4 * ROWS) },
+        Grid::PerRowShared { rows: query_blocks, threads: 128, shared: shared(4 * BACKWARD_ROWS) },
         &with_scales,
     )?;
-    let groups = heads / kv_heads;
-    let key_tiles = total.div_ceil(ROWS);
-    let per_block = (1..=groups)
-        .rev()
-        .find(|p| groups % p == 0 && batch * heads / p * key_tiles >= ENOUGH_BLOCKS)
-        .unwrap_or(1);
-    let slots = heads / per_block;
-    let mut scalars = dims.to_vec();
-    scalars.push(Scalar::I32(per_block as i32));
-    scalars.extend_from_slice(&with_scales[dims.len()..]);
-    let dkv = launch_on_tensors::<half::bf16>(
-        dkv_kernel,
-        &[&q, &k, &v, &grad, &stats],
-        (2, batch, slots, total, d),
-        Grid::PerRowShared {
-            rows: key_tiles * batch * slots,
-            threads: 128,
-            shared: shared(2 * ROWS + 2 * query_tile) + (2 * query_tile * 4) as u32,
-        },
-        &scalars,
-    )?;
-    let dkv = match per_block < groups {
-        true => {
-            let len = 2 * batch * kv_heads * total * d;
-            launch_on_tensors::<half::bf16>(
-                "flash_attention_group_sum_bf16",
-                &[&dkv],
-                (2, batch, kv_heads, total, d),
-                Grid::Stride(len),
-                &[
-                    Scalar::I64(len as i64),
-                    Scalar::I32((slots / kv_heads) as i32),
-                    Scalar::I64((total * d) as i64),
-                ],
-            )?
-        }
-        false => dkv,
-    };
+    let dkv = keys_and_values(dkv_kernel, query_tile, [&q, &k, &v, &grad, &stats], &with_scales)?;
     Ok([dq, dkv.get(0)?, dkv.get(1)?])
 }
 
