@@ -10,6 +10,11 @@
 //! and 128) or, elsewhere, to the recomputing backward in forge-host's `causal_attention`.
 use candle_core::Tensor;
 
+/// Rows a block of four warps takes at one row tile of 16 a warp (`FA_ROWS` in the kernels): query
+/// rows of the decoding forward and of the backward's statistics and dq walks, keys of its dk/dv walk.
+#[cfg(feature = "cuda")]
+const TILE_ROWS: usize = 64;
+
 /// One head size's forward kernels: the plain one with the query rows a block takes (two row tiles a
 /// warp where the registers hold them), the one reading the position from the device (one row tile
 /// a warp: a decoded token is one row), and the key tile both take.
@@ -27,9 +32,9 @@ struct Forward {
 #[cfg(feature = "cuda")]
 fn kernel_for(head_dim: usize) -> Option<Forward> {
     let (kernel, rows, at_kernel, key_tile) = match head_dim {
-        64 => ("flash_attention_d64_bf16", 128, "flash_attention_at_d64_bf16", 64),
-        128 => ("flash_attention_d128_bf16", 128, "flash_attention_at_d128_bf16", 64),
-        256 => ("flash_attention_d256_bf16", 64, "flash_attention_at_d256_bf16", 32),
+        64 => ("flash_attention_d64_bf16", 2 * TILE_ROWS, "flash_attention_at_d64_bf16", 64),
+        128 => ("flash_attention_d128_bf16", 2 * TILE_ROWS, "flash_attention_at_d128_bf16", 64),
+        256 => ("flash_attention_d256_bf16", TILE_ROWS, "flash_attention_at_d256_bf16", 32),
         _ => return None,
     };
     Some(Forward { kernel, rows, at_kernel, key_tile })
@@ -116,7 +121,7 @@ pub fn flash_attention_at(
 ) -> candle_core::Result<Tensor> {
     match kernel_for(q.dim(3)?) {
         Some(f) if crate::forward_kernel(&[q, k, v]) => {
-            launch((f.at_kernel, 64, f.key_tile), [q, k, v], Some(past_at), k.dim(2)?, 0)
+            launch((f.at_kernel, TILE_ROWS, f.key_tile), [q, k, v], Some(past_at), k.dim(2)?, 0)
         }
         _ => candle_core::bail!(
             "flash_attention_at takes bf16 on CUDA with heads of 64, 128 or 256, untracked"
@@ -153,10 +158,6 @@ pub fn flash_attention_backward(
     Ok(None)
 }
 
-/// Query rows a block of the statistics and dq walks, keys a block of the dk/dv walk.
-#[cfg(feature = "cuda")]
-const BACKWARD_ROWS: usize = 64;
-
 /// dk and dv `(2, batch, kv_heads, past + seq, d)` from `[q, k, v, dO, stats]`; `scalars` are the dims,
 /// then the scales.
 #[cfg(feature = "cuda")]
@@ -172,7 +173,7 @@ fn keys_and_values(
     const ENOUGH_BLOCKS: usize = 1024;
     let (batch, heads, _, d) = inputs[0].dims4()?;
     let (kv_heads, total) = (inputs[1].dim(1)?, inputs[1].dim(2)?);
-    let (groups, key_tiles) = (heads / kv_heads, total.div_ceil(BACKWARD_ROWS));
+    let (groups, key_tiles) = (heads / kv_heads, total.div_ceil(TILE_ROWS));
     let per_block = (1..=groups)
         .rev()
         .find(|p| groups % p == 0 && batch * heads / p * key_tiles >= ENOUGH_BLOCKS)
@@ -182,7 +183,7 @@ fn keys_and_values(
     let mut with_heads = scalars[..5].to_vec();
     with_heads.push(Scalar::I32(per_block as i32));
     with_heads.extend_from_slice(&scalars[5..]);
-    let padded = (2 * BACKWARD_ROWS + 2 * query_tile) * (d + 8) * 2;
+    let padded = (2 * TILE_ROWS + 2 * query_tile) * (d + 8) * 2;
     let dkv = launch_on_tensors::<half::bf16>(
         kernel,
         &inputs,
@@ -243,12 +244,12 @@ fn backward(
     let scale = 1.0 / (d as f64).sqrt();
     let scale_log2 = Scalar::F32((std::f64::consts::LOG2_E * scale) as f32);
     let shared = |rows: usize| (rows * (d + 8) * 2) as u32;
-    let query_blocks = seq.div_ceil(BACKWARD_ROWS) * batch * heads;
+    let query_blocks = seq.div_ceil(TILE_ROWS) * batch * heads;
     let stats = launch_on_tensors::<f32>(
         stats_kernel,
         &[&q, &k, &out, &grad],
         (2, batch, heads, seq),
-        Grid::PerRowShared { rows: query_blocks, threads: 128, shared: shared(2 * BACKWARD_ROWS) },
+        Grid::PerRowShared { rows: query_blocks, threads: 128, shared: shared(2 * TILE_ROWS) },
         &[&dims[..], &[scale_log2]].concat(),
     )?;
     let with_scales = [&dims[..], &[scale_log2, Scalar::F32(scale as f32)]].concat();
@@ -256,7 +257,7 @@ fn backward(
         dq_kernel,
         &[&q, &k, &v, &grad, &stats],
         (batch, heads, seq, d),
-        Grid::PerRowShared { rows: query_blocks, threads: 128, shared: shared(4 * BACKWARD_ROWS) },
+        Grid::PerRowShared { rows: query_blocks, threads: 128, shared: shared(4 * TILE_ROWS) },
         &with_scales,
     )?;
     let dkv = keys_and_values(dkv_kernel, query_tile, [&q, &k, &v, &grad, &stats], &with_scales)?;
