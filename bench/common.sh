@@ -13,10 +13,12 @@ record() {
   fi
 }
 
-# checkpoint ARCH: writes (once) the peer's random checkpoint of ARCH with the bundled tokenizer; prints its folder.
+# checkpoint ARCH: writes (once) the peer's random checkpoint of ARCH with the bundled tokenizer of its
+# family; prints its folder.
 checkpoint() {
-  local ck=$ckpts/$1
-  [ -f "$ck/config.json" ] || python3 "$peer/models.py" --arch "$1" --out "$ck" --tokenizer "$here/examples/tiny-qwen3" >> "$out/stderr.log" 2>&1
+  local ck=$ckpts/$1 tokenizer=$here/examples/tiny-qwen3
+  case $1 in qwen3.5-*) tokenizer=$here/examples/tiny-qwen35 ;; esac
+  [ -f "$ck/config.json" ] || python3 "$peer/models.py" --arch "$1" --out "$ck" --tokenizer "$tokenizer" >> "$out/stderr.log" 2>&1
   echo "$ck"
 }
 
@@ -25,9 +27,10 @@ prompt='fn parse(input: &str) -> Result<Vec<Token>, Error> {
     let mut tokens = Vec::new();
     for (i, c) in input.char_indices() {'
 
-# load_seconds DIR: forge ($forge) from process start to the first generated token, as a JSON line.
+# load_seconds DIR: forge ($forge) from process start to the first generated token's report on stdout
+# (`seconds`; `exit_seconds` when the process has ended: on an H200 the driver's teardown of the
+# context adds 0.11 s at qwen2.5-0.5b, session 15's call T), as a JSON line. The peer's load stops
+# at its first forward's end, before any teardown, and starts after its imports.
 load_seconds() {
-  local s e; s=$(date +%s.%N)
-  "$forge" generate -q --json --device cuda --model "$1" --prompt "hello" --max-new-tokens 1 > /dev/null || return 1
-  e=$(date +%s.%N); python3 -c "import json; print(json.dumps({'seconds': $e - $s}))"
+  python3 "$here/bench/first_token.py" "$forge" "$1"
 }

@@ -14,6 +14,11 @@
 # PEER_STEPS (default 10) sets the peer's timed steps after its 3 warm-up steps. MODES (default
 # "plain checkpointed") names the training rows: three checkpoints with both take longer than the GPU
 # machine's 10 minutes a command; issue 16's targets need only plain.
+#
+# Qwen3.5 (ARCH qwen3.5-0.8b, …) has the same rows: LoRA on its seven linear layers (both attention
+# kinds'), the peer with flash-linear-attention where it runs — eval, generation and load, with fla
+# importable from the caller's PYTHONPATH, its Triton cache empty for "load first" and warm after —
+# and without it for training, whose backward fla 0.6 refuses on Hopper (bench/gpu_qwen35_train.sh).
 set -uo pipefail
 forge=$1 peer=$2 data=$3 out=$4
 shift 4
@@ -23,6 +28,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 results=$out/results.jsonl
 ckpts=${CKPT_DIR:-/tmp/forge-bench} peer_steps=${PEER_STEPS:-10}
 mkdir -p "$out" "$ckpts"
+TRITON_CACHE_DIR=$(mktemp -d)
+export TRITON_CACHE_DIR
 . "$(dirname "$0")/common.sh"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/card.txt"
@@ -30,15 +37,16 @@ record card ceilings python3 "$here/bench/ceilings.py"
 record forge kernels "$forge" kernels --device cuda --json
 first=1
 for arch in "${archs[@]}"; do
-  ck=$(checkpoint "$arch")
+  ck=$(checkpoint "$arch") targets=q_proj,k_proj,v_proj,o_proj train_path=${PYTHONPATH:-}
+  case $arch in qwen3.5-*) targets=$targets,in_proj_qkv,in_proj_z,out_proj train_path= ;; esac
   cp "$ck/config.json" "$out/$arch.config.json"
   # "First" is first on a fresh machine for every checkpoint: each tool starts with an empty driver
   # JIT cache (CUDA_CACHE_PATH), as on a machine where nothing has run; "again" reuses it.
-  jit_forge=$(mktemp -d) jit_peer=$(mktemp -d)
+  jit_forge=$(mktemp -d) jit_peer=$(mktemp -d) triton_peer=$(mktemp -d)
   CUDA_CACHE_PATH=$jit_forge record forge "$arch load first" load_seconds "$ck"
   CUDA_CACHE_PATH=$jit_forge record forge "$arch load again" load_seconds "$ck"
-  CUDA_CACHE_PATH=$jit_peer record peer "$arch load first" python3 "$peer/bench_torch.py" --model "$ck" --task load
-  CUDA_CACHE_PATH=$jit_peer record peer "$arch load again" python3 "$peer/bench_torch.py" --model "$ck" --task load
+  CUDA_CACHE_PATH=$jit_peer TRITON_CACHE_DIR=$triton_peer record peer "$arch load first" python3 "$peer/bench_torch.py" --model "$ck" --task load
+  CUDA_CACHE_PATH=$jit_peer TRITON_CACHE_DIR=$triton_peer record peer "$arch load again" python3 "$peer/bench_torch.py" --model "$ck" --task load
   record forge "$arch eval" "$forge" eval -q --json --device cuda --model "$ck" --data "$data" --seq-len 1024 \
     --batch-size 8 --max-windows 120 --warmup-batches 3
   record peer "$arch eval" python3 "$peer/bench_torch.py" --model "$ck" --task eval --batch 8 --seq 1024 --steps "$peer_steps"
@@ -46,10 +54,10 @@ for arch in "${archs[@]}"; do
     flag=(); peer_flag=()
     [ $mode = checkpointed ] && flag=(--grad-checkpoint) && peer_flag=(--checkpointing)
     record forge "$arch train $mode" "$forge" train -q --json --device cuda --model "$ck" --data "$data" --out "/tmp/lora-$mode" \
-      --steps 6 --warmup-steps 0 --batch-size 8 --seq-len 1024 --rank 16 --alpha 32 --targets q_proj,k_proj,v_proj,o_proj \
+      --steps 6 --warmup-steps 0 --batch-size 8 --seq-len 1024 --rank 16 --alpha 32 --targets "$targets" \
       --optimizer adamw --lr 1e-4 --clip-norm 0 "${flag[@]}"
-    record peer "$arch train $mode" python3 "$peer/bench_torch.py" --model "$ck" --task train --batch 8 --seq 1024 --steps "$peer_steps" \
-      --lora-r 16 --targets q_proj,k_proj,v_proj,o_proj "${peer_flag[@]}"
+    PYTHONPATH=$train_path record peer "$arch train $mode" python3 "$peer/bench_torch.py" --model "$ck" --task train --batch 8 \
+      --seq 1024 --steps "$peer_steps" --lora-r 16 --targets "$targets" "${peer_flag[@]}"
   done
   record forge "$arch generate" "$forge" generate -q --json --device cuda --model "$ck" --prompt "$prompt" \
     --max-new-tokens 128 --ignore-eos
@@ -58,7 +66,7 @@ for arch in "${archs[@]}"; do
     FORGE_PROFILE=1 "$forge" eval -q --json --device cuda --model "$ck" --data "$data" --seq-len 1024 --batch-size 8 \
       --max-windows 48 2> "$out/profile-eval.txt" > /dev/null
     FORGE_PROFILE=1 "$forge" train -q --json --device cuda --model "$ck" --data "$data" --out /tmp/lora-profile --steps 4 \
-      --batch-size 8 --seq-len 1024 --rank 16 --targets q_proj,k_proj,v_proj,o_proj \
+      --batch-size 8 --seq-len 1024 --rank 16 --targets "$targets" \
       2> "$out/profile-train.txt" > /dev/null
     first=0
   fi

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The table of bench/gpu_vs_peer.sh: forge / peer per target and model, and what bounds each side.
 
-    python3 bench/ratio_table.py OUT_DIR   # reads results.jsonl, card.txt and ARCH.config.json there
+    python3 bench/ratio_table.py OUT_DIR [OUT_DIR ...]   # reads results.jsonl, card.txt and ARCH.config.json there
+
+Several OUT_DIRs (calls of one session on one card, e.g. the dense checkpoints and Qwen3.5's, which do
+not fit one call's 10 minutes together) make one table; the card is the first's.
 
 Achieved rates use useful work only: FLOPs per token from the model's geometry (linear layers, lm_head,
 causal attention at half the context on average; training = forward + input gradients, the base being
@@ -10,23 +13,33 @@ once per new token. Each is given as a fraction of the ceilings measured in the 
 """
 import json, sys, os
 
-out = sys.argv[1]
-rows = [json.loads(l) for l in open(os.path.join(out, "results.jsonl"))]
+outs = sys.argv[1:]
+rows = [json.loads(l) for out in outs for l in open(os.path.join(out, "results.jsonl"))]
 get = lambda tool, what: next((r for r in rows if r["tool"] == tool and r["what"] == what), None)
-card = open(os.path.join(out, "card.txt")).read().strip()
+card = open(os.path.join(outs[0], "card.txt")).read().strip()
 ceil = get("card", "ceilings") or {}
-archs = [f[: -len(".config.json")] for f in sorted(os.listdir(out)) if f.endswith(".config.json")]
-order = ["qwen2.5-0.5b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"]
-archs.sort(key=lambda a: order.index(a) if a in order else 99)
+configs = {f[: -len(".config.json")]: os.path.join(out, f) for out in outs for f in sorted(os.listdir(out))
+           if f.endswith(".config.json")}
+order = ["qwen2.5-0.5b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3.5-0.8b", "qwen3.5-9b"]
+archs = sorted(configs, key=lambda a: order.index(a) if a in order else 99)
 
 def geometry(arch):
-    c = json.load(open(os.path.join(out, f"{arch}.config.json")))
+    """Parameters and useful FLOPs a token; Qwen3.5's linear-attention layers count their products
+    (the delta rule's own work, about 4·dk·dv a head and token, is left out, as attention's softmax)."""
+    c = json.load(open(configs[arch]))
+    c = c.get("text_config", c)
     H, L, h, kv, I, V = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"], c["intermediate_size"], c["vocab_size"]
     d = c.get("head_dim") or H // h
-    linear = L * (H * h * d + 2 * H * kv * d + h * d * H + 3 * H * I)
+    kinds = c.get("layer_types") or ["full_attention"] * L
+    q_width = h * d * (2 if "layer_types" in c else 1)  # Qwen3.5's q_proj gives a gate per query value
+    full = H * q_width + 2 * H * kv * d + h * d * H
+    if "linear_num_value_heads" in c:
+        kd, vd = c["linear_num_key_heads"] * c["linear_key_head_dim"], c["linear_num_value_heads"] * c["linear_value_head_dim"]
+        lin = H * (2 * kd + vd) + H * vd + 2 * H * c["linear_num_value_heads"] + vd * H
+    linear = sum((full if k == "full_attention" else lin) + 3 * H * I for k in kinds)
     params = linear + V * H * (1 if c.get("tie_word_embeddings") else 2)
     seq = 1024
-    attn = L * 2 * h * d * seq  # QKᵀ and P·V per token, causal: half the context on average
+    attn = kinds.count("full_attention") * 2 * h * d * seq  # QKᵀ and P·V per token, causal: half the context on average
     fwd = 2 * linear + 2 * H * V + attn
     return dict(params=params, fwd=fwd, attn=attn)
 
@@ -54,12 +67,13 @@ lines = [
     ("generation new tokens/s, batch 1", "≥ 5", "generate", "new_tokens_per_s", "new_tokens_per_s", True, 5.0),
     ("load to first forward, first on a fresh machine (empty JIT cache)", "≤ 0.5", "load first", "seconds", "seconds", False, 0.5),
     ("load to first forward, again", "≤ 0.5", "load again", "seconds", "seconds", False, 0.5),
+    ("load again, forge to its process's end", "", "load again", "exit_seconds", "seconds", False, None),
 ]
 def fmt(v, key):
     if v is None: return "—"
     if key in ("peak_memory_bytes",): return f"{v / 2**30:.2f} GiB"
     if key == "peak_gib": return f"{v:.2f} GiB"
-    if key == "seconds": return f"{v:.2f} s"
+    if key in ("seconds", "exit_seconds"): return f"{v:.2f} s"
     return f"{v:,.0f}"
 for name, target, what, fk, pk, high, t in lines:
     cells = []
@@ -92,7 +106,7 @@ for a in archs:
         cells.append("—" if tps is None or not bw else f"{tps * 2 * g['params'] / 1e12:.2f} TB/s of weights = {tps * 2 * g['params'] / 1e12 / bw:.0%} of copy")
     print(f"| {a} | generate | {cells[0]} | {cells[1]} |")
 for name in ("eval", "train"):
-    path = os.path.join(out, f"profile-{name}.txt")
+    path = os.path.join(outs[0], f"profile-{name}.txt")
     if os.path.exists(path):
         prof = [json.loads(l) for l in open(path) if l.startswith('{"profile"')]
         if prof:

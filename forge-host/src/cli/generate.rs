@@ -6,6 +6,7 @@ use super::{ModelArgs, Runtime};
 use crate::generate::{generate, SamplingConfig};
 use crate::strategies::Registry;
 use crate::Result;
+use forge_kernels::profile::section;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -46,7 +47,7 @@ struct GenerateReport {
 
 pub fn run(args: GenerateArgs, rt: &Runtime, registry: &Registry) -> Result<()> {
     let folder = args.model.open(&[])?;
-    let tokenizer = folder.tokenizer()?;
+    let tokenizer = section("load: tokenizer", &candle_core::Device::Cpu, || Ok(folder.tokenizer()))??;
     let prompt_ids = tokenizer.encode(&args.prompt)?;
     let what =
         format!("the prompt ({} tokens) and --max-new-tokens {}", prompt_ids.len(), args.max_new_tokens);

@@ -21,21 +21,51 @@ const RANDOM_DENSE: &str = r#"{
   "tie_word_embeddings": true
 }"#;
 
-/// Both checks on `device` (none on the CPU, which has no graphs): 300 new tokens after a 37-token
-/// prompt, so the fixed cache's position runs past its first 256.
+/// The checks on `device` (none on the CPU, which has no graphs), greedy and sampled, on a dense
+/// model and on a Qwen3.5 hybrid whose attention has heads of 256 (Qwen3.5's): 300 new tokens after a
+/// 37-token prompt, so the fixed cache's position runs past its first 256.
 pub fn all(device: &Device, rng: &mut SplitMix64) -> Result<Vec<Check>> {
     if device.is_cpu() {
         return Ok(Vec::new());
     }
-    let config = ModelConfig::from_json(RANDOM_DENSE.as_bytes())?;
+    let mut hybrid: serde_json::Value =
+        serde_json::from_str(crate::training::checks::RANDOM_HYBRID).map_err(candle_core::Error::wrap)?;
+    hybrid["head_dim"] = 256.into();
+    let models = [
+        (
+            ModelConfig::from_json(RANDOM_DENSE.as_bytes())?,
+            [
+                "decoding as a CUDA graph vs op by op, dense, greedy",
+                "decoding as a CUDA graph vs op by op, dense, sampled",
+            ],
+        ),
+        (
+            ModelConfig::from_json(hybrid.to_string().as_bytes())?,
+            [
+                "decoding as a CUDA graph vs op by op, hybrid, greedy",
+                "decoding as a CUDA graph vs op by op, hybrid, sampled",
+            ],
+        ),
+    ];
+    let mut checks = Vec::new();
+    for (config, names) in models {
+        checks.extend(on_model(config, names, device, rng)?);
+    }
+    Ok(checks)
+}
+
+/// Greedy and sampled decoding of `config`'s model of random weights, captured against op by op.
+fn on_model(
+    config: ModelConfig,
+    names: [&'static str; 2],
+    device: &Device,
+    rng: &mut SplitMix64,
+) -> Result<Vec<Check>> {
     let (layers, heads, head_dim, vocab) = (config.layers, config.heads[0], config.head_dim, config.vocab);
     let model = CausalLm::load(&ModelFolder::random(config, rng.next_u64()), DType::BF16, device)?;
     let prompt: Vec<u32> = (0..37).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
     let mut checks = Vec::new();
-    for (kernel, temperature) in [
-        ("decoding as a CUDA graph vs op by op, greedy", 0.0),
-        ("decoding as a CUDA graph vs op by op, sampled", 1.0),
-    ] {
+    for (what, temperature) in names.into_iter().zip([0.0, 1.0]) {
         let sampling = SamplingConfig {
             max_new_tokens: 300,
             temperature,
@@ -48,7 +78,7 @@ pub fn all(device: &Device, rng: &mut SplitMix64) -> Result<Vec<Check>> {
         let differ = captured.iter().zip(&stepped).filter(|(a, b)| a != b).count();
         let fraction = (differ + captured.len().abs_diff(stepped.len())) as f64 / stepped.len() as f64;
         checks.push(Check {
-            kernel,
+            kernel: what,
             shape: vec![layers, heads, head_dim, sampling.max_new_tokens],
             past: prompt.len(),
             forward_rel_err: fraction,

@@ -1,11 +1,12 @@
 //! Decoding as one CUDA graph a token. Op by op, a decoding step of qwen2.5-0.5b is several hundred
 //! launches, each paying candle's and the driver's host cost, for 1 GB of weights that stream in a
 //! third of a millisecond: generation ran at 3–8 % of the bandwidth limit. Here the step is captured
-//! once and replayed: its buffers are fixed (a KV cache of set capacity, written in place), and what
-//! moves between tokens — the position, the last token — is read from device memory, so the same
-//! graph serves every position up to the capacity (one graph, not one a length). Measured on an
-//! H200, 128 new tokens, capture included: qwen2.5-0.5b 129 → 334–351 tokens/s, qwen3-1.7b 105 →
-//! 220–243 (the PyTorch peer: 41 and 40).
+//! once and replayed: its buffers are fixed (a KV cache of set capacity, written in place; for
+//! Qwen3.5's linear attention, the convolution inputs and the recurrent state, overwritten each step),
+//! and what moves between tokens — the position, the last token — is read from device memory, so
+//! the same graph serves every position up to the capacity (one graph, not one a length). Measured
+//! on an H200, 128 new tokens, capture included: qwen2.5-0.5b 129 → 334–351 tokens/s, qwen3-1.7b
+//! 105 → 220–243 (the PyTorch peer: 41 and 40).
 //!
 //! What candle does inside the captured region: its allocations are stream-ordered
 //! (`cuMemAllocAsync`), which capture turns into the graph's own allocation nodes, freed inside the
@@ -47,8 +48,7 @@ pub(super) struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     /// A decoder continuing `cache` (the prompt's) up to `positions` in all; `None` where a step
-    /// cannot be captured: not bf16 on CUDA, a linear-attention layer, heads the flash kernel does
-    /// not take.
+    /// cannot be captured: not bf16 on CUDA, or heads the flash kernel does not take.
     pub(super) fn new(
         model: &'a CausalLm,
         cache: &KvCache,
@@ -57,10 +57,7 @@ impl<'a> Decoder<'a> {
     ) -> candle_core::Result<Option<Self>> {
         let config = model.config();
         let Device::Cuda(cuda) = model.device() else { return Ok(None) };
-        if model.dtype() != DType::BF16
-            || config.hybrid.is_some()
-            || !forge_kernels::takes_head_dim(config.head_dim)
-        {
+        if model.dtype() != DType::BF16 || !forge_kernels::takes_head_dim(config.head_dim) {
             return Ok(None);
         }
         let capacity = positions.div_ceil(BUCKET) * BUCKET;

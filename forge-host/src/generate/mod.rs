@@ -28,9 +28,9 @@ pub struct SamplingConfig {
 
 /// Generates up to `config.max_new_tokens` tokens after `prompt`; returns the new tokens only.
 ///
-/// The prompt runs once, filling the cache; on CUDA, a model of attention layers then decodes from a
-/// fixed cache, one captured CUDA graph replayed a token ([`graph`]): one launch a token where the
-/// step is otherwise hundreds, each paying the host's launch cost (generation was launch-bound).
+/// The prompt runs once, filling the cache; on CUDA, the model then decodes from a fixed cache, one
+/// captured CUDA graph replayed a token ([`graph`]): one launch a token where the step is otherwise
+/// hundreds, each paying the host's launch cost (generation was launch-bound).
 /// Elsewhere, or where capture fails (said on stderr), each step runs op by op.
 pub fn generate(model: &CausalLm, prompt: &[u32], config: &SamplingConfig) -> Result<Vec<u32>> {
     Ok(generate_as(model, prompt, config, true)?.0)

@@ -100,8 +100,7 @@ impl GatedDeltaNet {
             crate::autograd::gated_delta_rule(&projections, delta_state.as_ref(), self.heads)
         })?;
         if let Some(cache) = cache {
-            cache.conv = Some(conv_tail);
-            cache.delta = Some(state);
+            cache.keep_linear(conv_tail, state)?;
         }
         let Heads { value_heads, value_dim, .. } = self.heads;
         section("linear attention: gated norm + out_proj", device, || {

@@ -55,23 +55,47 @@ impl LayerCache {
         Ok(Cached::All(kv.0, kv.1))
     }
 
-    /// This layer's keys and values copied into zeroed buffers of `capacity` positions (a removed
-    /// layer's empty cache stays empty).
+    /// Keeps a linear-attention layer's next convolution inputs and state. A fixed cache writes them
+    /// into its own buffers, so that a captured step reads and writes the same memory at every replay.
+    pub(crate) fn keep_linear(&mut self, conv: Tensor, delta: Tensor) -> candle_core::Result<()> {
+        if let (Some(_), Some(into_conv), Some(into_delta)) = (&self.at, &self.conv, &self.delta) {
+            into_conv.slice_set(&conv.contiguous()?, 0, 0)?;
+            return into_delta.slice_set(&delta.contiguous()?, 0, 0);
+        }
+        (self.conv, self.delta) = (Some(conv), Some(delta));
+        Ok(())
+    }
+
+    /// This layer's cache in buffers of its own: keys and values in zeroed buffers of `capacity`
+    /// positions, a linear-attention layer's convolution inputs and state as they are (their size
+    /// does not grow). A removed layer's empty cache stays empty.
     fn fixed(&self, capacity: usize, at: &Tensor) -> candle_core::Result<LayerCache> {
-        if self.conv.is_some() || self.delta.is_some() {
-            candle_core::bail!("a linear-attention layer's cache cannot be fixed");
+        let at = Some(at.clone());
+        if let (Some(conv), Some(delta)) = (&self.conv, &self.delta) {
+            let (conv, delta) =
+                (Some(buffer(conv, 1, conv.dim(1)?)?), Some(buffer(delta, 2, delta.dim(2)?)?));
+            return Ok(LayerCache { conv, delta, at, kv: None });
         }
         let Some((k, v)) = &self.kv else {
             return Ok(LayerCache::default());
         };
-        let buffer = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let (b, heads, _, d) = t.dims4()?;
-            let buffer = Tensor::zeros((b, heads, capacity, d), t.dtype(), t.device())?;
-            buffer.slice_set(t, 2, 0)?;
-            Ok(buffer)
-        };
-        Ok(LayerCache { kv: Some((buffer(k)?, buffer(v)?)), at: Some(at.clone()), ..Default::default() })
+        Ok(LayerCache {
+            kv: Some((buffer(k, 2, capacity)?, buffer(v, 2, capacity)?)),
+            at,
+            ..Default::default()
+        })
     }
+}
+
+/// `t` copied into a zeroed buffer of `len` along `dim`. Zeros and a slice copy, not `Tensor::copy`:
+/// the kernels decoding loads anyway, where a copy would load candle's unary module (compiled by the
+/// driver on a fresh machine).
+fn buffer(t: &Tensor, dim: usize, len: usize) -> candle_core::Result<Tensor> {
+    let mut dims = t.dims().to_vec();
+    dims[dim] = len;
+    let buffer = Tensor::zeros(dims, t.dtype(), t.device())?;
+    buffer.slice_set(&t.contiguous()?, dim, 0)?;
+    Ok(buffer)
 }
 
 /// The cache of a whole model.
@@ -90,8 +114,7 @@ impl KvCache {
     }
 
     /// This cache as a fixed one of `capacity` positions (`rope` the rotary tables of positions
-    /// `0..capacity`), its position on the device set to the positions seen. Only attention layers'
-    /// caches can be fixed.
+    /// `0..capacity`), its position on the device set to the positions seen.
     pub fn fixed(&self, capacity: usize, rope: RopeTables) -> candle_core::Result<KvCache> {
         if capacity <= self.seen {
             candle_core::bail!("a fixed cache of {capacity} positions cannot hold the {} seen", self.seen);
@@ -169,6 +192,29 @@ mod tests {
             want.apply(&x)?.flatten_all()?.to_vec1::<f32>()?
         );
         assert!(fixed.layer(0).append(&kv(2, 0.0)?, &kv(2, 0.0)?).is_err(), "two positions in one step");
+        Ok(())
+    }
+
+    /// A fixed linear-attention cache copies the prompt's convolution inputs and state into buffers
+    /// of its own and overwrites those in place each step (a captured step reads the same memory);
+    /// the prompt's cache is left as it was.
+    #[test]
+    fn a_fixed_linear_cache_overwrites_its_own_buffers() -> candle_core::Result<()> {
+        let t = |from: f32, shape: &[usize]| -> candle_core::Result<Tensor> {
+            let n: usize = shape.iter().product();
+            Tensor::arange(from, from + n as f32, &Device::Cpu)?.reshape(shape)
+        };
+        let mut cache = KvCache::new(1);
+        cache.layer(0).keep_linear(t(0.0, &[1, 3, 4])?, t(10.0, &[1, 2, 2, 2])?)?;
+        cache.advance(5);
+        let rotary = RotaryEmbedding::new(&RopeConfig { theta: 10000.0, scaling: RopeScaling::Default }, 4);
+        let mut fixed = cache.fixed(8, rotary.tables(0, 8, DType::F32, &Device::Cpu)?)?;
+        let (conv, delta) = (fixed.layer(0).conv.clone().unwrap(), fixed.layer(0).delta.clone().unwrap());
+        fixed.layer(0).keep_linear(t(-50.0, &[1, 3, 4])?, t(-90.0, &[1, 2, 2, 2])?)?;
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        assert_eq!(flat(&conv)?, flat(&t(-50.0, &[1, 3, 4])?)?, "written into the same buffer");
+        assert_eq!(flat(&delta)?, flat(&t(-90.0, &[1, 2, 2, 2])?)?);
+        assert_eq!(flat(cache.layer(0).conv.as_ref().unwrap())?, flat(&t(0.0, &[1, 3, 4])?)?);
         Ok(())
     }
 }

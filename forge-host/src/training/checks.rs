@@ -16,7 +16,7 @@ use crate::Result;
 
 /// tiny-qwen35's geometry cut to four layers (three linear-attention layers, then one of full
 /// attention: Qwen3.5's pattern), the model the check runs on when given none.
-const RANDOM_HYBRID: &str = r#"{
+pub(crate) const RANDOM_HYBRID: &str = r#"{
   "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text", "hidden_act": "silu",
   "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "vocab_size": 8192,
   "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"],
