@@ -963,3 +963,4 @@ extern "C" __global__ void narrow_bf16(const __nv_bfloat16 *__restrict__ x, __nv
 #include "gated_delta_chunked.cu"
 #include "flash_attention.cu"
 #include "flash_attention_backward.cu"
+#include "matvec.cu"

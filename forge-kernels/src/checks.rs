@@ -304,6 +304,8 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     let w = random(&[1024, 5120], rng, 0.05)?;
     let f = |d: &Device, dtype: DType| Int8Rows::quantize(&w.to_device(d)?.to_dtype(dtype)?)?.dequantize();
     checks.push(forward_check("dequant_rows_u8_bf16", vec![1024, 5120], &f, dev, 1e-2)?);
+    #[cfg(feature = "cuda")]
+    checks.extend(matvec_checks(dev, rng)?);
     // Qwen3.5's norm at qwen3.5-0.8b's hidden width and over its attention heads of 256 (a warp a row),
     // its weight `1 + w` in f32.
     for (rows, n) in [(4096, 1024), (2 * 1024 * 8 + 3, 256)] {
@@ -311,6 +313,27 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
         let f = |x: &[Tensor]| rms_norm_f32_weight(&x[0], &w.to_device(x[0].device())?, 1e-6);
         let (inputs, weights) = (vec![random(&[rows, n], rng, 4.0)?], random(&[rows, n], rng, 1.0)?);
         checks.push(check(Case::new("rms_norm_f32w_bf16", vec![rows, n], &f, inputs, weights), dev)?);
+    }
+    Ok(checks)
+}
+
+/// Decoding's one-row product against f32 on the CPU, at qwen3-4b's MLP widths (up and down) and an
+/// output of a 50,000-token vocabulary; the kernel must take each (a row of a width it refuses would
+/// fall back to cuBLAS unchecked).
+#[cfg(feature = "cuda")]
+fn matvec_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for (n, k) in [(9728, 2560), (2560, 9728), (50_000, 1024)] {
+        let (x, w) = (random(&[1, k], rng, 2.0)?, random(&[n, k], rng, 0.05)?);
+        let f = |d: &Device, dtype: DType| {
+            let (x, w) = (x.to_device(d)?.to_dtype(dtype)?, w.to_device(d)?.to_dtype(dtype)?);
+            match crate::matvec(&x, &w)? {
+                Some(y) => Ok(y),
+                None if d.is_cpu() => x.matmul(&w.t()?),
+                None => candle_core::bail!("matvec_bf16 refused a row of {k}"),
+            }
+        };
+        checks.push(forward_check("matvec_bf16", vec![n, k], &f, dev, 1e-2)?);
     }
     Ok(checks)
 }

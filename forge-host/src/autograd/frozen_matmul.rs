@@ -17,8 +17,13 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let (x_shape, in_dim) = (x.shape().clone(), x.dim(candle_core::D::Minus1)?);
     let mut out_dims = x_shape.dims().to_vec();
     *out_dims.last_mut().expect("a matmul input has at least one dimension") = w.dim(0)?;
-    let product =
-        forge_kernels::tape::detach(x)?.reshape(((), in_dim))?.matmul(&w.t()?)?.reshape(out_dims)?;
+    let rows = forge_kernels::tape::detach(x)?.reshape(((), in_dim))?;
+    // Decoding's one row reads the weight once by forge's kernel, at the card's bandwidth.
+    #[cfg(feature = "cuda")]
+    let one_row = forge_kernels::matvec(&rows, w)?;
+    #[cfg(not(feature = "cuda"))]
+    let one_row = None;
+    let product = one_row.map_or_else(|| rows.matmul(&w.t()?), Ok)?.reshape(out_dims)?;
     let w = w.clone();
     with_gradient("frozen matmul backward", x, product, move |grad| {
         grad.reshape(((), w.dim(0)?))?.matmul(&w)?.reshape(&x_shape)
