@@ -67,8 +67,8 @@ impl LayerCache {
     }
 
     /// This layer's cache in buffers of its own: keys and values in zeroed buffers of `capacity`
-    /// positions, a linear-attention layer's convolution inputs and state as they are (their size
-    /// does not grow). A removed layer's empty cache stays empty.
+    /// positions; a linear-attention layer's convolution inputs and state copied at their own sizes
+    /// (they do not grow with positions). A removed layer's empty cache stays empty.
     fn fixed(&self, capacity: usize, at: &Tensor) -> candle_core::Result<LayerCache> {
         let at = Some(at.clone());
         if let (Some(conv), Some(delta)) = (&self.conv, &self.delta) {
@@ -88,8 +88,8 @@ impl LayerCache {
 }
 
 /// `t` copied into a zeroed buffer of `len` along `dim`. Zeros and a slice copy, not `Tensor::copy`:
-/// the kernels decoding loads anyway, where a copy would load candle's unary module (compiled by the
-/// driver on a fresh machine).
+/// decoding loads those kernels anyway, where a copy would load candle's unary module too (compiled
+/// by the driver on a fresh machine).
 fn buffer(t: &Tensor, dim: usize, len: usize) -> candle_core::Result<Tensor> {
     let mut dims = t.dims().to_vec();
     dims[dim] = len;
