@@ -34,3 +34,16 @@ prompt='fn parse(input: &str) -> Result<Vec<Token>, Error> {
 load_seconds() {
   python3 "$here/bench/first_token.py" "$forge" "$1"
 }
+
+# load_rows ARCH DIR: the four load rows of ARCH's checkpoint DIR, forge's then the peer's, each first
+# from empty caches, as on a machine where nothing has run (the driver's JIT cache, CUDA_CACHE_PATH, and
+# for the peer Triton's too: flash-linear-attention's kernels, for Qwen3.5), then again reusing them.
+# Leaves forge's JIT cache folder in $jit_forge.
+load_rows() {
+  local arch=$1 ck=$2 jit_peer triton_peer
+  jit_forge=$(mktemp -d) jit_peer=$(mktemp -d) triton_peer=$(mktemp -d)
+  CUDA_CACHE_PATH=$jit_forge record forge "$arch load first" load_seconds "$ck"
+  CUDA_CACHE_PATH=$jit_forge record forge "$arch load again" load_seconds "$ck"
+  CUDA_CACHE_PATH=$jit_peer TRITON_CACHE_DIR=$triton_peer record peer "$arch load first" python3 "$peer/bench_torch.py" --model "$ck" --task load
+  CUDA_CACHE_PATH=$jit_peer TRITON_CACHE_DIR=$triton_peer record peer "$arch load again" python3 "$peer/bench_torch.py" --model "$ck" --task load
+}

@@ -16,12 +16,6 @@ mkdir -p "$out" "$ckpts"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
 for arch in "${archs[@]}"; do
   ck=$(checkpoint "$arch")
-  # The peer's Triton cache (flash-linear-attention's kernels, for Qwen3.5) starts empty too.
-  jit_forge=$(mktemp -d) jit_peer=$(mktemp -d) triton_peer=$(mktemp -d)
-  CUDA_CACHE_PATH=$jit_forge record forge "$arch load first" load_seconds "$ck"
-  CUDA_CACHE_PATH=$jit_forge record forge "$arch load again" load_seconds "$ck"
-  export TRITON_CACHE_DIR=$triton_peer
-  CUDA_CACHE_PATH=$jit_peer record peer "$arch load first" python3 "$peer/bench_torch.py" --model "$ck" --task load
-  CUDA_CACHE_PATH=$jit_peer record peer "$arch load again" python3 "$peer/bench_torch.py" --model "$ck" --task load
+  load_rows "$arch" "$ck"
   find "$jit_forge" -type f -printf "$arch %s %P\n" | sort -n >> "$out/forge-jit-cache.txt"
 done

@@ -40,13 +40,8 @@ for arch in "${archs[@]}"; do
   ck=$(checkpoint "$arch") targets=q_proj,k_proj,v_proj,o_proj train_path=${PYTHONPATH:-}
   case $arch in qwen3.5-*) targets=$targets,in_proj_qkv,in_proj_z,out_proj train_path= ;; esac
   cp "$ck/config.json" "$out/$arch.config.json"
-  # "First" is first on a fresh machine for every checkpoint: each tool starts with an empty driver
-  # JIT cache (CUDA_CACHE_PATH), as on a machine where nothing has run; "again" reuses it.
-  jit_forge=$(mktemp -d) jit_peer=$(mktemp -d) triton_peer=$(mktemp -d)
-  CUDA_CACHE_PATH=$jit_forge record forge "$arch load first" load_seconds "$ck"
-  CUDA_CACHE_PATH=$jit_forge record forge "$arch load again" load_seconds "$ck"
-  CUDA_CACHE_PATH=$jit_peer TRITON_CACHE_DIR=$triton_peer record peer "$arch load first" python3 "$peer/bench_torch.py" --model "$ck" --task load
-  CUDA_CACHE_PATH=$jit_peer TRITON_CACHE_DIR=$triton_peer record peer "$arch load again" python3 "$peer/bench_torch.py" --model "$ck" --task load
+  # "First" is first on a fresh machine for every checkpoint (common.sh's load_rows).
+  load_rows "$arch" "$ck"
   record forge "$arch eval" "$forge" eval -q --json --device cuda --model "$ck" --data "$data" --seq-len 1024 \
     --batch-size 8 --max-windows 120 --warmup-batches 3
   record peer "$arch eval" python3 "$peer/bench_torch.py" --model "$ck" --task eval --batch 8 --seq 1024 --steps "$peer_steps"
