@@ -317,23 +317,40 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     Ok(checks)
 }
 
-/// Decoding's one-row product against f32 on the CPU, at qwen3-4b's MLP widths (up and down) and an
-/// output of a 50,000-token vocabulary; the kernel must take each (a row of a width it refuses would
-/// fall back to cuBLAS unchecked).
+/// Decoding's one-row products against f32 on the CPU: one weight at qwen3-4b's MLP widths (up and
+/// down) and an output of a 50,000-token vocabulary; its q, k and v as one launch; its gate and up
+/// with SwiGLU as one. The kernels must take each (a row of a width they refuse would fall back to
+/// cuBLAS unchecked).
 #[cfg(feature = "cuda")]
 fn matvec_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
     let mut checks = Vec::new();
-    for (n, k) in [(9728, 2560), (2560, 9728), (50_000, 1024)] {
-        let (x, w) = (random(&[1, k], rng, 2.0)?, random(&[n, k], rng, 0.05)?);
+    let cases: [(&'static str, &[usize], usize); 5] = [
+        ("matvec_bf16", &[9728], 2560),
+        ("matvec_bf16", &[2560], 9728),
+        ("matvec_bf16", &[50_000], 1024),
+        ("matvec3_bf16 (q, k, v)", &[4096, 1024, 1024], 2560),
+        ("matvec_swiglu_bf16", &[9728, 9728], 2560),
+    ];
+    for (kernel, rows, k) in cases {
+        let x = random(&[1, k], rng, 2.0)?;
+        let weights =
+            rows.iter().map(|&n| random(&[n, k], rng, 0.05)).collect::<candle_core::Result<Vec<_>>>()?;
         let f = |d: &Device, dtype: DType| {
-            let (x, w) = (x.to_device(d)?.to_dtype(dtype)?, w.to_device(d)?.to_dtype(dtype)?);
-            match crate::matvec(&x, &w)? {
+            let on = |t: &Tensor| t.to_device(d)?.to_dtype(dtype);
+            let (x, ws) = (on(&x)?, weights.iter().map(on).collect::<candle_core::Result<Vec<_>>>()?);
+            let ws = ws.iter().collect::<Vec<_>>();
+            let swiglu = kernel.contains("swiglu");
+            let fused =
+                if swiglu { crate::matvec_swiglu(&x, ws[0], ws[1])? } else { crate::matvec(&x, &ws)? };
+            let products = || ws.iter().map(|w| x.matmul(&w.t()?)).collect::<candle_core::Result<Vec<_>>>();
+            match fused {
                 Some(y) => Ok(y),
-                None if d.is_cpu() => x.matmul(&w.t()?),
-                None => candle_core::bail!("matvec_bf16 refused a row of {k}"),
+                None if d.is_cpu() && swiglu => products().and_then(|p| crate::swiglu(&p[0], &p[1])),
+                None if d.is_cpu() => Tensor::cat(&products()?, 1),
+                None => candle_core::bail!("{kernel} refused a row of {k}"),
             }
         };
-        checks.push(forward_check("matvec_bf16", vec![n, k], &f, dev, 1e-2)?);
+        checks.push(forward_check(kernel, rows.iter().copied().chain([k]).collect(), &f, dev, 1e-2)?);
     }
     Ok(checks)
 }

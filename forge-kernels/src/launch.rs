@@ -32,6 +32,10 @@ pub enum Grid {
     /// [`Grid::PerRow`] with `shared` bytes of dynamic shared memory a block (more than the 48 KiB a
     /// kernel gets without asking is allowed for it at launch).
     PerRowShared { rows: usize, threads: u32, shared: u32 },
+    /// Up to `blocks` blocks of `threads`, no more than the card holds at once and the work shared
+    /// evenly between them, for kernels whose warps walk their rows a grid apart: a last wave of a few
+    /// blocks would run at a fraction of the card (`cuda/matvec.cu`).
+    OneWave { blocks: usize, threads: u32 },
 }
 
 impl Grid {
@@ -41,6 +45,7 @@ impl Grid {
             Grid::Stride(n) => (n.div_ceil(256).clamp(1, 65535 * 8) as u32, 256, 0),
             Grid::Stride8(n) => return Grid::Stride(if n % 8 == 0 { n / 8 } else { n }).config(),
             Grid::PerRowShared { rows, threads, shared } => (rows as u32, threads, shared),
+            Grid::OneWave { blocks, threads } => (blocks as u32, threads, 0),
         };
         LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: shared }
     }
@@ -110,6 +115,38 @@ fn function(dev: &CudaDevice, name: &'static str, shared: u32) -> candle_core::R
     Ok(func)
 }
 
+/// The blocks of a [`Grid::OneWave`] launch of `blocks` of `threads`: as few rounds of what `dev` holds
+/// at once (its multiprocessors times the kernel's resident blocks on one, asked once a kernel) as
+/// cover them, each of the same size.
+fn one_wave(
+    dev: &CudaDevice,
+    kernel: &'static str,
+    func: &CudaFunction,
+    blocks: usize,
+    threads: u32,
+) -> candle_core::Result<u32> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    static RESIDENT: OnceLock<Mutex<HashMap<(DeviceId, &'static str), usize>>> = OnceLock::new();
+    let mut resident = RESIDENT.get_or_init(Default::default).lock().expect("no panic while asking");
+    let held = match resident.get(&(dev.id(), kernel)) {
+        Some(&held) => held,
+        None => {
+            let fail = |e| candle_core::Error::Msg(format!("{kernel}: occupancy: {e}"));
+            let context = dev.cuda_stream().context().clone();
+            let sms = context
+                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(fail)?;
+            let per_sm =
+                func.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_err(fail)?;
+            let held = (sms.max(1) as usize * per_sm.max(1) as usize).max(1);
+            resident.insert((dev.id(), kernel), held);
+            held
+        }
+    };
+    let rounds = blocks.div_ceil(held).max(1);
+    Ok(blocks.div_ceil(rounds).max(1) as u32)
+}
+
 /// A borrowed input, viewed as the element type its storage holds.
 enum View<'a> {
     Bf16(CudaView<'a, bf16>),
@@ -148,6 +185,10 @@ pub fn launch<T: Output>(
     let mut out = unsafe { dev.alloc::<T>(len)? };
     let shared = if let Grid::PerRowShared { shared, .. } = grid { shared } else { 0 };
     let func = function(&dev, kernel, shared)?;
+    let mut config = grid.config();
+    if let Grid::OneWave { blocks, threads } = grid {
+        config.grid_dim.0 = one_wave(&dev, kernel, &func, blocks, threads)?;
+    }
     let stream = dev.cuda_stream();
     let mut builder = stream.launch_builder(&func);
     for v in &views {
@@ -169,7 +210,7 @@ pub fn launch<T: Output>(
     }
     // SAFETY: the callers give each kernel the arguments of its signature in `cuda/forge_kernels.cu`,
     // with buffers of the lengths its indexing reads.
-    unsafe { builder.launch(grid.config()) }
+    unsafe { builder.launch(config) }
         .map_err(|e| candle_core::Error::Msg(format!("CUDA launch of {kernel}: {e}")))?;
     Ok(CudaStorage::wrap_cuda_slice::<T>(out, dev))
 }

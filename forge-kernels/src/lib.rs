@@ -41,7 +41,6 @@ mod int8_rows;
 pub mod jit;
 #[cfg(feature = "cuda")]
 mod launch;
-#[cfg(feature = "cuda")]
 mod matvec;
 pub mod profile;
 mod residual;
@@ -72,8 +71,7 @@ pub use gated_rms_norm::gated_rms_norm_backward;
 pub use int8_rows::Int8Rows;
 #[cfg(feature = "cuda")]
 pub use launch::EMBEDDED as EMBEDDED_FATBIN;
-#[cfg(feature = "cuda")]
-pub use matvec::matvec;
+pub use matvec::{matvec, matvec_swiglu};
 pub use residual::{add_bias, embedding, narrow, residual_add, transpose12};
 pub use rms_norm::{rms_norm, rms_norm_f32_weight, FusedRmsNorm};
 pub use rng::SplitMix64;

@@ -106,6 +106,12 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
 /// `(batch, seq, heads, d)` made heads-first for attention, and attention's output made tokens-first
 /// for `o_proj`. Differentiable (the swap is its own inverse).
 pub fn transpose12(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (a, b, c, d) = x.dims4()?;
+    // With one of the two of size 1 (decoding's one position) the swap moves nothing: a reshape,
+    // where the kernel would be one more launch a layer.
+    if (b == 1 || c == 1) && x.is_contiguous() {
+        return tape::reshape(x, (a, c, b, d));
+    }
     if on_kernel(&[x]) {
         return tape::apply_op1(&tape::contiguous(x)?, Transpose12);
     }
@@ -178,5 +184,26 @@ impl candle_core::CustomOp1 for Transpose12 {
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(transpose12(grad)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// With one of the swapped dimensions of size 1 the swap is a reshape, with the values and the
+    /// contiguous layout of the transpose.
+    #[test]
+    fn a_swap_with_a_dimension_of_one_is_the_transpose() -> candle_core::Result<()> {
+        for dims in [(2, 1, 3, 4), (2, 3, 1, 4)] {
+            let x = Tensor::arange(0f32, 24.0, &Device::Cpu)?.reshape(dims)?;
+            let swapped = transpose12(&x)?;
+            let want = x.transpose(1, 2)?.contiguous()?;
+            assert_eq!(swapped.dims(), want.dims());
+            assert_eq!(swapped.flatten_all()?.to_vec1::<f32>()?, want.flatten_all()?.to_vec1::<f32>()?);
+            assert!(swapped.is_contiguous());
+        }
+        Ok(())
     }
 }

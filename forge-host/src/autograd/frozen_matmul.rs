@@ -19,10 +19,7 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     *out_dims.last_mut().expect("a matmul input has at least one dimension") = w.dim(0)?;
     let rows = forge_kernels::tape::detach(x)?.reshape(((), in_dim))?;
     // Decoding's one row reads the weight once by forge's kernel, at the card's bandwidth.
-    #[cfg(feature = "cuda")]
-    let one_row = forge_kernels::matvec(&rows, w)?;
-    #[cfg(not(feature = "cuda"))]
-    let one_row = None;
+    let one_row = forge_kernels::matvec(&rows, &[w])?;
     let product = one_row.map_or_else(|| rows.matmul(&w.t()?), Ok)?.reshape(out_dims)?;
     let w = w.clone();
     with_gradient("frozen matmul backward", x, product, move |grad| {

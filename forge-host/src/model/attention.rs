@@ -121,11 +121,11 @@ impl Attention {
             rope.apply_heads_first(&t)
         };
         let (q, gate, k, v) = section("attention q/k/v + rope", x.device(), || {
-            let (q, gate) = self.query_and_gate(x)?;
+            let (q, k, v) = self.projections(x)?;
+            let (q, gate) = self.query_and_gate(q)?;
             let q = split(q, self.heads, &self.q_norm)?;
-            let k = split(self.k_proj.forward(x)?, self.kv_heads, &self.k_norm)?;
-            let v = tape::reshape(&self.v_proj.forward(x)?, (b, s, self.kv_heads, d))?;
-            let v = forge_kernels::transpose12(&v)?;
+            let k = split(k, self.kv_heads, &self.k_norm)?;
+            let v = forge_kernels::transpose12(&tape::reshape(&v, (b, s, self.kv_heads, d))?)?;
             Ok((q, gate, k, v))
         })?;
         let cached = match cache {
@@ -156,14 +156,30 @@ impl Attention {
         section("attention o_proj", x.device(), || self.o_proj.forward(&out))
     }
 
-    /// The queries `(b, s, heads · d)` and, for a gated attention, `q_proj`'s whole output, whose
-    /// second half of each head's `2d` values is the head's gate (read there by `sigmoid_gate`).
-    fn query_and_gate(&self, x: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        let projected = self.q_proj.forward(x)?;
+    /// `q_proj`, `k_proj` and `v_proj` of `x` `(b, s, hidden)`. Decoding's one row takes the three
+    /// as one launch where each is its weight alone: on qwen3-4b two of three launches a layer were
+    /// too small to reach the card's bandwidth (`forge-kernels/cuda/matvec.cu`).
+    fn projections(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let weights = [&self.q_proj, &self.k_proj, &self.v_proj].map(Linear::plain_weight);
+        if let [Some(q), Some(k), Some(v)] = weights {
+            let (b, s, hidden) = x.dims3()?;
+            if let Some(all) = forge_kernels::matvec(&x.reshape((b * s, hidden))?, &[q, k, v])? {
+                let (nq, nk, nv) = (q.dim(0)?, k.dim(0)?, v.dim(0)?);
+                let part = |from: usize, len: usize| all.narrow(1, from, len)?.reshape((b, s, len));
+                return Ok((part(0, nq)?, part(nq, nk)?, part(nq + nk, nv)?));
+            }
+        }
+        Ok((self.q_proj.forward(x)?, self.k_proj.forward(x)?, self.v_proj.forward(x)?))
+    }
+
+    /// The queries `(b, s, heads · d)` of `q_proj`'s output `projected` and, for a gated attention,
+    /// `projected` whole, whose second half of each head's `2d` values is the head's gate (read there
+    /// by `sigmoid_gate`).
+    fn query_and_gate(&self, projected: Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         if !self.gated {
             return Ok((projected, None));
         }
-        let (b, s, _) = x.dims3()?;
+        let (b, s, _) = projected.dims3()?;
         let per_head = tape::reshape(&projected, (b, s, self.heads, 2 * self.head_dim))?;
         let query = forge_kernels::narrow(&per_head, 3, 0, self.head_dim)?;
         let query = tape::reshape(&query, (b, s, self.heads * self.head_dim))?;

@@ -6,7 +6,7 @@
 //! position kept on the device. A decoding step over a fixed cache does the same work with the same
 //! buffers whatever the position, so it can be captured once as a CUDA graph and replayed
 //! (`generate::graph`).
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use super::rope::RopeTables;
 
@@ -18,6 +18,11 @@ pub struct LayerCache {
     kv: Option<(Tensor, Tensor)>,
     /// A fixed cache's position: one u32 on the device, shared by every layer.
     at: Option<Tensor>,
+    /// A fixed cache's position as `scatter_set` takes it, repeated over one position's keys
+    /// `(batch, kv_heads, 1, head_dim)`, u32; shared by the layers of one shape and written with the
+    /// position (made from it inside each layer's step, it was a launch a layer: 128 µs of qwen3-4b's
+    /// 4.6 ms token, ncu, sixteenth session's call W).
+    index: Option<Tensor>,
     /// Linear attention: the last `conv_kernel − 1` inputs of the convolution `(batch, taps − 1, channels)`.
     pub(crate) conv: Option<Tensor>,
     /// Linear attention: the delta rule's state `(batch, value_heads, key_dim, value_dim)`, f32.
@@ -37,14 +42,16 @@ impl LayerCache {
     /// Appends this step's keys and values `(batch, kv_heads, seq, head_dim)`; a fixed cache takes one
     /// position a step, written at its position.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<Cached> {
-        if let (Some(at), Some((ck, cv))) = (&self.at, &self.kv) {
-            let (b, heads, seq, d) = k.dims4()?;
-            if seq != 1 {
-                candle_core::bail!("a fixed KV cache takes one position a step, not {seq}");
+        if let (Some(at), Some(index), Some((ck, cv))) = (&self.at, &self.index, &self.kv) {
+            if k.dims() != index.dims() {
+                candle_core::bail!(
+                    "a fixed KV cache takes keys {:?} a step, not {:?}",
+                    index.dims(),
+                    k.dims()
+                );
             }
-            let index = at.reshape((1, 1, 1, 1))?.broadcast_as((b, heads, 1, d))?.contiguous()?;
-            ck.scatter_set(&index, &k.contiguous()?, 2)?;
-            cv.scatter_set(&index, &v.contiguous()?, 2)?;
+            ck.scatter_set(index, &k.contiguous()?, 2)?;
+            cv.scatter_set(index, &v.contiguous()?, 2)?;
             return Ok(Cached::At { k: ck.clone(), v: cv.clone(), past_at: at.clone() });
         }
         let kv = match &self.kv {
@@ -68,20 +75,36 @@ impl LayerCache {
 
     /// This layer's cache in buffers of its own: keys and values in zeroed buffers of `capacity`
     /// positions; a linear-attention layer's convolution inputs and state copied at their own sizes
-    /// (they do not grow with positions). A removed layer's empty cache stays empty.
-    fn fixed(&self, capacity: usize, at: &Tensor) -> candle_core::Result<LayerCache> {
+    /// (they do not grow with positions). A removed layer's empty cache stays empty. The position's
+    /// index is the one of `indexes` of this layer's shape, or a new one added there.
+    fn fixed(
+        &self,
+        capacity: usize,
+        at: &Tensor,
+        indexes: &mut Vec<Tensor>,
+    ) -> candle_core::Result<LayerCache> {
         let at = Some(at.clone());
         if let (Some(conv), Some(delta)) = (&self.conv, &self.delta) {
             let (conv, delta) =
                 (Some(buffer(conv, 1, conv.dim(1)?)?), Some(buffer(delta, 2, delta.dim(2)?)?));
-            return Ok(LayerCache { conv, delta, at, kv: None });
+            return Ok(LayerCache { conv, delta, at, ..Default::default() });
         }
         let Some((k, v)) = &self.kv else {
             return Ok(LayerCache::default());
         };
+        let (b, heads, _, d) = k.dims4()?;
+        let index = match indexes.iter().find(|i| i.dims() == [b, heads, 1, d]) {
+            Some(index) => index.clone(),
+            None => {
+                let index = Tensor::zeros((b, heads, 1, d), DType::U32, k.device())?;
+                indexes.push(index.clone());
+                index
+            }
+        };
         Ok(LayerCache {
             kv: Some((buffer(k, 2, capacity)?, buffer(v, 2, capacity)?)),
             at,
+            index: Some(index),
             ..Default::default()
         })
     }
@@ -103,8 +126,18 @@ fn buffer(t: &Tensor, dim: usize, len: usize) -> candle_core::Result<Tensor> {
 pub struct KvCache {
     layers: Vec<LayerCache>,
     seen: usize,
-    /// A fixed cache's position on the device and the rotary tables of every position it holds.
-    fixed: Option<(Tensor, RopeTables)>,
+    fixed: Option<Fixed>,
+}
+
+/// What a fixed cache keeps on the device for its position.
+#[derive(Clone)]
+struct Fixed {
+    /// The position, one u32 (every layer's `at`).
+    at: Tensor,
+    /// The rotary tables of every position the cache holds.
+    rope: RopeTables,
+    /// The position repeated for each shape of the layers' keys (their `index`).
+    indexes: Vec<Tensor>,
 }
 
 impl KvCache {
@@ -119,26 +152,36 @@ impl KvCache {
         if capacity <= self.seen {
             candle_core::bail!("a fixed cache of {capacity} positions cannot hold the {} seen", self.seen);
         }
-        let device = rope.device();
-        let at = Tensor::from_slice(&[self.seen as u32], 1, &device)?;
-        let layers =
-            self.layers.iter().map(|l| l.fixed(capacity, &at)).collect::<candle_core::Result<_>>()?;
-        Ok(KvCache { layers, seen: self.seen, fixed: Some((at, rope)) })
+        let at = Tensor::zeros(1, DType::U32, &rope.device())?;
+        let mut indexes = Vec::new();
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.fixed(capacity, &at, &mut indexes))
+            .collect::<candle_core::Result<_>>()?;
+        let mut cache = KvCache { layers, seen: self.seen, fixed: Some(Fixed { at, rope, indexes }) };
+        cache.set_position(self.seen)?;
+        Ok(cache)
     }
 
-    /// Moves a fixed cache's position on the device to `seen` (the host's count follows).
+    /// Moves a fixed cache's position on the device to `seen` (the host's count follows): copies
+    /// from the host, before a step, so a captured step reads it where it is.
     pub fn set_position(&mut self, seen: usize) -> candle_core::Result<()> {
-        let Some((at, _)) = &self.fixed else {
+        let Some(fixed) = &self.fixed else {
             candle_core::bail!("only a fixed cache has a position on the device");
         };
-        at.slice_set(&Tensor::from_slice(&[seen as u32], 1, at.device())?, 0, 0)?;
+        for buffer in fixed.indexes.iter().chain([&fixed.at]) {
+            let filled =
+                Tensor::from_vec(vec![seen as u32; buffer.elem_count()], buffer.shape(), buffer.device())?;
+            buffer.slice_set(&filled, 0, 0)?;
+        }
         self.seen = seen;
         Ok(())
     }
 
     /// A fixed cache's rotary tables at its position on the device; `None` for a growing cache.
     pub(crate) fn rope_at_position(&self) -> Option<candle_core::Result<RopeTables>> {
-        self.fixed.as_ref().map(|(at, rope)| rope.at(at))
+        self.fixed.as_ref().map(|fixed| fixed.rope.at(&fixed.at))
     }
 
     /// Positions already cached: where the next token's position starts.

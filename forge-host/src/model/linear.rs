@@ -81,6 +81,15 @@ impl Linear {
         self.bias.as_ref()
     }
 
+    /// The weight when the layer is its weight alone (stored dense, no bias, no adapter), for
+    /// products that take several layers' weights at once (decoding's fused one-row products).
+    pub fn plain_weight(&self) -> Option<&Tensor> {
+        match (&self.base, &self.bias, &self.adapter) {
+            (Base::Dense(w), None, None) => Some(w),
+            _ => None,
+        }
+    }
+
     /// Whether an adapter is wired in (a layer without one has nothing to train).
     pub fn has_adapter(&self) -> bool {
         self.adapter.is_some()
