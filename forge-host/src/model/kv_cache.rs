@@ -235,6 +235,21 @@ mod tests {
             want.apply(&x)?.flatten_all()?.to_vec1::<f32>()?
         );
         assert!(fixed.layer(0).append(&kv(2, 0.0)?, &kv(2, 0.0)?).is_err(), "two positions in one step");
+        // Layers of one shape share the position's index, and a new position reaches each of them.
+        let mut two = KvCache::new(2);
+        for layer in 0..2 {
+            two.layer(layer).append(&kv(3, 0.0)?, &kv(3, 100.0)?)?;
+        }
+        two.advance(3);
+        let mut fixed = two.fixed(8, rotary.tables(0, 8, DType::F32, &Device::Cpu)?)?;
+        assert_eq!(fixed.fixed.as_ref().map(|f| f.indexes.len()), Some(1));
+        for (position, layer) in [(3, 0), (6, 1)] {
+            fixed.set_position(position)?;
+            let Cached::At { k, .. } = fixed.layer(layer).append(&kv(1, -9.0)?, &kv(1, -90.0)?)? else {
+                panic!("a fixed cache gives its buffers")
+            };
+            assert_eq!(rows(&k, position, 1)?, kv(1, -9.0)?.flatten_all()?.to_vec1::<f32>()?);
+        }
         Ok(())
     }
 
