@@ -62,6 +62,8 @@ extern "C" __global__ void causal_softmax_backward_bf16(const __nv_bfloat16 *__r
         dr[j] = __float2bfloat16(j < visible ? scale * __bfloat162float(pr[j]) * (__bfloat162float(gr[j]) - dot) : 0.f);
 }
 
+// v rounded to bf16 and back: where a fused kernel rounds as the unfused ops' bf16 outputs did.
+__device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
 // Eight bf16 at a 16-byte aligned address, as floats, in one load; and back, in one store. Loads of
 // a single bf16 each kept too few bytes in flight: the NLL's and the convolution's kernels ran at
 // 0.4-0.6 TB/s on an H200 (docs/BENCHMARKS.md, ninth session).
@@ -171,7 +173,7 @@ extern "C" __global__ void row_nll_backward_bf16(const __nv_bfloat16 *__restrict
 // once at the end. One read, one write; replaces nine elementary ops (the f32 convention's elementary
 // ops also load three of candle's PTX modules).
 __device__ __forceinline__ float normed(float v, float r, __nv_bfloat16 w) {
-    return __bfloat162float(__float2bfloat16(v * r)) * __bfloat162float(w);
+    return round_bf16(v * r) * __bfloat162float(w);
 }
 __device__ __forceinline__ float normed(float v, float r, float w) { return v * r * w; }
 
@@ -334,15 +336,14 @@ extern "C" __global__ void rope_bf16(const __nv_bfloat16 *__restrict__ x, const 
             continue;
         }
         const float x1 = __bfloat162float(xr[p.e1]), x2 = __bfloat162float(xr[p.e2]);
-        const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
-        yr[p.e1] = __float2bfloat16(r(x1 * p.c1) + r(-x2 * p.s1));
-        yr[p.e2] = __float2bfloat16(r(x2 * p.c2) + r(x1 * p.s2));
+        yr[p.e1] = __float2bfloat16(round_bf16(x1 * p.c1) + round_bf16(-x2 * p.s1));
+        yr[p.e2] = __float2bfloat16(round_bf16(x2 * p.c2) + round_bf16(x1 * p.s2));
     }
 }
 
 // SwiGLU's gate: y = bf16(silu(gate)) · up, elementwise over bf16, rounding as the two elementary ops do.
 __device__ __forceinline__ float swiglu_one(float g, float up) {
-    return __bfloat162float(__float2bfloat16(g / (1.f + __expf(-g)))) * up;
+    return round_bf16(g / (1.f + __expf(-g))) * up;
 }
 // Eight values a thread and step where the buffers allow: 1.3 TB/s a value at a time on an H200
 // (qwen3.5-9b's 8 × 1024 × 12288, ncu).
@@ -690,7 +691,7 @@ GATED_DELTA_RULE(128)
 __device__ float gated_norm_inverse_rms(const float *o, int n, float eps) {
     float s = 0.f;
     for (int j = threadIdx.x % 32; j < n; j += 32) {
-        const float v = __bfloat162float(__float2bfloat16(o[j]));
+        const float v = round_bf16(o[j]);
         s += v * v;
     }
     return 1.f / sqrtf(warp_sum(s) / n + eps);
@@ -708,10 +709,9 @@ extern "C" __global__ void gated_rms_norm_bf16(const float *__restrict__ o, cons
                                                float eps, long long rows) {
     const long long row = gated_norm_row();
     if (row >= rows) return;  // the whole warp: the reduction below is the warp's own
-    const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
     const float inv = gated_norm_inverse_rms(o + row * n, n, eps);
     for (int j = threadIdx.x % 32; j < n; j += 32) {
-        const float normed = r(r(r(o[row * n + j]) * inv) * __bfloat162float(w[j]));
+        const float normed = round_bf16(round_bf16(round_bf16(o[row * n + j]) * inv) * __bfloat162float(w[j]));
         const float g = __bfloat162float(z[row * n + j]);
         y[row * n + j] = __float2bfloat16(normed * (g / (1.f + __expf(-g))));
     }
@@ -725,12 +725,11 @@ extern "C" __global__ void gated_rms_norm_backward_bf16(const float *__restrict_
                                                         float *__restrict__ out, int n, float eps, long long rows) {
     const long long row = gated_norm_row();
     if (row >= rows) return;
-    const auto r = [](float v) { return __bfloat162float(__float2bfloat16(v)); };
     const float inv = gated_norm_inverse_rms(o + row * n, n, eps);
     float dot = 0.f;
     for (int j = threadIdx.x % 32; j < n; j += 32) {
         const float g = __bfloat162float(z[row * n + j]), sig = 1.f / (1.f + __expf(-g));
-        const float xhat = r(o[row * n + j]) * inv, d = __bfloat162float(dy[row * n + j]);
+        const float xhat = round_bf16(o[row * n + j]) * inv, d = __bfloat162float(dy[row * n + j]);
         const float dxhat = d * g * sig * __bfloat162float(w[j]);
         dot += dxhat * xhat;
         out[rows * n + row * n + j] = d * xhat * __bfloat162float(w[j]) * sig * (1.f + g * (1.f - sig));
@@ -738,7 +737,7 @@ extern "C" __global__ void gated_rms_norm_backward_bf16(const float *__restrict_
     const float mean = warp_sum(dot) / n;
     for (int j = threadIdx.x % 32; j < n; j += 32) {
         const float g = __bfloat162float(z[row * n + j]), sig = 1.f / (1.f + __expf(-g));
-        const float xhat = r(o[row * n + j]) * inv, d = __bfloat162float(dy[row * n + j]);
+        const float xhat = round_bf16(o[row * n + j]) * inv, d = __bfloat162float(dy[row * n + j]);
         out[row * n + j] = (d * g * sig * __bfloat162float(w[j]) - xhat * mean) * inv;
     }
 }
@@ -751,7 +750,7 @@ extern "C" __global__ void sigmoid_gate_bf16(const __nv_bfloat16 *__restrict__ x
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
         const int i = idx % d;
         const float g = __bfloat162float(projected[2 * (idx - i) + d + i]);
-        const float sig = __bfloat162float(__float2bfloat16(1.f / (1.f + __expf(-g))));
+        const float sig = round_bf16(1.f / (1.f + __expf(-g)));
         y[idx] = __float2bfloat16(__bfloat162float(x[idx]) * sig);
     }
 }

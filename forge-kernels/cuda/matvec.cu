@@ -4,7 +4,6 @@
 // decoding is little else (a token of qwen3-4b read its 8 GB of weights at 32% of the copy ceiling as
 // one CUDA graph, docs/BENCHMARKS.md, fifteenth session). x, at most tens of KiB, stays in L1 for the
 // block's eight warps.
-//
 #define MV_WARPS 8
 
 // A warp's dot of the weight row `wr` with x, reduced across the warp (every lane holds it).
@@ -63,9 +62,6 @@ extern "C" __global__ void matvec_swiglu_bf16(const __nv_bfloat16 *__restrict__ 
     const long long warps = (long long)gridDim.x * MV_WARPS;
     for (long long row = (long long)blockIdx.x * MV_WARPS + (threadIdx.x >> 5); row < n; row += warps) {
         const float g = row_dot(gate + row * k, x, k, lane), u = row_dot(up + row * k, x, k, lane);
-        if (lane == 0) {
-            const float rounded = __bfloat162float(__float2bfloat16(u));
-            y[row] = __float2bfloat16(swiglu_one(__bfloat162float(__float2bfloat16(g)), rounded));
-        }
+        if (lane == 0) y[row] = __float2bfloat16(swiglu_one(round_bf16(g), round_bf16(u)));
     }
 }

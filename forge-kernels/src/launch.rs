@@ -138,7 +138,7 @@ fn one_wave(
                 .map_err(fail)?;
             let per_sm =
                 func.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_err(fail)?;
-            let held = (sms.max(1) as usize * per_sm.max(1) as usize).max(1);
+            let held = sms.max(1) as usize * per_sm.max(1) as usize;
             resident.insert((dev.id(), kernel), held);
             held
         }
