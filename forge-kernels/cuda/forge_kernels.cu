@@ -196,43 +196,60 @@ __device__ __forceinline__ float row_sum(float v, float *shared) {
     return v;
 }
 
-template <typename W, bool WARP>
-__device__ void rms_norm(const __nv_bfloat16 *__restrict__ x, const W *__restrict__ w, __nv_bfloat16 *__restrict__ y,
+// With ADD, the norm of x + b, a residual add fused into the norm that follows it (inference): the sum,
+// rounded to bf16 as add_bias_bf16 rounds it, goes to `sum` and is normed as a stored row is, so both
+// outputs equal the two kernels' bit for bit, in one launch and one read fewer (the second pass reads
+// back the sum this thread wrote).
+template <typename W, bool WARP, bool ADD>
+__device__ void rms_norm(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ b,
+                         const W *__restrict__ w, __nv_bfloat16 *__restrict__ sum, __nv_bfloat16 *__restrict__ y,
                          int n, float eps, long long rows) {
     __shared__ float shared[32];
     const NormRow at = norm_row<WARP>();
     if (WARP && at.row >= rows) return;  // a whole warp: no block-wide barrier follows
-    const __nv_bfloat16 *xr = x + at.row * n;
-    __nv_bfloat16 *yr = y + at.row * n;
+    const __nv_bfloat16 *xr = x + at.row * n, *br = ADD ? b + at.row * n : nullptr;
+    __nv_bfloat16 *sr = ADD ? sum + at.row * n : nullptr, *yr = y + at.row * n;
     float s = 0.f;
     // Eight values a load where the rows allow (a uniform branch: every row is aligned alike): 1.5 TB/s
     // a value at a time on an H200 (qwen3.5-9b, ncu).
-    const bool vectors = by8(xr, n) && by8(yr, n);
+    const bool vectors = by8(xr, n) && by8(yr, n) && (!ADD || (by8(br, n) && by8(sr, n)));
     if (vectors) {
         for (int j = at.first; j < n / 8; j += at.step) {
             float v[8];
             load8(xr + 8 * j, v);
+            if (ADD) {
+                float c[8];
+                load8(br + 8 * j, c);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) v[k] = round_bf16(v[k] + c[k]);
+                store8(sr + 8 * j, v);
+            }
 #pragma unroll
             for (int k = 0; k < 8; ++k) s += v[k] * v[k];
         }
     } else {
         for (int j = at.first; j < n; j += at.step) {
-            const float v = __bfloat162float(xr[j]);
+            float v = __bfloat162float(xr[j]);
+            if (ADD) {
+                v = round_bf16(v + __bfloat162float(br[j]));
+                sr[j] = __float2bfloat16(v);
+            }
             s += v * v;
         }
     }
     const float r = rsqrtf(row_sum<WARP>(s, shared) / n + eps);
+    const __nv_bfloat16 *src = ADD ? sr : xr;
     if (vectors) {
         for (int j = at.first; j < n / 8; j += at.step) {
             float v[8];
-            load8(xr + 8 * j, v);
+            load8(src + 8 * j, v);
 #pragma unroll
             for (int k = 0; k < 8; ++k) v[k] = normed(v[k], r, w[8 * j + k]);
             store8(yr + 8 * j, v);
         }
         return;
     }
-    for (int j = at.first; j < n; j += at.step) yr[j] = __float2bfloat16(normed(__bfloat162float(xr[j]), r, w[j]));
+    for (int j = at.first; j < n; j += at.step) yr[j] = __float2bfloat16(normed(__bfloat162float(src[j]), r, w[j]));
 }
 
 __device__ __forceinline__ float weight_value(__nv_bfloat16 w) { return __bfloat162float(w); }
@@ -263,15 +280,15 @@ __device__ void rms_norm_backward(const __nv_bfloat16 *__restrict__ x, const W *
 }
 
 // Each norm kernel for a block a row (`_bf16`) and a warp a row (`_warp_bf16`, `rows` rows), with a
-// bf16 and an f32 weight.
+// bf16 and an f32 weight; `add_rms_norm` writes x + b and its norm into `out` (2, rows, n).
 #define RMS_NORM_KERNELS(NAME, WARP)                                                                                 \
     extern "C" __global__ void rms_norm##NAME(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w, \
                                              __nv_bfloat16 *__restrict__ y, int n, float eps, long long rows) {       \
-        rms_norm<__nv_bfloat16, WARP>(x, w, y, n, eps, rows);                                                       \
+        rms_norm<__nv_bfloat16, WARP, false>(x, nullptr, w, nullptr, y, n, eps, rows);                               \
     }                                                                                                                \
     extern "C" __global__ void rms_norm_f32w##NAME(const __nv_bfloat16 *__restrict__ x, const float *__restrict__ w,    \
                                                   __nv_bfloat16 *__restrict__ y, int n, float eps, long long rows) {  \
-        rms_norm<float, WARP>(x, w, y, n, eps, rows);                                                               \
+        rms_norm<float, WARP, false>(x, nullptr, w, nullptr, y, n, eps, rows);                                       \
     }                                                                                                                \
     extern "C" __global__ void rms_norm_backward##NAME(                                                              \
         const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w, const __nv_bfloat16 *__restrict__ dy, \
@@ -282,6 +299,16 @@ __device__ void rms_norm_backward(const __nv_bfloat16 *__restrict__ x, const W *
         const __nv_bfloat16 *__restrict__ x, const float *__restrict__ w, const __nv_bfloat16 *__restrict__ dy,       \
         __nv_bfloat16 *__restrict__ dx, int n, float eps, long long rows) {                                          \
         rms_norm_backward<float, WARP>(x, w, dy, dx, n, eps, rows);                                                 \
+    }                                                                                                                \
+    extern "C" __global__ void add_rms_norm##NAME(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ b, \
+                                                 const __nv_bfloat16 *__restrict__ w, __nv_bfloat16 *__restrict__ out,   \
+                                                 int n, float eps, long long rows) {                                  \
+        rms_norm<__nv_bfloat16, WARP, true>(x, b, w, out, out + rows * n, n, eps, rows);                             \
+    }                                                                                                                \
+    extern "C" __global__ void add_rms_norm_f32w##NAME(const __nv_bfloat16 *__restrict__ x,                          \
+                                                      const __nv_bfloat16 *__restrict__ b, const float *__restrict__ w, \
+                                                      __nv_bfloat16 *__restrict__ out, int n, float eps, long long rows) { \
+        rms_norm<float, WARP, true>(x, b, w, out, out + rows * n, n, eps, rows);                                     \
     }
 RMS_NORM_KERNELS(_bf16, false)
 RMS_NORM_KERNELS(_warp_bf16, true)

@@ -24,6 +24,20 @@ pub struct Check {
     pub pass: bool,
 }
 
+impl Check {
+    /// A forward-only comparison: `forward_rel_err` against `tolerance`, with `pass` decided by the
+    /// caller (some also require a bitwise match).
+    pub fn forward_only(
+        kernel: &'static str,
+        shape: Vec<usize>,
+        forward_rel_err: f64,
+        tolerance: f64,
+        pass: bool,
+    ) -> Self {
+        Check { kernel, shape, past: 0, forward_rel_err, backward_rel_err: None, tolerance, pass }
+    }
+}
+
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let backward = match self.backward_rel_err {
@@ -160,8 +174,7 @@ fn forward_check(
     tolerance: f64,
 ) -> candle_core::Result<Check> {
     let forward_rel_err = rel_diff(&f(device, DType::BF16)?, &f(&Device::Cpu, DType::F32)?)?;
-    let pass = forward_rel_err < tolerance;
-    Ok(Check { kernel, shape, past: 0, forward_rel_err, backward_rel_err: None, tolerance, pass })
+    Ok(Check::forward_only(kernel, shape, forward_rel_err, tolerance, forward_rel_err < tolerance))
 }
 
 /// Every kernel of this crate on `device`, on shapes from tiny to real models' (qwen2.5-0.5b's
@@ -208,15 +221,13 @@ fn row_nll_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec
             let got = row_nll(&logits.to_device(dev)?, &targets.to_device(dev)?)?;
             let forward_rel_err = rel_diff(&got, &reference)?;
             let tolerance = 1e-5;
-            Ok(Check {
-                kernel: "row_nll_bf16",
-                shape: vec![rows, vocab],
-                past: 0,
+            Ok(Check::forward_only(
+                "row_nll_bf16",
+                vec![rows, vocab],
                 forward_rel_err,
-                backward_rel_err: None,
                 tolerance,
-                pass: forward_rel_err < tolerance,
-            })
+                forward_rel_err < tolerance,
+            ))
         })
         .collect()
 }
@@ -306,6 +317,8 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     checks.push(forward_check("dequant_rows_u8_bf16", vec![1024, 5120], &f, dev, 1e-2)?);
     #[cfg(feature = "cuda")]
     checks.extend(matvec_checks(dev, rng)?);
+    #[cfg(feature = "cuda")]
+    checks.extend(add_norm_checks(dev, rng)?);
     // Qwen3.5's norm at qwen3.5-0.8b's hidden width and over its attention heads of 256 (a warp a row),
     // its weight `1 + w` in f32.
     for (rows, n) in [(4096, 1024), (2 * 1024 * 8 + 3, 256)] {
@@ -351,6 +364,40 @@ fn matvec_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<
             }
         };
         checks.push(forward_check(kernel, rows.iter().copied().chain([k]).collect(), &f, dev, 1e-2)?);
+    }
+    Ok(checks)
+}
+
+/// The residual add fused into the norm after it, both conventions: its sum and norm against f32 on
+/// the CPU, and against the two kernels it replaces, which it must equal bit for bit (or decoding and
+/// eval would drift from training's path). Rows of one token at qwen3-4b's width (a block a row),
+/// of a tiny model's 64 (a warp a row), of 100 (a value a load) and a batch at qwen3.5-0.8b's.
+#[cfg(feature = "cuda")]
+fn add_norm_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for (rows, n, f32_weight) in [(1, 2560, false), (9, 64, false), (5, 100, true), (4096, 1024, true)] {
+        let (a, b) = (random(&[rows, n], rng, 4.0)?, random(&[rows, n], rng, 4.0)?);
+        let w = match f32_weight {
+            true => (random(&[n], rng, 0.5)? + 1.0)?,
+            false => random(&[n], rng, 2.0)?.to_dtype(DType::BF16)?,
+        };
+        let norm = |x: &Tensor, w: &Tensor| match f32_weight {
+            true => rms_norm_f32_weight(x, w, 1e-6),
+            false => rms_norm(x, w, 1e-6),
+        };
+        let on = |t: &Tensor, d: &Device, dtype: DType| t.to_device(d)?.to_dtype(dtype);
+        let (da, db, dw) = (on(&a, dev, DType::BF16)?, on(&b, dev, DType::BF16)?, w.to_device(dev)?);
+        let Some((sum, normed)) = crate::add_rms_norm(&da, &db, &dw, 1e-6)? else {
+            candle_core::bail!("add_rms_norm refused rows of {n}")
+        };
+        let two = residual_add(&da, &db)?;
+        let bitwise = rel_diff(&sum, &two)? == 0.0 && rel_diff(&normed, &norm(&two, &dw)?)? == 0.0;
+        let exact = (on(&a, &Device::Cpu, DType::F32)? + on(&b, &Device::Cpu, DType::F32)?)?;
+        let err = rel_diff(&sum, &exact)?.max(rel_diff(&normed, &norm(&exact, &w.to_dtype(DType::F32)?)?)?);
+        let kernel = if f32_weight { "add_rms_norm_f32w_bf16" } else { "add_rms_norm_bf16" };
+        let tolerance = 1e-2;
+        let pass = bitwise && err < tolerance;
+        checks.push(Check::forward_only(kernel, vec![rows, n], err, tolerance, pass));
     }
     Ok(checks)
 }

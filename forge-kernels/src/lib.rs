@@ -73,7 +73,7 @@ pub use int8_rows::Int8Rows;
 pub use launch::EMBEDDED as EMBEDDED_FATBIN;
 pub use matvec::{matvec, matvec_swiglu};
 pub use residual::{add_bias, embedding, narrow, residual_add, transpose12};
-pub use rms_norm::{rms_norm, rms_norm_f32_weight, FusedRmsNorm};
+pub use rms_norm::{add_rms_norm, rms_norm, rms_norm_f32_weight, FusedRmsNorm};
 pub use rng::SplitMix64;
 pub use rope::{rope, rope_heads_first, FusedRope};
 pub use row_nll::{row_nll, row_nll_backward, RowNll};

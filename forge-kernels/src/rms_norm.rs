@@ -105,7 +105,7 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
         use candle_core::backend::BackendStorage;
         let (n, len) = (wl.shape().elem_count(), xl.shape().elem_count());
-        let (kernel, grid, scalars) = norm_launch(true, w.dtype() == DType::F32, n, len, self.eps);
+        let (kernel, grid, scalars) = norm_launch(Pass::Forward, w.dtype() == DType::F32, n, len, self.eps);
         crate::launch::same_shape::<half::bf16>(kernel, &[(x, xl), (w, wl)], grid, &scalars)
     }
 
@@ -121,7 +121,7 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
             if on_kernel(&[x]) && !w.device().is_cpu() {
                 let f32_weight = w.dtype() == DType::F32;
                 let (kernel, grid, scalars) =
-                    norm_launch(false, f32_weight, w.elem_count(), x.elem_count(), self.eps);
+                    norm_launch(Pass::Backward, f32_weight, w.elem_count(), x.elem_count(), self.eps);
                 let dy = grad.to_dtype(DType::BF16)?;
                 let dx = crate::launch::launch_on_tensors::<half::bf16>(
                     kernel,
@@ -142,12 +142,22 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
     }
 }
 
-/// The kernel, grid and scalars of a norm (`forward`, else its backward) over rows of `n` values, `len`
-/// in all: rows of up to 256 values (Qwen3's q/k norms over a head) take a warp each, eight to a
-/// block; longer rows (the hidden states) a block each.
+/// What a norm kernel computes.
+#[cfg(feature = "cuda")]
+#[derive(Clone, Copy)]
+enum Pass {
+    Forward,
+    Backward,
+    /// The forward of a residual add's sum.
+    AddForward,
+}
+
+/// The kernel, grid and scalars of a norm `pass` over rows of `n` values, `len` in all: rows of up to
+/// 256 values (Qwen3's q/k norms over a head) take a warp each, eight to a block; longer rows (the
+/// hidden states) a block each.
 #[cfg(feature = "cuda")]
 fn norm_launch(
-    forward: bool,
+    pass: Pass,
     f32_weight: bool,
     n: usize,
     len: usize,
@@ -155,23 +165,68 @@ fn norm_launch(
 ) -> (&'static str, crate::launch::Grid, [crate::launch::Scalar; 3]) {
     use crate::launch::{Grid, Scalar};
     const WARPS: usize = 8;
+    // By pass; then a bf16 or f32 weight, a block or a warp a row.
+    const KERNELS: [[&str; 4]; 3] = [
+        ["rms_norm_bf16", "rms_norm_f32w_bf16", "rms_norm_warp_bf16", "rms_norm_f32w_warp_bf16"],
+        [
+            "rms_norm_backward_bf16",
+            "rms_norm_f32w_backward_bf16",
+            "rms_norm_backward_warp_bf16",
+            "rms_norm_f32w_backward_warp_bf16",
+        ],
+        [
+            "add_rms_norm_bf16",
+            "add_rms_norm_f32w_bf16",
+            "add_rms_norm_warp_bf16",
+            "add_rms_norm_f32w_warp_bf16",
+        ],
+    ];
     let rows = len / n;
     let warp = n <= 256;
-    let kernel = match (forward, f32_weight, warp) {
-        (true, false, false) => "rms_norm_bf16",
-        (true, true, false) => "rms_norm_f32w_bf16",
-        (false, false, false) => "rms_norm_backward_bf16",
-        (false, true, false) => "rms_norm_f32w_backward_bf16",
-        (true, false, true) => "rms_norm_warp_bf16",
-        (true, true, true) => "rms_norm_f32w_warp_bf16",
-        (false, false, true) => "rms_norm_backward_warp_bf16",
-        (false, true, true) => "rms_norm_f32w_backward_warp_bf16",
-    };
+    let kernel = KERNELS[pass as usize][f32_weight as usize + 2 * warp as usize];
     let grid = match warp {
         true => Grid::PerRow { rows: rows.div_ceil(WARPS), threads: (32 * WARPS) as u32 },
         false => Grid::PerRow { rows, threads: 256 },
     };
     (kernel, grid, [Scalar::I32(n as i32), Scalar::F32(eps as f32), Scalar::I64(rows as i64)])
+}
+
+/// `(a + b, norm(a + b))`: a residual add and the norm that follows it as one kernel, both outputs
+/// equal to [`residual_add`](crate::residual_add) then the norm's kernel bit for bit (`forge kernels`
+/// checks it); the weight's dtype picks the convention, as in [`FusedRmsNorm`]. `None` where it does
+/// not apply: not bf16 on CUDA, or an input that takes a gradient (training keeps the two ops, each
+/// with its backward). In decoding a layer's two norms each follow a residual add: at qwen3-4b, 72
+/// launches a token fewer.
+#[cfg(feature = "cuda")]
+pub fn add_rms_norm(
+    a: &Tensor,
+    b: &Tensor,
+    w: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+    let n = w.elem_count();
+    let fits = a.shape() == b.shape()
+        && a.dims().last() == Some(&n)
+        && matches!(w.dtype(), DType::BF16 | DType::F32);
+    if !fits || !crate::forward_kernel(&[a, b]) || w.device().is_cpu() || tape::tracked(w) {
+        return Ok(None);
+    }
+    let len = a.elem_count();
+    let (kernel, grid, scalars) = norm_launch(Pass::AddForward, w.dtype() == DType::F32, n, len, eps);
+    let out =
+        crate::launch::launch_on_tensors::<half::bf16>(kernel, &[a, b, w], (2, len / n, n), grid, &scalars)?;
+    Ok(Some((out.get(0)?.reshape(a.shape())?, out.get(1)?.reshape(a.shape())?)))
+}
+
+/// Without CUDA, the add and the norm stay two ops.
+#[cfg(not(feature = "cuda"))]
+pub fn add_rms_norm(
+    _: &Tensor,
+    _: &Tensor,
+    _: &Tensor,
+    _: f64,
+) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -119,13 +119,11 @@ pub fn check(
         let (staged, direct) = (staged.to_vec1::<half::bf16>()?, direct.to_vec1::<half::bf16>()?);
         differ += staged.iter().zip(&direct).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
     }
-    Ok(vec![forge_kernels::checks::Check {
-        kernel: "weights staged through pinned buffers vs candle's copy",
-        shape: sizes.iter().map(|s| s.0).collect(),
-        past: 0,
-        forward_rel_err: differ as f64,
-        backward_rel_err: None,
-        tolerance: 0.0,
-        pass: differ == 0,
-    }])
+    Ok(vec![forge_kernels::checks::Check::forward_only(
+        "weights staged through pinned buffers vs candle's copy",
+        sizes.iter().map(|s| s.0).collect(),
+        differ as f64,
+        0.0,
+        differ == 0,
+    )])
 }

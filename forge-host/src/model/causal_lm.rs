@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::attention::AttentionObserver;
-use super::decoder_layer::{decoder_layer, DecoderLayer, LayerMasks, LINEAR_MODULES};
+use super::decoder_layer::{decoder_layer, DecoderLayer, LayerMasks, Residual, LINEAR_MODULES};
 use super::kv_cache::KvCache;
 use super::norm::{rms_norm, RmsNorm};
 use super::rope::{RopeTables, RotaryEmbedding};
@@ -202,31 +202,38 @@ impl CausalLm {
         cache: Option<&mut KvCache>,
         observer: Option<&mut dyn AttentionObserver>,
     ) -> candle_core::Result<Tensor> {
-        self.norm.forward(&self.trunk(ids, cache, observer)?)
+        let last = self.trunk(ids, cache, observer)?;
+        Ok(self.norm.add_forward(&last.x, last.pending.as_ref())?.1)
     }
 
-    /// The last layer's output (before the final norm).
+    /// The last layer's output (before the final norm), its MLP update still to add: each layer's
+    /// update joins the next norm's kernel (`Residual`), except where an observer sees every layer's
+    /// output.
     fn trunk(
         &self,
         ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         mut observer: Option<&mut dyn AttentionObserver>,
-    ) -> candle_core::Result<Tensor> {
+    ) -> candle_core::Result<Residual> {
         let seq = ids.dim(1)?;
         let past = cache.as_ref().map_or(0, |c| c.seen());
         let rope = match cache.as_ref().and_then(|c| c.rope_at_position()) {
             Some(rope) => rope?,
             None => self.rope(past, seq)?,
         };
-        let mut x = self.embed(ids)?;
+        let mut x = Residual { x: self.embed(ids)?, pending: None };
         for (i, layer) in self.layers.iter().enumerate().filter(|&(i, _)| !self.removed_layers[i]) {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
             let layer_observer = observer.as_mut().map(|o| &mut **o as &mut dyn AttentionObserver);
-            let out = layer.forward(&x, &rope, past, self.masks(i), layer_cache, layer_observer)?;
-            if let Some(o) = observer.as_mut() {
-                o.observe_layer(i, &x, &out)?;
-            }
-            x = out;
+            let out = layer.forward_residual(&x, &rope, past, self.masks(i), layer_cache, layer_observer)?;
+            x = match observer.as_mut() {
+                Some(o) => {
+                    let out = out.sum()?;
+                    o.observe_layer(i, &x.x, &out)?;
+                    Residual { x: out, pending: None }
+                }
+                None => out,
+            };
         }
         if let Some(cache) = cache {
             cache.advance(seq);
@@ -259,7 +266,7 @@ impl CausalLm {
 
     /// The last layer's output `(batch, seq, hidden)` for `ids` (before the final norm), no cache.
     pub fn last_layer(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.trunk(ids, None, None)
+        self.trunk(ids, None, None)?.sum()
     }
 
     /// The hidden states that predict tokens 1.. of `ids`, `(batch · (seq − 1), hidden)`: the final
@@ -313,6 +320,6 @@ impl CausalLm {
         ids: &Tensor,
         observer: Option<&mut dyn AttentionObserver>,
     ) -> candle_core::Result<Tensor> {
-        self.nll_from_last_layer(&self.trunk(ids, None, observer)?, ids)
+        self.nll_from_last_layer(&self.trunk(ids, None, observer)?.sum()?, ids)
     }
 }

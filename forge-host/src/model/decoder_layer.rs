@@ -1,6 +1,6 @@
 //! One pre-norm decoder layer: `x + mix(norm(x))`, then `x + mlp(norm(x))`, where the token mixer is
 //! attention, or in Qwen3.5's linear layers Gated DeltaNet.
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 
 use super::attention::{attention, Attention, AttentionObserver};
 use super::gated_deltanet::{gated_deltanet, GatedDeltaNet};
@@ -122,9 +122,25 @@ impl DecoderLayer {
         past: usize,
         masks: LayerMasks<'_>,
         cache: Option<&mut LayerCache>,
-        mut observer: Option<&mut dyn AttentionObserver>,
+        observer: Option<&mut dyn AttentionObserver>,
     ) -> candle_core::Result<Tensor> {
-        let normed = self.input_layernorm.forward(x)?;
+        let input = Residual { x: x.clone(), pending: None };
+        self.forward_residual(&input, rope, past, masks, cache, observer)?.sum()
+    }
+
+    /// [`DecoderLayer::forward`] on a residual stream whose last update may not be added yet, leaving
+    /// this layer's MLP update unadded in turn: each residual add then runs in one kernel with the norm
+    /// after it (`RmsNorm::add_forward`).
+    pub fn forward_residual(
+        &self,
+        input: &Residual,
+        rope: &RopeTables,
+        past: usize,
+        masks: LayerMasks<'_>,
+        cache: Option<&mut LayerCache>,
+        mut observer: Option<&mut dyn AttentionObserver>,
+    ) -> candle_core::Result<Residual> {
+        let (x, normed) = self.input_layernorm.add_forward(&input.x, input.pending.as_ref())?;
         let head_mask = masks.heads;
         let mixer_observer = observer.as_mut().map(|o| &mut **o as &mut dyn AttentionObserver);
         let attended = match &self.mixer {
@@ -137,15 +153,28 @@ impl DecoderLayer {
             Some(g) => forge_kernels::tape::mask(&t, g),
             None => Ok(t),
         };
-        let x = forge_kernels::residual_add(x, &gated(attended)?)?;
-        let fed = section("mlp + norm", x.device(), || {
-            self.mlp.forward_masked(
-                &self.post_attention_layernorm.forward(&x)?,
-                masks.channels,
-                self.layer,
-                observer,
-            )
+        let attended = gated(attended)?;
+        let (x, fed) = section("mlp + norm", x.device(), || {
+            let (x, normed) = self.post_attention_layernorm.add_forward(&x, Some(&attended))?;
+            Ok((x, self.mlp.forward_masked(&normed, masks.channels, self.layer, observer)?))
         })?;
-        forge_kernels::residual_add(&x, &gated(fed)?)
+        Ok(Residual { x, pending: Some(gated(fed)?) })
+    }
+}
+
+/// The residual stream between layers: `x`, and an update not yet added to it (a layer's MLP
+/// output), which the next norm adds in its own kernel.
+pub struct Residual {
+    pub x: Tensor,
+    pub pending: Option<Tensor>,
+}
+
+impl Residual {
+    /// The stream with its update added.
+    pub fn sum(self) -> candle_core::Result<Tensor> {
+        match self.pending {
+            Some(update) => forge_kernels::residual_add(&self.x, &update),
+            None => Ok(self.x),
+        }
     }
 }

@@ -35,6 +35,21 @@ pub fn rms_norm(dim: usize, eps: f64, offset: bool, vb: WeightScope) -> Result<R
     Ok(RmsNorm { weight, eps, offset })
 }
 
+impl RmsNorm {
+    /// `(x + y, norm(x + y))` for a residual update `y` not yet added (none: `x` as it is): one
+    /// kernel where forge-kernels' `add_rms_norm` applies (CUDA, no gradient), else the add and the
+    /// norm, the same values either way.
+    pub fn add_forward(&self, x: &Tensor, y: Option<&Tensor>) -> candle_core::Result<(Tensor, Tensor)> {
+        let Some(y) = y else { return Ok((x.clone(), self.forward(x)?)) };
+        if let Some(both) = forge_kernels::add_rms_norm(x, y, &self.weight, self.eps)? {
+            return Ok(both);
+        }
+        let sum = forge_kernels::residual_add(x, y)?;
+        let normed = self.forward(&sum)?;
+        Ok((sum, normed))
+    }
+}
+
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if !self.offset {
