@@ -368,6 +368,60 @@ extern "C" __global__ void rope_bf16(const __nv_bfloat16 *__restrict__ x, const 
     }
 }
 
+// Qwen3's and Qwen3.5's q/k norm over each head and the RoPE after it in one pass, where nothing takes a
+// gradient (decoding, eval): a warp a (token, head) row of d <= 256 values, eight a lane as
+// rms_norm_warp_bf16's vector path holds them, so the norm's sum runs in the same order; each normed
+// value, rounded to bf16 as the norm writes it, then goes through rope_bf16's arithmetic, and the
+// output equals the two kernels' bit for bit, heads-first. A rotated pair (i, i + rot/2) lies in two
+// lanes (rot/2 a multiple of 8), which trade their eight values by shuffle. Needs d % 8 == 0, x from a
+// 16-byte boundary.
+template <typename W>
+__device__ void rms_norm_rope(const __nv_bfloat16 *__restrict__ x, const W *__restrict__ w,
+                              const __nv_bfloat16 *__restrict__ cos, const __nv_bfloat16 *__restrict__ sin,
+                              __nv_bfloat16 *__restrict__ y, int seq, int heads, int d, int rot, float eps,
+                              long long rows) {
+    const long long row = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;  // a whole warp
+    const int lane = threadIdx.x % 32, e0 = 8 * lane, rh = rot / 2;
+    const bool mine = e0 < d;
+    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (mine) load8(x + row * d + e0, v);
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) s += v[k] * v[k];
+    const float r = rsqrtf(row_sum<true>(s, nullptr) / d + eps);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = mine ? round_bf16(normed(v[k], r, w[e0 + k])) : 0.f;
+    const int partner = e0 < rh ? lane + rh / 8 : e0 < rot ? lane - rh / 8 : lane;
+    const long long token = row / heads;
+    const int h = row % heads, at = token % seq;
+    float out[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const float p = __shfl_sync(0xffffffffu, v[k], partner);
+        const int e = e0 + k, t = at * rot + e;
+        if (e >= rot || !mine) {
+            out[k] = v[k];
+            continue;
+        }
+        const float c = __bfloat162float(cos[t]), sn = __bfloat162float(sin[t]);
+        out[k] = round_bf16(v[k] * c) + round_bf16((e < rh ? -p : p) * sn);
+    }
+    if (mine) store8(y + (((token / seq) * heads + h) * seq + at) * d + e0, out);
+}
+extern "C" __global__ void rms_norm_rope_bf16(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
+                                              const __nv_bfloat16 *__restrict__ cos, const __nv_bfloat16 *__restrict__ sin,
+                                              __nv_bfloat16 *__restrict__ y, int seq, int heads, int d, int rot, float eps,
+                                              long long rows) {
+    rms_norm_rope<__nv_bfloat16>(x, w, cos, sin, y, seq, heads, d, rot, eps, rows);
+}
+extern "C" __global__ void rms_norm_f32w_rope_bf16(const __nv_bfloat16 *__restrict__ x, const float *__restrict__ w,
+                                                   const __nv_bfloat16 *__restrict__ cos, const __nv_bfloat16 *__restrict__ sin,
+                                                   __nv_bfloat16 *__restrict__ y, int seq, int heads, int d, int rot,
+                                                   float eps, long long rows) {
+    rms_norm_rope<float>(x, w, cos, sin, y, seq, heads, d, rot, eps, rows);
+}
+
 // SwiGLU's gate: y = bf16(silu(gate)) · up, elementwise over bf16, rounding as the two elementary ops do.
 __device__ __forceinline__ float swiglu_one(float g, float up) {
     return round_bf16(g / (1.f + __expf(-g))) * up;

@@ -319,6 +319,8 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     checks.extend(matvec_checks(dev, rng)?);
     #[cfg(feature = "cuda")]
     checks.extend(add_norm_checks(dev, rng)?);
+    #[cfg(feature = "cuda")]
+    checks.extend(norm_rope_checks(dev, rng)?);
     // Qwen3.5's norm at qwen3.5-0.8b's hidden width and over its attention heads of 256 (a warp a row),
     // its weight `1 + w` in f32.
     for (rows, n) in [(4096, 1024), (2 * 1024 * 8 + 3, 256)] {
@@ -398,6 +400,44 @@ fn add_norm_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Ve
         let tolerance = 1e-2;
         let pass = bitwise && err < tolerance;
         checks.push(Check::forward_only(kernel, vec![rows, n], err, tolerance, pass));
+    }
+    Ok(checks)
+}
+
+/// The q/k norm fused with the RoPE after it: against f32 on the CPU, and bit for bit against the norm
+/// and RoPE kernels it replaces. Qwen3's heads of 128 at one token and at a batch (a bf16 weight, all
+/// dimensions turned), Qwen3.5's of 256 with 64 turned (its f32 `1 + w`), heads of 64.
+#[cfg(feature = "cuda")]
+fn norm_rope_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for (b, s, h, d, rot) in
+        [(1, 1, 32, 128, 128), (2, 300, 8, 128, 128), (1, 1, 8, 256, 64), (3, 17, 5, 64, 64)]
+    {
+        let f32_weight = d == 256;
+        let x = random(&[b, s, h, d], rng, 4.0)?;
+        let w = match f32_weight {
+            true => (random(&[d], rng, 0.5)? + 1.0)?,
+            false => random(&[d], rng, 2.0)?.to_dtype(DType::BF16)?,
+        };
+        let angles = (random(&[1, 1, s, rot], rng, 1.0)? * 1e3)?;
+        let run = |on: &Device, dtype: DType, fused: bool| -> candle_core::Result<Tensor> {
+            let x = x.to_device(on)?.to_dtype(dtype)?;
+            let w = if dtype == DType::F32 { w.to_dtype(DType::F32)? } else { w.clone() }.to_device(on)?;
+            let table = |t: Tensor| t.to_dtype(DType::BF16)?.to_dtype(dtype)?.to_device(on);
+            let (cos, sin) = (table(angles.cos()?)?, table(angles.sin()?)?);
+            if fused {
+                return crate::rms_norm_rope(&x, &w, 1e-6, &cos, &sin)?
+                    .ok_or_else(|| candle_core::Error::Msg(format!("rms_norm_rope refused heads of {d}")));
+            }
+            let normed =
+                if f32_weight { rms_norm_f32_weight(&x, &w, 1e-6)? } else { rms_norm(&x, &w, 1e-6)? };
+            rope_heads_first(&normed, &cos, &sin)
+        };
+        let fused = run(dev, DType::BF16, true)?;
+        let bitwise = rel_diff(&fused, &run(dev, DType::BF16, false)?)? == 0.0;
+        let err = rel_diff(&fused, &run(&Device::Cpu, DType::F32, false)?)?;
+        let kernel = if f32_weight { "rms_norm_f32w_rope_bf16" } else { "rms_norm_rope_bf16" };
+        checks.push(Check::forward_only(kernel, vec![b, s, h, d, rot], err, 1e-2, bitwise && err < 1e-2));
     }
     Ok(checks)
 }

@@ -42,6 +42,7 @@ pub mod jit;
 #[cfg(feature = "cuda")]
 mod launch;
 mod matvec;
+mod norm_rope;
 pub mod profile;
 mod residual;
 mod rms_norm;
@@ -72,6 +73,7 @@ pub use int8_rows::Int8Rows;
 #[cfg(feature = "cuda")]
 pub use launch::EMBEDDED as EMBEDDED_FATBIN;
 pub use matvec::{matvec, matvec_swiglu};
+pub use norm_rope::rms_norm_rope;
 pub use residual::{add_bias, embedding, narrow, residual_add, transpose12};
 pub use rms_norm::{add_rms_norm, rms_norm, rms_norm_f32_weight, FusedRmsNorm};
 pub use rng::SplitMix64;

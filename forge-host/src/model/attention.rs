@@ -114,11 +114,10 @@ impl Attention {
         // RoPE tables narrower than a head (Qwen3.5's partial RoPE) turn only its first dimensions.
         let split = |t: Tensor, n: usize, norm: &Option<RmsNorm>| -> candle_core::Result<Tensor> {
             let t = tape::reshape(&t, (b, s, n, d))?;
-            let t = match norm {
-                Some(norm) => norm.forward(&t)?,
-                None => t,
-            };
-            rope.apply_heads_first(&t)
+            match norm {
+                Some(norm) => norm.forward_rope(&t, rope),
+                None => rope.apply_heads_first(&t),
+            }
         };
         let (q, gate, k, v) = section("attention q/k/v + rope", x.device(), || {
             let (q, k, v) = self.projections(x)?;

@@ -8,6 +8,7 @@
 //! Qwen3.5's linear attention has a third, gated norm; it lives with that layer.
 use candle_core::{Module, Tensor};
 
+use super::rope::RopeTables;
 use crate::loader::WeightScope;
 use crate::Result;
 
@@ -47,6 +48,17 @@ impl RmsNorm {
         let sum = forge_kernels::residual_add(x, y)?;
         let normed = self.forward(&sum)?;
         Ok((sum, normed))
+    }
+
+    /// `rope.apply_heads_first(norm(x))` for a head's norm (`x` `(batch, seq, heads, head_dim)`): one
+    /// kernel where forge-kernels' `rms_norm_rope` applies (CUDA, no gradient), else the norm and the
+    /// rotation, the same values either way.
+    pub fn forward_rope(&self, x: &Tensor, rope: &RopeTables) -> candle_core::Result<Tensor> {
+        let (cos, sin) = rope.tables();
+        if let Some(y) = forge_kernels::rms_norm_rope(x, &self.weight, self.eps, cos, sin)? {
+            return Ok(y);
+        }
+        rope.apply_heads_first(&self.forward(x)?)
     }
 }
 

@@ -85,6 +85,11 @@ impl RopeTables {
         Ok(RopeTables { cos: self.cos.index_select(at, 2)?, sin: self.sin.index_select(at, 2)? })
     }
 
+    /// `cos` and `sin`, `(1, 1, seq, rot)`.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// The device the tables are on.
     pub fn device(&self) -> Device {
         self.cos.device().clone()
