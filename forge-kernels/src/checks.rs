@@ -73,6 +73,24 @@ pub fn random(shape: &[usize], rng: &mut SplitMix64, spread: f64) -> candle_core
     Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(DType::BF16)?.to_dtype(DType::F32)
 }
 
+/// A random norm weight of width `n` in one of the two conventions: Qwen3.5's `1 + w`, in f32
+/// (`f32_weight`), or a bf16 `w`.
+fn norm_weight(n: usize, f32_weight: bool, rng: &mut SplitMix64) -> candle_core::Result<Tensor> {
+    match f32_weight {
+        true => random(&[n], rng, 0.5)? + 1.0,
+        false => random(&[n], rng, 2.0)?.to_dtype(DType::BF16),
+    }
+}
+
+/// The norm of `x` by weight `w` in the convention `f32_weight` names (see [`norm_weight`]).
+#[cfg(feature = "cuda")]
+fn norm_by(x: &Tensor, w: &Tensor, f32_weight: bool) -> candle_core::Result<Tensor> {
+    match f32_weight {
+        true => rms_norm_f32_weight(x, w, 1e-6),
+        false => rms_norm(x, w, 1e-6),
+    }
+}
+
 /// A function of tensors, checked on the device in bf16 against the CPU in a reference dtype.
 pub type Op<'a> = &'a dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>;
 
@@ -243,7 +261,7 @@ fn elementwise_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     // a warp each (a q/k norm over qwen3-4b's 32 heads of 128 at 4 × 1024 tokens, and partial blocks of
     // eight rows), longer ones a block.
     for (rows, n) in [(7, 96), (8192, 896), (3, 4096), (5, 100), (4 * 1024 * 32, 128), (13, 256)] {
-        let w = random(&[n], rng, 2.0)?.to_dtype(DType::BF16)?;
+        let w = norm_weight(n, false, rng)?;
         let f = |x: &[Tensor]| rms_norm(&x[0], &w.to_device(x[0].device())?, 1e-6);
         let (inputs, weights) = (vec![random(&[rows, n], rng, 4.0)?], random(&[rows, n], rng, 1.0)?);
         let shape = vec![rows, n];
@@ -324,7 +342,7 @@ fn candle_free_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result
     // Qwen3.5's norm at qwen3.5-0.8b's hidden width and over its attention heads of 256 (a warp a row),
     // its weight `1 + w` in f32.
     for (rows, n) in [(4096, 1024), (2 * 1024 * 8 + 3, 256)] {
-        let w = (random(&[n], rng, 0.5)? + 1.0)?;
+        let w = norm_weight(n, true, rng)?;
         let f = |x: &[Tensor]| rms_norm_f32_weight(&x[0], &w.to_device(x[0].device())?, 1e-6);
         let (inputs, weights) = (vec![random(&[rows, n], rng, 4.0)?], random(&[rows, n], rng, 1.0)?);
         checks.push(check(Case::new("rms_norm_f32w_bf16", vec![rows, n], &f, inputs, weights), dev)?);
@@ -379,14 +397,8 @@ fn add_norm_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<Ve
     let mut checks = Vec::new();
     for (rows, n, f32_weight) in [(1, 2560, false), (9, 64, false), (5, 100, true), (4096, 1024, true)] {
         let (a, b) = (random(&[rows, n], rng, 4.0)?, random(&[rows, n], rng, 4.0)?);
-        let w = match f32_weight {
-            true => (random(&[n], rng, 0.5)? + 1.0)?,
-            false => random(&[n], rng, 2.0)?.to_dtype(DType::BF16)?,
-        };
-        let norm = |x: &Tensor, w: &Tensor| match f32_weight {
-            true => rms_norm_f32_weight(x, w, 1e-6),
-            false => rms_norm(x, w, 1e-6),
-        };
+        let w = norm_weight(n, f32_weight, rng)?;
+        let norm = |x: &Tensor, w: &Tensor| norm_by(x, w, f32_weight);
         let on = |t: &Tensor, d: &Device, dtype: DType| t.to_device(d)?.to_dtype(dtype);
         let (da, db, dw) = (on(&a, dev, DType::BF16)?, on(&b, dev, DType::BF16)?, w.to_device(dev)?);
         let Some((sum, normed)) = crate::add_rms_norm(&da, &db, &dw, 1e-6)? else {
@@ -415,10 +427,7 @@ fn norm_rope_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<V
     {
         let f32_weight = d == 256;
         let x = random(&[b, s, h, d], rng, 4.0)?;
-        let w = match f32_weight {
-            true => (random(&[d], rng, 0.5)? + 1.0)?,
-            false => random(&[d], rng, 2.0)?.to_dtype(DType::BF16)?,
-        };
+        let w = norm_weight(d, f32_weight, rng)?;
         let angles = (random(&[1, 1, s, rot], rng, 1.0)? * 1e3)?;
         let run = |on: &Device, dtype: DType, fused: bool| -> candle_core::Result<Tensor> {
             let x = x.to_device(on)?.to_dtype(dtype)?;
@@ -429,9 +438,7 @@ fn norm_rope_checks(dev: &Device, rng: &mut SplitMix64) -> candle_core::Result<V
                 return crate::rms_norm_rope(&x, &w, 1e-6, &cos, &sin)?
                     .ok_or_else(|| candle_core::Error::Msg(format!("rms_norm_rope refused heads of {d}")));
             }
-            let normed =
-                if f32_weight { rms_norm_f32_weight(&x, &w, 1e-6)? } else { rms_norm(&x, &w, 1e-6)? };
-            rope_heads_first(&normed, &cos, &sin)
+            rope_heads_first(&norm_by(&x, &w, f32_weight)?, &cos, &sin)
         };
         let fused = run(dev, DType::BF16, true)?;
         let bitwise = rel_diff(&fused, &run(dev, DType::BF16, false)?)? == 0.0;
